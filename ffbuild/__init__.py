@@ -1,0 +1,3 @@
+"""FerrousForge compiler: Modelfile → build plan → stages → OCI artifacts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""FerrousForge server: serves stored artifacts over the Ollama, OpenAI and Open Inference v2 APIs."""

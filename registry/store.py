@@ -1,0 +1,314 @@
+"""The local store: an OCI image layout under ``$FF_HOME/store``.
+
+Layout (https://github.com/opencontainers/image-spec/blob/main/image-layout.md)::
+
+    store/oci-layout            {"imageLayoutVersion": "1.0.0"}
+    store/index.json            one descriptor per tag, named by org.opencontainers.image.ref.name
+    store/blobs/sha256/<hex>    content-addressed blobs
+    store/ingest/<hex>.partial  downloads in progress (resumable; never under the final name)
+    store/locks/                file locks
+
+Every write is atomic (temp file in the same folder, fsync, rename) and every blob is verified against
+its digest before it gets its final name. ``index.json`` is rewritten under a file lock, so concurrent
+builds and pulls are safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from registry.home import store_dir
+from registry.oci import (
+    ANNOTATION_REF_NAME,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_LAYOUT_VERSION,
+    Descriptor,
+    canonical_json,
+    check_digest,
+)
+from registry.reference import Reference, parse_reference
+
+CHUNK = 1 << 20
+
+
+class StoreError(Exception):
+    """A store operation failed (missing model, corrupt blob, bad reference)."""
+
+
+class NotFoundError(StoreError):
+    """The reference or blob is not in the store."""
+
+
+class DigestMismatchError(StoreError):
+    """Content did not hash to the digest it claimed."""
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """A content-addressed OCI image layout with named tags."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or store_dir()).expanduser()
+        self.blobs = self.root / "blobs" / "sha256"
+        self.ingest = self.root / "ingest"
+        self.locks = self.root / "locks"
+        for d in (self.blobs, self.ingest, self.locks):
+            d.mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            atomic_write_bytes(layout, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+        if not (self.root / "index.json").exists():
+            with self.lock("index"):
+                if not (self.root / "index.json").exists():
+                    self._write_index([])
+
+    # --- locks -------------------------------------------------------------------------------------
+    def lock(self, name: str) -> FileLock:
+        """A cross-process lock; use one per blob digest or per reference being written."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return FileLock(str(self.locks / f"{safe}.lock"))
+
+    # --- blobs -------------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        try:
+            check_digest(digest)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        return self.blobs / digest.split(":", 1)[1]
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def partial_path(self, digest: str) -> Path:
+        """Where a download of ``digest`` in progress lives (resumable, never the final name)."""
+        return self.ingest / (self.blob_path(digest).name + ".partial")
+
+    def commit_file(self, tmp: Path, expected_digest: str | None = None, expected_size: int | None = None) -> tuple[str, int]:
+        """Verify ``tmp`` (in the same file system) and move it to its final content-addressed name."""
+        digest, size = sha256_file(tmp)
+        if expected_digest is not None and digest != expected_digest:
+            tmp.unlink(missing_ok=True)
+            raise DigestMismatchError(f"content hashes to {digest}, expected {expected_digest}")
+        if expected_size is not None and size != expected_size:
+            tmp.unlink(missing_ok=True)
+            raise DigestMismatchError(f"content is {size} bytes, expected {expected_size}")
+        final = self.blob_path(digest)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        return digest, size
+
+    def add_file(self, src: Path, *, move: bool = False) -> tuple[str, int]:
+        """Add a file as a blob (copied, or moved when ``move`` and on the same file system)."""
+        fd, name = tempfile.mkstemp(dir=self.ingest, prefix=".add-")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            if move:
+                try:
+                    os.replace(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
+            else:
+                shutil.copyfile(src, tmp)
+            return self.commit_file(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def add_bytes(self, data: bytes) -> tuple[str, int]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        final = self.blob_path(digest)
+        if not final.exists():
+            atomic_write_bytes(final, data)
+        return digest, len(data)
+
+    def add_stream(self, chunks: Iterable[bytes], expected_digest: str, expected_size: int | None = None) -> int:
+        """Write a stream as blob ``expected_digest``; it gets its final name only if it verifies."""
+        fd, name = tempfile.mkstemp(dir=self.ingest, prefix=".stream-")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            return self.commit_file(tmp, expected_digest, expected_size)[1]
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def read_blob(self, digest: str, *, max_size: int | None = None) -> bytes:
+        path = self.blob_path(digest)
+        if not path.is_file():
+            raise NotFoundError(f"blob {digest} is not in the store")
+        if max_size is not None and path.stat().st_size > max_size:
+            raise StoreError(f"blob {digest} is larger than {max_size} bytes")
+        data = path.read_bytes()
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise DigestMismatchError(f"blob {digest} in the store is corrupt")
+        return data
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        obj = json.loads(self.read_blob(digest, max_size=MAX_MANIFEST_BYTES))
+        if not isinstance(obj, dict):
+            raise StoreError(f"blob {digest} is not a JSON object")
+        return obj
+
+    def add_json(self, obj: dict[str, Any], media_type: str) -> Descriptor:
+        """Store a manifest/index/config as canonical JSON and return its descriptor."""
+        digest, size = self.add_bytes(canonical_json(obj))
+        return Descriptor(mediaType=media_type, digest=digest, size=size)
+
+    # --- tags --------------------------------------------------------------------------------------
+    def _read_index(self) -> list[dict[str, Any]]:
+        data = json.loads((self.root / "index.json").read_bytes())
+        manifests = data.get("manifests", [])
+        return list(manifests) if isinstance(manifests, list) else []
+
+    def _write_index(self, manifests: list[dict[str, Any]]) -> None:
+        manifests = sorted(manifests, key=lambda d: (d.get("annotations") or {}).get(ANNOTATION_REF_NAME, ""))
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+        atomic_write_bytes(self.root / "index.json", json.dumps(body, indent=2, sort_keys=True).encode())
+
+    @staticmethod
+    def ref_name(ref: str | Reference) -> str:
+        r = parse_reference(ref) if isinstance(ref, str) else ref
+        if r.tag is None:
+            raise StoreError(f"{r}: a tag is needed to name a model in the store")
+        return f"{r.name}:{r.tag}"
+
+    def tag(self, ref: str | Reference, desc: Descriptor) -> None:
+        """Point ``ref`` at ``desc`` (an index or manifest already in the store)."""
+        name = self.ref_name(ref)
+        if not self.has_blob(desc.digest):
+            raise NotFoundError(f"cannot tag {name}: {desc.digest} is not in the store")
+        entry = desc.wire()
+        entry["annotations"] = {**(desc.annotations or {}), ANNOTATION_REF_NAME: name}
+        with self.lock("index"):
+            manifests = [m for m in self._read_index() if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name]
+            manifests.append(entry)
+            self._write_index(manifests)
+
+    def untag(self, ref: str | Reference) -> bool:
+        name = self.ref_name(ref)
+        with self.lock("index"):
+            before = self._read_index()
+            after = [m for m in before if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name]
+            if len(after) == len(before):
+                return False
+            self._write_index(after)
+            return True
+
+    def resolve(self, ref: str | Reference) -> Descriptor:
+        """The descriptor a reference points at; a digest reference resolves to that blob."""
+        r = parse_reference(ref) if isinstance(ref, str) else ref
+        if r.digest is not None and r.tag is None:
+            if not self.has_blob(r.digest):
+                raise NotFoundError(f"{r} is not in the store")
+            obj = self.read_json(r.digest)
+            return Descriptor(mediaType=str(obj.get("mediaType", "")), digest=r.digest, size=self.blob_path(r.digest).stat().st_size)
+        name = self.ref_name(r)
+        for m in self._read_index():
+            if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) == name:
+                return Descriptor.model_validate(m)
+        raise NotFoundError(f"model {name!r} is not in the store (see `ff list`)")
+
+    def tags(self) -> list[tuple[str, Descriptor]]:
+        out = []
+        for m in self._read_index():
+            name = (m.get("annotations") or {}).get(ANNOTATION_REF_NAME)
+            if name:
+                out.append((name, Descriptor.model_validate(m)))
+        return out
+
+    # --- graph walking and pruning -----------------------------------------------------------------
+    def children(self, digest: str) -> Iterator[str]:
+        """Blobs directly referenced by a manifest or index blob (config, layers, child manifests)."""
+        obj = self.read_json(digest)
+        if "manifests" in obj:
+            for d in obj.get("manifests") or []:
+                yield str(d["digest"])
+        if "config" in obj:
+            yield str(obj["config"]["digest"])
+        for d in obj.get("layers") or []:
+            yield str(d["digest"])
+
+    def reachable(self, roots: Iterable[str]) -> set[str]:
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            d = stack.pop()
+            if d in seen or not self.has_blob(d):
+                continue
+            seen.add(d)
+            path = self.blob_path(d)
+            if path.stat().st_size <= MAX_MANIFEST_BYTES:
+                try:
+                    obj = json.loads(path.read_bytes())
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue
+                if isinstance(obj, dict) and ("manifests" in obj or "layers" in obj):
+                    stack.extend(self.children(d))
+        return seen
+
+    def prune(self) -> list[tuple[str, int]]:
+        """Delete blobs no tag reaches and stale temp files; return what was removed."""
+        removed: list[tuple[str, int]] = []
+        with self.lock("index"):
+            keep = self.reachable(d.digest for _, d in self.tags())
+            for path in self.blobs.iterdir():
+                digest = "sha256:" + path.name
+                if digest not in keep:
+                    size = path.stat().st_size
+                    path.unlink(missing_ok=True)
+                    removed.append((digest, size))
+        return removed
