@@ -1,0 +1,108 @@
+"""Pick the variant of a model that fits this machine (or the one the user names).
+
+Used by ``ff pull`` and ``ff serve``. A variant fits when its device is present and its backend is
+installed; among fitting variants an accelerator beats the CPU, then higher precision wins only when
+the user asked for nothing (``--quantize``/``--target``/``--variant`` narrow the set first). None or
+several equally good candidates is an error listing them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from registry.artifact import VariantRef
+
+BACKEND_MODULES: dict[str, str] = {
+    "llamacpp": "llama_cpp",
+    "onnxruntime": "onnxruntime",
+    "tvm": "tvm",
+    "tensorrt": "tensorrt",
+}
+DEVICE_PREFERENCE: dict[str, int] = {"cuda": 3, "rocm": 3, "metal": 3, "vulkan": 2, "cpu": 1}
+
+
+class SelectionError(LookupError):
+    """No variant, or more than one, matches; the message lists the candidates."""
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    devices: frozenset[str]  # "cpu" always; "cuda" when an NVIDIA GPU answers
+    cuda_capabilities: frozenset[str]  # e.g. {"sm_90"}
+    backends: frozenset[str]  # backends whose Python package is importable
+
+    def fits(self, v: VariantRef) -> bool:
+        if v.device not in self.devices or v.backend not in self.backends:
+            return False
+        detail = v.target.split(":", 1)[1] if ":" in v.target else None
+        return not (v.device == "cuda" and detail and detail not in self.cuda_capabilities)
+
+
+def _cuda_capabilities() -> frozenset[str]:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return frozenset()
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    if out.returncode != 0:
+        return frozenset()
+    return frozenset("sm_" + line.strip().replace(".", "") for line in out.stdout.splitlines() if line.strip())
+
+
+@functools.cache
+def detect_host() -> HostInfo:
+    caps = _cuda_capabilities()
+    devices = {"cpu"} | ({"cuda"} if caps else set())
+    backends = {name for name, mod in BACKEND_MODULES.items() if importlib.util.find_spec(mod) is not None}
+    return HostInfo(frozenset(devices), caps, frozenset(backends))
+
+
+def _describe(vs: list[VariantRef]) -> str:
+    return "\n".join(f"  {v.name}  (target {v.target}, backend {v.backend}, quantization {v.quantization})" for v in vs)
+
+
+def select_variant(
+    variants: list[VariantRef],
+    *,
+    target: str | None = None,
+    quantize: str | None = None,
+    variant: str | None = None,
+    host: HostInfo | None = None,
+) -> VariantRef:
+    """Choose one variant; raise :class:`SelectionError` listing candidates when none or several fit."""
+    if not variants:
+        raise SelectionError("the model has no variants")
+    chosen = list(variants)
+    if variant is not None:
+        chosen = [v for v in chosen if v.name == variant]
+    if target is not None:
+        chosen = [v for v in chosen if v.target == target or v.device == target]
+    if quantize is not None:
+        chosen = [v for v in chosen if v.quantization.lower() == quantize.lower()]
+    if not chosen:
+        raise SelectionError(f"no variant matches the selection; the model has:\n{_describe(variants)}")
+    explicit = variant is not None or (target is not None and quantize is not None)
+    if not explicit:
+        h = host or detect_host()
+        fitting = [v for v in chosen if h.fits(v)]
+        if not fitting:
+            raise SelectionError(
+                "no variant fits this machine "
+                f"(devices: {', '.join(sorted(h.devices))}; backends: {', '.join(sorted(h.backends)) or 'none'}); "
+                f"candidates:\n{_describe(chosen)}"
+            )
+        best = max(DEVICE_PREFERENCE.get(v.device, 0) for v in fitting)
+        chosen = [v for v in fitting if DEVICE_PREFERENCE.get(v.device, 0) == best]
+    if len(chosen) > 1:
+        raise SelectionError(
+            "several variants fit; choose one with --variant, --quantize or --target:\n" + _describe(chosen)
+        )
+    return chosen[0]
