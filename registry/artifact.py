@@ -68,7 +68,9 @@ def safe_filepath(path: str) -> str:
     return path
 
 
-def layer(store: Store, media_type: str, filepath: str, *, file: Path | None = None, data: bytes | None = None) -> Descriptor:
+def layer(
+    store: Store, media_type: str, filepath: str, *, file: Path | None = None, data: bytes | None = None
+) -> Descriptor:
     """Add one file (from disk or bytes) to the store as a layer descriptor."""
     safe_filepath(filepath)
     if (file is None) == (data is None):
@@ -76,7 +78,7 @@ def layer(store: Store, media_type: str, filepath: str, *, file: Path | None = N
     digest, size = store.add_file(file) if file is not None else store.add_bytes(data or b"")
     title = filepath.rsplit("/", 1)[-1]
     return Descriptor(
-        mediaType=media_type,
+        media_type=media_type,
         digest=digest,
         size=size,
         annotations={ANNOTATION_FILEPATH: filepath, ANNOTATION_TITLE: title},
@@ -105,16 +107,18 @@ def write_variant(
     }
     desc = store.add_json(manifest, OCI_MANIFEST)
     return Descriptor(
-        mediaType=OCI_MANIFEST,
+        media_type=OCI_MANIFEST,
         digest=desc.digest,
         size=desc.size,
-        artifactType=MODEL_ARTIFACT_TYPE,
+        artifact_type=MODEL_ARTIFACT_TYPE,
         annotations=dict(sorted(annotations.items())),
         platform=platform,
     )
 
 
-def write_index(store: Store, variants: list[Descriptor], annotations: dict[str, str] | None = None) -> Descriptor:
+def write_index(
+    store: Store, variants: list[Descriptor], annotations: dict[str, str] | None = None
+) -> Descriptor:
     """Store the image index grouping ``variants`` (sorted by variant name for reproducibility)."""
     entries = sorted(variants, key=lambda d: (d.annotations or {}).get(ANN_VARIANT, d.digest))
     body: dict[str, object] = {
@@ -126,7 +130,9 @@ def write_index(store: Store, variants: list[Descriptor], annotations: dict[str,
     if annotations:
         body["annotations"] = dict(sorted(annotations.items()))
     desc = store.add_json(body, OCI_INDEX)
-    return Descriptor(mediaType=OCI_INDEX, digest=desc.digest, size=desc.size, artifactType=MODEL_ARTIFACT_TYPE)
+    return Descriptor(
+        media_type=OCI_INDEX, digest=desc.digest, size=desc.size, artifact_type=MODEL_ARTIFACT_TYPE
+    )
 
 
 def variant_tag(tag: str, variant: str) -> str:
@@ -260,7 +266,9 @@ def open_variant(store: Store, digest: str) -> ModelFiles:
         config = ModelPackConfig.model_validate(store.read_json(doc.config.digest))
     except ValueError as exc:
         raise ArtifactError(f"variant {digest}: bad ModelPack config: {exc}") from None
-    out = ModelFiles(digest=digest, manifest=doc, config=config, files={}, weights=[], weight_configs=[], adapters=[])
+    out = ModelFiles(
+        digest=digest, manifest=doc, config=config, files={}, weights=[], weight_configs=[], adapters=[]
+    )
     for d in doc.layers:
         filepath = safe_filepath((d.annotations or {}).get(ANNOTATION_FILEPATH, ""))
         path = store.blob_path(d.digest)

@@ -75,7 +75,9 @@ def parse_reference(text: str) -> Reference:
     if colon > last_slash:
         s, tag = s[:colon], s[colon + 1 :]
         if not _TAG_RE.match(tag):
-            raise ReferenceError(f"{text!r}: invalid tag {tag!r} (letters, digits, '.', '_', '-'; at most 128)")
+            raise ReferenceError(
+                f"{text!r}: invalid tag {tag!r} (letters, digits, '.', '_', '-'; at most 128)"
+            )
     if not _REPO_RE.match(s):
         raise ReferenceError(
             f"{text!r}: invalid name {s!r} (lower-case letters, digits and '.', '_', '-' separators, "

@@ -48,13 +48,18 @@ def _cuda_capabilities() -> frozenset[str]:
         return frozenset()
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            [exe, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     if out.returncode != 0:
         return frozenset()
-    return frozenset("sm_" + line.strip().replace(".", "") for line in out.stdout.splitlines() if line.strip())
+    return frozenset(
+        "sm_" + line.strip().replace(".", "") for line in out.stdout.splitlines() if line.strip()
+    )
 
 
 @functools.cache
@@ -66,7 +71,9 @@ def detect_host() -> HostInfo:
 
 
 def _describe(vs: list[VariantRef]) -> str:
-    return "\n".join(f"  {v.name}  (target {v.target}, backend {v.backend}, quantization {v.quantization})" for v in vs)
+    return "\n".join(
+        f"  {v.name}  (target {v.target}, backend {v.backend}, quantization {v.quantization})" for v in vs
+    )
 
 
 def select_variant(
@@ -96,7 +103,8 @@ def select_variant(
         if not fitting:
             raise SelectionError(
                 "no variant fits this machine "
-                f"(devices: {', '.join(sorted(h.devices))}; backends: {', '.join(sorted(h.backends)) or 'none'}); "
+                f"(devices: {', '.join(sorted(h.devices))}; "
+                f"backends: {', '.join(sorted(h.backends)) or 'none'}); "
                 f"candidates:\n{_describe(chosen)}"
             )
         best = max(DEVICE_PREFERENCE.get(v.device, 0) for v in fitting)

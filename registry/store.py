@@ -129,7 +129,9 @@ class Store:
         """Where a download of ``digest`` in progress lives (resumable, never the final name)."""
         return self.ingest / (self.blob_path(digest).name + ".partial")
 
-    def commit_file(self, tmp: Path, expected_digest: str | None = None, expected_size: int | None = None) -> tuple[str, int]:
+    def commit_file(
+        self, tmp: Path, expected_digest: str | None = None, expected_size: int | None = None
+    ) -> tuple[str, int]:
         """Verify ``tmp`` (in the same file system) and move it to its final content-addressed name."""
         digest, size = sha256_file(tmp)
         if expected_digest is not None and digest != expected_digest:
@@ -173,7 +175,9 @@ class Store:
             atomic_write_bytes(final, data)
         return digest, len(data)
 
-    def add_stream(self, chunks: Iterable[bytes], expected_digest: str, expected_size: int | None = None) -> int:
+    def add_stream(
+        self, chunks: Iterable[bytes], expected_digest: str, expected_size: int | None = None
+    ) -> int:
         """Write a stream as blob ``expected_digest``; it gets its final name only if it verifies."""
         fd, name = tempfile.mkstemp(dir=self.ingest, prefix=".stream-")
         tmp = Path(name)
@@ -206,7 +210,7 @@ class Store:
     def add_json(self, obj: dict[str, Any], media_type: str) -> Descriptor:
         """Store a manifest/index/config as canonical JSON and return its descriptor."""
         digest, size = self.add_bytes(canonical_json(obj))
-        return Descriptor(mediaType=media_type, digest=digest, size=size)
+        return Descriptor(media_type=media_type, digest=digest, size=size)
 
     # --- tags --------------------------------------------------------------------------------------
     def _read_index(self) -> list[dict[str, Any]]:
@@ -234,7 +238,9 @@ class Store:
         entry = desc.wire()
         entry["annotations"] = {**(desc.annotations or {}), ANNOTATION_REF_NAME: name}
         with self.lock("index"):
-            manifests = [m for m in self._read_index() if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name]
+            manifests = [
+                m for m in self._read_index() if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) != name
+            ]
             manifests.append(entry)
             self._write_index(manifests)
 
@@ -255,7 +261,11 @@ class Store:
             if not self.has_blob(r.digest):
                 raise NotFoundError(f"{r} is not in the store")
             obj = self.read_json(r.digest)
-            return Descriptor(mediaType=str(obj.get("mediaType", "")), digest=r.digest, size=self.blob_path(r.digest).stat().st_size)
+            return Descriptor(
+                media_type=str(obj.get("mediaType", "")),
+                digest=r.digest,
+                size=self.blob_path(r.digest).stat().st_size,
+            )
         name = self.ref_name(r)
         for m in self._read_index():
             if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) == name:

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from registry.oci import OCI_MANIFEST, Descriptor
+from registry.store import DigestMismatchError, NotFoundError, Store, StoreError
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_layout_created(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    assert (tmp_path / "s" / "oci-layout").read_text() == '{"imageLayoutVersion":"1.0.0"}'
+    assert store.tags() == []
+
+
+def test_add_bytes_and_file(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    d, n = store.add_bytes(b"hello")
+    assert (d, n) == (_digest(b"hello"), 5)
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"hello")
+    assert store.add_file(f) == (d, 5)
+    assert f.exists()  # copied, not moved
+    assert store.read_blob(d) == b"hello"
+    assert not list(store.ingest.iterdir())
+
+
+def test_add_stream_verifies(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    good = _digest(b"abc")
+    assert store.add_stream([b"a", b"bc"], good, 3) == 3
+    with pytest.raises(DigestMismatchError):
+        store.add_stream([b"abX"], _digest(b"xyz"))
+    with pytest.raises(DigestMismatchError):
+        store.add_stream([b"abc"], good, 4)
+    assert not store.has_blob(_digest(b"xyz"))
+    assert not list(store.ingest.iterdir()), "a failed stream must leave nothing behind"
+
+
+def test_corrupt_blob_detected(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    d, _ = store.add_bytes(b"payload")
+    store.blob_path(d).write_bytes(b"tampered")
+    with pytest.raises(DigestMismatchError):
+        store.read_blob(d)
+
+
+@pytest.mark.parametrize("bad", ["sha256:abc", "md5:" + "0" * 32, "sha256:" + "G" * 64, "../../etc/passwd"])
+def test_bad_digest_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(StoreError):
+        Store(tmp_path / "s").blob_path(bad)
+
+
+def test_tags_resolve_untag_prune(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    layer, _ = store.add_bytes(b"weights")
+    cfg, _ = store.add_bytes(b"{}")
+    man = store.add_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/json", "digest": cfg, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": 7}],
+        },
+        OCI_MANIFEST,
+    )
+    orphan, _ = store.add_bytes(b"orphan")
+    store.tag("m:1", man)
+    store.tag("m:2", man)
+    assert store.resolve("m:1").digest == man.digest
+    assert sorted(n for n, _ in store.tags()) == ["m:1", "m:2"]
+    removed = {d for d, _ in store.prune()}
+    assert removed == {orphan}
+    assert store.untag("m:1") and not store.untag("m:1")
+    with pytest.raises(NotFoundError):
+        store.resolve("m:1")
+    store.untag("m:2")
+    assert {d for d, _ in store.prune()} == {man.digest, layer, cfg}
+
+
+def test_tag_requires_blob(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    with pytest.raises(NotFoundError):
+        store.tag("m", Descriptor(media_type=OCI_MANIFEST, digest="sha256:" + "0" * 64, size=1))
+
+
+def _tag_many(root: str, worker: int) -> None:
+    store = Store(Path(root))
+    for i in range(20):
+        d = store.add_json({"worker": worker, "i": i}, OCI_MANIFEST)
+        store.tag(f"w{worker}:t{i}", d)
+
+
+def test_concurrent_taggers_lose_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    Store(root)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_tag_many, args=(str(root), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(Store(root).tags()) == 80
+
+
+def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    for i in range(5):
+        store.tag(f"m:{i}", store.add_json({"i": i}, OCI_MANIFEST))
+    leftovers = [p for p in (tmp_path / "s").rglob(".tmp-*")]
+    assert leftovers == []
+    assert os.listdir(store.ingest) == []
