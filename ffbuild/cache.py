@@ -1,0 +1,181 @@
+"""The build cache: stage outputs under ``$FF_HOME/cache``, keyed by the sha256 of their inputs.
+
+A stage's key is the digest of its name, its options, the versions of the tools it runs and the
+digests of its input files (:func:`stage_key`). An entry is a folder ``<stage>/<key>/`` holding the
+stage's output files and ``entry.json``; it is produced in a temp folder next to it and renamed into
+place under a file lock, so a process killed at any moment leaves either no entry or a complete one.
+Leftover temp folders of dead builds are removed when the cache is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from registry.home import cache_dir
+from registry.oci import canonical_json
+from registry.store import sha256_file
+
+CacheValue = str | int | float | bool | None | list["CacheValue"] | dict[str, "CacheValue"]
+
+_TMP_PREFIX = ".tmp-"
+_ENTRY_FILE = "entry.json"
+
+
+class CacheError(Exception):
+    """The cache folder cannot be used (permissions, a corrupt entry that cannot be removed)."""
+
+
+_digest_memo: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (path, inode, size, mtime) for this process."""
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo_key not in _digest_memo:
+        _digest_memo[memo_key] = sha256_file(path)[0]
+    return _digest_memo[memo_key]
+
+
+def folder_digest(folder: Path) -> str:
+    """A digest of a folder's regular files: relative names and content digests, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".cache/") or "/." in "/" + rel:
+            continue  # huggingface_hub's download metadata, editor files
+        h.update(rel.encode() + b"\0" + file_digest(path).encode() + b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+def path_digest(path: Path) -> str:
+    return folder_digest(path) if path.is_dir() else file_digest(path)
+
+
+def stage_key(stage: str, **inputs: CacheValue) -> str:
+    """The cache key of a stage run: sha256 over its name and canonical JSON of its inputs."""
+    return hashlib.sha256(canonical_json({"stage": stage, "inputs": inputs})).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A complete cache entry: its folder and the small JSON document the stage stored with it."""
+
+    path: Path
+    meta: dict[str, CacheValue]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BuildCache:
+    """Stage outputs keyed by input digests; see the module docstring for the guarantees."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or cache_dir()).expanduser()
+        self.locks = self.root / "locks"
+        self.locks.mkdir(parents=True, exist_ok=True)
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+        self._clean_stale()
+
+    def _clean_stale(self) -> None:
+        """Remove temp folders left by builds that were killed (their pid is gone)."""
+        for stage_dir in self.root.iterdir():
+            if not stage_dir.is_dir() or stage_dir == self.locks:
+                continue
+            for tmp in stage_dir.glob(_TMP_PREFIX + "*"):
+                try:
+                    pid = int(tmp.name.split("-")[1])
+                except (IndexError, ValueError):
+                    pid = -1
+                if pid <= 0 or not _pid_alive(pid):
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+    def _lock(self, stage: str, key: str) -> FileLock:
+        return FileLock(str(self.locks / f"{stage}-{key}.lock"))
+
+    def _entry_dir(self, stage: str, key: str) -> Path:
+        if not stage.isidentifier() or len(key) != 64:
+            raise CacheError(f"bad cache key {stage}/{key}")
+        return self.root / stage / key
+
+    def get(self, stage: str, key: str) -> Entry | None:
+        """The complete entry for ``key``, or None."""
+        path = self._entry_dir(stage, key)
+        meta_file = path / _ENTRY_FILE
+        if not meta_file.is_file():
+            return None
+        try:
+            meta = json.loads(meta_file.read_bytes())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        return Entry(path, meta)
+
+    def run(
+        self,
+        stage: str,
+        key: str,
+        produce: Callable[[Path], dict[str, CacheValue]],
+    ) -> tuple[Entry, bool]:
+        """Return the entry for ``key``, calling ``produce(folder)`` to make it when it is missing.
+
+        ``produce`` writes its files into the empty folder it is given and returns the metadata to
+        keep with them. The returned flag is True on a cache hit.
+        """
+        found = self.get(stage, key)
+        if found is not None:
+            self.hits.append(stage)
+            return found, True
+        final = self._entry_dir(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock(stage, key):
+            found = self.get(stage, key)  # another build made it while we waited
+            if found is not None:
+                self.hits.append(stage)
+                return found, True
+            if final.exists():  # a folder without entry.json cannot come from us; clear it
+                shutil.rmtree(final)
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
+            # mkdtemp names are ".tmp-<pid>-<random>": the pid lets _clean_stale spot dead builds.
+            try:
+                meta = produce(tmp)
+                (tmp / _ENTRY_FILE).write_bytes(canonical_json(meta))
+                for child in tmp.iterdir():
+                    with open(child, "rb") as f:
+                        os.fsync(f.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            with contextlib.suppress(OSError):
+                fd = os.open(final.parent, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        self.misses.append(stage)
+        entry = self.get(stage, key)
+        if entry is None:
+            raise CacheError(f"cache entry {final} vanished right after it was written")
+        return entry, False
