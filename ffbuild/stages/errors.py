@@ -1,0 +1,61 @@
+"""The errors build stages raise: one base, :class:`StageError`, with a subclass per stage.
+
+Every message says what went wrong with which input and, where there is one, what to do about it; the
+CLI prints it as it is. Nothing here carries a traceback-only meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class StageError(Exception):
+    """A build stage failed for a reason the user can act on."""
+
+
+class MissingDependencyError(StageError):
+    """A Python package a stage needs is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package {package!r}, which is not installed: "
+            f"pip install 'ferrousforge[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class GGUFError(StageError):
+    """A file is not a readable GGUF, or lacks what the stage needs from it."""
+
+
+class ConvertError(StageError):
+    """A Hugging Face folder cannot be converted to GGUF."""
+
+
+class UnsupportedArchitectureError(ConvertError):
+    """The folder's ``config.json`` names an architecture the converter does not know."""
+
+    def __init__(self, architecture: str, supported: Iterable[str]) -> None:
+        self.architecture = architecture
+        self.supported = tuple(sorted(supported))
+        super().__init__(
+            f"unsupported model architecture {architecture!r}; the GGUF converter supports: "
+            + ", ".join(self.supported)
+        )
+
+
+class QuantizeError(StageError):
+    """llama.cpp could not quantize a GGUF to the requested type."""
+
+
+class RequantizeError(QuantizeError):
+    """The source is already quantized and requantizing was not allowed."""
+
+
+class LoraError(StageError):
+    """A LoRA adapter (PEFT folder or GGUF) is malformed or does not fit its base model."""
+
+
+class VerifyError(StageError):
+    """A variant could not be evaluated (it does not load, or its outputs are unusable)."""
