@@ -1,0 +1,307 @@
+"""``ff push`` / ``ff pull``: models between the local store and an OCI registry (design.md §3).
+
+Push sends every blob the registry lacks (HEAD first), each variant manifest, each variant's own tag
+(``<tag>-<variant>``) and the index under the tag. Pull fetches the index (stored byte for byte, so
+its digest matches), picks the variants that fit this machine (:mod:`registry.select`) and fetches
+only their manifests and blobs: ``ff show`` then lists the other variants as not present. Everything
+from the registry is checked before it is written: manifest sizes while reading, digests and sizes of
+every blob while streaming, layer paths (``registry.artifact.safe_filepath``), and archive layers are
+refused. Ollama-format manifests are converted on the way in (:mod:`registry.ollama`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from registry.artifact import ArtifactError, VariantRef, parse_manifest, safe_filepath, variant_tag
+from registry.auth import client_for
+from registry.http import RegistryClient, RegistryError
+from registry.oci import (
+    ANN_VARIANT,
+    ANNOTATION_FILEPATH,
+    DOCKER_MANIFEST,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+)
+from registry.ollama import is_ollama_manifest, store_ollama_model
+from registry.reference import Reference, parse_reference
+from registry.select import HostInfo, select_variant
+from registry.store import Store
+from registry.transfer import (
+    DOCKER_MANIFEST_LIST,
+    ProgressEvent,
+    ProgressFn,
+    download_blob,
+    get_manifest,
+    no_progress,
+    put_manifest,
+    upload_blob,
+)
+
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+
+
+class RemoteError(RegistryError):
+    """A push or pull that cannot be done as asked (bad reference, missing variants, unsafe content)."""
+
+
+@dataclass
+class PushResult:
+    remote: str
+    digest: str
+    media_type: str
+    tags: list[str] = field(default_factory=list)
+    blobs_uploaded: int = 0
+    bytes_uploaded: int = 0
+    blobs_skipped: int = 0
+    bytes_skipped: int = 0
+
+
+@dataclass
+class PullResult:
+    remote: str
+    digest: str  # the remote index/manifest digest (for Ollama models: of the Ollama manifest)
+    local_digest: str  # what the store tags point at (differs from ``digest`` only for Ollama models)
+    variants: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    blobs_fetched: int = 0
+    blobs_present: int = 0
+    bytes_downloaded: int = 0
+    bytes_resumed: int = 0
+    ollama: bool = False
+
+
+def _remote(ref: str | Reference) -> Reference:
+    r = parse_reference(ref) if isinstance(ref, str) else ref
+    if r.host is None:
+        raise RemoteError(f"{r}: a remote reference needs a registry host, e.g. 127.0.0.1:5000/ns/{r.name}")
+    return r
+
+
+# --- push --------------------------------------------------------------------------------------------
+def push(
+    ref: str,
+    *,
+    store: Store,
+    remote_ref: str | None = None,
+    insecure: bool = False,
+    ca_file: str | None = None,
+    progress: ProgressFn = no_progress,
+    client: RegistryClient | None = None,
+) -> PushResult:
+    """Push the local model ``ref`` to ``remote_ref`` (default: ``ref`` itself, which then needs a host)."""
+    local = parse_reference(ref)
+    target = _remote(remote_ref or ref)
+    top = store.resolve(local)
+    top_bytes = store.read_blob(top.digest, max_size=MAX_MANIFEST_BYTES)
+    doc = parse_manifest(top_bytes)
+    children: list[tuple[Descriptor, bytes]] = []
+    if isinstance(doc, Index):
+        missing = [VariantRef(d).name for d in doc.manifests if not store.has_blob(d.digest)]
+        if missing:
+            raise RemoteError(
+                f"{local}: variants {', '.join(missing)} are not in the store (pulled without them?); "
+                "pull with --all-variants before pushing the whole model"
+            )
+        children = [(d, store.read_blob(d.digest, max_size=MAX_MANIFEST_BYTES)) for d in doc.manifests]
+        manifests = [parse_manifest(b) for _, b in children]
+    else:
+        manifests = [doc]
+    cl = client or client_for(target.host or "", insecure=insecure, ca_file=ca_file)
+    repo = target.repository
+    media_type = doc.media_type or (OCI_INDEX if isinstance(doc, Index) else OCI_MANIFEST)
+    result = PushResult(remote=str(target), digest=top.digest, media_type=media_type)
+    progress(ProgressEvent("resolving", top.digest, top.size, 0, 0, str(target)))
+    seen: set[str] = set()
+    for m in manifests:
+        if not isinstance(m, Manifest):
+            raise RemoteError(f"{local}: nested indexes are not supported")
+        for d in [m.config, *m.layers]:
+            if d.digest in seen:
+                continue
+            seen.add(d.digest)
+            path = store.blob_path(d.digest)
+            if not path.is_file():
+                raise RemoteError(f"{local}: blob {d.digest} is missing from the store")
+            title = (d.annotations or {}).get(ANNOTATION_FILEPATH, "config" if d is m.config else "")
+            sent = upload_blob(cl, repo, path, d, progress, title=title)
+            if sent:
+                result.blobs_uploaded += 1
+                result.bytes_uploaded += sent
+            else:
+                result.blobs_skipped += 1
+                result.bytes_skipped += d.size
+    for d, data in children:
+        put_manifest(cl, repo, d.digest, data, d.media_type)
+        progress(ProgressEvent("manifest", d.digest, d.size, d.size, 0, VariantRef(d).name))
+        vname = (d.annotations or {}).get(ANN_VARIANT)
+        if vname and target.tag:
+            vtag = variant_tag(target.tag, vname)
+            put_manifest(cl, repo, vtag, data, d.media_type)
+            result.tags.append(str(target.with_tag(vtag)))
+    put_manifest(cl, repo, target.tag or top.digest, top_bytes, media_type)
+    result.tags.insert(0, str(target))
+    progress(ProgressEvent("success", top.digest, top.size, top.size, result.bytes_uploaded, str(target)))
+    return result
+
+
+# --- pull --------------------------------------------------------------------------------------------
+def check_variant(m: Manifest, where: str) -> None:
+    """Refuse a variant manifest whose layers could write outside their folder or are archives."""
+    if m.config.size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{where}: config of {m.config.size} bytes is over the {MAX_MANIFEST_BYTES} cap")
+    seen: set[str] = set()
+    for d in m.layers:
+        mt = d.media_type.lower()
+        if ".tar" in mt or mt.endswith("+gzip") or mt.endswith("+zstd") or "tar+" in mt:
+            raise ArtifactError(
+                f"{where}: layer {d.digest[:19]} is an archive ({d.media_type}); ff pulls single-file "
+                "layers only and never unpacks archives from a registry"
+            )
+        path = (d.annotations or {}).get(ANNOTATION_FILEPATH)
+        if path is None:
+            raise ArtifactError(f"{where}: layer {d.digest[:19]} has no {ANNOTATION_FILEPATH} annotation")
+        safe_filepath(path)
+        if path in seen:
+            raise ArtifactError(f"{where}: two layers claim the file path {path!r}")
+        seen.add(path)
+
+
+def _fetch_blobs(
+    cl: RegistryClient, repo: str, store: Store, descs: list[tuple[Descriptor, str]], progress: ProgressFn,
+    result: PullResult,
+) -> None:
+    seen: set[str] = set()
+    for d, title in descs:
+        if d.digest in seen:
+            continue
+        seen.add(d.digest)
+        stats = download_blob(cl, repo, store, d, progress, title=title)
+        if stats.present:
+            result.blobs_present += 1
+        else:
+            result.blobs_fetched += 1
+        result.bytes_downloaded += stats.transferred
+        result.bytes_resumed += stats.resumed
+
+
+def _choose(
+    index: Index,
+    *,
+    target: str | None,
+    quantize: str | None,
+    variant: str | None,
+    all_variants: bool,
+    host: HostInfo | None,
+) -> list[VariantRef]:
+    refs = [VariantRef(d) for d in index.manifests]
+    if all_variants:
+        return refs
+    return [select_variant(refs, target=target, quantize=quantize, variant=variant, host=host)]
+
+
+def pull(
+    ref: str,
+    *,
+    store: Store,
+    target: str | None = None,
+    quantize: str | None = None,
+    variant: str | None = None,
+    all_variants: bool = False,
+    local_name: str | None = None,
+    insecure: bool = False,
+    ca_file: str | None = None,
+    progress: ProgressFn = no_progress,
+    host: HostInfo | None = None,
+    client: RegistryClient | None = None,
+) -> PullResult:
+    """Pull ``host/ns/name:tag`` (or ``…@sha256:…``) into the store; see the module docstring."""
+    r = _remote(ref)
+    cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
+    repo = r.repository
+    progress(ProgressEvent("resolving", title=str(r)))
+    top_bytes, media_type, top_digest = get_manifest(cl, repo, r.digest or r.tag or "latest")
+    if r.digest and top_digest != r.digest:
+        raise RemoteError(f"{r}: the registry answered {top_digest}")
+    doc = parse_manifest(top_bytes)
+    tag = r.tag or ("sha256-" + top_digest.split(":", 1)[1])
+    names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
+    result = PullResult(remote=str(r), digest=top_digest, local_digest=top_digest)
+
+    if isinstance(doc, Manifest) and is_ollama_manifest(doc):
+        result.ollama = True
+        if doc.config.size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{r}: Ollama config of {doc.config.size} bytes is over the limit")
+        ollama_blobs = [(doc.config, "config"), *[(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]]
+        _fetch_blobs(cl, repo, store, ollama_blobs, progress, result)
+        index_desc, vname = store_ollama_model(store, doc, names)
+        result.local_digest = index_desc.digest
+        result.variants = [vname]
+        result.tags = [str(n) for n in names]
+        progress(ProgressEvent("success", index_desc.digest, title=str(r)))
+        return result
+
+    if isinstance(doc, Index):
+        if media_type not in INDEX_TYPES:
+            raise ArtifactError(f"{r}: unexpected media type {media_type!r} for an index")
+        for d in doc.manifests:
+            if d.media_type not in MANIFEST_TYPES:
+                raise ArtifactError(f"{r}: index entry {d.digest[:19]} is {d.media_type}, not a manifest")
+        chosen = _choose(
+            doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host
+        )
+        fetched: list[tuple[VariantRef, bytes, Manifest]] = []
+        for v in chosen:
+            data, _, digest = get_manifest(cl, repo, v.descriptor.digest)
+            if len(data) != v.descriptor.size:
+                raise ArtifactError(
+                    f"{r}: manifest {digest} is {len(data)} bytes, the index says {v.descriptor.size}"
+                )
+            m = parse_manifest(data)
+            if not isinstance(m, Manifest):
+                raise ArtifactError(f"{r}: variant {v.name} is not an image manifest")
+            check_variant(m, f"{r} variant {v.name}")
+            fetched.append((v, data, m))
+    else:
+        if media_type not in MANIFEST_TYPES:
+            raise ArtifactError(f"{r}: unexpected media type {media_type!r}")
+        check_variant(doc, str(r))
+        v = VariantRef(Descriptor(media_type=OCI_MANIFEST, digest=top_digest, size=len(top_bytes),
+                                  annotations=doc.annotations))
+        fetched = [(v, top_bytes, doc)]
+
+    blobs: list[tuple[Descriptor, str]] = []
+    for v, _, m in fetched:
+        blobs.append((m.config, f"{v.name} config"))
+        blobs += [(d, (d.annotations or {}).get(ANNOTATION_FILEPATH, "")) for d in m.layers]
+    _fetch_blobs(cl, repo, store, blobs, progress, result)
+    for v, data, _ in fetched:
+        digest, _size = store.add_bytes(data)
+        if digest != v.descriptor.digest:
+            raise RemoteError(f"{r}: manifest digest changed while storing ({digest})")
+    store.add_bytes(top_bytes)
+    top_desc = Descriptor(media_type=media_type, digest=top_digest, size=len(top_bytes))
+    if isinstance(doc, Index):
+        top_desc = top_desc.model_copy(update={"artifact_type": doc.artifact_type})
+    else:
+        top_desc = top_desc.model_copy(update={"annotations": doc.annotations})
+    for n in names:
+        ntag: str = n.tag or tag
+        if isinstance(doc, Index):
+            for v, _, _ in fetched:
+                entry_name = v.annotations.get(ANN_VARIANT)
+                if entry_name:
+                    vref = n.with_tag(variant_tag(ntag, entry_name))
+                    store.tag(vref, v.descriptor)
+                    result.tags.append(str(vref))
+        store.tag(n.with_tag(ntag), top_desc)
+        result.tags.insert(0, str(n.with_tag(ntag)))
+    result.variants = [v.name for v, _, _ in fetched]
+    n_top = len(top_bytes)
+    progress(ProgressEvent("success", top_digest, n_top, n_top, result.bytes_downloaded, str(r)))
+    return result
