@@ -1,0 +1,237 @@
+"""``ff push``, ``ff pull``, ``ff login``, ``ff logout``: models to and from OCI registries.
+
+Progress: per-blob bars with throughput on a terminal (rich), nothing with ``--quiet``, and one JSON
+object per line with ``--json`` (the fields of ``registry.transfer.ProgressEvent``, at most about
+five lines a second per blob, plus every start/finish) for CI logs; the last line is the result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _transport_options(f: F) -> F:
+    f = click.option(
+        "--ca-file", type=click.Path(exists=True, dir_okay=False), envvar="FF_CA_BUNDLE",
+        help="CA bundle for the registry's TLS certificate (default: $FF_CA_BUNDLE, else the system's)",
+    )(f)
+    f = click.option(
+        "--insecure", is_flag=True,
+        help="allow plain HTTP (always allowed for loopback hosts: 127.0.0.0/8, localhost, [::1])",
+    )(f)
+    return f
+
+
+def _output_options(f: F) -> F:
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="machine-readable progress, one JSON object a line"
+    )(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="no progress output")(f)
+    return f
+
+
+@contextmanager
+def _progress(quiet: bool, as_json: bool) -> Iterator[Callable[[object], None]]:
+    """A progress callback for registry.remote, shown the way the flags ask."""
+    from registry.transfer import ProgressEvent
+
+    if quiet:
+        yield lambda _e: None
+        return
+    if as_json or not sys.stderr.isatty():
+        last: dict[str, float] = {}
+
+        def emit(e: object) -> None:
+            assert isinstance(e, ProgressEvent)
+            now = time.monotonic()
+            key = e.digest or e.status
+            busy = e.status in ("pulling", "pushing") and 0 < e.completed < e.total
+            if busy and now - last.get(key, 0) < 0.2:
+                return
+            last[key] = now
+            if as_json:
+                click.echo(json.dumps(e.wire()))
+            elif e.status in ("exists", "done", "success", "resolving"):
+                click.echo(f"{e.status:9} {e.digest[:19]:19} {e.title}", err=True)
+
+        yield emit
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), transient=False,
+    ) as bar:
+        tasks: dict[str, object] = {}
+
+        def show(e: object) -> None:
+            assert isinstance(e, ProgressEvent)
+            if not e.digest or e.status in ("resolving", "success", "manifest"):
+                return
+            if e.digest not in tasks:
+                label = f"{e.digest[7:19]} {e.title[:28]}"
+                tasks[e.digest] = bar.add_task(label, total=e.total or None)
+            tid = tasks[e.digest]
+            status = "exists" if e.status == "exists" else None
+            bar.update(tid, completed=e.completed, total=e.total or None)  # type: ignore[arg-type]
+            if status:
+                bar.update(tid, description=f"{e.digest[7:19]} {e.title[:20]} (exists)")  # type: ignore[arg-type]
+
+        yield show
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.command("push")
+@click.argument("ref")
+@click.argument("remote", required=False)
+@_transport_options
+@_output_options
+def push(
+    ref: str, remote: str | None, insecure: bool, ca_file: str | None, quiet: bool, as_json: bool
+) -> None:
+    """Push model REF from the store to REMOTE (host[:port]/ns/name:tag; default REF itself)."""
+    from registry.reference import ReferenceError
+    from registry.remote import push as do_push
+    from registry.store import Store, StoreError
+
+    try:
+        with _progress(quiet, as_json) as progress:
+            result = do_push(
+                ref, store=Store(), remote_ref=remote, insecure=insecure, ca_file=ca_file, progress=progress
+            )
+    except (StoreError, ReferenceError, OSError) as exc:
+        raise _fail(exc) from None
+    except Exception as exc:
+        _reraise_registry(exc)
+        raise
+    if as_json:
+        click.echo(json.dumps({"status": "result", **asdict(result)}))
+    elif not quiet:
+        click.echo(
+            f"pushed {result.remote} ({result.digest}): {result.blobs_uploaded} blobs uploaded "
+            f"({result.bytes_uploaded} bytes), {result.blobs_skipped} already there"
+        )
+
+
+def _reraise_registry(exc: Exception) -> None:
+    from registry.http import RegistryError
+    from registry.select import SelectionError
+
+    if isinstance(exc, RegistryError | SelectionError):
+        raise _fail(exc) from None
+
+
+@click.command("pull")
+@click.argument("ref")
+@click.option("--target", help="the variant's target (cpu, cuda, cuda:sm_90, …)")
+@click.option("--quantize", help="the variant's quantization (q8_0, f16, int8, …)")
+@click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
+@click.option("--all-variants", is_flag=True, help="pull every variant of the model")
+@click.option("--as", "local_name", metavar="NAME:TAG", help="also store the model under this local name")
+@_transport_options
+@_output_options
+def pull(
+    ref: str,
+    target: str | None,
+    quantize: str | None,
+    variant: str | None,
+    all_variants: bool,
+    local_name: str | None,
+    insecure: bool,
+    ca_file: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Pull REF (host[:port]/ns/name:tag or …@sha256:…): the variant that fits this machine."""
+    from registry.reference import ReferenceError
+    from registry.remote import pull as do_pull
+    from registry.store import Store, StoreError
+
+    try:
+        with _progress(quiet, as_json) as progress:
+            result = do_pull(
+                ref, store=Store(), target=target, quantize=quantize, variant=variant,
+                all_variants=all_variants, local_name=local_name, insecure=insecure, ca_file=ca_file,
+                progress=progress,
+            )
+    except (StoreError, ReferenceError, OSError) as exc:
+        raise _fail(exc) from None
+    except Exception as exc:
+        _reraise_registry(exc)
+        raise
+    if as_json:
+        click.echo(json.dumps({"status": "result", **asdict(result)}))
+    elif not quiet:
+        resumed = f", {result.bytes_resumed} resumed" if result.bytes_resumed else ""
+        click.echo(
+            f"pulled {result.remote} ({result.digest}): variants {', '.join(result.variants)}; "
+            f"{result.bytes_downloaded} bytes downloaded{resumed}; stored as {', '.join(result.tags)}"
+        )
+
+
+@click.command("login")
+@click.argument("host")
+@click.option("-u", "--username", help="user name (asked for when missing)")
+@click.option("-p", "--password", help="password (prefer --password-stdin)")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@_transport_options
+def login(
+    host: str, username: str | None, password: str | None, password_stdin: bool, insecure: bool,
+    ca_file: str | None,
+) -> None:
+    """Log in to registry HOST; credentials are checked, then saved in Docker's config.json."""
+    from registry.auth import login as do_login
+
+    if password_stdin:
+        if password:
+            raise click.UsageError("--password and --password-stdin are mutually exclusive")
+        password = sys.stdin.read().rstrip("\r\n")
+    if not username:
+        username = click.prompt("Username")
+    if not password:
+        password = click.prompt("Password", hide_input=True)
+    try:
+        path = do_login(host, username or "", password or "", insecure=insecure, ca_file=ca_file)
+    except Exception as exc:
+        _reraise_registry(exc)
+        raise
+    click.echo(f"Login succeeded (credentials saved in {path})")
+
+
+@click.command("logout")
+@click.argument("host")
+def logout(host: str) -> None:
+    """Remove the stored credentials for registry HOST."""
+    from registry.auth import docker_config_path, remove_credentials
+    from registry.http import RegistryError
+
+    try:
+        removed = remove_credentials(host)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    if not removed:
+        raise click.ClickException(f"not logged in to {host} (in {docker_config_path()})")
+    click.echo(f"Removed login credentials for {host}")
+
+
+COMMANDS = [push, pull, login, logout]
