@@ -106,7 +106,7 @@ def test_kill_9_mid_stage_leaves_no_entry_and_next_run_completes(tmp_path: Path)
     proc.wait()
     stage_dir = tmp_path / "cache" / "quantize"
     assert not (stage_dir / key).exists()
-    assert [p.name for p in stage_dir.iterdir()][0].startswith(".tmp-")  # the dead build's temp folder
+    assert next(p.name for p in stage_dir.iterdir()).startswith(".tmp-")  # the dead build's temp folder
     cache = BuildCache(tmp_path / "cache")  # opening the cache clears temp folders of dead builds
     assert list(stage_dir.iterdir()) == []
     assert cache.get("quantize", key) is None

@@ -1,0 +1,290 @@
+"""The package stage: verified GGUF variants → ModelPack manifests, one OCI index, tags (design.md §3–§4).
+
+Layout and annotations follow docs/artifact-format.md. Everything written is content-addressed and
+canonical (sorted keys, no timestamps), so the same inputs give the same digests; blobs get their final
+name only after their digest is checked, and tags are written last, so an interrupted build leaves the
+store without a partial model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ffbuild.plan import Message, Variant
+from ffbuild.stages.errors import StageError
+from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
+from registry.modelpack import (
+    Modality,
+    ModelCapabilities,
+    ModelConfig,
+    ModelDescriptor,
+    ModelFS,
+    ModelPackConfig,
+    param_size,
+)
+from registry.oci import (
+    ANN_AGREEMENT,
+    ANN_BACKEND,
+    ANN_FORMAT,
+    ANN_MIN_MEMORY,
+    ANN_PPL_RATIO,
+    ANN_PRECISION,
+    ANN_QUANTIZATION,
+    ANN_RUNTIME,
+    ANN_TARGET,
+    ANN_TASK,
+    ANN_VARIANT,
+    ANNOTATION_FILEPATH,
+    ANNOTATION_TITLE,
+    FF_ADAPTER,
+    FF_ANNOTATION_PREFIX,
+    FF_MESSAGES,
+    FF_MODELFILE,
+    FF_PARAMS,
+    FF_SYSTEM,
+    FF_TEMPLATE,
+    FF_VERIFY,
+    MODEL_DOC,
+    MODEL_WEIGHT,
+    Descriptor,
+    canonical_json,
+)
+from registry.reference import Reference
+from registry.store import DigestMismatchError, Store, StoreError
+
+JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
+
+CAPABILITIES: dict[str, tuple[list[Modality], list[Modality]]] = {
+    "chat": (["text"], ["text"]),
+    "generate": (["text"], ["text"]),
+    "embed": (["text"], ["embedding"]),
+    "classify": (["text"], ["other"]),
+    "tensor": (["other"], ["other"]),
+}
+"""ModelPack input/output types for each TASK."""
+
+
+class PackageError(StageError):
+    """A variant cannot be packaged (a blob that does not match its digest, a bad config value)."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A file going into the store as a layer, with the digest its producer computed."""
+
+    path: Path
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class VariantPayload:
+    """Everything one variant's manifest is made from."""
+
+    variant: Variant  # quantization resolved (never "source")
+    weight: WeightFile
+    architecture: str | None
+    param_count: int | None
+    precision: str | None
+    adapters: tuple[WeightFile, ...] = ()
+    verify: Mapping[str, JSONValue] | None = None  # the verify report, None when verify was skipped
+    runtime: str | None = None  # the runtime version verify ran with
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What every variant of a model shares (from the plan, or inherited from a store source)."""
+
+    name: str
+    task: str
+    template: str | None = None
+    system: str | None = None
+    parameters: Mapping[str, object] | None = None  # typed PARAMETER values (ParamValue)
+    messages: Sequence[Message] = ()
+    licenses: Sequence[str] = ()
+    labels: Mapping[str, str] | None = None
+    modelfile: str = ""
+
+
+_INGEST_PREFIX = ".ffbuild-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_ingest(store: Store) -> list[Path]:
+    """Remove temp files that killed builds left in ``store/ingest`` (named with their pid)."""
+    removed = []
+    for tmp in store.ingest.glob(_INGEST_PREFIX + "*"):
+        try:
+            pid = int(tmp.name[len(_INGEST_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def add_blob(store: Store, f: WeightFile) -> None:
+    """Put a large file in the store under its digest (hard link when possible, else copy); verified."""
+    if store.has_blob(f.digest):
+        return
+    fd, name = tempfile.mkstemp(dir=store.ingest, prefix=f"{_INGEST_PREFIX}{os.getpid()}-")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        tmp.unlink()
+        try:
+            os.link(f.path, tmp)
+        except OSError:
+            with open(f.path, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+        store.commit_file(tmp, expected_digest=f.digest, expected_size=f.size)
+    except DigestMismatchError as exc:
+        raise PackageError(
+            f"{f.path} does not match the digest recorded when it was made ({exc}); "
+            "the build cache is damaged: delete $FF_HOME/cache and build again"
+        ) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _file_layer(store: Store, media_type: str, filepath: str, f: WeightFile) -> Descriptor:
+    add_blob(store, f)
+    return Descriptor(
+        media_type=media_type,
+        digest=f.digest,
+        size=f.size,
+        annotations={ANNOTATION_FILEPATH: filepath, ANNOTATION_TITLE: filepath.rsplit("/", 1)[-1]},
+    )
+
+
+def label_annotations(labels: Mapping[str, str]) -> dict[str, str]:
+    """LABELs: ``org.opencontainers.*`` keys as they are, all others under ``io.ferrousforge.label.``."""
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        if key.startswith("org.opencontainers."):
+            out[key] = value
+        else:
+            out[f"{FF_ANNOTATION_PREFIX}label.{key}"] = value
+    return out
+
+
+def _figure(value: JSONValue) -> str | None:
+    return f"{value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Descriptor]:
+    """The layers of one variant, in the fixed order of docs/artifact-format.md."""
+    layers = [_file_layer(store, MODEL_WEIGHT, "model.gguf", p.weight)]
+    layers += [_file_layer(store, FF_ADAPTER, f"adapters/{i}.gguf", a) for i, a in enumerate(p.adapters)]
+    for i, text in enumerate(meta.licenses):
+        layers.append(
+            layer(store, MODEL_DOC, "LICENSE" if i == 0 else f"LICENSE-{i + 1}", data=text.encode())
+        )
+    if meta.template is not None:
+        layers.append(layer(store, FF_TEMPLATE, "template.txt", data=meta.template.encode()))
+    if meta.system is not None:
+        layers.append(layer(store, FF_SYSTEM, "system.txt", data=meta.system.encode()))
+    if meta.parameters:
+        layers.append(layer(store, FF_PARAMS, "params.json", data=canonical_json(dict(meta.parameters))))
+    if meta.messages:
+        msgs = [{"role": m.role, "content": m.content} for m in meta.messages]
+        layers.append(layer(store, FF_MESSAGES, "messages.json", data=canonical_json(msgs)))
+    if meta.modelfile:
+        layers.append(layer(store, FF_MODELFILE, "Modelfile", data=meta.modelfile.encode()))
+    if p.verify is not None:
+        layers.append(layer(store, FF_VERIFY, "verify.json", data=canonical_json(dict(p.verify))))
+    return layers
+
+
+def variant_config(meta: ModelMeta, p: VariantPayload, layers: list[Descriptor]) -> ModelPackConfig:
+    inputs, outputs = CAPABILITIES.get(meta.task, (["text"], ["text"]))
+    try:
+        return ModelPackConfig(
+            descriptor=ModelDescriptor(name=meta.name, family=p.architecture),
+            config=ModelConfig(
+                architecture=p.architecture,
+                format="gguf",
+                param_size=param_size(p.param_count) if p.param_count else None,
+                precision=p.precision,
+                quantization=p.variant.quantization,
+                capabilities=ModelCapabilities(input_types=inputs, output_types=outputs),
+            ),
+            modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
+        )
+    except ValueError as exc:
+        raise PackageError(f"variant {p.variant.name}: cannot fill the ModelPack config: {exc}") from None
+
+
+def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
+    v = p.variant
+    ann = {
+        ANN_VARIANT: v.name,
+        ANN_TARGET: v.target,
+        ANN_BACKEND: v.backend,
+        ANN_FORMAT: "gguf",
+        ANN_QUANTIZATION: v.quantization,
+        ANN_TASK: meta.task,
+        ANN_MIN_MEMORY: str(p.weight.size + sum(a.size for a in p.adapters)),
+    }
+    if p.precision:
+        ann[ANN_PRECISION] = p.precision
+    if p.runtime:
+        ann[ANN_RUNTIME] = p.runtime
+    if p.verify is not None:
+        agreement = _figure(p.verify.get("agreement"))
+        ratio = _figure(p.verify.get("perplexity_ratio"))
+        if agreement is not None:
+            ann[ANN_AGREEMENT] = agreement
+        if ratio is not None:
+            ann[ANN_PPL_RATIO] = ratio
+    ann.update(label_annotations(meta.labels or {}))
+    return ann
+
+
+def write_variant_manifest(store: Store, meta: ModelMeta, p: VariantPayload) -> Descriptor:
+    """Store one variant's blobs, config and manifest; return the descriptor for the index."""
+    layers = variant_layers(store, meta, p)
+    return write_variant(store, variant_config(meta, p, layers), layers, variant_annotations(meta, p))
+
+
+def package_model(
+    store: Store, ref: Reference, meta: ModelMeta, payloads: Sequence[VariantPayload]
+) -> tuple[Descriptor, list[Descriptor], list[str]]:
+    """Write every variant and the index, then tag ``ref`` and its variant tags (last).
+
+    Variant tags of an earlier build of ``ref`` that this build no longer has are removed.
+    Returns the index descriptor, the variant descriptors and the tag names written.
+    """
+    if not payloads:
+        raise PackageError("nothing to package: the build produced no variants")
+    names = [p.variant.name for p in payloads]
+    if len(set(names)) != len(names):
+        raise PackageError(f"two variants share a name: {', '.join(sorted(names))}")
+    clean_ingest(store)
+    variants = [write_variant_manifest(store, meta, p) for p in payloads]
+    index = write_index(store, variants)
+    if ref.tag is None:
+        raise PackageError(f"{ref}: a model needs a tag")
+    with contextlib.suppress(StoreError):
+        for old in variants_of(store, ref):
+            if old.name not in names:
+                store.untag(ref.with_tag(variant_tag(ref.tag, old.name)))
+    tags = tag_model(store, ref, index)
+    return index, variants, tags

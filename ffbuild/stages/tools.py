@@ -1,0 +1,44 @@
+"""Versions of the tools each build stage runs: part of every build-cache key.
+
+A key covers the packages a stage calls (llama-cpp-python, gguf, huggingface_hub) and the digest of
+the stage's own source file, so upgrading a tool or changing a stage's code never reuses stale output.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+from ffbuild import __version__
+
+_STAGES_DIR = Path(__file__).resolve().parent
+_PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors")
+
+
+def package_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _module_digest(module: str) -> str | None:
+    path = _STAGES_DIR / f"{module}.py"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+@functools.cache
+def stage_tools(stage: str) -> dict[str, str | None]:
+    """What a stage's output depends on besides its inputs and options."""
+    out: dict[str, str | None] = {"ffbuild": __version__, "gguf_info": _module_digest("gguf_info")}
+    out.update({p: package_version(p) for p in _PACKAGES})
+    out[f"stage:{stage}"] = _module_digest(stage)
+    return out
+
+
+def runtime_version() -> str:
+    """The runtime the verify stage ran variants with (the io.ferrousforge.runtime annotation)."""
+    return f"llama-cpp-python {package_version('llama_cpp_python') or 'unknown'}"
