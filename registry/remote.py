@@ -177,7 +177,8 @@ def _fetch_blobs(
     result: PullResult,
 ) -> None:
     seen: set[str] = set()
-    for d, title in descs:
+    # Smallest first: a bad config or text layer fails the pull before the weights are fetched.
+    for d, title in sorted(descs, key=lambda dt: dt[0].size):
         if d.digest in seen:
             continue
         seen.add(d.digest)

@@ -7,93 +7,20 @@ a free port, keep their blobs in a temporary folder (``storage``) and log to ``l
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
-
-REGISTRY_BIN = "/usr/bin/docker-registry"
-USER, PASSWORD = "ffuser", "s3cret-pass"
-
-
-@dataclass
-class RegistryServer:
-    host: str  # 127.0.0.1:PORT
-    storage: Path
-    log: Path
-    proc: subprocess.Popen[bytes]
-
-    def blob_data(self, digest: str) -> Path:
-        hexd = digest.split(":", 1)[1]
-        return self.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(root: Path, htpasswd: Path | None) -> RegistryServer:
-    if not os.path.exists(REGISTRY_BIN):
-        pytest.skip(f"{REGISTRY_BIN} is missing: apt-get install docker-registry (.ci/setup does)")
-    port = _free_port()
-    storage = root / "storage"
-    storage.mkdir(parents=True)
-    auth = (
-        f"auth:\n  htpasswd:\n    realm: ff-test\n    path: {htpasswd}\n" if htpasswd is not None else ""
-    )
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: info\n  accesslog:\n    disabled: false\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        + auth
-    )
-    log = root / "registry.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
-    server = RegistryServer(f"127.0.0.1:{port}", storage, log, proc)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"docker-registry exited: {server.log_text()}")
-        try:
-            r = requests.get(f"http://{server.host}/v2/", timeout=1)
-            if r.status_code in (200, 401):
-                return server
-        except requests.exceptions.ConnectionError:
-            pass
-        time.sleep(0.1)
-    _stop(server)
-    raise RuntimeError(f"docker-registry did not answer /v2/: {server.log_text()}")
-
-
-def _stop(server: RegistryServer) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(10)
+from remote_testkit import PASSWORD, USER, RegistryServer, start_registry, stop_registry
 
 
 @pytest.fixture(scope="session")
 def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = _start(tmp_path_factory.mktemp("registry"), None)
+    server = start_registry(tmp_path_factory.mktemp("registry"), None)
     yield server
-    _stop(server)
+    stop_registry(server)
 
 
 @pytest.fixture(scope="session")
@@ -106,9 +33,9 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     ).stdout.strip()
     htpasswd = root / "htpasswd"
     htpasswd.write_text(line + "\n")
-    server = _start(root / "srv", htpasswd)
+    server = start_registry(root / "srv", htpasswd)
     yield server
-    _stop(server)
+    stop_registry(server)
 
 
 @pytest.fixture
@@ -118,58 +45,3 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(d))
     return d
-
-
-def make_model(store: object, gguf: Path, name: str = "smollm2:1") -> str:
-    """A two-variant model made with registry.artifact from the real SmolLM2 GGUF plus text layers.
-
-    ``q4_1-cpu`` fits this machine; ``q4_1-cuda`` (same weights, its own README layer) needs a GPU, so
-    ``ff pull`` without options picks ``q4_1-cpu`` on a CPU-only machine. Returns the index digest.
-    """
-    import json as _json
-
-    from registry.artifact import layer, tag_model, write_index, write_variant
-    from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
-    from registry.oci import (
-        ANN_BACKEND,
-        ANN_FORMAT,
-        ANN_QUANTIZATION,
-        ANN_TARGET,
-        ANN_VARIANT,
-        FF_PARAMS,
-        FF_SYSTEM,
-        FF_TEMPLATE,
-        MODEL_DOC,
-        MODEL_WEIGHT,
-    )
-    from registry.store import Store
-
-    assert isinstance(store, Store)
-    weight = layer(store, MODEL_WEIGHT, "model.gguf", file=gguf)
-    common = [
-        layer(store, FF_TEMPLATE, "template.txt", data=b"{{ .System }}\n{{ .Prompt }}"),
-        layer(store, FF_SYSTEM, "system.txt", data=b"You are brief."),
-        layer(store, FF_PARAMS, "params.json", data=_json.dumps({"stop": ["<|im_end|>"]}).encode()),
-        layer(store, MODEL_DOC, "LICENSE", data=b"Apache-2.0\n"),
-    ]
-    variants = []
-    for target in ("cpu", "cuda"):
-        layers = [weight, *common]
-        if target == "cuda":
-            layers.append(layer(store, MODEL_DOC, "README.md", data=b"# SmolLM2 for CUDA\n"))
-        config = ModelPackConfig(
-            descriptor=ModelDescriptor(name="smollm2"),
-            config=ModelConfig(architecture="llama", format="gguf", param_size="135M", quantization="q4_1"),
-            modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
-        )
-        ann = {
-            ANN_VARIANT: f"q4_1-{target}",
-            ANN_TARGET: target,
-            ANN_BACKEND: "llamacpp",
-            ANN_FORMAT: "gguf",
-            ANN_QUANTIZATION: "q4_1",
-        }
-        variants.append(write_variant(store, config, layers, ann))
-    index = write_index(store, variants)
-    tag_model(store, name, index)
-    return index.digest
