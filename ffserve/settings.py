@@ -1,0 +1,128 @@
+"""Server settings: one pydantic model read from flags > ``FF_*`` environment variables > a TOML file."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_DUR_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_bytes(value: str | int) -> int:
+    """``"8GiB"``, ``"512MB"``, ``"1000"`` or an int → bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(value)
+    if m is None:
+        raise ValueError(f"{value!r} is not a size (bytes, or a number with KB/MB/GB/KiB/MiB/GiB)")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    scale = 1024 ** ("kmgt".index(unit[0]) + 1) if unit.endswith("i") else _UNITS[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Ollama's keep_alive: seconds as a number, or Go-style ``"5m"``, ``"1h30m"``, ``"-1"``; negative = forever."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    parts = _DUR_RE.findall(body)
+    if not parts or "".join(n + u for n, u in parts) != body:
+        raise ValueError(f"{value!r} is not a duration (seconds, or e.g. '5m', '1h30m', '-1')")
+    return sign * sum(float(n) * _DUR_UNITS[u] for n, u in parts)
+
+
+def _toml_path() -> Path | None:
+    env = os.environ.get("FF_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return None
+
+
+class Settings(BaseSettings):
+    """Everything ``ff serve`` can be told. Precedence: flags > ``FF_*`` > TOML (``FF_CONFIG``) > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="FF_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=11435, ge=0, le=65535)
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="models to load at start (ready when loaded)")
+    target: str | None = None
+    quantize: str | None = None
+    pull: bool = False
+    keep_alive: float = 300.0
+    max_memory: int = 0  # 0: no budget
+    max_loaded_models: int = Field(default=3, ge=1)
+    max_queue: int = Field(default=64, ge=1)
+    num_parallel: int = Field(default=1, ge=1, le=64)
+    num_threads: int = Field(default=0, ge=0)  # 0: chosen from the CPU count (docs/serving.md)
+    num_ctx: int = Field(default=2048, ge=16)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    shutdown_timeout: float = 30.0
+    access_log: bool = True
+
+    @field_validator("max_memory", "max_body_bytes", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return parse_bytes(v) if isinstance(v, str) else v
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path()
+        if path is not None:
+            if not path.is_file():
+                raise ValueError(f"FF_CONFIG={path}: no such file")
+            try:
+                tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{path}: not valid TOML: {exc}") from None
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def threads(self) -> int:
+        """llama.cpp threads per model: ``num_threads`` or the default measured in docs/serving.md."""
+        if self.num_threads:
+            return self.num_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores)
