@@ -119,17 +119,20 @@ def fetch_hf_repo(repo: str, revision: str | None) -> Fetched:
 
 
 def _pull(reference: str, store: Store) -> None:
+    """Pull every variant of a remote model into the store (registry.remote, imported on demand)."""
     try:
         remote = importlib.import_module("registry.remote")
+        http = importlib.import_module("registry.http")
     except ImportError:
         raise FetchError(
             f"FROM {reference}: the model is not in the local store and this version cannot pull it "
             f"during a build; run `ff pull {reference}` first"
         ) from None
+    errors: tuple[type[BaseException], ...] = (StoreError, http.RegistryError)
     try:
-        remote.pull(reference, store=store)
-    except StoreError as exc:
-        raise FetchError(f"FROM {reference}: pull failed: {exc}") from None
+        remote.pull(reference, store=store, all_variants=True)
+    except errors as exc:
+        raise FetchError(f"FROM {reference}: pull failed: {exc}; try `ff pull {reference}` first") from None
 
 
 def fetch_store_model(reference: str, store: Store) -> Fetched:

@@ -74,7 +74,8 @@ import json, sys
 from ffbuild.plan import Source, SourceKind
 from ffbuild.stages.fetch import fetch, FetchError
 from registry.store import Store
-src = Source(kind=SourceKind.HF_REPO, raw="hf://" + sys.argv[1], repo=sys.argv[1], revision=sys.argv[2] or None)
+repo, rev = sys.argv[1], sys.argv[2] or None
+src = Source(kind=SourceKind.HF_REPO, raw="hf://" + repo, repo=repo, revision=rev)
 try:
     f = fetch(src, Store())
     print(json.dumps({"path": str(f.path), "kind": str(f.kind)}))

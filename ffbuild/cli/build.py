@@ -1,0 +1,121 @@
+"""``ff build``: Modelfile → plan → stages → variants in the local store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ffbuild.cli.render import RichProgress, figure, human_size, make_progress, print_table
+
+
+def _build_args(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--build-arg")
+        out[key] = value
+    return out
+
+
+@click.command("build")
+@click.option(
+    "-f",
+    "--file",
+    "modelfile",
+    type=click.Path(path_type=Path),
+    default=Path("Modelfile"),
+    show_default=True,
+    help="the Modelfile (or a folder holding one)",
+)
+@click.option("-t", "--tag", "tag", required=True, help="name:tag to store the model as")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="set an ARG")
+@click.option("--quantize", "quantize", multiple=True, metavar="TYPE", help="replace the QUANTIZE types")
+@click.option("--target", "targets", multiple=True, metavar="TARGET", help="replace the TARGETs")
+@click.option("--allow-requantize", is_flag=True, help="allow quantizing an already quantized GGUF source")
+@click.option("--no-verify", is_flag=True, help="skip the verify stage (no quality figures are stored)")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for quantize/verify")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
+def build_command(
+    modelfile: Path,
+    tag: str,
+    build_args: tuple[str, ...],
+    quantize: tuple[str, ...],
+    targets: tuple[str, ...],
+    allow_requantize: bool,
+    no_verify: bool,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Build a Modelfile into verified model variants in the local store.
+
+    \b
+    Examples:
+      ff build -f Modelfile -t smollm2:latest
+      ff build -f modelfiles/smollm2 -t smollm2 --build-arg SOURCE=./SmolLM2 --quantize q8_0
+    """
+    from ffbuild.build import BuildOptions, build
+    from ffbuild.cache import CacheError
+    from ffbuild.errors import ModelfileError
+    from ffbuild.modelfile import parse_file
+    from ffbuild.plan import make_plan
+    from ffbuild.stages.errors import StageError
+    from registry.reference import ReferenceError, parse_reference
+    from registry.store import StoreError
+
+    path = modelfile / "Modelfile" if modelfile.is_dir() else modelfile
+    if not path.is_file():
+        raise click.ClickException(f"{path}: no such Modelfile")
+    try:
+        ref = parse_reference(tag)
+    except ReferenceError as exc:
+        raise click.ClickException(f"-t {tag}: {exc}") from None
+    if ref.is_remote or ref.digest is not None:
+        raise click.ClickException(f"-t {tag}: give a local name:tag (push it with `ff push` afterwards)")
+    try:
+        plan = make_plan(
+            parse_file(path),
+            context=path.resolve().parent,
+            modelfile_path=path.resolve(),
+            build_args=_build_args(build_args),
+            quantize=list(quantize) or None,
+            targets=list(targets) or None,
+        )
+    except ModelfileError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(1) from None
+    progress = make_progress()
+    try:
+        result = build(
+            plan, ref, options=BuildOptions(allow_requantize, not no_verify, threads), progress=progress
+        )
+    except (StageError, StoreError, CacheError) as exc:
+        if isinstance(progress, RichProgress):
+            progress.close()
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    rows = []
+    for v in result.variants:
+        report = v.report or {}
+        rows.append(
+            [
+                v.variant.name,
+                human_size(v.size),
+                v.variant.quantization,
+                figure(report.get("agreement")),
+                figure(report.get("perplexity_ratio")),
+                f"{v.built.seconds + v.verify_seconds:.1f}s" + (" (cached)" if v.built.cached else ""),
+            ]
+        )
+    print_table(
+        ["VARIANT", "SIZE", "QUANTIZATION", "AGREEMENT", "PPL RATIO", "TIME"],
+        rows,
+        title=f"{result.reference}  {result.index_digest}",
+    )
+
+
+COMMANDS = [build_command]
