@@ -137,3 +137,41 @@ def make_model(store: object, gguf: Path, name: str = "smollm2:1") -> str:
     index = write_index(store, variants)
     tag_model(store, name, index)
     return index.digest
+
+
+def push_raw(host: str, repo: str, tag: str, blobs: list[bytes], manifest: dict[str, object],
+             media_type: str = "application/vnd.oci.image.manifest.v1+json") -> str:
+    """Push hand-made blobs and a manifest (hostile or foreign content) as they are; return its digest."""
+    import hashlib
+    import json as _json
+    import tempfile
+
+    from registry.http import RegistryClient
+    from registry.oci import Descriptor
+    from registry.transfer import put_manifest, upload_blob
+
+    client = RegistryClient(host)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, data in enumerate(blobs):
+            path = Path(tmp) / str(i)
+            path.write_bytes(data)
+            desc = Descriptor(
+                media_type="application/octet-stream",
+                digest="sha256:" + hashlib.sha256(data).hexdigest(),
+                size=len(data),
+            )
+            upload_blob(client, repo, path, desc)
+    body = _json.dumps(manifest).encode()
+    put_manifest(client, repo, tag, body, media_type)
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def blob_desc(data: bytes, media_type: str, filepath: str | None = None) -> dict[str, object]:
+    import hashlib
+
+    d: dict[str, object] = {
+        "mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)
+    }
+    if filepath is not None:
+        d["annotations"] = {"org.cncf.model.filepath": filepath, "org.opencontainers.image.title": filepath}
+    return d

@@ -1,0 +1,111 @@
+"""Login, logout and authenticated push/pull against docker-registry with htpasswd (bcrypt) auth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from remote_testkit import PASSWORD, USER, RegistryServer, make_model
+
+from registry.auth import load_credentials, login, save_credentials
+from registry.http import AuthError, Credentials, RegistryClient, RegistryError, is_loopback
+from registry.remote import pull, push
+from registry.store import Store
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Store:
+    store = Store(tmp_path_factory.mktemp("auth-src") / "store")
+    make_model(store, smollm2_gguf)
+    return store
+
+
+def test_push_without_login_is_a_clear_401(
+    auth_registry: RegistryServer, small_store: Store, docker_config: Path
+) -> None:
+    pattern = r"401 Unauthorized.*ff login " + re.escape(auth_registry.host)
+    with pytest.raises(AuthError, match=pattern):
+        push("smollm2:1", store=small_store, remote_ref=f"{auth_registry.host}/ff/auth:1")
+
+
+def test_wrong_password_fails_at_login(auth_registry: RegistryServer, docker_config: Path) -> None:
+    with pytest.raises(AuthError, match=r"401 Unauthorized.*rejected user 'ffuser'"):
+        login(auth_registry.host, USER, "wrong-password")
+    assert not (docker_config / "config.json").exists()
+    with pytest.raises(AuthError, match="rejected user 'nobody'"):
+        login(auth_registry.host, "nobody", PASSWORD)
+
+
+def test_login_then_push_and_pull(
+    auth_registry: RegistryServer, small_store: Store, docker_config: Path, tmp_path: Path
+) -> None:
+    from ffbuild.cli.remote import login as login_cmd
+    from ffbuild.cli.remote import logout as logout_cmd
+
+    runner = CliRunner()
+    bad = runner.invoke(login_cmd, [auth_registry.host, "-u", USER, "--password-stdin"], input="nope\n")
+    assert bad.exit_code == 1 and "401" in bad.output and "Traceback" not in bad.output
+    ok = runner.invoke(login_cmd, [auth_registry.host, "-u", USER, "--password-stdin"], input=PASSWORD + "\n")
+    assert ok.exit_code == 0, ok.output
+    cfg = json.loads((docker_config / "config.json").read_text())
+    assert base64.b64decode(cfg["auths"][auth_registry.host]["auth"]).decode() == f"{USER}:{PASSWORD}"
+    assert (docker_config / "config.json").stat().st_mode & 0o077 == 0
+
+    remote = f"{auth_registry.host}/ff/auth:1"
+    res = push("smollm2:1", store=small_store, remote_ref=remote)
+    assert res.blobs_uploaded == 8
+    got = pull(remote, store=Store(tmp_path / "store"), variant="q4_1-cpu")
+    assert got.digest == res.digest
+
+    out = runner.invoke(logout_cmd, [auth_registry.host])
+    assert out.exit_code == 0, out.output
+    assert load_credentials(auth_registry.host) is None
+    with pytest.raises(AuthError, match="ff login"):
+        pull(remote, store=Store(tmp_path / "store2"), variant="q4_1-cpu")
+    again = runner.invoke(logout_cmd, [auth_registry.host])
+    assert again.exit_code == 1 and "not logged in" in again.output
+
+
+def test_docker_login_credentials_are_used(
+    auth_registry: RegistryServer, docker_config: Path, tmp_path: Path
+) -> None:
+    """A config.json written the way `docker login` writes it (other keys kept) works as is."""
+    (docker_config / "config.json").write_text(json.dumps({
+        "auths": {auth_registry.host: {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}},
+        "HttpHeaders": {"User-Agent": "Docker-Client"},
+    }))
+    creds = load_credentials(auth_registry.host)
+    assert creds == Credentials(USER, PASSWORD)
+    RegistryClient(auth_registry.host, credentials=creds).ping()
+    save_credentials("other.example:5000", Credentials("a", "b"))
+    cfg = json.loads((docker_config / "config.json").read_text())
+    assert cfg["HttpHeaders"] == {"User-Agent": "Docker-Client"} and auth_registry.host in cfg["auths"]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1:5000", True),
+        ("127.3.4.5", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("10.0.0.1:5000", False),
+        ("registry.example.com", False),
+        ("localhost.evil.com:5000", False),
+    ],
+)
+def test_plain_http_only_for_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+    assert RegistryClient(host).prefix == ("http" if loopback else "https")
+    assert RegistryClient(host, insecure=True).prefix == "http"
+
+
+def test_missing_ca_bundle_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="CA bundle"):
+        RegistryClient("registry.example.com", ca_file=str(tmp_path / "none.pem"))
