@@ -26,8 +26,15 @@ def package_version(dist: str) -> str | None:
 
 @functools.cache
 def _module_digest(module: str) -> str | None:
-    path = _STAGES_DIR / f"{module}.py"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    """sha256 over a stage module's source: ``<module>.py``, or every ``.py`` of a ``<module>/`` package."""
+    single = _STAGES_DIR / f"{module}.py"
+    files = [single] if single.is_file() else sorted((_STAGES_DIR / module).rglob("*.py"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(_STAGES_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 @functools.cache
