@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -175,3 +176,59 @@ def blob_desc(data: bytes, media_type: str, filepath: str | None = None) -> dict
     if filepath is not None:
         d["annotations"] = {"org.cncf.model.filepath": filepath, "org.opencontainers.image.title": filepath}
     return d
+
+
+class ThrottledProxy:
+    """A TCP proxy on 127.0.0.1 that slows the registry's answers to ``rate`` bytes/s and counts them.
+
+    Used to make a pull slow enough to kill midway, and to count the bytes that really crossed.
+    """
+
+    def __init__(self, upstream: str, rate: int) -> None:
+        import threading
+
+        self.upstream = upstream
+        self.rate = rate
+        self.downstream_bytes = 0
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            host, port = self.upstream.rsplit(":", 1)
+            server = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, throttle: bool) -> None:
+        chunk = 64 * 1024
+        try:
+            while data := src.recv(chunk):
+                dst.sendall(data)
+                if throttle:
+                    with self._lock:
+                        self.downstream_bytes += len(data)
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()

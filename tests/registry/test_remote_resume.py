@@ -1,0 +1,120 @@
+"""A killed pull resumes where it stopped; concurrent pulls fetch each blob once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from remote_testkit import RegistryServer, ThrottledProxy, make_model
+
+from registry.artifact import variants_of
+from registry.remote import PullResult, pull, push
+from registry.store import Store, sha256_file
+
+pytestmark = pytest.mark.registry
+
+FF = [sys.executable, "-c", "import sys; from ffbuild.cli import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def pushed(
+    registry_server: RegistryServer, tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
+) -> str:
+    store = Store(tmp_path_factory.mktemp("resume-src") / "store")
+    make_model(store, smollm2_gguf)
+    push("smollm2:1", store=store, remote_ref=f"{registry_server.host}/resume/model:1")
+    return "resume/model:1"
+
+
+def _weight(store: Store, ref: str) -> tuple[str, int]:
+    v = next(v for v in variants_of(store, ref) if v.name == "q4_1-cpu")
+    layers = store.read_json(v.descriptor.digest)["layers"]
+    w = next(d for d in layers if d["mediaType"].endswith("weight.v1.raw"))
+    return str(w["digest"]), int(w["size"])
+
+
+def test_killed_pull_resumes(
+    registry_server: RegistryServer, pushed: str, tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    weight_size = smollm2_gguf.stat().st_size
+    proxy = ThrottledProxy(registry_server.host, rate=25 * 1024 * 1024)  # ~4 s for the weights
+    home = tmp_path / "home"
+    env = {**os.environ, "FF_HOME": str(home)}
+    remote = f"{proxy.host}/{pushed}"
+    try:
+        proc = subprocess.Popen(
+            [*FF, "pull", remote, "--variant", "q4_1-cpu", "--json"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        ingest = home / "store" / "ingest"
+        deadline = time.monotonic() + 60
+        partial: Path | None = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list(ingest.glob("*.partial")) if ingest.exists() else []
+            big = [p for p in parts if p.stat().st_size > 20 * 1024 * 1024]
+            if big:
+                partial = big[0]
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert partial is not None, f"the pull never got going: {proc.stderr.read() if proc.stderr else ''!r}"
+        landed = partial.stat().st_size
+        assert 0 < landed < weight_size
+        store = Store(home / "store")
+        weight_digest = "sha256:" + partial.name.removesuffix(".partial")
+        assert not store.has_blob(weight_digest)  # never a half blob under its final name
+
+        before = proxy.downstream_bytes
+        out = subprocess.run(
+            [*FF, "pull", remote, "--variant", "q4_1-cpu", "--json"], env=env, capture_output=True, text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.splitlines()[-1])
+        over_the_wire = proxy.downstream_bytes - before
+    finally:
+        proxy.close()
+    assert result["bytes_resumed"] == landed
+    assert result["bytes_downloaded"] == weight_size - landed  # the small blobs were kept from run 1
+    assert weight_size - landed <= over_the_wire < weight_size - landed + 64 * 1024  # + headers, manifests
+    assert sha256_file(store.blob_path(weight_digest)) == (weight_digest, weight_size)
+    assert list(store.ingest.iterdir()) == []
+    assert _weight(store, f"{proxy.host}/{pushed}") == (weight_digest, weight_size)
+
+
+def test_concurrent_pulls_fetch_each_blob_once(
+    registry_server: RegistryServer, pushed: str, tmp_path: Path
+) -> None:
+    proxy = ThrottledProxy(registry_server.host, rate=100 * 1024 * 1024)
+    store = Store(tmp_path / "store")
+    results: list[PullResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(pull(f"{proxy.host}/{pushed}", store=Store(store.root), variant="q4_1-cpu"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        proxy.close()
+    assert not errors, errors
+    payload = sum(p.stat().st_size for p in store.blobs.iterdir())
+    manifests = sum(len(store.read_blob(d.digest)) for _, d in store.tags())
+    assert sum(r.bytes_downloaded for r in results) == payload - manifests
+    assert sum(r.blobs_fetched for r in results) == 6 and sum(r.blobs_present for r in results) == 12
+    assert {r.digest for r in results} == {store.resolve(f"{proxy.host}/{pushed}").digest}
