@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -94,16 +95,37 @@ def stream_server(url: str, model: str, prompt: str, options: dict[str, object])
                 return
 
 
+def _plain_cpu_buffers(llama_cpp_mod: types.ModuleType) -> None:
+    """Turn off llama.cpp's CPU "extra" (AMX/repack) buffers, unless FF_LLAMA_EXTRA_BUFFERS=1.
+
+    With llama-cpp-python 0.3.36 on AMX CPUs they crash (SIGSEGV) on multi-token batch decodes of
+    Q4_1/Q8_0 models (the same workaround as ffserve's llama.cpp runtime, docs/serving.md).
+    """
+    lib = llama_cpp_mod.llama_cpp
+    original = getattr(lib, "_ff_original_model_params", None) or lib.llama_model_default_params
+    lib._ff_original_model_params = original
+
+    def params() -> object:
+        p = original()
+        if os.environ.get("FF_LLAMA_EXTRA_BUFFERS", "0") != "1":
+            p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+
+
 def stream_local(
     files: ModelFiles, prompt: str, options: dict[str, object], threads: int | None
 ) -> Iterator[str]:
     try:
+        import llama_cpp
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     except ImportError:
         raise click.ClickException(
             "running a GGUF model needs llama-cpp-python: pip install 'ferrousforge[gguf]'"
         ) from None
+    _plain_cpu_buffers(llama_cpp)
     n_ctx = int(str(options.get("num_ctx", 2048)))
     llm = Llama(
         model_path=str(files.weights[0]),
