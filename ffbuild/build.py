@@ -21,7 +21,7 @@ from ffbuild.choices import QUANTIZATIONS
 from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.errors import StageError
-from ffbuild.stages.fetch import Fetched, FetchedKind, fetch
+from ffbuild.stages.fetch import Fetched, FetchedKind, StoredVariant, fetch
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffbuild.stages.package import JSONValue, ModelMeta, VariantPayload, WeightFile, package_model
 from registry.reference import Reference
@@ -173,6 +173,21 @@ def _weight(path: Path) -> WeightFile:
     return WeightFile(path, file_digest(path), path.stat().st_size)
 
 
+def _blob(path: Path) -> WeightFile:
+    """A store blob: its name is its digest (checked when it was stored), so it is not hashed again."""
+    return WeightFile(path, "sha256:" + path.name, path.stat().st_size)
+
+
+def _stored(sv: StoredVariant) -> Built:
+    weight = sv.files.weights[0]
+    return Built(
+        sv.ref.quantization,
+        _blob(weight),
+        read_gguf_info(weight),
+        adapters=tuple(_blob(a) for a in sv.files.adapters),
+    )
+
+
 def _cached_gguf(
     ctx: BuildContext, stage: str, key: str, make: Callable[[Path], object]
 ) -> tuple[WeightFile, float, bool]:
@@ -239,16 +254,7 @@ def convert_stage(ctx: BuildContext) -> str:
             raise BuildError(f"FROM {f.path} is a LoRA adapter, not a model; name it with ADAPTER instead")
         ctx.base = Built(info.quantization.lower(), _weight(f.path), info)
         return f"source is {info.quantization} GGUF: nothing to convert"
-    stored = [
-        Built(
-            sv.ref.quantization,
-            _weight(sv.files.weights[0]),
-            read_gguf_info(sv.files.weights[0]),
-            adapters=tuple(_weight(a) for a in sv.files.adapters),
-        )
-        for sv in f.variants
-        if sv.ref.format == "gguf" and sv.files.weights
-    ]
+    stored = [_stored(sv) for sv in f.variants if sv.ref.format == "gguf" and sv.files.weights]
     if not stored:
         raise BuildError(f"FROM {f.description}: the model has no GGUF variant to build from")
     ctx.base = max(stored, key=lambda b: b.bits)
@@ -298,13 +304,7 @@ def quantize_stage(ctx: BuildContext) -> str:
             for sv in f.variants:
                 if sv.ref.format != "gguf" or not sv.files.weights:
                     continue
-                w = _weight(sv.files.weights[0])
-                built = Built(
-                    sv.ref.quantization,
-                    w,
-                    read_gguf_info(w.path),
-                    adapters=tuple(_weight(a) for a in sv.files.adapters),
-                )
+                built = _stored(sv)
                 target = sv.ref.target
                 device, _, detail = target.partition(":")
                 ctx.outputs.append(

@@ -59,8 +59,13 @@ def test_requantizing_a_quantized_gguf_is_refused(smollm2_gguf: Path, tmp_path: 
 def test_gguf_source_kept_as_is(smollm2_gguf: Path, tmp_path: Path) -> None:
     """QUANTIZE absent → the source's own quantization: no convert, no quantize, the file is the weight."""
     store, cache = Store(tmp_path / "s"), BuildCache(tmp_path / "c")
-    result = build(_plan(_gguf(smollm2_gguf), _v("source")), parse_reference("m:1"), store=store, cache=cache,
-                   options=NO_VERIFY)  # fmt: skip
+    result = build(
+        _plan(_gguf(smollm2_gguf), _v("source")),
+        parse_reference("m:1"),
+        store=store,
+        cache=cache,
+        options=NO_VERIFY,
+    )
     assert [v.variant.name for v in result.variants] == ["q4_1-cpu"]
     assert result.cache_misses == 0
     (v,) = variants_of(store, "m:1")
@@ -73,12 +78,19 @@ def test_gguf_source_kept_as_is(smollm2_gguf: Path, tmp_path: Path) -> None:
 
 def test_store_source_reuses_weight_blobs(smollm2_gguf: Path, tmp_path: Path) -> None:
     store, cache = Store(tmp_path / "s"), BuildCache(tmp_path / "c")
-    build(_plan(_gguf(smollm2_gguf), _v("source"), system="one"), parse_reference("base:1"), store=store,
-          cache=cache, options=NO_VERIFY)  # fmt: skip
+    build(
+        _plan(_gguf(smollm2_gguf), _v("source"), system="one"),
+        parse_reference("base:1"),
+        store=store,
+        cache=cache,
+        options=NO_VERIFY,
+    )
     derived = _plan(
-        Source(kind=SourceKind.OCI, raw="base:1", reference="base:1"), _v("source"), system="two",
+        Source(kind=SourceKind.OCI, raw="base:1", reference="base:1"),
+        _v("source"),
+        system="two",
         parameters={"temperature": 0.1},
-    )  # fmt: skip
+    )
     result = build(derived, parse_reference("derived:1"), store=store, cache=cache, options=NO_VERIFY)
     assert result.cache_misses == 0
 

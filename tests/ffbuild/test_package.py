@@ -75,16 +75,24 @@ def _payloads(files: dict[str, WeightFile], *, adapters: bool = True) -> list[Va
 
     return [
         VariantPayload(
-            v("q4_1"), files["q4_1"], "llama", 134_515_008, "q4_1",
+            v("q4_1"),
+            files["q4_1"],
+            "llama",
+            134_515_008,
+            "q4_1",
             adapters=(files["lora"],) if adapters else (),
             verify={"agreement": 0.8125, "perplexity_ratio": 1.25, "loads": True, "sample": "Paris"},
             runtime="llama-cpp-python 0.3.36",
         ),
         VariantPayload(
-            v("f16"), files["f16"], "llama", 134_515_008, "f16",
+            v("f16"),
+            files["f16"],
+            "llama",
+            134_515_008,
+            "f16",
             verify={"agreement": 1.0, "perplexity_ratio": 1.0, "loads": True, "sample": "Paris"},
         ),
-    ]  # fmt: skip
+    ]
 
 
 def test_manifest_index_and_tags(tmp_path: Path, files: dict[str, WeightFile]) -> None:
