@@ -44,8 +44,8 @@ def _ollama_manifest(
     layers = [(weights, OLLAMA_MODEL), *extra]
     config = json.dumps({
         # family and size deliberately wrong: the GGUF header is the source of truth when it can be read
-        "model_format": "gguf", "model_family": "notllama", "model_families": ["notllama"], "model_type": "9B",
-        "file_type": "Q4_1", "architecture": "amd64", "os": "linux",
+        "model_format": "gguf", "model_family": "notllama", "model_families": ["notllama"],
+        "model_type": "9B", "file_type": "Q4_1", "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": [_digest(d) for d, _ in layers]},
     }).encode()
     manifest = {
