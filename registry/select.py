@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from registry.artifact import VariantRef
 
@@ -34,12 +36,18 @@ class HostInfo:
     devices: frozenset[str]  # "cpu" always; "cuda" when an NVIDIA GPU answers
     cuda_capabilities: frozenset[str]  # e.g. {"sm_90"}
     backends: frozenset[str]  # backends whose Python package is importable
+    cpu_features: frozenset[str] = frozenset()  # e.g. {"x86_64", "avx2", "avx512f"}; empty: unknown
 
     def fits(self, v: VariantRef) -> bool:
         if v.device not in self.devices or v.backend not in self.backends:
             return False
         detail = v.target.split(":", 1)[1] if ":" in v.target else None
-        return not (v.device == "cuda" and detail and detail not in self.cuda_capabilities)
+        if v.device == "cuda" and detail and detail not in self.cuda_capabilities:
+            return False
+        # `cpu:avx512f` or `cpu:aarch64`: every named feature must be present (`+`-separated).
+        return not (
+            v.device == "cpu" and detail and not set(detail.lower().split("+")) <= self.cpu_features
+        )
 
 
 def _cuda_capabilities() -> frozenset[str]:
@@ -62,12 +70,27 @@ def _cuda_capabilities() -> frozenset[str]:
     )
 
 
+def _cpu_features() -> frozenset[str]:
+    """The machine architecture plus the CPU flags the kernel reports (avx2, avx512f, neon/asimd, …)."""
+    feats = {platform.machine().lower()}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset(feats)
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            feats.update(value.split())
+            break
+    return frozenset(f.lower() for f in feats)
+
+
 @functools.cache
 def detect_host() -> HostInfo:
     caps = _cuda_capabilities()
     devices = {"cpu"} | ({"cuda"} if caps else set())
     backends = {name for name, mod in BACKEND_MODULES.items() if importlib.util.find_spec(mod) is not None}
-    return HostInfo(frozenset(devices), caps, frozenset(backends))
+    return HostInfo(frozenset(devices), caps, frozenset(backends), _cpu_features())
 
 
 def _describe(vs: list[VariantRef]) -> str:
