@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ffserve.runtime import RequestRejected
+
 log = logging.getLogger("ffserve")
 
 
@@ -64,7 +66,9 @@ class InsufficientMemory(ServeError):
     status, kind = 507, "insufficient_memory_error"
 
 
-def error_response(request: Request, status: int, message: str, kind: str, headers: dict[str, str]) -> Response:
+def error_response(
+    request: Request, status: int, message: str, kind: str, headers: dict[str, str]
+) -> Response:
     if request.url.path.startswith("/v1/"):
         body: dict[str, object] = {"error": {"message": message, "type": kind, "code": status}}
     else:
@@ -88,4 +92,13 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}", "server_error", {})
 
 
-EXCEPTION_HANDLERS = {ServeError: serve_error, HTTPException: http_error, Exception: unexpected_error}
+async def rejected(request: Request, exc: Exception) -> Response:
+    return error_response(request, 400, str(exc), "invalid_request_error", {})
+
+
+EXCEPTION_HANDLERS = {
+    ServeError: serve_error,
+    RequestRejected: rejected,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

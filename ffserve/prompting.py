@@ -58,10 +58,8 @@ def build_prompt(req: GenerationRequest, model: ModelPrompting) -> tuple[str, li
         return req.prompt, []
     template = req.template or model.template
     system = req.system if req.system is not None else model.system
-    if req.messages is not None:
-        msgs = [*model.messages, *req.messages]
-    else:
-        msgs = [ChatMessage("user", req.prompt)]
+    chat = req.messages is not None
+    msgs = [*model.messages, *(req.messages or ())] if chat else [ChatMessage("user", req.prompt)]
     try:
         if template is not None:
             if uses_messages(template):

@@ -26,6 +26,14 @@ JsonSchema = dict[str, object]
 Format = Literal["json"] | JsonSchema | None
 
 
+class RequestRejected(ValueError):
+    """The runtime cannot run this request as given (bad template, unsupported option); a 400."""
+
+
+class PromptTooLong(RequestRejected):
+    """The prompt does not fit the model's context."""
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: str

@@ -36,7 +36,7 @@ def parse_bytes(value: str | int) -> int:
 
 
 def parse_duration(value: str | float | int) -> float:
-    """Ollama's keep_alive: seconds as a number, or Go-style ``"5m"``, ``"1h30m"``, ``"-1"``; negative = forever."""
+    """Ollama's keep_alive: seconds, or Go-style ``"5m"``, ``"1h30m"``, ``"-1"``; negative: forever."""
     if isinstance(value, int | float):
         return float(value)
     text = value.strip()
@@ -66,7 +66,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=11435, ge=0, le=65535)
-    models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="models to load at start (ready when loaded)")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="models to load at start (ready when loaded)"
+    )
     target: str | None = None
     quantize: str | None = None
     pull: bool = False

@@ -5,10 +5,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from registry.artifact import ModelFiles, VariantRef
-
 from ffserve.errors import NotAvailable
 from ffserve.runtime import Runtime
+from registry.artifact import ModelFiles, VariantRef
 
 BACKENDS: dict[str, tuple[str, str]] = {
     # backend → (module with ``load``, the pip extra that provides it)

@@ -22,7 +22,6 @@ import llama_cpp
 import llama_cpp.llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-from registry.artifact import ModelFiles, VariantRef
 
 from ffserve.prompting import ModelPrompting, build_prompt
 from ffserve.runtime import (
@@ -30,18 +29,22 @@ from ffserve.runtime import (
     Capability,
     ChatMessage,
     Done,
+    DoneReason,
     Embeddings,
     Event,
     GenerationRequest,
     ParamValue,
+    PromptTooLong,
+    RequestRejected,
     Token,
 )
 from ffserve.runtimes import LoadOptions
+from registry.artifact import ModelFiles, VariantRef
 
 _default_model_params = getattr(llama_cpp.llama_cpp, "_ff_original_model_params", None) or (
     llama_cpp.llama_cpp.llama_model_default_params
 )
-llama_cpp.llama_cpp._ff_original_model_params = _default_model_params
+setattr(llama_cpp.llama_cpp, "_ff_original_model_params", _default_model_params)  # noqa: B010
 
 
 def _model_params() -> Any:
@@ -73,10 +76,6 @@ _SAMPLING = {  # Ollama option → create_completion argument
     "seed": "seed",
     "num_predict": "max_tokens",
 }
-
-
-class PromptTooLong(ValueError):
-    """The prompt does not fit the model's context."""
 
 
 @dataclass
@@ -190,7 +189,12 @@ class LlamaCppRuntime:
     async def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
-        await asyncio.to_thread(lambda: [t.join() for t in self._threads])
+
+        def join() -> None:
+            for t in self._threads:
+                t.join()
+
+        await asyncio.to_thread(join)
         for slot in self._slots:
             for llm in (slot.llm, slot.embedder):
                 if llm is not None:
@@ -210,7 +214,10 @@ class LlamaCppRuntime:
         return kw
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        prompt, template_stops = build_prompt(request, self.prompting)
+        try:
+            prompt, template_stops = build_prompt(request, self.prompting)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
         stops = [s for s in request.options.get("stop", []) if isinstance(s, str)]  # type: ignore[union-attr]
         stops += [s for s in template_stops if s and s not in stops]
         kw = self._sampling(request.options)
@@ -218,7 +225,10 @@ class LlamaCppRuntime:
         if fmt == "json":
             grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         elif isinstance(fmt, dict):
-            grammar = LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+            try:
+                grammar = LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+            except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+                raise RequestRejected(f"cannot use this JSON schema as a grammar: {exc}") from None
         else:
             grammar = None
         cancel = request.cancel
@@ -235,7 +245,7 @@ class LlamaCppRuntime:
             t0 = time.perf_counter_ns()
             t_first = 0
             pieces: list[str] = []
-            reason = "stop"
+            reason: DoneReason = "stop"
             stream: Iterator[Any] = llm.create_completion(
                 tokens if context else prompt,
                 suffix=suffix,
@@ -299,7 +309,9 @@ class LlamaCppRuntime:
                     return
                 toks = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
                 if len(toks) > n_ctx and not truncate:
-                    raise PromptTooLong(f"an input is {len(toks)} tokens; the context is {n_ctx} (truncate=false)")
+                    raise PromptTooLong(
+                        f"an input is {len(toks)} tokens; the context is {n_ctx} (truncate=false)"
+                    )
                 n_tokens += min(len(toks), n_ctx)
                 vec = llm.embed(text, normalize=True, truncate=True)
                 vectors.append([float(x) for x in vec])
@@ -328,7 +340,9 @@ def _estimate_memory(files: ModelFiles, meta: Mapping[str, str], opts: LoadOptio
     return max(estimate, int(declared)) if declared and declared.isdigit() else estimate
 
 
-def _jinja(meta: Mapping[str, str], llm: Any) -> Callable[[list[dict[str, str]]], tuple[str, list[str]]] | None:
+def _jinja(
+    meta: Mapping[str, str], llm: Any
+) -> Callable[[list[dict[str, str]]], tuple[str, list[str]]] | None:
     template = meta.get("tokenizer.chat_template")
     if not template:
         return None

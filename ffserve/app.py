@@ -1,0 +1,55 @@
+"""The Starlette application: routes, the guard middleware, error mapping and the engine's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from ffserve.errors import EXCEPTION_HANDLERS
+from ffserve.metrics import Metrics
+from ffserve.middleware import Guard
+from ffserve.routes import ollama, ollama_models, openai, ops
+from ffserve.scheduler import Scheduler
+from ffserve.settings import Settings
+from ffserve.state import Engine
+from registry.home import store_dir
+from registry.store import Store
+
+log = logging.getLogger("ffserve")
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    store = store or Store(store_dir())
+    metrics = Metrics()
+    engine = Engine(settings, store, Scheduler(settings, store, metrics), metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine.scheduler.start()
+        preload = asyncio.get_running_loop().create_task(engine.scheduler.preload(settings.models))
+        try:
+            yield
+        finally:
+            preload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await preload
+            await engine.scheduler.close()
+
+    app = Starlette(
+        routes=[*ops.ROUTES, *ollama_models.ROUTES, *ollama.ROUTES, *openai.ROUTES],
+        middleware=[
+            Middleware(
+                Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes, log=settings.access_log
+            )
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.draining = False
+    return app

@@ -1,0 +1,169 @@
+"""One text generation: a scheduler slot, the runtime's events, metrics and cancellation in one place.
+
+:meth:`Generation.start` waits for a slot and the first event, so that every error (unknown model,
+queue full, prompt too long) is raised before a streaming response sends its headers. ``aclose``
+always runs (the streaming response and :func:`until_disconnected` guarantee it) and counts a
+generation that did not finish as cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeGuard, TypeVar
+
+from starlette.requests import Request
+
+from ffserve.errors import NotSupported
+from ffserve.metrics import Metrics
+from ffserve.runtime import Capability, Done, Event, GenerationRequest, ParamValue, TextRuntime, Token
+from ffserve.scheduler import Loaded, Scheduler
+
+T = TypeVar("T")
+
+
+def _is_param(v: object) -> TypeGuard[ParamValue]:
+    if isinstance(v, list):
+        return all(isinstance(x, str) for x in v)
+    return isinstance(v, str | int | float | bool)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+class Generation:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        name: str,
+        request: GenerationRequest,
+        *,
+        keep_alive: float | None,
+        need: Capability,
+    ) -> None:
+        self.scheduler, self.metrics, self.name, self.request = scheduler, metrics, name, request
+        self.keep_alive, self.need = keep_alive, need
+        self.t_arrival = time.perf_counter()
+        self.model: Loaded | None = None
+        self.done: Done | None = None
+        self._slot: contextlib.AbstractAsyncContextManager[Loaded] | None = None
+        self._events: AsyncIterator[Event] | None = None
+        self._first: Event | None = None
+        self._last_token = 0.0
+        self._closed = False
+
+    async def start(self) -> Generation:
+        slot = self.scheduler.slot(self.name, self.keep_alive)
+        self.model = await slot.__aenter__()
+        self._slot = slot
+        try:
+            runtime = self.model.runtime
+            defaults = {k: v for k, v in self.model.resolved.files.params.items() if _is_param(v)}
+            self.request.options = {**defaults, **self.request.options}  # Modelfile PARAMETERs, overridden
+            if self.need not in runtime.capabilities or not isinstance(runtime, TextRuntime):
+                raise NotSupported(f"{self.model.name} does not support {self.need.value}")
+            self._events = runtime.generate(self.request)
+            self._first = await self._next()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.model.name if self.model else self.name
+
+    async def _next(self) -> Event:
+        assert self._events is not None
+        try:
+            ev = await anext(self._events)
+        except StopAsyncIteration:  # the runtime skipped a cancelled job
+            ev = Done("cancelled", 0, 0, 0, 0)
+        now = time.perf_counter()
+        if isinstance(ev, Token):
+            if self._last_token:
+                self.metrics.itl.labels(self.label).observe(now - self._last_token)
+            else:
+                self.metrics.ttft.labels(self.label).observe(now - self.t_arrival)
+            self._last_token = now
+        else:
+            self.done = ev
+            m, label = self.metrics, self.label
+            m.prompt_tokens.labels(label).inc(ev.prompt_tokens)
+            m.generation_tokens.labels(label).inc(ev.completion_tokens)
+            m.e2e.labels(label).observe(now - self.t_arrival)
+            m.finished.labels(label, ev.reason).inc()
+        return ev
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._first is not None:
+            ev, self._first = self._first, None
+            return ev
+        if self.done is not None or self._events is None:
+            raise StopAsyncIteration
+        return await self._next()
+
+    async def collect(self) -> tuple[str, Done]:
+        parts = [ev.text async for ev in self if isinstance(ev, Token)]
+        assert self.done is not None
+        return "".join(parts), self.done
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.done is None or self.done.reason == "cancelled":
+            self.request.cancel.set()
+            self.metrics.cancelled.labels(self.label).inc()
+        try:
+            if self._events is not None:
+                aclose = getattr(self._events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        finally:
+            if self._slot is not None:
+                await self._slot.__aexit__(None, None, None)
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; when the client disconnects first, cancel it and raise :class:`ClientGone`."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            watcher.cancel()
+            raise ClientGone()
+        watcher.cancel()
+    return task.result()
+
+
+async def run_to_end(request: Request, gen: Generation) -> tuple[str, Done]:
+    """Start and collect a generation, stopping it if the client goes away (non-streaming answers)."""
+
+    async def work() -> tuple[str, Done]:
+        try:
+            await gen.start()
+            return await gen.collect()
+        finally:
+            await gen.aclose()
+
+    return await until_disconnected(request, work())

@@ -1,0 +1,51 @@
+"""Prometheus metrics with vLLM-style names (``ff:`` prefix), labelled by model."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+
+
+class Metrics:
+    """One set per app (its own registry, so tests and several apps in one process do not clash)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        m = ["model_name"]
+        self.ttft = Histogram(
+            "ff:time_to_first_token_seconds", "Time to first token", m, buckets=_LATENCY, registry=r
+        )
+        self.itl = Histogram(
+            "ff:inter_token_latency_seconds", "Time between tokens", m, buckets=_ITL, registry=r
+        )
+        self.e2e = Histogram(
+            "ff:e2e_request_latency_seconds",
+            "Request latency, arrival to last byte",
+            m,
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "ff:request_queue_time_seconds", "Time waiting for a slot", m, buckets=_LATENCY, registry=r
+        )
+        self.running = Gauge("ff:num_requests_running", "Requests on a slot", m, registry=r)
+        self.waiting = Gauge("ff:num_requests_waiting", "Requests queued for a slot", m, registry=r)
+        self.prompt_tokens = Counter("ff:prompt_tokens", "Prompt tokens processed", m, registry=r)
+        self.generation_tokens = Counter("ff:generation_tokens", "Tokens generated", m, registry=r)
+        self.cancelled = Counter(
+            "ff:requests_cancelled", "Requests stopped because the client went away", m, registry=r
+        )
+        self.rejected = Counter(
+            "ff:requests_rejected", "Requests refused with 503 (queue full)", m, registry=r
+        )
+        self.finished = Counter(
+            "ff:request_success", "Requests finished", [*m, "finished_reason"], registry=r
+        )
+        self.loads = Counter("ff:model_loads", "Model loads", m, registry=r)
+        self.load_time = Histogram(
+            "ff:model_load_seconds", "Model load time", m, buckets=_LATENCY, registry=r
+        )
+        self.loaded = Gauge("ff:models_loaded", "Models loaded", registry=r)
+        self.memory = Gauge("ff:models_memory_bytes", "Memory budgeted for loaded models", registry=r)

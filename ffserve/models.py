@@ -1,0 +1,81 @@
+"""Model names → a stored variant: a store reference (``smollm2``, ``smollm2:latest``), a variant tag
+(``smollm2:latest-q8_0-cpu``) or a full remote reference; multi-variant models go through
+``registry.select`` with the server's ``--target`` / ``--quantize`` defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from ffserve.errors import BadRequest, ModelNotFound, NotAvailable, ServeError
+from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant, variants_of
+from registry.reference import ReferenceError, parse_reference
+from registry.select import SelectionError, select_variant
+from registry.store import NotFoundError, Store, StoreError
+
+Progress = Callable[[dict[str, object]], None]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    name: str  # canonical ``name:tag`` as given
+    variant: VariantRef
+    files: ModelFiles
+
+
+def canonical(name: str) -> str:
+    try:
+        ref = parse_reference(name)
+    except ReferenceError as exc:
+        raise BadRequest(str(exc)) from None
+    return str(ref)
+
+
+def remote_module() -> ModuleType:
+    """``registry.remote`` (pushes and pulls), or a 501 naming what is missing."""
+    try:
+        return importlib.import_module("registry.remote")
+    except ImportError as exc:
+        raise NotAvailable(
+            f"pulling and pushing need registry.remote, which this installation lacks ({exc}); "
+            "install ferrousforge[registry]"
+        ) from None
+
+
+def resolve(store: Store, name: str, *, target: str | None, quantize: str | None) -> Resolved:
+    ref = canonical(name)
+    try:
+        variants = variants_of(store, ref)
+        chosen = select_variant(variants, target=target, quantize=quantize)
+        return Resolved(ref, chosen, open_variant(store, chosen.descriptor.digest))
+    except NotFoundError as exc:
+        raise ModelNotFound(f"model {ref!r} not found; pull it first (ff pull {ref}): {exc}") from None
+    except SelectionError as exc:
+        raise BadRequest(f"{ref}: {exc}") from None
+    except (ArtifactError, StoreError) as exc:
+        raise ServeError(f"{ref}: the stored model is unusable: {exc}") from None
+
+
+def pull(store: Store, name: str, *, target: str | None, quantize: str | None, progress: Progress) -> None:
+    """Pull ``name`` into the store through registry.remote (blocking; run it in a thread)."""
+    remote = remote_module()
+    ref = canonical(name)
+    try:
+        remote.pull(ref, store=store, target=target, quantize=quantize, progress=progress)
+    except (StoreError, ValueError, OSError) as exc:
+        raise ServeError(f"pull {ref} failed: {exc}") from None
+
+
+async def resolve_or_pull(
+    store: Store, name: str, *, target: str | None, quantize: str | None, allow_pull: bool
+) -> Resolved:
+    try:
+        return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)
+    except ModelNotFound:
+        if not allow_pull:
+            raise
+    await asyncio.to_thread(pull, store, name, target=target, quantize=quantize, progress=lambda _: None)
+    return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)

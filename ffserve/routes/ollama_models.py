@@ -1,0 +1,290 @@
+"""Ollama's model-management routes: tags, show, ps, pull, push, delete, copy, version, and ``/``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ffserve import __version__
+from ffserve.errors import BadRequest, ModelNotFound, ServeError
+from ffserve.models import canonical, remote_module
+from ffserve.state import Engine, engine
+from ffserve.streaming import EventStream, ndjson
+from ffserve.wire import parse_body
+from ffserve.wire.ollama import CopyRequest, NameRequest, rfc3339
+from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant, tag_model, variants_of
+from registry.oci import OCI_INDEX
+from registry.select import SelectionError, select_variant
+from registry.store import NotFoundError, StoreError
+
+
+def _pick(e: Engine, name: str) -> tuple[VariantRef, ModelFiles | None]:
+    """The variant ``name`` serves here (or the first present one when none fits this machine)."""
+    vs = variants_of(e.store, name)
+    try:
+        v = select_variant(vs, target=e.settings.target, quantize=e.settings.quantize)
+    except SelectionError:
+        present = [x for x in vs if e.store.has_blob(x.descriptor.digest)]
+        v = (present or vs)[0]
+    try:
+        return v, open_variant(e.store, v.descriptor.digest)
+    except (StoreError, ArtifactError):
+        return v, None
+
+
+def _details(v: VariantRef, files: ModelFiles | None) -> dict[str, object]:
+    cfg = files.config.config if files else None
+    family = (cfg.architecture if cfg else None) or ""
+    return {
+        "parent_model": "",
+        "format": v.format,
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": (cfg.param_size if cfg else None) or "",
+        "quantization_level": (v.quantization or (cfg.quantization if cfg else "") or "").upper(),
+    }
+
+
+def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
+    if v.task == "embed":
+        return ["embedding"]
+    caps = ["completion"]
+    if v.format == "gguf":
+        caps += ["chat", "embedding"]  # llama.cpp serves all three from a GGUF
+    return caps
+
+
+def _model_entry(e: Engine, name: str, digest: str) -> dict[str, object]:
+    v, files = _pick(e, name)
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": rfc3339(e.store.blob_path(digest).stat().st_mtime),
+        "size": files.size if files else v.descriptor.size,
+        "digest": digest.removeprefix("sha256:"),
+        "details": _details(v, files),
+    }
+
+
+async def tags(request: Request) -> Response:
+    e = engine(request)
+
+    def listing() -> list[dict[str, object]]:
+        out = []
+        for name, desc in e.store.tags():
+            try:
+                out.append(_model_entry(e, name, desc.digest))
+            except (StoreError, ArtifactError, IndexError):
+                continue  # a broken or foreign tag is left out of the listing, not fatal
+        return out
+
+    return JSONResponse({"models": await asyncio.to_thread(listing)})
+
+
+def _parameters(params: dict[str, object]) -> str:
+    lines = []
+    for key, value in sorted(params.items()):
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<30} {item!s}" if not isinstance(item, str) else f'{key:<30} "{item}"')
+    return "\n".join(lines)
+
+
+async def show(request: Request) -> Response:
+    e = engine(request)
+    body = await parse_body(request, NameRequest)
+    name = canonical(body.ref or "")
+
+    def info() -> dict[str, object]:
+        try:
+            desc = e.store.resolve(name)
+            v, files = _pick(e, name)
+        except NotFoundError:
+            raise ModelNotFound(f"model {name!r} not found") from None
+        if files is None:
+            raise ServeError(f"{name}: variant {v.name} is not in the store (pull it)")
+        cfg = files.config
+        model_info: dict[str, object] = {
+            "general.architecture": cfg.config.architecture or "",
+            "general.parameter_count": cfg.config.param_size or "",
+            "general.name": cfg.descriptor.name or name,
+        }
+        return {
+            "modelfile": files.modelfile or f"FROM {name}\n",
+            "parameters": _parameters(files.params),
+            "template": files.template or "",
+            "system": files.system or "",
+            "license": "\n".join(files.licenses),
+            "details": _details(v, files),
+            "model_info": model_info,
+            "capabilities": _capabilities(v, files),
+            "modified_at": rfc3339(e.store.blob_path(desc.digest).stat().st_mtime),
+            "variant": v.name,
+            "variants": [x.name for x in variants_of(e.store, name)],
+        }
+
+    return JSONResponse(await asyncio.to_thread(info))
+
+
+async def ps(request: Request) -> Response:
+    e = engine(request)
+    out = []
+    for m in e.scheduler.loaded():
+        v, files = m.resolved.variant, m.resolved.files
+        exp = m.expires_wall()
+        out.append(
+            {
+                "name": m.name,
+                "model": m.name,
+                "size": m.runtime.memory_bytes,
+                "digest": m.key.removeprefix("sha256:"),
+                "details": _details(v, files),
+                "expires_at": rfc3339(exp) if exp is not None else "9999-12-31T23:59:59Z",
+                "size_vram": 0,
+                "context_length": m.runtime.context_length,
+                "active_requests": m.active,
+            }
+        )
+    return JSONResponse({"models": out})
+
+
+async def _transfer(request: Request, push: bool) -> Response:
+    e = engine(request)
+    body = await parse_body(request, NameRequest)
+    name = canonical(body.ref or "")
+    remote = remote_module()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
+
+    def progress(event: object) -> None:
+        fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"status": str(event)}  # type: ignore[arg-type]
+        status = str(fields.get("status", ""))
+        msg: dict[str, object] = {"status": "success" if status == "success" else status}
+        if fields.get("digest") and status != "success":
+            msg.update(
+                digest=fields["digest"], total=fields.get("total", 0), completed=fields.get("completed", 0)
+            )
+        loop.call_soon_threadsafe(queue.put_nowait, msg)
+
+    def run() -> None:
+        if push:
+            remote.push(name, store=e.store, insecure=body.insecure, progress=progress)
+        else:
+            s = e.settings
+            remote.pull(
+                name,
+                store=e.store,
+                target=s.target,
+                quantize=s.quantize,
+                insecure=body.insecure,
+                progress=progress,
+            )
+            e.scheduler.forget(name)
+
+    task = asyncio.ensure_future(asyncio.to_thread(run))
+    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+
+    def failure(exc: BaseException) -> ServeError:
+        if isinstance(exc, ServeError):
+            return exc
+        return ServeError(f"{'push' if push else 'pull'} {name} failed: {exc}")
+
+    if not body.stream:
+        try:
+            await task
+        except Exception as exc:
+            raise failure(exc) from None
+        return JSONResponse({"status": "success"})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while (msg := await queue.get()) is not None:
+            if msg.get("status") != "success":
+                yield ndjson(msg)
+        exc = task.exception()
+        yield ndjson({"error": failure(exc).message} if exc else {"status": "success"})
+
+    async def nothing() -> None:
+        return None
+
+    return EventStream(chunks(), nothing, "application/x-ndjson")  # type: ignore[return-value]
+
+
+async def pull(request: Request) -> Response:
+    return await _transfer(request, push=False)
+
+
+async def push(request: Request) -> Response:
+    return await _transfer(request, push=True)
+
+
+async def delete(request: Request) -> Response:
+    e = engine(request)
+    body = await parse_body(request, NameRequest)
+    name = canonical(body.ref or "")
+
+    def remove() -> bool:
+        try:
+            desc = e.store.resolve(name)
+        except NotFoundError:
+            return False
+        names = [name]
+        if desc.media_type == OCI_INDEX:
+            base = name.rsplit(":", 1)[0]
+            names += [f"{base}:{name.rsplit(':', 1)[1]}-{v.name}" for v in variants_of(e.store, name)]
+        for n in names:
+            e.store.untag(n)
+        return True
+
+    await e.scheduler.unload(name)
+    if not await asyncio.to_thread(remove):
+        raise ModelNotFound(f"model {name!r} not found")
+    e.scheduler.forget(name)
+    return Response(status_code=200)
+
+
+async def copy(request: Request) -> Response:
+    e = engine(request)
+    body = await parse_body(request, CopyRequest)
+    src, dst = canonical(body.source), canonical(body.destination)
+
+    def do_copy() -> None:
+        try:
+            desc = e.store.resolve(src)
+        except NotFoundError:
+            raise ModelNotFound(f"model {src!r} not found") from None
+        try:
+            if desc.media_type == OCI_INDEX:
+                tag_model(e.store, dst, desc)
+            else:
+                e.store.tag(dst, desc)
+        except (StoreError, ValueError) as exc:
+            raise BadRequest(f"cannot copy {src} to {dst}: {exc}") from None
+
+    await asyncio.to_thread(do_copy)
+    e.scheduler.forget(dst)
+    return Response(status_code=200)
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__})
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("FerrousForge is running (Ollama-compatible API)")
+
+
+ROUTES = [
+    Route("/", root, methods=["GET", "HEAD"]),
+    Route("/api/version", version, methods=["GET"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/pull", pull, methods=["POST"]),
+    Route("/api/push", push, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+    Route("/api/copy", copy, methods=["POST"]),
+]

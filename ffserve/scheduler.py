@@ -1,0 +1,241 @@
+"""Loading, keep-alive, eviction under a memory budget, queueing and per-model concurrency.
+
+- A model loads on first use (pulled first when ``--pull`` is on) and stays for its keep-alive
+  (default 5m; 0 unloads when its last request ends; negative keeps it forever).
+- Before a load, idle models are evicted least recently used first until the new one fits under
+  ``max_memory`` and ``max_loaded_models``; a model in use is never evicted (the load waits instead).
+- Each model runs ``num_parallel`` requests at a time, in order of arrival; at most ``max_queue`` wait
+  behind them and the rest get :class:`Overloaded` (503 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from ffserve.errors import InsufficientMemory, Overloaded
+from ffserve.metrics import Metrics
+from ffserve.models import Resolved, canonical, resolve_or_pull
+from ffserve.runtime import Runtime
+from ffserve.runtimes import LoadOptions, load_runtime
+from ffserve.settings import Settings
+from registry.store import Store
+
+log = logging.getLogger("ffserve.scheduler")
+
+
+@dataclass
+class Loaded:
+    name: str
+    resolved: Resolved
+    runtime: Runtime
+    load_ns: int
+    slots: asyncio.Semaphore
+    expires_at: float | None  # monotonic seconds; None: forever
+    active: int = 0  # requests holding the model (waiting or running)
+    waiting: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    names: set[str] = field(default_factory=set)
+    pinned: bool = False  # a --models model: kept unless a request asks otherwise
+
+    @property
+    def key(self) -> str:
+        return self.resolved.variant.descriptor.digest
+
+    def expires_wall(self) -> float | None:
+        return None if self.expires_at is None else time.time() + (self.expires_at - time.monotonic())
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self._models: dict[str, Loaded] = {}  # variant digest → model
+        self._names: dict[str, str] = {}  # canonical name → variant digest
+        self._cond = asyncio.Condition()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for model in list(self._models.values()):
+            await self._unload(model)
+
+    async def preload(self, names: list[str]) -> None:
+        """Load the --models at start; they stay loaded (pinned) unless a request says otherwise."""
+        for name in names:
+            try:
+                model = await self.get(name, keep_alive=-1)
+            except Exception:
+                log.exception("could not load %s at start", name)
+                continue
+            model.pinned = True
+            model.expires_at = None
+
+    def ready(self) -> bool:
+        return all(self.is_loaded(n) for n in self.settings.models)
+
+    def loaded(self) -> list[Loaded]:
+        return sorted(self._models.values(), key=lambda m: m.name)
+
+    def is_loaded(self, name: str) -> bool:
+        key = self._names.get(canonical(name))
+        return key is not None and key in self._models
+
+    def forget(self, name: str) -> None:
+        """Drop a cached name → variant mapping (after delete, copy, pull)."""
+        self._names.pop(canonical(name), None)
+
+    # --- keep-alive ---------------------------------------------------------------------------------------
+    def _keep(self, keep_alive: float | None) -> float | None:
+        ka = self.settings.keep_alive if keep_alive is None else keep_alive
+        return None if ka < 0 else time.monotonic() + ka
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for model in list(self._models.values()):
+                if model.active == 0 and model.expires_at is not None and model.expires_at <= now:
+                    async with self._cond:
+                        if model.active == 0 and self._models.get(model.key) is model:
+                            await self._unload(model)
+
+    async def _unload(self, model: Loaded) -> None:
+        self._models.pop(model.key, None)
+        for n in model.names:
+            if self._names.get(n) == model.key:
+                self._names.pop(n, None)
+        self.metrics.loaded.set(len(self._models))
+        self.metrics.memory.set(sum(m.runtime.memory_bytes for m in self._models.values()))
+        log.info("unloading %s", model.name)
+        await model.runtime.close()
+        self._cond.notify_all()
+
+    async def unload(self, name: str) -> bool:
+        """Unload now if idle, else as soon as its requests end; False when it is not loaded."""
+        key = self._names.get(canonical(name))
+        model = self._models.get(key) if key else None
+        if model is None:
+            return False
+        model.expires_at = time.monotonic()
+        if model.active == 0:
+            async with self._cond:
+                if self._models.get(model.key) is model and model.active == 0:
+                    await self._unload(model)
+        return True
+
+    # --- loading ----------------------------------------------------------------------------------------
+    def _fast(self, name: str) -> Loaded | None:
+        key = self._names.get(name)
+        return self._models.get(key) if key else None
+
+    async def get(self, name: str, keep_alive: float | None = None) -> Loaded:
+        """The loaded model for ``name``, loading it (and evicting others) when needed."""
+        name = canonical(name)
+        model = self._fast(name)
+        if model is not None:
+            return model
+        s = self.settings
+        resolved = await resolve_or_pull(
+            self.store, name, target=s.target, quantize=s.quantize, allow_pull=s.pull
+        )
+        async with self._cond:
+            model = self._models.get(resolved.variant.descriptor.digest)
+            if model is None:
+                model = await self._load(name, resolved, keep_alive)
+            model.names.add(name)
+            self._names[name] = model.key
+            return model
+
+    async def _load(self, name: str, resolved: Resolved, keep_alive: float | None) -> Loaded:
+        s = self.settings
+        need = sum(p.stat().st_size for p in resolved.files.weights)
+        if s.max_memory and need > s.max_memory:
+            raise InsufficientMemory(
+                f"{name} needs at least {need} bytes; the memory budget (FF_MAX_MEMORY) is {s.max_memory}"
+            )
+        while True:
+            used = sum(m.runtime.memory_bytes for m in self._models.values())
+            full = len(self._models) >= s.max_loaded_models or (s.max_memory and used + need > s.max_memory)
+            if not full:
+                break
+            idle = [m for m in self._models.values() if m.active == 0]
+            if idle:
+                await self._unload(min(idle, key=lambda m: m.last_used))
+                continue
+            log.info("waiting for a loaded model to become idle before loading %s", name)
+            await self._cond.wait()
+        t0 = time.perf_counter_ns()
+        opts = LoadOptions(threads=s.threads(), num_ctx=s.num_ctx, num_parallel=s.num_parallel)
+        runtime = await load_runtime(resolved.variant, resolved.files, opts)
+        load_ns = time.perf_counter_ns() - t0
+        model = Loaded(
+            name, resolved, runtime, load_ns, asyncio.Semaphore(s.num_parallel), self._keep(keep_alive)
+        )
+        self._models[model.key] = model
+        self.metrics.loads.labels(name).inc()
+        self.metrics.load_time.labels(name).observe(load_ns / 1e9)
+        self.metrics.loaded.set(len(self._models))
+        self.metrics.memory.set(sum(m.runtime.memory_bytes for m in self._models.values()))
+        log.info("loaded %s (%s) in %.2fs", name, resolved.variant.name, load_ns / 1e9)
+        return model
+
+    # --- requests ---------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def slot(self, name: str, keep_alive: float | None = None) -> AsyncIterator[Loaded]:
+        """Hold a slot of ``name`` for one request (queued in order of arrival, bounded)."""
+        model = await self.get(name, keep_alive)
+        label = model.name
+        if model.waiting >= self.settings.max_queue:
+            self.metrics.rejected.labels(label).inc()
+            raise Overloaded(
+                f"{label}: {model.waiting} requests are already waiting "
+                f"(FF_MAX_QUEUE={self.settings.max_queue})"
+            )
+        model.active += 1
+        try:
+            model.waiting += 1
+            self.metrics.waiting.labels(label).inc()
+            t0 = time.perf_counter()
+            try:
+                await model.slots.acquire()
+            finally:
+                model.waiting -= 1
+                self.metrics.waiting.labels(label).dec()
+            self.metrics.queue_time.labels(label).observe(time.perf_counter() - t0)
+            self.metrics.running.labels(label).inc()
+            try:
+                yield model
+            finally:
+                model.slots.release()
+                self.metrics.running.labels(label).dec()
+        finally:
+            model.active -= 1
+            model.last_used = time.monotonic()
+            model.expires_at = None if keep_alive is None and model.pinned else self._keep(keep_alive)
+            if model.active == 0 and not self._closing:
+                task = asyncio.get_running_loop().create_task(self._idle(model))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _idle(self, model: Loaded) -> None:
+        async with self._cond:
+            expired = model.expires_at is not None and model.expires_at <= time.monotonic()
+            if expired and model.active == 0 and self._models.get(model.key) is model:
+                await self._unload(model)
+            self._cond.notify_all()

@@ -1,0 +1,38 @@
+"""Run the server: uvicorn with graceful shutdown (in-flight requests drain before models unload)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ffserve.settings import Settings
+
+DEFAULT_WAIT_POLICY = "PASSIVE"
+"""llama.cpp's OpenMP threads sleep instead of spinning between steps (docs/serving.md has the numbers)."""
+
+
+def prepare_environment() -> None:
+    """Set what llama.cpp's OpenMP runtime reads once, before llama_cpp is first imported."""
+    if "llama_cpp" in sys.modules:
+        logging.getLogger("ffserve").warning("llama_cpp was imported before ff serve set OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_WAIT_POLICY)
+
+
+def serve(settings: Settings) -> None:
+    prepare_environment()
+    import uvicorn
+
+    from ffserve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,  # ffserve.middleware logs every request itself
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        lifespan="on",
+    )
