@@ -161,8 +161,8 @@ def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _convert(fn: Callable[..., object], folder: Path, outtype: str, out: Path) -> object:
-    return fn(folder, out, outtype=outtype)
+def _convert(fn: Callable[..., object], folder: Path, outtype: str, name: str, out: Path) -> object:
+    return fn(folder, out, outtype=outtype, name=name)
 
 
 def _convert_lora(fn: Callable[..., object], adapter: Path, base: Path | None, out: Path) -> object:
@@ -231,17 +231,18 @@ def convert_stage(ctx: BuildContext) -> str:
     if f is None:
         raise BuildError("convert ran before fetch")
     if f.kind == FetchedKind.HF_FOLDER:
-        from ffbuild.stages.convert import convert_hf_to_gguf
+        from ffbuild.stages.convert import convert_hf_to_gguf, default_model_name
 
         assert f.path is not None
         folder = f.path
         source_digest = folder_digest(folder)
         wanted = _requested_floats(ctx) or ["f16"]
+        name = default_model_name(folder)  # general.name: part of the output, so part of the key
         for outtype in wanted:
-            key = ctx.cache_key("convert", source=source_digest, outtype=outtype)
+            key = ctx.cache_key("convert", source=source_digest, outtype=outtype, name=name)
             ctx.progress.step("convert", f"{f.description} → {outtype}")
             w, secs, hit = _cached_gguf(
-                ctx, "convert", key, functools.partial(_convert, convert_hf_to_gguf, folder, outtype)
+                ctx, "convert", key, functools.partial(_convert, convert_hf_to_gguf, folder, outtype, name)
             )
             ctx.floats[outtype] = Built(outtype, w, read_gguf_info(w.path), secs, hit)
         ctx.base = ctx.floats[wanted[0]]
@@ -323,8 +324,9 @@ def quantize_stage(ctx: BuildContext) -> str:
         if quant not in done:
             done[quant] = _quantize(ctx, quant)
         ctx.outputs.append(VariantOutput(v.model_copy(update={"quantization": quant}), done[quant]))
-    made = [o.built for o in ctx.outputs if not o.built.cached]
-    return f"{len(ctx.outputs)} variant(s), {len(made)} quantized, {len(ctx.outputs) - len(made)} reused"
+    quantized = [b for q, b in done.items() if q not in FLOAT_TYPES and b is not ctx.base]
+    made = sum(not b.cached for b in quantized)
+    return f"{len(ctx.outputs)} variant(s); {made} quantized, {len(quantized) - made} from the cache"
 
 
 def adapters_stage(ctx: BuildContext) -> str:

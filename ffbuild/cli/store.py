@@ -145,7 +145,7 @@ def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
         ]
         for _, i in pairs
     ]
-    print_table(["VARIANT", "TARGET", "BACKEND", "QUANTIZATION", "SIZE", "AGREEMENT", "PPL RATIO"], rows)
+    print_table(["VARIANT", "TARGET", "BACKEND", "QUANT", "SIZE", "AGREEMENT", "PPL RATIO"], rows)
 
 
 @click.command("rm")
