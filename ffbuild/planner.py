@@ -1,0 +1,368 @@
+"""The planner: a parsed Modelfile, its folder and build args → a validated :class:`BuildPlan`.
+
+Called through :func:`ffbuild.plan.make_plan`. Every instruction is checked, and every problem found
+is reported (the first error carries the others in ``more``), each at the word that caused it.
+Meanings follow Ollama where it has one: SYSTEM, TEMPLATE, RENDERER, PARSER — the last one wins;
+LICENSE and MESSAGE accumulate; ``PARAMETER stop`` accumulates, other parameters the last one wins.
+Differences: one FROM only (Ollama merges the files of several), one DRAFT, and ADAPTERs accumulate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from ffbuild.buildargs import resolve_args, substitute, substituted_text
+from ffbuild.choices import BACKENDS, TASKS
+from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean
+from ffbuild.modelfile import Instruction, Modelfile
+from ffbuild.modelfile_text import split_words
+from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_float32
+from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
+from ffbuild.sources import SourceFacts, inspect_source, resolve_adapter, resolve_source
+from ffbuild.variants import QuantizeSpec, TargetSpec, expand, parse_quantize, parse_target
+
+_SEMVER: Final = re.compile(
+    r"v(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)"
+    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?)?)?"
+)
+_LABEL_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
+VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt")
+
+# Where a quantization type or a target came from: (instruction, word index), or None for the CLI.
+_Origin = tuple[Instruction, int] | None
+
+
+class _Planner:
+    def __init__(self, modelfile: Modelfile, context: Path) -> None:
+        self.modelfile = modelfile
+        self.context = context
+        self.text = SourceText(modelfile.text, modelfile.filename)
+        self.errors: list[ModelfileError] = []
+        self.warnings: list[str] = []
+
+    # -- errors --------------------------------------------------------------------------------------
+
+    def fail(self, ins: Instruction | None, arg: int | None, problem: Problem, prefix: str = "") -> None:
+        message = prefix + problem.message
+        if ins is None or not ins.line:
+            self.errors.append(
+                ModelfilePlanError(
+                    message, filename=self.text.filename, expected=problem.expected, hint=problem.hint
+                )
+            )
+            return
+        index = problem.arg if problem.arg is not None else arg
+        if index is not None and index < len(ins.arg_positions):
+            line, column = ins.arg_positions[index]
+        else:
+            line, column = ins.line, ins.column
+        self.errors.append(
+            self.text.error(
+                ModelfilePlanError,
+                self.text.offset(line, column),
+                message,
+                expected=problem.expected,
+                hint=problem.hint,
+            )
+        )
+
+    # -- the pass ------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        build_args: Mapping[str, str],
+        quantize: Sequence[str] | None,
+        targets: Sequence[str] | None,
+        modelfile_path: Path | None,
+    ) -> BuildPlan:
+        values = resolve_args(self.modelfile, build_args, self.text, self.errors)
+        source: Source | None = None
+        draft: Source | None = None
+        source_ins: Instruction | None = None
+        task: str | None = None
+        template: str | None = None
+        system: str | None = None
+        renderer: str | None = None
+        parser: str | None = None
+        requires: str | None = None
+        parameters: dict[str, ParamValue] = {}
+        messages: list[Message] = []
+        licenses: list[str] = []
+        adapters: list[Adapter] = []
+        labels: dict[str, str] = {}
+        verify: dict[str, float | str] = {}
+        quants: list[tuple[str, _Origin]] = []
+        target_specs: list[tuple[TargetSpec, _Origin]] = []
+        requantize = False
+        seen_task = seen_draft = False
+
+        for raw in self.modelfile.instructions:
+            ins = substitute(raw, values, self.text, self.errors)
+            kw, args = ins.keyword, ins.args
+            try:
+                if kw == "FROM":
+                    if source_ins is not None:
+                        raise Problem(
+                            f"more than one FROM (the first is on line {source_ins.line})",
+                            hint="ff builds one model from one source",
+                        )
+                    source_ins = ins
+                    source = resolve_source(args[0], self.context)
+                elif kw == "DRAFT":
+                    if seen_draft:
+                        raise Problem("more than one DRAFT")
+                    seen_draft = True
+                    draft = resolve_source(args[0], self.context)
+                elif kw == "ADAPTER":
+                    adapters.append(resolve_adapter(args[0], self.context))
+                elif kw == "PARAMETER":
+                    self._parameter(ins, parameters)
+                elif kw == "TEMPLATE":
+                    template = args[0]
+                elif kw == "SYSTEM":
+                    system = args[0]
+                elif kw == "LICENSE":
+                    licenses.append(args[0])
+                elif kw == "MESSAGE":
+                    messages.append(Message(role=args[0], content=args[1]))
+                elif kw == "RENDERER":
+                    renderer = args[0]
+                elif kw == "PARSER":
+                    parser = args[0]
+                elif kw == "REQUIRES":
+                    requires = _requires(args[0])
+                elif kw == "QUANTIZE":
+                    spec = parse_quantize(args)
+                    requantize = requantize or bool(spec.requantize)
+                    self._add_quants(ins, args, spec, quants)
+                elif kw == "TARGET":
+                    target_specs.append((parse_target(args), (ins, 0)))
+                elif kw == "TASK":
+                    if seen_task:
+                        raise Problem("more than one TASK")
+                    seen_task = True
+                    task = _task(args[0])
+                elif kw == "LABEL":
+                    _labels(args, labels)
+                elif kw == "VERIFY":
+                    _verify(args, verify)
+            except Problem as problem:
+                self.fail(ins, 1 if kw in ("PARAMETER", "MESSAGE") else 0, problem)
+
+        if quantize is not None:
+            quants, requantize = self._cli_quants(quantize, requantize)
+        if targets is not None:
+            target_specs = self._cli_targets(targets)
+        if not target_specs:
+            target_specs = [(TargetSpec("cpu"), None)]
+        if source is not None and draft is not None and source.path is not None and source.path == draft.path:
+            self.fail(None, None, Problem(f"DRAFT must not be the same local path as FROM: {draft.path}"))
+
+        facts = SourceFacts()
+        if source is not None and source_ins is not None:
+            try:
+                facts = inspect_source(source)
+            except Problem as problem:
+                self.fail(source_ins, 0, problem)
+            if facts.adapter:
+                self.fail(
+                    source_ins,
+                    0,
+                    Problem("this GGUF is a LoRA adapter, not a model", hint="name it with ADAPTER"),
+                )
+        variants = self._variants(source, quants, target_specs)
+        task_inferred = task is None
+        if task is None:
+            task = self._infer_task(source, facts, template)
+        if task == "tensor" and any(BACKENDS[v.backend]["format"] == "gguf" for v in variants):
+            self.fail(
+                None, None, Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
+            )
+        if facts.quantized and not requantize:
+            redo = sorted({v.quantization for v in variants} - {"source", facts.quantization or ""})
+            if redo:
+                self.warnings.append(
+                    f"the source is already quantized ({facts.quantization}); making {', '.join(redo)} "
+                    "from it needs QUANTIZE … requantize=true (or ff build --allow-requantize)"
+                )
+
+        if self.errors or source is None:
+            if not self.errors:  # cannot happen after a successful parse, but keep the promise
+                self.errors.append(ModelfilePlanError("no FROM instruction", filename=self.text.filename))
+            first, *rest = self.errors
+            first.more = tuple(rest)
+            raise first
+        return BuildPlan(
+            modelfile=modelfile_path,
+            context=self.context,
+            source=source,
+            variants=tuple(variants),
+            task=task,
+            task_inferred=task_inferred,
+            template=template,
+            system=system,
+            parameters=parameters,
+            messages=tuple(messages),
+            adapters=tuple(adapters),
+            licenses=tuple(licenses),
+            labels=labels,
+            requires=requires,
+            draft=draft,
+            renderer=renderer,
+            parser=parser,
+            verify=VerifyPolicy.model_validate(verify),
+            requantize=requantize,
+            build_args={k: v for k, v in values.items() if v is not None},
+            text=substituted_text(self.modelfile, values),
+            warnings=tuple(self.warnings),
+        )
+
+    # -- pieces --------------------------------------------------------------------------------------
+
+    def _parameter(self, ins: Instruction, parameters: dict[str, ParamValue]) -> None:
+        name, value = ins.args
+        if name in DEPRECATED_PARAMETERS:
+            self.warnings.append(
+                f"line {ins.line}: parameter {name} is deprecated and ignored (as in Ollama)"
+            )
+            return
+        typed = convert(name, value)
+        previous = parameters.get(name)
+        if isinstance(typed, list) and isinstance(previous, list):
+            parameters[name] = [*previous, *typed]
+        else:
+            parameters[name] = typed
+
+    def _add_quants(
+        self, ins: Instruction, args: Sequence[str], spec: QuantizeSpec, quants: list[tuple[str, _Origin]]
+    ) -> None:
+        have = {q for q, _ in quants}
+        for q in spec.types:
+            index = next(i for i, w in enumerate(args) if w.lower() == q)
+            if q in have:
+                self.fail(ins, index, Problem(f"{q} is already listed by an earlier QUANTIZE"))
+                continue
+            quants.append((q, (ins, index)))
+
+    def _cli_quants(self, words: Sequence[str], requantize: bool) -> tuple[list[tuple[str, _Origin]], bool]:
+        try:
+            spec = parse_quantize(list(words))
+        except Problem as problem:
+            self.fail(None, None, problem, prefix="--quantize: ")
+            return [], requantize
+        return [(q, None) for q in spec.types], requantize or bool(spec.requantize)
+
+    def _cli_targets(self, texts: Sequence[str]) -> list[tuple[TargetSpec, _Origin]]:
+        out: list[tuple[TargetSpec, _Origin]] = []
+        for text in texts:
+            try:
+                words = [w for w, _ in split_words(" " + text, 0)]
+                out.append((parse_target(words), None))
+            except (Problem, ValueError) as exc:
+                problem = exc if isinstance(exc, Problem) else Problem(str(exc))
+                self.fail(None, None, problem, prefix=f"--target {text!r}: ")
+        return out
+
+    def _variants(
+        self,
+        source: Source | None,
+        quants: list[tuple[str, _Origin]],
+        targets: list[tuple[TargetSpec, _Origin]],
+    ) -> list[Variant]:
+        if source is None:
+            return []
+        variants, problems = expand([q for q, _ in quants], [t for t, _ in targets], source.kind)
+        for vp in problems:
+            origin = quants[vp.quant][1] if vp.quant is not None and vp.blame_quant else targets[vp.target][1]
+            prefix = "" if origin is not None else f"TARGET {targets[vp.target][0].name}: "
+            if origin is None:
+                self.fail(None, None, vp.problem, prefix=prefix)
+            else:
+                self.fail(origin[0], origin[1], vp.problem)
+        return variants
+
+    def _infer_task(self, source: Source | None, facts: SourceFacts, template: str | None) -> str:
+        if facts.embedding:
+            return "embed"
+        if facts.classifier:
+            return "classify"
+        if template is not None or facts.chat_template:
+            return "chat"
+        if source is not None and source.kind == SourceKind.ONNX_FILE:
+            return "tensor"
+        if source is not None and facts.chat_template is None and source.kind != SourceKind.OCI:
+            self.warnings.append(
+                f"could not look inside {source.raw} (not on this machine), so TASK is taken as generate; "
+                "write TASK chat|generate|embed|… to be sure"
+            )
+        return "generate"
+
+
+def _requires(text: str) -> str:
+    version = text if text.startswith("v") else "v" + text
+    if not _SEMVER.fullmatch(version):
+        raise Problem(f'REQUIRES "{text}" is not a version', hint="a semantic version, e.g. REQUIRES 0.6.0")
+    return version[1:]
+
+
+def _task(word: str) -> str:
+    task = word.lower()
+    if task not in TASKS:
+        raise Problem(f'unknown task "{word}"', expected=tuple(TASKS), hint=did_you_mean(task, TASKS))
+    return task
+
+
+def _labels(words: Sequence[str], labels: dict[str, str]) -> None:
+    for i, word in enumerate(words):
+        key, eq, value = word.partition("=")
+        if not eq:
+            raise Problem(f'LABEL takes key=value, not "{word}"', arg=i)
+        if not _LABEL_KEY.fullmatch(key):
+            raise Problem(f'invalid label key "{key}" (letters, digits, . _ / -)', arg=i)
+        labels[key] = value
+
+
+def _verify(words: Sequence[str], verify: dict[str, float | str]) -> None:
+    for i, word in enumerate(words):
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq:
+            raise Problem(f'VERIFY takes key=value, not "{word}"', expected=VERIFY_KEYS, arg=i)
+        if key not in VERIFY_KEYS:
+            raise Problem(
+                f'unknown VERIFY key "{key}"',
+                expected=VERIFY_KEYS,
+                hint=did_you_mean(key, VERIFY_KEYS),
+                arg=i,
+            )
+        if key in verify:
+            raise Problem(f"VERIFY {key} is given twice", arg=i)
+        if key == "prompt":
+            if not value.strip():
+                raise Problem("VERIFY prompt is empty", arg=i)
+            verify[key] = value
+            continue
+        try:
+            number = parse_float32(value)
+        except Problem as exc:
+            raise Problem(f"VERIFY {key}: {exc.message}", arg=i) from None
+        if key == "min_agreement" and not 0 <= number <= 1:
+            raise Problem(f"VERIFY min_agreement={value} is outside 0..1", arg=i)
+        if key == "max_perplexity_ratio" and number < 1:
+            raise Problem(f"VERIFY max_perplexity_ratio={value} is below 1 (1 means no loss)", arg=i)
+        verify[key] = number
+
+
+def build_plan(
+    modelfile: Modelfile,
+    *,
+    context: Path,
+    modelfile_path: Path | None,
+    build_args: Mapping[str, str],
+    quantize: Sequence[str] | None,
+    targets: Sequence[str] | None,
+) -> BuildPlan:
+    return _Planner(modelfile, context).run(build_args, quantize, targets, modelfile_path)
