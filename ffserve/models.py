@@ -49,7 +49,12 @@ def resolve(store: Store, name: str, *, target: str | None, quantize: str | None
     ref = canonical(name)
     try:
         variants = variants_of(store, ref)
-        chosen = select_variant(variants, target=target, quantize=quantize)
+        try:
+            chosen = select_variant(variants, target=target, quantize=quantize)
+        except SelectionError:
+            if target is None and quantize is None:
+                raise
+            chosen = select_variant(variants)  # the server's defaults are preferences, not requirements
         return Resolved(ref, chosen, open_variant(store, chosen.descriptor.digest))
     except NotFoundError as exc:
         raise ModelNotFound(f"model {ref!r} not found; pull it first (ff pull {ref}): {exc}") from None

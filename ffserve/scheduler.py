@@ -72,8 +72,9 @@ class Scheduler:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for model in list(self._models.values()):
-            await self._unload(model)
+        async with self._cond:
+            for model in list(self._models.values()):
+                await self._unload(model)
 
     async def preload(self, names: list[str]) -> None:
         """Load the --models at start; they stay loaded (pinned) unless a request says otherwise."""
