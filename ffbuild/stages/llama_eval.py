@@ -1,0 +1,231 @@
+"""Evaluate a GGUF with llama.cpp: tokenize, logits for every position in one pass, greedy generation,
+sentence embeddings. The verify stage's measuring instrument.
+
+:class:`LlamaEval` opens the model (and optionally a LoRA adapter) through llama-cpp-python's C API,
+so it controls what the high-level ``Llama`` class does not expose: the CPU buffer types (see
+:mod:`ffbuild.stages.llamacpp`), one decode call for all positions of a text, and freeing the model
+as soon as the caller is done (``with LlamaEval(...) as m:``).
+
+The context is created on first use and re-created larger only when a text needs it (its size sets
+the compute buffers, and a small one is markedly faster). Flash attention is off by default, as in
+llama-cpp-python's ``Llama`` (which is what serves the model): on a 135M model the small numeric
+difference it makes is enough to flip a q8_0 greedy answer, so verify measures what is served.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ffbuild.stages.errors import VerifyError
+from ffbuild.stages.llamacpp import binding, captured_log, default_threads, log_tail, use_extra_buffers
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class LlamaEval:
+    """One model (and optionally a LoRA adapter) in llama.cpp."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        embedding: bool = False,
+        lora: Path | None = None,
+        threads: int | None = None,
+        flash_attn: bool = False,
+    ) -> None:
+        self.lc = binding()
+        lc = self.lc
+        self.path = path
+        self.embedding = embedding
+        self.n_ctx = 0
+        self.threads = threads if threads is not None else default_threads()
+        self.flash_attn = flash_attn
+        self._model: Any = None
+        self._ctx: Any = None
+        self._lora: Any = None
+        mparams = lc.llama_model_default_params()
+        mparams.use_extra_bufts = use_extra_buffers()
+        mparams.n_gpu_layers = 0
+        with captured_log() as log:
+            self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise VerifyError(f"llama.cpp cannot load {path}: {log_tail(log)}")
+        try:
+            self.vocab = lc.llama_model_get_vocab(self._model)
+            self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+            self.n_embd = int(lc.llama_model_n_embd(self._model))
+            if lora is not None:
+                with captured_log() as log:
+                    self._lora = lc.llama_adapter_lora_init(self._model, str(lora).encode())
+                if not self._lora:
+                    raise VerifyError(f"llama.cpp cannot apply the LoRA adapter {lora} to {path}: "
+                                      + log_tail(log))
+        except BaseException:
+            self.close()
+            raise
+
+    def _context(self, n_tokens: int) -> Any:
+        """A context holding at least ``n_tokens`` (all of them decodable in one batch)."""
+        if self._ctx and self.n_ctx >= n_tokens:
+            return self._ctx
+        lc = self.lc
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        n_ctx = max(64, -(-n_tokens // 64) * 64)
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_ctx
+        cparams.n_ubatch = n_ctx
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.embeddings = self.embedding
+        cparams.flash_attn_type = 1 if self.flash_attn else 0
+        cparams.no_perf = True
+        with captured_log() as log:
+            self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise VerifyError(f"llama.cpp cannot create a context for {self.path}: {log_tail(log)}")
+        self.n_ctx = n_ctx
+        if self._lora:
+            adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._lora)
+            scales = (ctypes.c_float * 1)(1.0)
+            if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+                raise VerifyError(f"llama.cpp refused to attach the LoRA adapter to {self.path}")
+        return self._ctx
+
+    def __enter__(self) -> LlamaEval:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        lc = self.lc
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._lora:
+            lc.llama_adapter_lora_free(self._lora)
+            self._lora = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self.lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        raw = text.encode("utf-8")
+        cap = len(raw) + 16
+        out = (self.lc.llama_token * cap)()
+        n = self.lc.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
+        if n < 0:
+            raise VerifyError(f"cannot tokenize {len(raw)} bytes with {self.path}")
+        return list(out[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    @property
+    def bos(self) -> int:
+        return int(self.lc.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(self.lc.llama_vocab_eos(self.vocab))
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(self.lc.llama_vocab_get_add_bos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _decode(self, tokens: list[int], start: int, all_logits: bool) -> None:
+        lc = self.lc
+        n = len(tokens)
+        if start + n > self.n_ctx:
+            raise VerifyError(f"{start + n} tokens do not fit the evaluation context of {self.n_ctx}")
+        batch = lc.llama_batch_init(n, 0, 1)
+        try:
+            batch.n_tokens = n
+            for i, tok in enumerate(tokens):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = all_logits or i == n - 1
+            with captured_log() as log:
+                rc = lc.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise VerifyError(f"llama_decode failed ({rc}) on {self.path}: {log_tail(log)}")
+        finally:
+            lc.llama_batch_free(batch)
+
+    def _start(self, n_tokens: int) -> None:
+        """A cleared context for a sequence of up to ``n_tokens``."""
+        ctx = self._context(n_tokens)
+        self.lc.llama_memory_clear(self.lc.llama_get_memory(ctx), True)
+
+    def logits(self, tokens: list[int]) -> FloatArray:
+        """Logits after each token, shape (len(tokens), n_vocab), from one decode of the whole text."""
+        self._start(len(tokens))
+        self._decode(tokens, 0, all_logits=True)
+        ptr = self.lc.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_vocab)).copy()
+
+    def generate(self, prompt: list[int], max_tokens: int) -> list[int]:
+        """Greedy continuation of ``prompt``, stopping at an end-of-generation token."""
+        self._start(len(prompt) + max_tokens)
+        self._decode(prompt, 0, all_logits=False)
+        out: list[int] = []
+        pos = len(prompt)
+        for _ in range(max_tokens):
+            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
+            tok = int(np.argmax(logits))
+            if self.is_eog(tok):
+                break
+            out.append(tok)
+            if pos + 1 >= self.n_ctx:
+                break
+            self._decode([tok], pos, all_logits=False)
+            pos += 1
+        return out
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def embed(self, text: str) -> FloatArray:
+        """The pooled, L2-normalised sentence embedding (the model's own pooling type)."""
+        if not self.embedding:
+            raise VerifyError("the model was opened without embedding=True")
+        tokens = self.tokenize(text, add_special=True)
+        self._start(len(tokens))
+        self._decode(tokens, 0, all_logits=True)
+        ptr = self.lc.llama_get_embeddings_seq(self._ctx, 0)
+        if not ptr:
+            raise VerifyError(f"{self.path} produced no pooled embedding (has it a pooling type?)")
+        vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float32)
+        norm = float(np.linalg.norm(vec))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise VerifyError(f"{self.path} produced a degenerate embedding (norm {norm})")
+        return vec / norm

@@ -1,0 +1,234 @@
+"""The verify stage: does a compiled GGUF load, and how close is it to its reference (usually the f16)?
+
+For a text model it measures, through llama.cpp:
+
+- ``perplexity`` of the model on a fixed English paragraph (one decode of all positions);
+- with a ``reference``: ``agreement``, the fraction of positions where the greedy next token equals
+  the reference's, and ``perplexity_ratio`` (variant / reference);
+- ``sample``: the greedy answer to ``prompt`` (default :data:`DEFAULT_PROMPT`), through the GGUF's own
+  chat template when it has one, so a human can see at a glance whether the variant still talks sense.
+
+For an embedding model (a GGUF with a pooling type, e.g. BERT) ``agreement`` is the mean cosine
+similarity to the reference's embeddings of :data:`EMBED_SENTENCES`, and there is no perplexity.
+
+The reference is evaluated first and only its results are kept (cached per file and text), so two
+models are never loaded at once and a build with many variants evaluates its reference once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from ffbuild.stages.errors import StageError, VerifyError
+from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
+from ffbuild.stages.llama_eval import FloatArray, LlamaEval
+from ffbuild.stages.llamacpp import default_threads
+
+DEFAULT_TEXT = (
+    "The river rises in the hills to the north of the town and runs south through a wide valley of farms "
+    "and small villages. In spring the water is high and fast, and the old stone bridge near the market "
+    "is sometimes closed for a few days. Most of the year, however, the river is calm. Children swim in "
+    "it during the summer, and in the autumn people walk along its banks to watch the leaves change "
+    "colour. The town council has planted new trees along the path, and a small museum next to the "
+    "bridge explains how the mills once used the river to grind grain and saw wood."
+)
+DEFAULT_PROMPT = "What is the capital of France?"
+EMBED_SENTENCES: tuple[str, ...] = (
+    "The cat sleeps on the warm windowsill.",
+    "Paris is the capital and largest city of France.",
+    "Interest rates rose for the third quarter in a row.",
+    "How do I reset my password?",
+    "The recipe needs two cups of flour and a pinch of salt.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "She scored the winning goal in the final minute.",
+    "Please restart the server after installing the update.",
+)
+SAMPLE_TOKENS = 32
+
+
+def verify_threads() -> int:
+    """Half the CPUs: measured on a 2-core machine with one other busy process, SmolLM2's 120-token
+    pass took 1.3 s on 1 thread and 3.5 s on 2 (llama.cpp's spinning threads collapse under contention),
+    and builds run next to other work."""
+    return max(1, default_threads() // 2)
+
+
+class VerifyReport(BaseModel):
+    """What the verify stage measured for one GGUF (JSON-serialisable, stored with the build)."""
+
+    path: str
+    loads: bool
+    task: str  # "generate" or "embed"
+    error: str | None = None
+    prompt: str | None = None
+    sample: str | None = None  # greedy answer to the prompt
+    used_chat_template: bool = False
+    perplexity: float | None = None
+    reference: str | None = None
+    reference_perplexity: float | None = None
+    perplexity_ratio: float | None = None
+    agreement: float | None = None  # next-token argmax agreement, or mean embedding cosine
+    agreement_kind: str | None = None  # "next-token" or "embedding-cosine"
+    min_cosine: float | None = None
+    tokens_evaluated: int = 0
+    lora: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = []
+
+
+@dataclass(frozen=True)
+class _TextEval:
+    tokens: tuple[int, ...]
+    argmax: tuple[int, ...]
+    perplexity: float
+
+
+def _is_embedding(info: GGUFInfo) -> bool:
+    pooled = info.pooling_type is not None and info.pooling_type > 0
+    return pooled or info.architecture in ("bert", "nomic-bert")
+
+
+def _eval_text(m: LlamaEval, text: str) -> _TextEval:
+    tokens = m.tokenize(text, add_special=True)
+    if len(tokens) < 2:
+        raise VerifyError("the verification text is too short to measure anything")
+    logits = m.logits(tokens).astype(np.float64)
+    if not np.isfinite(logits).all():
+        raise VerifyError(f"{m.path} produced non-finite logits")
+    shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    nll = -logprobs[np.arange(len(tokens) - 1), tokens[1:]]
+    return _TextEval(tuple(tokens), tuple(int(i) for i in logits.argmax(axis=1)), float(math.exp(nll.mean())))
+
+
+def _render_chat(m: LlamaEval, template: str, prompt: str) -> str:
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(
+        messages=[{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        bos_token=m.token_text(m.bos),
+        eos_token=m.token_text(m.eos),
+        raise_exception=raise_exception,
+    )
+
+
+def _sample(m: LlamaEval, info: GGUFInfo, prompt: str, report: VerifyReport) -> None:
+    text = prompt
+    if info.chat_template:
+        try:
+            text = _render_chat(m, info.chat_template, prompt)
+            report.used_chat_template = True
+        except Exception as e:  # a template that cannot render is reported, not fatal to the check
+            report.notes.append(f"chat template did not render ({e}); sampled the raw prompt")
+    bos_text = m.token_text(m.bos) if m.adds_bos else ""
+    add_bos = m.adds_bos and not (bos_text and text.startswith(bos_text))
+    tokens = m.tokenize(text, add_special=add_bos, parse_special=True)
+    report.sample = m.detokenize(m.generate(tokens, SAMPLE_TOKENS)).strip()
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_text(path: Path, size: int, mtime_ns: int, text: str, threads: int | None) -> _TextEval:
+    with LlamaEval(path, threads=threads) as m:
+        return _eval_text(m, text)
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_embeddings(
+    path: Path, size: int, mtime_ns: int, threads: int | None
+) -> tuple[FloatArray, ...]:
+    with LlamaEval(path, embedding=True, threads=threads) as m:
+        return tuple(m.embed(s) for s in EMBED_SENTENCES)
+
+
+def _file_key(path: Path) -> tuple[Path, int, int]:
+    st = path.stat()
+    return path.resolve(), st.st_size, st.st_mtime_ns
+
+
+def verify_gguf(
+    path: Path,
+    *,
+    reference: Path | None = None,
+    text: str = DEFAULT_TEXT,
+    prompt: str | None = None,
+    lora: Path | None = None,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Load ``path`` in llama.cpp and measure it (see the module doc); never raises for a bad model:
+    a model that does not load gives ``loads=False`` and the reason in ``error``."""
+    start = time.perf_counter()
+    threads = threads if threads is not None else verify_threads()
+    info = read_gguf_info(path)
+    embedding = _is_embedding(info)
+    report = VerifyReport(
+        path=str(path),
+        loads=False,
+        task="embed" if embedding else "generate",
+        reference=str(reference) if reference is not None else None,
+        lora=str(lora) if lora is not None else None,
+    )
+    try:
+        if embedding:
+            _verify_embedding(path, reference, lora, threads, report)
+        else:
+            _verify_text(path, info, reference, text, prompt or DEFAULT_PROMPT, lora, threads, report)
+    except StageError as e:
+        report.error = str(e)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _verify_text(
+    path: Path,
+    info: GGUFInfo,
+    reference: Path | None,
+    text: str,
+    prompt: str,
+    lora: Path | None,
+    threads: int | None,
+    report: VerifyReport,
+) -> None:
+    ref = _reference_text(*_file_key(reference), text, threads) if reference is not None else None
+    with LlamaEval(path, lora=lora, threads=threads) as m:
+        report.loads = True
+        own = _eval_text(m, text)
+        report.prompt = prompt
+        _sample(m, info, prompt, report)
+    report.perplexity = round(own.perplexity, 4)
+    report.tokens_evaluated = len(own.tokens)
+    if ref is not None:
+        if ref.tokens != own.tokens:
+            raise VerifyError(f"{path} tokenizes the verification text unlike its reference {reference}")
+        same = sum(a == b for a, b in zip(own.argmax[:-1], ref.argmax[:-1], strict=True))
+        report.agreement = round(same / (len(own.tokens) - 1), 4)
+        report.agreement_kind = "next-token"
+        report.reference_perplexity = round(ref.perplexity, 4)
+        report.perplexity_ratio = round(own.perplexity / ref.perplexity, 4)
+
+
+def _verify_embedding(
+    path: Path, reference: Path | None, lora: Path | None, threads: int | None, report: VerifyReport
+) -> None:
+    ref = _reference_embeddings(*_file_key(reference), threads) if reference is not None else None
+    with LlamaEval(path, embedding=True, lora=lora, threads=threads) as m:
+        report.loads = True
+        own = [m.embed(s) for s in EMBED_SENTENCES]
+    report.tokens_evaluated = len(own)
+    if ref is not None:
+        cos = [float(np.dot(a, b)) for a, b in zip(own, ref, strict=True)]
+        report.agreement = round(float(np.mean(cos)), 5)
+        report.min_cosine = round(min(cos), 5)
+        report.agreement_kind = "embedding-cosine"
