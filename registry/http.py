@@ -31,8 +31,12 @@ TIMEOUT = (10.0, 300.0)
 """(connect, read) seconds for every request."""
 
 
-class RegistryError(Exception):
-    """A registry refused a request, sent something unsafe, or could not be reached."""
+class RegistryError(OSError):
+    """A registry refused a request, sent something unsafe, or could not be reached.
+
+    An ``OSError`` like the network errors it often wraps, so callers that already handle I/O errors
+    (the server's pull-on-demand) report it instead of crashing.
+    """
 
 
 class AuthError(RegistryError):

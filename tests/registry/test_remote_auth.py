@@ -5,7 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from click.testing import CliRunner
@@ -109,3 +113,62 @@ def test_plain_http_only_for_loopback(host: str, loopback: bool) -> None:
 def test_missing_ca_bundle_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="CA bundle"):
         RegistryClient("registry.example.com", ca_file=str(tmp_path / "none.pem"))
+
+
+# --- the bearer-token flow, against a crafted registry + token endpoint --------------------------------
+class _TokenRegistry(BaseHTTPRequestHandler):
+    """/v2/ wants a Bearer token; /token hands one out for good Basic credentials (like Docker Hub)."""
+
+    protocol_version = "HTTP/1.1"
+    token_requests: list[dict[str, list[str]]] = []  # noqa: RUF012 - shared with the test
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+    def _reply(self, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        auth = self.headers.get("Authorization", "")
+        if url.path == "/token":
+            self.token_requests.append(parse_qs(url.query))
+            good = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            if auth != good:
+                self._reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
+            else:
+                self._reply(200, {"token": "tok-123", "expires_in": 300})
+        elif auth == "Bearer tok-123":
+            self._reply(200, {})
+        else:
+            host = self.headers.get("Host", "")
+            challenge = f'Bearer realm="http://{host}/token",service="ff-test",scope="registry:catalog:*"'
+            self._reply(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": challenge})
+
+
+@pytest.fixture(scope="module")
+def token_registry() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenRegistry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_bearer_token_flow(token_registry: str, docker_config: Path) -> None:
+    with pytest.raises(AuthError, match="rejected anonymous access; run `ff login"):
+        RegistryClient(token_registry).ping()
+    with pytest.raises(AuthError, match="token endpoint: it rejected user 'ffuser'"):
+        login(token_registry, USER, "wrong")
+    login(token_registry, USER, PASSWORD)
+    assert load_credentials(token_registry) == Credentials(USER, PASSWORD)
+    assert _TokenRegistry.token_requests[-1] == {"service": ["ff-test"], "scope": ["registry:catalog:*"]}
