@@ -32,6 +32,15 @@ class RegistryServer:
         return self.log.read_text(errors="replace")
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, even if it crashes (no leftover registry)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +66,12 @@ def start_registry(root: Path, htpasswd: Path | None) -> RegistryServer:
     )
     log = root / "registry.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
     server = RegistryServer(f"127.0.0.1:{port}", storage, log, proc)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
