@@ -54,6 +54,7 @@ class Generation:
         self._events: AsyncIterator[Event] | None = None
         self._first: Event | None = None
         self._last_token = 0.0
+        self._n_tokens = 0
         self._closed = False
 
     async def start(self) -> Generation:
@@ -85,6 +86,7 @@ class Generation:
             ev = Done("cancelled", 0, 0, 0, 0)
         now = time.perf_counter()
         if isinstance(ev, Token):
+            self._n_tokens += 1
             if self._last_token:
                 self.metrics.itl.labels(self.label).observe(now - self._last_token)
             else:
@@ -122,6 +124,9 @@ class Generation:
         if self.done is None or self.done.reason == "cancelled":
             self.request.cancel.set()
             self.metrics.cancelled.labels(self.label).inc()
+            if self.done is None and self._events is not None:
+                self.metrics.generation_tokens.labels(self.label).inc(self._n_tokens)
+                self.metrics.finished.labels(self.label, "cancelled").inc()
         try:
             if self._events is not None:
                 aclose = getattr(self._events, "aclose", None)
