@@ -8,13 +8,12 @@ converts, quantizes and verifies nothing and writes the same digests.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ffbuild.cache import BuildCache, CacheValue, file_digest, folder_digest, path_digest, stage_key
 from ffbuild.choices import QUANTIZATIONS
@@ -26,6 +25,9 @@ from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffbuild.stages.package import JSONValue, ModelMeta, VariantPayload, WeightFile, package_model
 from registry.reference import Reference
 from registry.store import Store
+
+if TYPE_CHECKING:
+    from ffbuild.stages.verify import VerifyReport
 
 FLOAT_TYPES: tuple[str, ...] = ("f32", "f16", "bf16")
 """Unquantized GGUF types, in the order the convert stage prefers them as the quantization source."""
@@ -330,34 +332,37 @@ def quantize_stage(ctx: BuildContext) -> str:
 
 
 def adapters_stage(ctx: BuildContext) -> str:
+    """ADAPTERs: GGUF LoRAs are checked against the base; PEFT folders are converted (cached)."""
     if not ctx.plan.adapters:
         return "no adapters"
     from ffbuild.stages.lora import check_gguf_lora, convert_peft_lora
 
-    base_folder = ctx.fetched.path if ctx.fetched and ctx.fetched.kind == FetchedKind.HF_FOLDER else None
+    if ctx.base is None:
+        raise BuildError("adapters ran before convert")
+    f = ctx.fetched
+    base = f.path if f is not None and f.kind == FetchedKind.HF_FOLDER and f.path else ctx.base.weight.path
+    base_digest = folder_digest(base) if base.is_dir() else ctx.base.weight.digest
     for a in ctx.plan.adapters:
         ctx.progress.step("adapters", a.raw)
         if a.kind == "gguf":
-            check_gguf_lora(a.path)
+            check_gguf_lora(a.path, base=ctx.base.weight.path)
             ctx.adapters.append(_weight(a.path))
             continue
-        key = ctx.cache_key(
-            "lora", adapter=path_digest(a.path), base=folder_digest(base_folder) if base_folder else None
-        )
+        key = ctx.cache_key("lora", adapter=path_digest(a.path), base=base_digest)
         w, _, _ = _cached_gguf(
-            ctx, "lora", key, functools.partial(_convert_lora, convert_peft_lora, a.path, base_folder)
+            ctx, "lora", key, functools.partial(_convert_lora, convert_peft_lora, a.path, base)
         )
         ctx.adapters.append(w)
     return f"{len(ctx.adapters)} adapter(s)"
 
 
-def _report_dict(report: object) -> dict[str, JSONValue]:
-    if dataclasses.is_dataclass(report) and not isinstance(report, type):
-        raw = dataclasses.asdict(report)
-    else:
-        dump = getattr(report, "model_dump", None)
-        raw = dump(mode="json") if callable(dump) else dict(vars(report))
-    return {k: v for k, v in raw.items() if k != "seconds"}
+_MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
+"""Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
+
+
+def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
+    raw: dict[str, JSONValue] = report.model_dump(mode="json")
+    return {k: v for k, v in raw.items() if k not in _MACHINE_FIELDS}
 
 
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
@@ -396,6 +401,8 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     if is_ref:
         report.update(agreement=1.0, perplexity_ratio=1.0)
     report["reference"] = ref.quantization
+    if adapters:
+        report["adapters"] = [a.digest for a in adapters]
     out.report = report
     secs = entry.meta.get("seconds")
     out.verify_seconds = float(secs) if isinstance(secs, int | float) and not hit else 0.0
@@ -408,7 +415,7 @@ def _check_policy(ctx: BuildContext) -> None:
         r = out.report or {}
         name = out.variant.name
         if r.get("loads") is False:
-            failures.append(f"{name}: the model does not load")
+            failures.append(f"{name}: the model does not load ({r.get('error') or 'no reason given'})")
         agreement, ratio = r.get("agreement"), r.get("perplexity_ratio")
         if (
             policy.min_agreement is not None
