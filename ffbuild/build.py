@@ -71,7 +71,7 @@ class Built:
     weight: WeightFile
     info: GGUFInfo
     seconds: float = 0.0
-    cached: bool = True
+    cached: bool = True  # False only when this build made it (a cache miss)
     adapters: tuple[WeightFile, ...] = ()  # inherited from a stored variant
 
     @property
@@ -86,8 +86,14 @@ class VariantOutput:
     built: Built
     report: dict[str, JSONValue] | None = None
     verify_seconds: float = 0.0
+    verified_now: bool = False  # the verify stage ran (not a cache hit, not skipped)
     manifest: str = ""
     size: int = 0
+
+    @property
+    def did_work(self) -> bool:
+        """Whether this build quantized/converted or verified this variant (False: all from the cache)."""
+        return not self.built.cached or self.verified_now
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ class BuildResult:
                     "agreement": (v.report or {}).get("agreement"),
                     "perplexity_ratio": (v.report or {}).get("perplexity_ratio"),
                     "seconds": round(v.built.seconds + v.verify_seconds, 3),
-                    "cached": v.built.cached,
+                    "work_done": v.did_work,
                 }
                 for v in self.variants
             ],
@@ -406,6 +412,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     out.report = report
     secs = entry.meta.get("seconds")
     out.verify_seconds = float(secs) if isinstance(secs, int | float) and not hit else 0.0
+    out.verified_now = not hit
 
 
 def _check_policy(ctx: BuildContext) -> None:

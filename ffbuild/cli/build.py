@@ -108,7 +108,7 @@ def build_command(
                 v.variant.quantization,
                 figure(report.get("agreement")),
                 figure(report.get("perplexity_ratio")),
-                f"{v.built.seconds + v.verify_seconds:.1f}s" + (" (cached)" if v.built.cached else ""),
+                f"{v.built.seconds + v.verify_seconds:.1f}s" if v.did_work else "cached",
             ]
         )
     print_table(
