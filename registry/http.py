@@ -7,8 +7,9 @@ tell a wrong password from a network error. Here a 401 is answered once (Basic c
 Bearer token fetched from the challenge's realm), and a second 401 is an :class:`AuthError` that says
 what to do.
 
-Transport: plain HTTP only with ``insecure=True`` or for loopback hosts (127.0.0.0/8, localhost,
-[::1]); TLS verification uses ``ca_file``, else ``$FF_CA_BUNDLE``, else the system bundle.
+Transport: HTTPS; plain HTTP only with ``insecure=True`` or for loopback hosts (127.0.0.0/8, localhost,
+[::1]) that do not answer HTTPS. TLS verification uses ``ca_file``, else ``$FF_CA_BUNDLE``, else the
+system bundle.
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def speaks_tls(host: str, verify: bool | str) -> bool:
+    """Whether ``host`` answers HTTPS (a certificate it cannot verify still counts: that is an error
+    to report, not a reason to fall back to plain HTTP). Only asked for loopback hosts."""
+    try:
+        requests.get(f"https://{host}/v2/", verify=verify, timeout=(3.0, 10.0)).close()
+    except requests.exceptions.SSLError as exc:
+        return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc)
+    except requests.exceptions.RequestException:
+        return False
+    return True
+
+
 def tls_verify(ca_file: str | None) -> bool | str:
     path = ca_file or os.environ.get("FF_CA_BUNDLE") or None
     if path is None:
@@ -100,8 +113,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         insecure: bool = False,
         ca_file: str | None = None,
     ) -> None:
-        plain = insecure or is_loopback(host)
-        super().__init__(hostname=host, insecure=plain, tls_verify=tls_verify(ca_file), auth_backend="token")
+        verify = tls_verify(ca_file)
+        plain = insecure or (is_loopback(host) and not speaks_tls(host, verify))
+        super().__init__(hostname=host, insecure=plain, tls_verify=verify, auth_backend="token")
         self.host = host
         self.credentials = credentials
         self.plain_http = plain

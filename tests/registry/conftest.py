@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from remote_testkit import PASSWORD, USER, RegistryServer, start_registry, stop_registry
+from remote_testkit import PASSWORD, USER, RegistryServer, make_tls, start_registry, stop_registry
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,15 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, Path]]:
+    """A registry serving HTTPS with a certificate from a throwaway CA; yields (server, ca.pem)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is missing: apt-get install openssl")
+    root = tmp_path_factory.mktemp("tls-registry")
+    ca, cert, key = make_tls(root / "pki")
+    server = start_registry(root / "srv", None, (cert, key))
+    yield server, ca
+    stop_registry(server)

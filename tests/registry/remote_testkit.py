@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_registry(root: Path, htpasswd: Path | None) -> RegistryServer:
+def start_registry(
+    root: Path, htpasswd: Path | None, tls: tuple[Path, Path] | None = None
+) -> RegistryServer:
     if not os.path.exists(REGISTRY_BIN):
         pytest.skip(f"{REGISTRY_BIN} is missing: apt-get install docker-registry (.ci/setup does)")
     port = _free_port()
@@ -62,6 +65,7 @@ def start_registry(root: Path, htpasswd: Path | None) -> RegistryServer:
         "log:\n  level: info\n  accesslog:\n    disabled: false\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
+        + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "")
         + auth
     )
     log = root / "registry.log"
@@ -78,7 +82,10 @@ def start_registry(root: Path, htpasswd: Path | None) -> RegistryServer:
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {server.log_text()}")
         try:
-            r = requests.get(f"http://{server.host}/v2/", timeout=1)
+            scheme = "https" if tls else "http"
+            with warnings.catch_warnings():  # only asking whether it is up; the tests verify TLS
+                warnings.simplefilter("ignore")
+                r = requests.get(f"{scheme}://{server.host}/v2/", timeout=1, verify=False)
             if r.status_code in (200, 401):
                 return server
         except requests.exceptions.ConnectionError:
@@ -246,3 +253,20 @@ class ThrottledProxy:
     def close(self) -> None:
         self._stop = True
         self._sock.close()
+
+
+def make_tls(root: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost: (ca.pem, cert.pem, key.pem)."""
+    root.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = root / "ca.pem", root / "ca.key"
+    cert, key, csr, ext = root / "srv.pem", root / "srv.key", root / "srv.csr", root / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=ff-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from click.testing import CliRunner
-from remote_testkit import PASSWORD, USER, RegistryServer, make_model
+from remote_testkit import PASSWORD, USER, RegistryServer, blob_desc, make_model, push_raw
 
 from registry.auth import load_credentials, login, save_credentials
 from registry.http import AuthError, Credentials, RegistryClient, RegistryError, is_loopback
@@ -172,3 +172,29 @@ def test_bearer_token_flow(token_registry: str, docker_config: Path) -> None:
     login(token_registry, USER, PASSWORD)
     assert load_credentials(token_registry) == Credentials(USER, PASSWORD)
     assert _TokenRegistry.token_requests[-1] == {"service": ["ff-test"], "scope": ["registry:catalog:*"]}
+
+
+def test_tls_with_a_private_ca(
+    tls_registry: tuple[RegistryServer, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca = tls_registry
+    # Loopback, but it answers HTTPS: ff uses HTTPS and will not fall back to plain HTTP.
+    with pytest.raises(RegistryError, match=r"TLS error .*--ca-file"):
+        RegistryClient(server.host).ping()
+    client = RegistryClient(server.host, ca_file=str(ca))
+    assert client.prefix == "https"
+    client.ping()
+    monkeypatch.setenv("FF_CA_BUNDLE", str(ca))
+    weights = b"GGUF" + b"\0" * 60
+    config = json.dumps({"descriptor": {}, "config": {"format": "gguf"},
+                         "modelfs": {"type": "layers", "diffIds": ["x"]}}).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": blob_desc(config, "application/vnd.cncf.model.config.v1+json"),
+        "layers": [blob_desc(weights, "application/vnd.cncf.model.weight.v1.raw", "model.gguf")],
+    }
+    digest = push_raw(server.host, "tls/model", "1", [config, weights], manifest)
+    store = Store(tmp_path / "store")
+    assert pull(f"{server.host}/tls/model:1", store=store).digest == digest
+    assert store.read_blob(digest)
