@@ -86,6 +86,8 @@ def build_command(
     except ModelfileError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(1) from None
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
     progress = make_progress()
     try:
         result = build(
