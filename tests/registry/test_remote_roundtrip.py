@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from remote_testkit import RegistryServer, make_model
 
 from registry.artifact import open_variant, variants_of
+from registry.http import RegistryError
 from registry.remote import pull, push
 from registry.select import HostInfo, SelectionError
 from registry.store import NotFoundError, Store, sha256_file
@@ -178,3 +179,38 @@ def test_cli_push_pull_json(
     assert out.exit_code == 1 and "no variant matches" in out.output and "Traceback" not in out.output
     out = CliRunner().invoke(push_cmd, ["smollm2:1", "--quiet"])
     assert out.exit_code == 1 and "needs a registry host" in out.output
+
+
+def test_pull_by_digest_and_by_variant_tag(
+    registry_server: RegistryServer, source_store: Store, tmp_path: Path
+) -> None:
+    remote = f"{registry_server.host}/ff/bydigest:1"
+    pushed = push("smollm2:1", store=source_store, remote_ref=remote)
+    store = Store(tmp_path / "store")
+    by_digest = pull(f"{registry_server.host}/ff/bydigest@{pushed.digest}", store=store, host=CPU_HOST)
+    assert by_digest.digest == pushed.digest
+    named = f"{registry_server.host}/ff/bydigest:sha256-{pushed.digest[7:]}"
+    assert store.resolve(named).digest == pushed.digest
+    # A variant's own tag is a plain manifest: no selection, stored under that tag.
+    single = pull(f"{remote}-q4_1-cuda", store=store, host=CPU_HOST)
+    (v,) = variants_of(store, f"{remote}-q4_1-cuda")
+    assert single.variants == [v.name] == ["q4_1-cuda"]
+    assert open_variant(store, v.descriptor.digest).weights
+    # A digest that is not the registry's answer is refused.
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(RegistryError, match=r"404|MANIFEST_UNKNOWN"):
+        pull(f"{registry_server.host}/ff/bydigest@{wrong}", store=store)
+
+
+def test_push_of_a_partly_pulled_model_is_refused(
+    registry_server: RegistryServer, source_store: Store, tmp_path: Path
+) -> None:
+    remote = f"{registry_server.host}/ff/partial:1"
+    push("smollm2:1", store=source_store, remote_ref=remote)
+    store = Store(tmp_path / "store")
+    pull(remote, store=store, host=CPU_HOST)
+    with pytest.raises(RegistryError, match=r"variants q4_1-cuda are not in the store.*--all-variants"):
+        push(remote, store=store, remote_ref=f"{registry_server.host}/ff/partial-copy:1")
+    # The variant it has can be pushed on its own, under its own tag.
+    res = push(f"{remote}-q4_1-cpu", store=store, remote_ref=f"{registry_server.host}/ff/partial-copy:cpu")
+    assert res.blobs_uploaded == 6
