@@ -111,6 +111,10 @@ class BlobStats:
     present: bool = False  # the store already had it
 
 
+class _ResumedMismatch(DigestMismatchError):
+    """A resumed download did not verify: the old partial file may be the bad part."""
+
+
 def download_blob(
     client: RegistryClient,
     repo: str,
@@ -120,14 +124,35 @@ def download_blob(
     *,
     title: str = "",
 ) -> BlobStats:
-    """Make ``desc`` present in the store, downloading (or resuming) and verifying it."""
-    digest, size = desc.digest, desc.size
+    """Make ``desc`` present in the store, downloading (or resuming) and verifying it.
+
+    A resumed download that does not verify is retried once from the start (the bytes kept from the
+    earlier attempt may be what was wrong); a fresh one that does not verify is an error.
+    """
     stats = BlobStats()
+    try:
+        _download(client, repo, store, desc, progress, title, stats)
+    except _ResumedMismatch:
+        stats.resumed = 0  # the bytes of the first attempt still count as transferred
+        _download(client, repo, store, desc, progress, title, stats)
+    return stats
+
+
+def _download(
+    client: RegistryClient,
+    repo: str,
+    store: Store,
+    desc: Descriptor,
+    progress: ProgressFn,
+    title: str,
+    stats: BlobStats,
+) -> None:
+    digest, size = desc.digest, desc.size
     with store.lock(digest):
         if store.has_blob(digest):
             progress(ProgressEvent("exists", digest, size, size, 0, title))
             stats.present = True
-            return stats
+            return
         part = store.partial_path(digest)
         h = hashlib.sha256()
         offset = part.stat().st_size if part.exists() else 0
@@ -178,13 +203,12 @@ def download_blob(
         progress(ProgressEvent("verifying", digest, size, size, stats.transferred, title))
         if "sha256:" + h.hexdigest() != digest:
             part.unlink(missing_ok=True)
-            raise DigestMismatchError(
+            raise (_ResumedMismatch if stats.resumed else DigestMismatchError)(
                 f"blob {digest} from {client.host} does not match its digest "
                 f"(hashes to sha256:{h.hexdigest()}); it was discarded"
             )
         store.commit_file(part, digest, size)
         progress(ProgressEvent("done", digest, size, size, stats.transferred, title))
-    return stats
 
 
 # --- blob upload -------------------------------------------------------------------------------------

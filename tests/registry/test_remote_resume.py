@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -118,3 +119,18 @@ def test_concurrent_pulls_fetch_each_blob_once(
     assert sum(r.bytes_downloaded for r in results) == payload - manifests
     assert sum(r.blobs_fetched for r in results) == 6 and sum(r.blobs_present for r in results) == 12
     assert {r.digest for r in results} == {store.resolve(f"{proxy.host}/{pushed}").digest}
+
+
+def test_a_bad_partial_file_is_refetched(
+    registry_server: RegistryServer, pushed: str, tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """A partial that does not belong to the blob (disk error, tampering) costs one retry, not a failure."""
+    store = Store(tmp_path / "store")
+    digest = "sha256:" + hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
+    store.partial_path(digest).write_bytes(b"\xff" * 4096)
+    result = pull(f"{registry_server.host}/{pushed}", store=store, variant="q4_1-cpu")
+    size = smollm2_gguf.stat().st_size
+    assert sha256_file(store.blob_path(digest)) == (digest, size)
+    # Both attempts are counted: the resumed one (all but the 4096 bad bytes) and the fresh one.
+    assert result.bytes_resumed == 0 and 2 * size - 4096 < result.bytes_downloaded < 2 * size
+    assert list(store.ingest.iterdir()) == []
