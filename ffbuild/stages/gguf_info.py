@@ -254,7 +254,7 @@ def size_label(n: int) -> str:
     for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= div:
             value = n / div
-            text = f"{value:.0f}" if value >= 100 or unit in ("K", "M") else f"{value:.1f}".removesuffix(".0")
+            text = f"{value:.0f}" if value >= 10 or unit in ("K", "M") else f"{value:.1f}".removesuffix(".0")
             return text + unit
     raise AssertionError(n)
 

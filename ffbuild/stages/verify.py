@@ -65,7 +65,7 @@ class VerifyReport(BaseModel):
 
     path: str
     loads: bool
-    task: str  # "generate" or "embed"
+    task: str  # "generate", "embed", or "unknown" when the file is not a readable GGUF
     error: str | None = None
     prompt: str | None = None
     sample: str | None = None  # greedy answer to the prompt
@@ -171,7 +171,12 @@ def verify_gguf(
     a model that does not load gives ``loads=False`` and the reason in ``error``."""
     start = time.perf_counter()
     threads = threads if threads is not None else verify_threads()
-    info = read_gguf_info(path)
+    try:
+        info = read_gguf_info(path)
+    except StageError as e:
+        return VerifyReport(
+            path=str(path), loads=False, task="unknown", error=str(e), seconds=time.perf_counter() - start
+        )
     embedding = _is_embedding(info)
     report = VerifyReport(
         path=str(path),

@@ -1,0 +1,131 @@
+"""Test models made from the real ones the test packages ship, cached under ~/.cache/ferrousforge-tests.
+
+- :func:`hf_folder_from_gguf`: a Hugging Face folder (config, bf16 safetensors, tokenizer, chat
+  template) of a GGUF model, through transformers' GGUF loader (which dequantizes) and
+  ``save_pretrained``: what a real Hub checkout of the model looks like, made without a network.
+- :func:`hub_cache_from_folder`: an HF hub cache (``hub/models--org--name/{blobs,snapshots,refs}``)
+  holding a folder, for ``hf://`` sources with ``HF_HUB_OFFLINE=1``.
+- :func:`peft_lora`: a small deterministic PEFT LoRA adapter for a model folder.
+
+Every product is built in a temp folder next to its cache entry and renamed into place under a file
+lock, so a killed test run never leaves half a fixture, and concurrent runs build it once.
+Entries are keyed by the content they come from and :data:`RECIPE` (bump it when a recipe changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+RECIPE = "3"
+CACHE_ROOT = Path(os.environ.get("FF_TEST_CACHE", Path.home() / ".cache" / "ferrousforge-tests"))
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_dir(key: str, name: str, build: Callable[[Path], None]) -> Path:
+    """``CACHE_ROOT/key/name``, made by ``build(tmp_dir)`` the first time (atomically, under a lock)."""
+    entry = CACHE_ROOT / key
+    final = entry / name
+    if final.is_dir():
+        return final
+    entry.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry / ".lock")):
+        if final.is_dir():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry))
+        try:
+            build(tmp)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def hf_folder_from_gguf(gguf_path: Path, dest: Path) -> None:
+    """Write a Hugging Face folder of the GGUF model into ``dest`` (bf16 weights, like the Hub's)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the GGUF loader's marker; a Hub checkout has none
+    config._name_or_path = ""
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=True)
+    fresh = fresh.to(torch.bfloat16)
+    fresh.config.dtype = torch.bfloat16
+    fresh.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    config_path = dest / "config.json"
+    data = json.loads(config_path.read_text())
+    data.pop("quantization_config", None)
+    data.pop("_name_or_path", None)
+    data.pop("_model_name_or_path", None)
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def hub_cache_from_folder(folder: Path, hf_home: Path, repo_id: str) -> None:
+    """Lay ``folder`` out as the HF hub cache of ``repo_id`` under ``hf_home/hub`` (revision: a hash
+    of the files)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    digests = {p: sha256_of(p) for p in files}
+    revision = hashlib.sha1(
+        "".join(f"{p.relative_to(folder).as_posix()}:{d}\n" for p, d in digests.items()).encode()
+    ).hexdigest()
+    repo_dir = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / revision
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    for p, digest in digests.items():
+        blob = repo_dir / "blobs" / digest
+        if not blob.exists():
+            shutil.copyfile(p, blob)
+        link = snapshot / p.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo_dir / "refs" / "main").write_text(revision)
+
+
+def peft_lora(base_folder: Path, dest: Path, *, seed: int = 1234, rank: int = 8, alpha: int = 16) -> None:
+    """A LoRA on every attention and MLP projection with small random non-zero weights (deterministic)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        lora_dropout=0.0,
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(model, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    peft_model.save_pretrained(dest)
+    config_path = dest / "adapter_config.json"
+    data = json.loads(config_path.read_text())
+    data["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
