@@ -12,6 +12,8 @@ import base64
 import binascii
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,40 @@ def _load(path: Path) -> dict[str, Any]:
     return obj
 
 
-def load_credentials(host: str, *, path: Path | None = None) -> Credentials | None:
-    """Credentials stored for ``host`` (by ``ff login`` or ``docker login``), or None."""
-    auths = _load(path or docker_config_path()).get("auths")
-    if not isinstance(auths, dict):
+def _from_helper(helper: str, host: str) -> Credentials | None:
+    """Ask a Docker credential helper (``docker-credential-<helper> get``) for ``host``'s credentials."""
+    exe = shutil.which(f"docker-credential-{helper}")
+    if exe is None:
+        raise RegistryError(
+            f"the Docker config names credential helper {helper!r} for {host}, but "
+            f"docker-credential-{helper} is not on PATH"
+        )
+    try:
+        out = subprocess.run([exe, "get"], input=host, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RegistryError(f"credential helper docker-credential-{helper} failed: {exc}") from None
+    if out.returncode != 0:  # helpers exit non-zero with "credentials not found" when they have none
         return None
+    try:
+        body = json.loads(out.stdout)
+    except ValueError:
+        raise RegistryError(f"credential helper docker-credential-{helper} did not answer JSON") from None
+    user, secret = body.get("Username"), body.get("Secret")
+    if isinstance(user, str) and isinstance(secret, str) and secret:
+        return Credentials(user, secret)
+    return None
+
+
+def load_credentials(host: str, *, path: Path | None = None) -> Credentials | None:
+    """Credentials stored for ``host`` (by ``ff login`` or ``docker login``), or None.
+
+    Inline ``auths`` entries first, then the config's ``credHelpers[host]`` or ``credsStore``
+    (Docker Desktop and cloud logins keep passwords in such helpers).
+    """
+    cfg = _load(path or docker_config_path())
+    auths = cfg.get("auths")
+    if not isinstance(auths, dict):
+        auths = {}
     for key in _host_keys(host):
         entry = auths.get(key)
         if not isinstance(entry, dict):
@@ -60,6 +91,11 @@ def load_credentials(host: str, *, path: Path | None = None) -> Credentials | No
                 return Credentials(user, password)
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
             return Credentials(entry["username"], entry["password"])
+    helpers = cfg.get("credHelpers")
+    helper = helpers.get(host) if isinstance(helpers, dict) else None
+    helper = helper if isinstance(helper, str) and helper else cfg.get("credsStore")
+    if isinstance(helper, str) and helper:
+        return _from_helper(helper, host)
     return None
 
 

@@ -206,6 +206,8 @@ def login(
         if password:
             raise click.UsageError("--password and --password-stdin are mutually exclusive")
         password = sys.stdin.read().rstrip("\r\n")
+        if not password:
+            raise click.UsageError("--password-stdin: standard input held no password")
     if not username:
         username = click.prompt("Username")
     if not password:

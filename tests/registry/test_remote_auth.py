@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -198,3 +199,29 @@ def test_tls_with_a_private_ca(
     store = Store(tmp_path / "store")
     assert pull(f"{server.host}/tls/model:1", store=store).digest == digest
     assert store.read_blob(digest)
+
+
+def test_docker_credential_helper(
+    auth_registry: RegistryServer, docker_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`credsStore` / `credHelpers` (Docker Desktop, cloud logins): the helper protocol on stdin/stdout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-fftest"
+    helper.write_text(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread host\n"
+        f"if [ \"$host\" = \"{auth_registry.host}\" ]; then\n"
+        f"  echo '{json.dumps({'ServerURL': auth_registry.host, 'Username': USER, 'Secret': PASSWORD})}'\n"
+        "else echo 'credentials not found in native keychain'; exit 1; fi\n"
+    )
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = {"auths": {auth_registry.host: {}}, "credsStore": "fftest"}
+    (docker_config / "config.json").write_text(json.dumps(config))
+    creds = load_credentials(auth_registry.host)
+    assert creds == Credentials(USER, PASSWORD)
+    RegistryClient(auth_registry.host, credentials=creds).ping()
+    assert load_credentials("other.example:5000") is None
+    (docker_config / "config.json").write_text(json.dumps({"credHelpers": {"x.example": "missing"}}))
+    with pytest.raises(RegistryError, match="docker-credential-missing is not on PATH"):
+        load_credentials("x.example")
