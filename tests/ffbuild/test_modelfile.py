@@ -35,20 +35,29 @@ INSTRUCTIONS: list[tuple[str, tuple[str, tuple[str, ...]]]] = [
     ("PARSER qwen3", ("PARSER", ("qwen3",))),
     # extensions: words, quotes removed, ${…} kept as written
     ("QUANTIZE q8_0 Q4_K_M requantize=true", ("QUANTIZE", ("q8_0", "Q4_K_M", "requantize=true"))),
-    ("TARGET cuda:sm_90 BACKEND onnxruntime workspace=4G", ("TARGET", ("cuda:sm_90", "BACKEND", "onnxruntime", "workspace=4G"))),
+    (
+        "TARGET cuda:sm_90 BACKEND onnxruntime workspace=4G",
+        ("TARGET", ("cuda:sm_90", "BACKEND", "onnxruntime", "workspace=4G")),
+    ),
     ("TASK embed", ("TASK", ("embed",))),
-    ('LABEL org.opencontainers.image.title="Small model" a=b', ("LABEL", ("org.opencontainers.image.title=Small model", "a=b"))),
+    (
+        'LABEL org.opencontainers.image.title="Small model" a=b',
+        ("LABEL", ("org.opencontainers.image.title=Small model", "a=b")),
+    ),
     ('LABEL "k=v w" x=""', ("LABEL", ("k=v w", "x="))),
     ('LABEL a=x"y z"w', ("LABEL", ("a=xy zw",))),
     ("ARG SOURCE", ("ARG", ("SOURCE",))),
     ("ARG SOURCE=hf://org/repo", ("ARG", ("SOURCE", "hf://org/repo"))),
     ("ARG SOURCE=", ("ARG", ("SOURCE", ""))),
     ('ARG PROMPT="a b=c"', ("ARG", ("PROMPT", "a b=c"))),
-    ('VERIFY min_agreement=0.5 prompt="The capital of France is"', ("VERIFY", ("min_agreement=0.5", "prompt=The capital of France is"))),
+    (
+        'VERIFY min_agreement=0.5 prompt="The capital of France is"',
+        ("VERIFY", ("min_agreement=0.5", "prompt=The capital of France is")),
+    ),
     ("FROM ${SOURCE}", ("FROM", ("${SOURCE}",))),
     ("quantize  q8_0\t f16  ", ("QUANTIZE", ("q8_0", "f16"))),
     ("Task chat", ("TASK", ("chat",))),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("line", "expected"), INSTRUCTIONS, ids=[i[0][:40] for i in INSTRUCTIONS])
@@ -85,8 +94,10 @@ QUOTING: list[tuple[str, str]] = [
 @pytest.mark.parametrize(("written", "value"), QUOTING)
 def test_quoting_forms(written: str, value: str) -> None:
     assert instructions(f"FROM x\nSYSTEM {written}\nPARAMETER seed 1\n") == [
-        ("FROM", ("x",)), ("SYSTEM", (value,)), ("PARAMETER", ("seed", "1")),
-    ]  # fmt: skip
+        ("FROM", ("x",)),
+        ("SYSTEM", (value,)),
+        ("PARAMETER", ("seed", "1")),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -96,22 +107,28 @@ def test_quoting_forms(written: str, value: str) -> None:
         ("\t # after blanks too\nFROM x", [("FROM", ("x",))]),
         ("FROM x\n#FROM y\n", [("FROM", ("x",))]),
         ("FROM x # not here", [("FROM", ("x # not here",))]),
-        ("FROM x\nQUANTIZE q8_0 # not here either", [("FROM", ("x",)), ("QUANTIZE", ("q8_0", "#", "not", "here", "either"))]),
+        (
+            "FROM x\nQUANTIZE q8_0 # not here either",
+            [("FROM", ("x",)), ("QUANTIZE", ("q8_0", "#", "not", "here", "either"))],
+        ),
         ("FROM x\n\n\n   \n# a\n# b\nSYSTEM s", [("FROM", ("x",)), ("SYSTEM", ("s",))]),
     ],
-)  # fmt: skip
+)
 def test_comment_rule(text: str, expected: list[tuple[str, tuple[str, ...]]]) -> None:
     assert instructions(text) == expected
 
 
 def test_positions() -> None:
-    text = "# c\nFROM ./x\n  PARAMETER  stop\t\"a b\"\r\nMESSAGE user hi\rTARGET cpu BACKEND llamacpp\n"
+    text = '# c\nFROM ./x\n  PARAMETER  stop\t"a b"\r\nMESSAGE user hi\rTARGET cpu BACKEND llamacpp\n'
     mf = parse(text)
     assert [(i.keyword, i.line, i.column) for i in mf.instructions] == [
-        ("FROM", 2, 1), ("PARAMETER", 3, 3), ("MESSAGE", 4, 1), ("TARGET", 5, 1),
-    ]  # fmt: skip
+        ("FROM", 2, 1),
+        ("PARAMETER", 3, 3),
+        ("MESSAGE", 4, 1),
+        ("TARGET", 5, 1),
+    ]
     assert mf.instructions[0].arg_positions == ((2, 6),)
-    assert mf.instructions[1].args == ("", "stop\t\"a b\"")  # two blanks: Ollama's empty name
+    assert mf.instructions[1].args == ("", 'stop\t"a b"')  # two blanks: Ollama's empty name
     assert mf.instructions[2].arg_positions == ((4, 9), (4, 14))
     assert mf.instructions[3].arg_positions == ((5, 8), (5, 12), (5, 20))
     start, end = mf.instructions[3].span
@@ -144,8 +161,12 @@ ERRORS: list[tuple[str, int | None, int | None, str, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "column", "message", "hint"), ERRORS, ids=[e[3][:30] for e in ERRORS])
-def test_syntax_errors(text: str, line: int | None, column: int | None, message: str, hint: str | None) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "column", "message", "hint"), ERRORS, ids=[e[3][:30] for e in ERRORS]
+)
+def test_syntax_errors(
+    text: str, line: int | None, column: int | None, message: str, hint: str | None
+) -> None:
     with pytest.raises(ModelfileSyntaxError) as info:
         parse(text, filename="dir/Modelfile")
     err = info.value
@@ -202,18 +223,43 @@ def test_format_is_canonical() -> None:
         'label k="a b"\ntask chat\narg A=1\nquantize Q8_0\n'
     )
     assert format(mf) == (
-        "FROM x\nPARAMETER stop <|im_end|>\nSYSTEM \"\"\"  padded  \"\"\"\nMESSAGE user hi\n"
+        'FROM x\nPARAMETER stop <|im_end|>\nSYSTEM """  padded  """\nMESSAGE user hi\n'
         'LABEL k="a b"\nTASK chat\nARG A=1\nQUANTIZE Q8_0\n'
     )
 
 
 @pytest.mark.parametrize(
     "value",
-    ["", " ", "a", " lead", "trail ", '"quoted"', '"', '""', '"""', "multi\nline", "ends with quote\"",
-     'line "one"\nline two', '"\nx', '""\nx', "\r\nwindows\r\n", "tab\tinside", "a\"\"\"b", "\n", "#hash"],
-)  # fmt: skip
+    [
+        "",
+        " ",
+        "a",
+        " lead",
+        "trail ",
+        '"quoted"',
+        '"',
+        '""',
+        '"""',
+        "multi\nline",
+        'ends with quote"',
+        'line "one"\nline two',
+        '"\nx',
+        '""\nx',
+        "\r\nwindows\r\n",
+        "tab\tinside",
+        'a"""b',
+        "\n",
+        "#hash",
+    ],
+)
 def test_format_round_trips_values(value: str) -> None:
-    mf = Modelfile([Instruction("FROM", ("x",)), Instruction("SYSTEM", (value,)), Instruction("PARAMETER", ("stop", value))])
+    mf = Modelfile(
+        [
+            Instruction("FROM", ("x",)),
+            Instruction("SYSTEM", (value,)),
+            Instruction("PARAMETER", ("stop", value)),
+        ]
+    )
     assert parse(format(mf)) == mf
 
 

@@ -18,8 +18,19 @@ import pytest
 from ffbuild.errors import ModelfileError, ModelfileSyntaxError
 from ffbuild.modelfile import Modelfile, parse, parse_file
 
-OLLAMA_COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
-                   "parameter", "message", "requires")  # fmt: skip
+OLLAMA_COMMANDS = (
+    "from",
+    "license",
+    "template",
+    "system",
+    "adapter",
+    "draft",
+    "renderer",
+    "parser",
+    "parameter",
+    "message",
+    "requires",
+)
 # Go's unicode.IsSpace: what strings.TrimSpace removes.
 GO_SPACE = frozenset("\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | frozenset(
     chr(c) for c in range(0x2000, 0x200B)
@@ -158,17 +169,29 @@ ACCEPTED: list[tuple[str, list[tuple[str, str]]]] = [
     (
         "\nFROM model1\nADAPTER adapter1\nLICENSE MIT\nPARAMETER param1 value1\nPARAMETER param2 value2\n"
         f'TEMPLATE """{LLAMA3_TEMPLATE}"""    \n',
-        [("model", "model1"), ("adapter", "adapter1"), ("license", "MIT"), ("param1", "value1"),
-         ("param2", "value2"), ("template", LLAMA3_TEMPLATE)],
-    ),  # fmt: skip
+        [
+            ("model", "model1"),
+            ("adapter", "adapter1"),
+            ("license", "MIT"),
+            ("param1", "value1"),
+            ("param2", "value2"),
+            ("template", LLAMA3_TEMPLATE),
+        ],
+    ),
     ("\nFROM base\nDRAFT ./assistant\n", [("model", "base"), ("draft", "./assistant")]),
     # blanks: trimmed outside quotes, kept inside
     (
         '\nFROM "     model 1"\nADAPTER      adapter3\nLICENSE "MIT       "\nPARAMETER param1        value1\n'
         f'PARAMETER param2    value2\nTEMPLATE """   {LLAMA3_TEMPLATE}   """    \n',
-        [("model", "     model 1"), ("adapter", "adapter3"), ("license", "MIT       "), ("param1", "value1"),
-         ("param2", "value2"), ("template", f"   {LLAMA3_TEMPLATE}   ")],
-    ),  # fmt: skip
+        [
+            ("model", "     model 1"),
+            ("adapter", "adapter3"),
+            ("license", "MIT       "),
+            ("param1", "value1"),
+            ("param2", "value2"),
+            ("template", f"   {LLAMA3_TEMPLATE}   "),
+        ],
+    ),
     ('FROM "FOO  BAR  "', [("model", "FOO  BAR  ")]),
     ('FROM "FOO BAR"\nPARAMETER param1 value1', [("model", "FOO BAR"), ("param1", "value1")]),
     ("FROM     FOOO BAR    ", [("model", "FOOO BAR")]),
@@ -194,25 +217,41 @@ ACCEPTED: list[tuple[str, list[tuple[str, str]]]] = [
     (
         "\nFROM foo\nMESSAGE system You are a file parser. Always parse things.\nMESSAGE user Hey there!\n"
         "MESSAGE assistant Hello, I want to parse all the things!\n",
-        [("model", "foo"), ("message", "system: You are a file parser. Always parse things."),
-         ("message", "user: Hey there!"), ("message", "assistant: Hello, I want to parse all the things!")],
-    ),  # fmt: skip
+        [
+            ("model", "foo"),
+            ("message", "system: You are a file parser. Always parse things."),
+            ("message", "user: Hey there!"),
+            ("message", "assistant: Hello, I want to parse all the things!"),
+        ],
+    ),
     (
         '\nFROM foo\nMESSAGE system """\nYou are a multiline file parser. Always parse things.\n"""\n\t\t\t',
         [("model", "foo"), ("message", "system: \nYou are a multiline file parser. Always parse things.\n")],
     ),
     # quoting
-    ('\nFROM foo\nSYSTEM """\nThis is a\nmultiline system.\n"""\n\t\t\t', [("model", "foo"), ("system", "\nThis is a\nmultiline system.\n")]),
-    ('\nFROM foo\nSYSTEM """\nThis is a\nmultiline system."""\n\t\t\t', [("model", "foo"), ("system", "\nThis is a\nmultiline system.")]),
-    ('\nFROM foo\nSYSTEM """This is a\nmultiline system."""\n\t\t\t', [("model", "foo"), ("system", "This is a\nmultiline system.")]),
-    ('\nFROM foo\nSYSTEM """This is a multiline system."""\n\t\t\t', [("model", "foo"), ("system", "This is a multiline system.")]),
+    (
+        '\nFROM foo\nSYSTEM """\nThis is a\nmultiline system.\n"""\n\t\t\t',
+        [("model", "foo"), ("system", "\nThis is a\nmultiline system.\n")],
+    ),
+    (
+        '\nFROM foo\nSYSTEM """\nThis is a\nmultiline system."""\n\t\t\t',
+        [("model", "foo"), ("system", "\nThis is a\nmultiline system.")],
+    ),
+    (
+        '\nFROM foo\nSYSTEM """This is a\nmultiline system."""\n\t\t\t',
+        [("model", "foo"), ("system", "This is a\nmultiline system.")],
+    ),
+    (
+        '\nFROM foo\nSYSTEM """This is a multiline system."""\n\t\t\t',
+        [("model", "foo"), ("system", "This is a multiline system.")],
+    ),
     (
         '\nFROM foo\nSYSTEM """\nThis is a multiline system with "quotes".\n"""\n',
         [("model", "foo"), ("system", '\nThis is a multiline system with "quotes".\n')],
     ),
     ('\nFROM foo\nSYSTEM """"""\n', [("model", "foo"), ("system", "")]),
     ('\nFROM foo\nSYSTEM ""\n', [("model", "foo"), ("system", "")]),
-    ("\nFROM foo\nSYSTEM \"'\"\n", [("model", "foo"), ("system", "'")]),
+    ('\nFROM foo\nSYSTEM "\'"\n', [("model", "foo"), ("system", "'")]),
     (
         '\nFROM foo\nSYSTEM """\'\'"\'""\'""\'"\'\'\'\'\'""\'""\'"""\n',
         [("model", "foo"), ("system", "''\"'\"\"'\"\"'\"'''''\"\"'\"\"'")],
@@ -221,26 +260,41 @@ ACCEPTED: list[tuple[str, list[tuple[str, str]]]] = [
     # comments, and a keyword after a tab (multi-byte values)
     ("\n# comment\nFROM foo\n\t", [("model", "foo")]),
     ("FROM test\n\tSYSTEM 你好👋", [("model", "test"), ("system", "你好👋")]),
-]  # fmt: skip
+]
 
 # Each "PARAMETER <line>" of Ollama's parameter table, after "FROM foo".
 PARAMETER_LINES: list[tuple[str, tuple[str, str]]] = [
-    ("numa true", ("numa", "true")), ("num_ctx 1", ("num_ctx", "1")), ("num_batch 1", ("num_batch", "1")),
-    ("num_gqa 1", ("num_gqa", "1")), ("num_gpu 1", ("num_gpu", "1")), ("main_gpu 1", ("main_gpu", "1")),
-    ("use_mmap true", ("use_mmap", "true")), ("num_thread 1", ("num_thread", "1")),
-    ("num_keep 1", ("num_keep", "1")), ("seed 1", ("seed", "1")), ("num_predict 1", ("num_predict", "1")),
-    ("top_k 1", ("top_k", "1")), ("top_p 1.0", ("top_p", "1.0")), ("min_p 0.05", ("min_p", "0.05")),
-    ("typical_p 1.0", ("typical_p", "1.0")), ("repeat_last_n 1", ("repeat_last_n", "1")),
-    ("temperature 1.0", ("temperature", "1.0")), ("repeat_penalty 1.0", ("repeat_penalty", "1.0")),
+    ("numa true", ("numa", "true")),
+    ("num_ctx 1", ("num_ctx", "1")),
+    ("num_batch 1", ("num_batch", "1")),
+    ("num_gqa 1", ("num_gqa", "1")),
+    ("num_gpu 1", ("num_gpu", "1")),
+    ("main_gpu 1", ("main_gpu", "1")),
+    ("use_mmap true", ("use_mmap", "true")),
+    ("num_thread 1", ("num_thread", "1")),
+    ("num_keep 1", ("num_keep", "1")),
+    ("seed 1", ("seed", "1")),
+    ("num_predict 1", ("num_predict", "1")),
+    ("top_k 1", ("top_k", "1")),
+    ("top_p 1.0", ("top_p", "1.0")),
+    ("min_p 0.05", ("min_p", "0.05")),
+    ("typical_p 1.0", ("typical_p", "1.0")),
+    ("repeat_last_n 1", ("repeat_last_n", "1")),
+    ("temperature 1.0", ("temperature", "1.0")),
+    ("repeat_penalty 1.0", ("repeat_penalty", "1.0")),
     ("presence_penalty 1.0", ("presence_penalty", "1.0")),
     ("frequency_penalty 1.0", ("frequency_penalty", "1.0")),
     ("penalize_newline true", ("penalize_newline", "true")),
-    ("stop ### User:", ("stop", "### User:")), ("stop ### User: ", ("stop", "### User:")),
-    ('stop "### User:"', ("stop", "### User:")), ('stop "### User: "', ("stop", "### User: ")),
-    ('stop """### User:"""', ("stop", "### User:")), ('stop """### User:\n"""', ("stop", "### User:\n")),
-    ("stop <|endoftext|>", ("stop", "<|endoftext|>")), ("stop <|eot_id|>", ("stop", "<|eot_id|>")),
+    ("stop ### User:", ("stop", "### User:")),
+    ("stop ### User: ", ("stop", "### User:")),
+    ('stop "### User:"', ("stop", "### User:")),
+    ('stop "### User: "', ("stop", "### User: ")),
+    ('stop """### User:"""', ("stop", "### User:")),
+    ('stop """### User:\n"""', ("stop", "### User:\n")),
+    ("stop <|endoftext|>", ("stop", "<|endoftext|>")),
+    ("stop <|eot_id|>", ("stop", "<|eot_id|>")),
     ("stop </s>", ("stop", "</s>")),
-]  # fmt: skip
+]
 
 # (input, Ollama's error kind) for files Ollama refuses.
 REJECTED: list[tuple[str, str]] = [
@@ -275,9 +329,9 @@ MORE_ACCEPTED: list[tuple[str, list[tuple[str, str]]]] = [
     ('FROM x\nSYSTEM """"\nb"""\n', [("model", "x"), ("system", '"\nb')]),
     ('FROM x\nSYSTEM "\n"\n', [("model", "x"), ("system", "\n")]),
     ('FROM x\nSYSTEM "a\n\n  b"  \n', [("model", "x"), ("system", "a\n\n  b")]),
-    ("FROM x\nSYSTEM he said \"hi\"\n", [("model", "x"), ("system", 'he said "hi"')]),
+    ('FROM x\nSYSTEM he said "hi"\n', [("model", "x"), ("system", 'he said "hi"')]),
     ("FROM x\nSYSTEM a\u200bb\x07c\n", [("model", "x"), ("system", "abc")]),  # non-printables are dropped
-    ("FROM x\nSYSTEM \u200b\"quoted\"\n", [("model", "x"), ("system", "quoted")]),
+    ('FROM x\nSYSTEM \u200b"quoted"\n', [("model", "x"), ("system", "quoted")]),
     ("\u200bFROM x", [("model", "x")]),  # one dropped character may precede a keyword
     ("FROM x\n\ufeffSYSTEM a", [("model", "x"), ("system", "a")]),
     ("\ufeffFROM x", [("model", "x")]),  # a byte order mark is ignored
@@ -359,8 +413,11 @@ def test_parse_file_encodings(tmp_path, encoding: str) -> None:  # type: ignore[
     path = tmp_path / "Modelfile"
     path.write_bytes(bom + data.encode(encoding))
     assert as_ollama(parse_file(path)) == [
-        ("model", "bob"), ("param1", "1"), ("param2", "4096"), ("system", "You are a utf16 file 你好👋."),
-    ]  # fmt: skip
+        ("model", "bob"),
+        ("param1", "1"),
+        ("param2", "4096"),
+        ("system", "You are a utf16 file 你好👋."),
+    ]
 
 
 def test_parse_file_errors_are_modelfile_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
