@@ -25,6 +25,7 @@ import oras.auth.utils
 import oras.container
 import oras.provider
 import requests
+import urllib3
 
 from registry.oci import MAX_MANIFEST_BYTES
 
@@ -251,10 +252,14 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         return bytes(buf)
 
 
+class InterruptedTransfer(RegistryError):
+    """The connection broke or ended early in the middle of a body; what arrived can be resumed."""
+
+
 def iter_body(resp: requests.Response, size: int) -> Iterator[bytes]:
     """The raw body in chunks (no content decoding: registries send blobs as they are)."""
     try:
         while chunk := resp.raw.read(size, decode_content=False):
             yield chunk
-    except (requests.exceptions.RequestException, OSError) as exc:
-        raise RegistryError(f"connection broke while reading {resp.url}: {exc}") from None
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise InterruptedTransfer(f"connection broke while reading {resp.url}: {exc}") from None

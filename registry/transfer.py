@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import oras.utils
 
-from registry.http import RegistryClient, RegistryError, iter_body
+from registry.http import InterruptedTransfer, RegistryClient, RegistryError, iter_body
 from registry.oci import DOCKER_MANIFEST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
 from registry.store import DigestMismatchError, Store
 
@@ -28,6 +28,8 @@ ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFE
 CHUNK_SIZE = 64 * 1024 * 1024
 """Blobs larger than this are uploaded as several PATCH requests of this size."""
 READ_SIZE = 1024 * 1024
+RETRIES = 3
+"""How many times one pull resumes a blob whose connection broke before giving up."""
 
 
 @dataclass(frozen=True)
@@ -126,16 +128,26 @@ def download_blob(
 ) -> BlobStats:
     """Make ``desc`` present in the store, downloading (or resuming) and verifying it.
 
-    A resumed download that does not verify is retried once from the start (the bytes kept from the
+    A connection that breaks midway is resumed from where it stopped, up to ``RETRIES`` times. A
+    resumed download that does not verify is retried once from the start (the bytes kept from an
     earlier attempt may be what was wrong); a fresh one that does not verify is an error.
     """
     stats = BlobStats()
-    try:
-        _download(client, repo, store, desc, progress, title, stats)
-    except _ResumedMismatch:
-        stats.resumed = 0  # the bytes of the first attempt still count as transferred
-        _download(client, repo, store, desc, progress, title, stats)
-    return stats
+    broken, mismatched = 0, 0
+    while True:
+        try:
+            _download(client, repo, store, desc, progress, title, stats, first=not (broken or mismatched))
+            return stats
+        except _ResumedMismatch:
+            if mismatched:
+                raise
+            mismatched += 1
+            stats.resumed = 0  # those bytes were discarded; what this call moved still counts
+        except InterruptedTransfer:
+            if broken >= RETRIES:
+                raise
+            broken += 1
+            time.sleep(0.5 * broken)
 
 
 def _download(
@@ -146,6 +158,8 @@ def _download(
     progress: ProgressFn,
     title: str,
     stats: BlobStats,
+    *,
+    first: bool,
 ) -> None:
     digest, size = desc.digest, desc.size
     with store.lock(digest):
@@ -159,11 +173,13 @@ def _download(
         if offset > size:
             part.unlink()
             offset = 0
+        had_partial = offset > 0
         if offset:
             with open(part, "rb") as f:
                 while chunk := f.read(READ_SIZE):
                     h.update(chunk)
-            stats.resumed = offset
+            if first:
+                stats.resumed = offset
         if offset < size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             resp = client.do_request(
@@ -171,13 +187,15 @@ def _download(
             )
             client.check(resp, 200, 206, what=f"GET blob {digest}")
             if offset and resp.status_code == 200:  # the registry ignored Range: start over
-                offset, stats.resumed, h = 0, 0, hashlib.sha256()
+                offset, h, had_partial = 0, hashlib.sha256(), False
+                if first:
+                    stats.resumed = 0
             elif resp.status_code == 206:
                 cr = resp.headers.get("Content-Range", "")
                 if not cr.startswith(f"bytes {offset}-"):
                     resp.close()
                     raise RegistryError(f"{client.host}: bad Content-Range {cr!r} for {digest}")
-            with open(part, "r+b" if part.exists() else "wb") as f:
+            with resp, open(part, "r+b" if part.exists() else "wb") as f:
                 f.seek(offset)
                 f.truncate()
                 progress(ProgressEvent("pulling", digest, size, offset, 0, title))
@@ -197,13 +215,13 @@ def _download(
                 f.flush()
                 os.fsync(f.fileno())
             if offset != size:
-                raise RegistryError(
+                raise InterruptedTransfer(
                     f"download of {digest} stopped at {offset} of {size} bytes; pull again to resume"
                 )
         progress(ProgressEvent("verifying", digest, size, size, stats.transferred, title))
         if "sha256:" + h.hexdigest() != digest:
             part.unlink(missing_ok=True)
-            raise (_ResumedMismatch if stats.resumed else DigestMismatchError)(
+            raise (_ResumedMismatch if had_partial else DigestMismatchError)(
                 f"blob {digest} from {client.host} does not match its digest "
                 f"(hashes to sha256:{h.hexdigest()}); it was discarded"
             )

@@ -205,11 +205,13 @@ class ThrottledProxy:
     Used to make a pull slow enough to kill midway, and to count the bytes that really crossed.
     """
 
-    def __init__(self, upstream: str, rate: int) -> None:
+    def __init__(self, upstream: str, rate: int, cut_after: int | None = None) -> None:
         import threading
 
         self.upstream = upstream
         self.rate = rate
+        self.cut_after = cut_after  # drop the first connection that carries more than this
+        self.cuts = 0
         self.downstream_bytes = 0
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -235,12 +237,18 @@ class ThrottledProxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket, throttle: bool) -> None:
         chunk = 64 * 1024
+        carried = 0
         try:
             while data := src.recv(chunk):
                 dst.sendall(data)
                 if throttle:
+                    carried += len(data)
                     with self._lock:
                         self.downstream_bytes += len(data)
+                        cut = self.cut_after is not None and carried > self.cut_after and self.cuts == 0
+                        self.cuts += cut
+                    if cut:
+                        break
                     time.sleep(len(data) / self.rate)
         except OSError:
             pass

@@ -134,3 +134,20 @@ def test_a_bad_partial_file_is_refetched(
     # Both attempts are counted: the resumed one (all but the 4096 bad bytes) and the fresh one.
     assert result.bytes_resumed == 0 and 2 * size - 4096 < result.bytes_downloaded < 2 * size
     assert list(store.ingest.iterdir()) == []
+
+
+def test_broken_connection_resumes_within_one_pull(
+    registry_server: RegistryServer, pushed: str, tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    proxy = ThrottledProxy(registry_server.host, rate=1 << 30, cut_after=30 * 1024 * 1024)
+    store = Store(tmp_path / "store")
+    try:
+        result = pull(f"{proxy.host}/{pushed}", store=store, variant="q4_1-cpu")
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    digest = "sha256:" + hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
+    assert sha256_file(store.blob_path(digest)) == (digest, smollm2_gguf.stat().st_size)
+    m = store.read_json(store.resolve(f"{proxy.host}/{pushed}-q4_1-cpu").digest)
+    payload = sum(d["size"] for d in [m["config"], *m["layers"]])
+    assert result.bytes_resumed == 0 and result.bytes_downloaded == payload  # no byte fetched twice
