@@ -15,6 +15,13 @@ from ffbuild import __version__
 
 _STAGES_DIR = Path(__file__).resolve().parent
 _PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors")
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "convert": ("convert",),
+    "quantize": ("quantize", "llamacpp"),
+    "lora": ("lora", "convert"),
+    "verify": ("verify", "llama_eval", "llamacpp", "gguf_info"),
+}
+"""The stage modules whose code shapes each stage's output (a change to any of them is a cache miss)."""
 
 
 def package_version(dist: str) -> str | None:
@@ -40,9 +47,10 @@ def _module_digest(module: str) -> str | None:
 @functools.cache
 def stage_tools(stage: str) -> dict[str, str | None]:
     """What a stage's output depends on besides its inputs and options."""
-    out: dict[str, str | None] = {"ffbuild": __version__, "gguf_info": _module_digest("gguf_info")}
+    out: dict[str, str | None] = {"ffbuild": __version__}
     out.update({p: package_version(p) for p in _PACKAGES})
-    out[f"stage:{stage}"] = _module_digest(stage)
+    for module in STAGE_MODULES.get(stage, (stage,)):
+        out[f"code:{module}"] = _module_digest(module)
     return out
 
 
