@@ -11,6 +11,7 @@ refused. Ollama-format manifests are converted on the way in (:mod:`registry.oll
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 from registry.artifact import ArtifactError, VariantRef, parse_manifest, safe_filepath, variant_tag
@@ -176,6 +177,16 @@ def _fetch_blobs(
     cl: RegistryClient, repo: str, store: Store, descs: list[tuple[Descriptor, str]], progress: ProgressFn,
     result: PullResult,
 ) -> None:
+    missing = {d.digest: d.size for d, _ in descs if not store.has_blob(d.digest)}
+    needed = sum(missing.values()) - sum(
+        store.partial_path(dg).stat().st_size for dg in missing if store.partial_path(dg).exists()
+    )
+    free = shutil.disk_usage(store.root).free
+    if needed > free:
+        raise RemoteError(
+            f"the pull needs {needed} more bytes in {store.root}, but only {free} are free; "
+            "nothing was fetched"
+        )
     seen: set[str] = set()
     # Smallest first: a bad config or text layer fails the pull before the weights are fetched.
     for d, title in sorted(descs, key=lambda dt: dt[0].size):

@@ -131,6 +131,7 @@ class _Hostile(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     sent: dict[str, int] = {}  # noqa: RUF012 - shared counters for the test
+    requested: list[str] = []  # noqa: RUF012
     small_blob = b"x" * 10
     big_blob = b"y" * (2 * 1024 * 1024)
 
@@ -156,6 +157,8 @@ class _Hostile(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path
+        if path != "/v2/":
+            self.requested.append(path)
         big = MAX_MANIFEST_BYTES + 1024 * 1024
         if path == "/v2/":
             self.send_response(200)
@@ -166,6 +169,10 @@ class _Hostile(BaseHTTPRequestHandler):
             self._send_body(iter([b" " * big]), big)
         elif path.endswith("/manifests/streamed"):  # no length: must be cut off while reading
             self._send_body((b" " * 65536 for _ in range(big // 65536)), None)
+        elif path.endswith("/manifests/huge"):  # declares a petabyte of weights
+            huge = {**blob_desc(self.small_blob, MODEL_WEIGHT, "model.gguf"), "size": 10**15}
+            body = json.dumps(_manifest([huge])).encode()
+            self._send_body(iter([body]), len(body))
         elif path.endswith("/manifests/liar"):
             body = json.dumps(_manifest([blob_desc(self.small_blob, MODEL_WEIGHT, "model.gguf")])).encode()
             self._send_body(iter([body]), len(body))
@@ -204,3 +211,13 @@ def test_blob_larger_than_declared_is_cut_off(hostile_server: str, tmp_path: Pat
         pull(f"{hostile_server}/evil/model:liar", store=store)
     assert store.tags() == [] and list(store.ingest.iterdir()) == []
     assert _Hostile.small_blob.hex() not in {p.name for p in store.blobs.iterdir()}
+
+
+def test_a_pull_larger_than_the_free_disk_is_refused_up_front(hostile_server: str, tmp_path: Path) -> None:
+    store = Store(tmp_path / "home" / "store")
+    before = _snapshot(store)
+    _Hostile.requested.clear()
+    with pytest.raises(RegistryError, match=r"needs \d+ more bytes .* only \d+ are free; nothing was"):
+        pull(f"{hostile_server}/evil/model:huge", store=store)
+    assert _snapshot(store) == before
+    assert _Hostile.requested == ["/v2/evil/model/manifests/huge"]  # no blob was asked for
