@@ -113,8 +113,9 @@ def _substitute_text(
         if name not in values:
             errors.append(
                 _reference_error(
-                    source, ins, m.group(0), f"${{{name}}}: no ARG {name} is declared above",
-                    did_you_mean(name, values) or f"declare it before its use: ARG {name}=<default>",
+                    source, ins, m.group(0),
+                    f"${{{name}}}: no ARG {name} is declared" + (" above" if ins.keyword == "ARG" else ""),
+                    did_you_mean(name, values) or f"declare it: ARG {name}=<default>",
                 )
             )  # fmt: skip
             return m.group(0)

@@ -333,6 +333,5 @@ def _format_instruction(instruction: Instruction, filename: str | None) -> str:
             raise ValueError(f"{keyword} takes one argument")
         return f"{keyword} {quote_value(args[0])}"
     except ValueError as exc:
-        raise ModelfileError(
-            f"cannot format {keyword} (line {instruction.line}): {exc}", filename=filename
-        ) from None
+        where = f" (line {instruction.line})" if instruction.line else ""
+        raise ModelfileError(f"cannot format {keyword}{where}: {exc}", filename=filename) from None

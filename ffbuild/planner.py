@@ -276,7 +276,11 @@ class _Planner:
             return []
         variants, problems = expand([q for q, _ in quants], [t for t, _ in targets], source.kind)
         for vp in problems:
-            origin = quants[vp.quant][1] if vp.quant is not None and vp.blame_quant else targets[vp.target][1]
+            on_quant = vp.quant is not None and vp.blame == "quant"
+            origin = quants[vp.quant][1] if vp.quant is not None and on_quant else targets[vp.target][1]
+            if origin is not None and vp.blame == "backend":
+                words = [w.upper() for w in origin[0].args]
+                origin = (origin[0], words.index("BACKEND") + 1) if "BACKEND" in words else origin
             prefix = "" if origin is not None else f"TARGET {targets[vp.target][0].name}: "
             if origin is None:
                 self.fail(None, None, vp.problem, prefix=prefix)

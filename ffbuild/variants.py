@@ -60,7 +60,7 @@ class VariantProblem:
     problem: Problem
     quant: int | None  # index into the quantization list
     target: int  # index into the target list
-    blame_quant: bool  # whether the QUANTIZE word (rather than the TARGET) is the one to point at
+    blame: str  # the word to point at: "quant" (the type), "backend" (TARGET's BACKEND) or "target"
 
 
 def parse_quantize(words: Sequence[str]) -> QuantizeSpec:
@@ -194,7 +194,8 @@ def expand(
             checked = _check(q, t, backend, kind)
             if checked is not None:
                 problem, on_quant = checked
-                problems.append(VariantProblem(problem, qi, ti, on_quant and qi is not None))
+                blame = "quant" if on_quant and qi is not None else "backend" if t.backend else "target"
+                problems.append(VariantProblem(problem, qi, ti, blame))
                 continue
             v = Variant(
                 quantization=q, device=t.device, device_detail=t.detail, backend=backend, options=t.options
@@ -208,7 +209,7 @@ def expand(
                         ),
                         qi,
                         ti,
-                        False,
+                        "target",
                     )
                 )
                 continue
