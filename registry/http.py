@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,13 @@ def tls_verify(ca_file: str | None) -> bool | str:
     return path
 
 
+def _reason(exc: Exception) -> str:
+    """The root cause of a connection error (``[Errno 111] Connection refused``), not urllib3's wrapping."""
+    text = str(exc)
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    return m.group(0) if m else text
+
+
 def _error_text(resp: requests.Response) -> str:
     """The registry's own error message (OCI error body) or the HTTP reason."""
     try:
@@ -144,7 +152,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                 "or --insecure for a plain-HTTP registry)"
             ) from None
         except requests.exceptions.ConnectionError as exc:
-            raise RegistryError(f"cannot reach registry {self.host} ({self.prefix}): {exc}") from None
+            why = _reason(exc)
+            raise RegistryError(f"cannot reach registry {self.host} over {self.prefix}: {why}") from None
         except requests.exceptions.Timeout:
             raise RegistryError(f"registry {self.host} timed out on {method} {url}") from None
 

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -225,3 +226,12 @@ def test_docker_credential_helper(
     (docker_config / "config.json").write_text(json.dumps({"credHelpers": {"x.example": "missing"}}))
     with pytest.raises(RegistryError, match="docker-credential-missing is not on PATH"):
         load_credentials("x.example")
+
+
+def test_unreachable_registry_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pattern = rf"^cannot reach registry 127\.0\.0\.1:{port} over http: \[Errno"
+    with pytest.raises(RegistryError, match=pattern):
+        pull(f"127.0.0.1:{port}/ns/model:1", store=Store(tmp_path / "store"))
