@@ -28,7 +28,7 @@ from registry.oci import (
     Index,
     Manifest,
 )
-from registry.ollama import is_ollama_manifest, store_ollama_model
+from registry.ollama import ff_layers, is_ollama_manifest, store_ollama_model
 from registry.reference import Reference, parse_reference
 from registry.select import HostInfo, select_variant
 from registry.store import Store
@@ -249,6 +249,7 @@ def pull(
         result.ollama = True
         if doc.config.size > MAX_MANIFEST_BYTES:
             raise ArtifactError(f"{r}: Ollama config of {doc.config.size} bytes is over the limit")
+        ff_layers(doc)  # refuses unsupported layer types before anything is fetched
         ollama_blobs = [(doc.config, "config"), *[(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]]
         _fetch_blobs(cl, repo, store, ollama_blobs, progress, result)
         index_desc, vname = store_ollama_model(store, doc, names)

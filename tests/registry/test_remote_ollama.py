@@ -101,4 +101,4 @@ def test_unknown_ollama_layer_is_refused(registry_server: RegistryServer, tmp_pa
     store = Store(tmp_path / "store")
     with pytest.raises(ArtifactError, match=r"image\.projector is not supported"):
         pull(f"{registry_server.host}/library/vision:1", store=store)
-    assert store.tags() == []
+    assert store.tags() == [] and list(store.blobs.iterdir()) == []  # refused before fetching
