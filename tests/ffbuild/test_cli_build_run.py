@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ffbuild.build import BuildOptions, build
 from ffbuild.cache import BuildCache
+from ffbuild.cli.run import server_answers
 from ffbuild.plan import BuildPlan, Source, SourceKind, Variant
 from registry.reference import parse_reference
 from registry.store import Store
@@ -61,3 +65,58 @@ def test_run_errors_without_traceback(home: Path) -> None:
         proc = ff(home, *args)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_run_goes_through_ff_serve_when_it_answers(home: Path, tmp_path: Path) -> None:
+    """With a real `ff serve` at $FF_HOST, `ff run` sends /api/generate there (the server counts it)."""
+    port = _free_port()
+    env = {**os.environ, "FF_HOME": str(home), "FF_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    env.pop("FF_CONFIG", None)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ffserve", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not server_answers(url):
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        run_env = {**os.environ, "FF_HOME": str(tmp_path / "empty-home"), "FF_HOST": f"127.0.0.1:{port}"}
+        args = [
+            "run",
+            "smol:q41",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+        ]
+        proc = subprocess.run(
+            [*FF, *args], env=run_env, capture_output=True, text=True, timeout=300, cwd=REPO
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert len(proc.stdout.split()) >= 3  # the model is only in the server's store: it came from there
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert "/api/generate" in metrics or "generate" in metrics
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -1,0 +1,206 @@
+"""The build's shared types: options, progress, the context every stage works on, and its result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ffbuild.cache import BuildCache, CacheValue, file_digest, stage_key
+from ffbuild.choices import QUANTIZATIONS
+from ffbuild.plan import BuildPlan, Variant
+from ffbuild.stages import tools
+from ffbuild.stages.errors import StageError
+from ffbuild.stages.fetch import Fetched, StoredVariant
+from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
+from ffbuild.stages.package import JSONValue, WeightFile
+from registry.reference import Reference
+from registry.store import Store
+
+FLOAT_TYPES: tuple[str, ...] = ("f32", "f16", "bf16")
+"""Unquantized GGUF types, in the order the convert stage prefers them as the quantization source."""
+
+
+class BuildError(StageError):
+    """A build cannot go on (unsupported backend, refused requantization, a failed verify policy)."""
+
+
+class Progress(Protocol):
+    """Where the pipeline reports what it does (the CLI renders it; tests may record it)."""
+
+    def start(self, stage: str) -> None: ...
+    def step(self, stage: str, message: str) -> None: ...
+    def done(self, stage: str, seconds: float, summary: str) -> None: ...
+
+
+class SilentProgress:
+    def start(self, stage: str) -> None:
+        pass
+
+    def step(self, stage: str, message: str) -> None:
+        pass
+
+    def done(self, stage: str, seconds: float, summary: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    allow_requantize: bool = False  # `--allow-requantize`: quantize an already quantized GGUF
+    verify: bool = True  # `--no-verify` turns the verify stage off (no figures are written)
+    threads: int | None = None
+
+
+@dataclass
+class Built:
+    """One GGUF the build has: a conversion, a quantization, the source file or a stored variant."""
+
+    quantization: str
+    weight: WeightFile
+    info: GGUFInfo
+    seconds: float = 0.0
+    cached: bool = True  # False only when this build made it (a cache miss)
+    adapters: tuple[WeightFile, ...] = ()  # inherited from a stored variant
+
+    @property
+    def bits(self) -> float:
+        q = QUANTIZATIONS.get(self.quantization)
+        return float(q["bits"]) if q else 0.0
+
+
+@dataclass
+class VariantOutput:
+    variant: Variant  # quantization resolved
+    built: Built
+    report: dict[str, JSONValue] | None = None
+    verify_seconds: float = 0.0
+    verified_now: bool = False  # the verify stage ran (not a cache hit, not skipped)
+    manifest: str = ""
+    size: int = 0
+
+    @property
+    def did_work(self) -> bool:
+        """Whether this build quantized/converted or verified this variant (False: all from the cache)."""
+        return not self.built.cached or self.verified_now
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    name: str
+    seconds: float
+    summary: str
+
+
+@dataclass
+class BuildContext:
+    plan: BuildPlan
+    ref: Reference
+    store: Store
+    cache: BuildCache
+    options: BuildOptions
+    progress: Progress
+    fetched: Fetched | None = None
+    floats: dict[str, Built] = field(default_factory=dict)  # conversions by float type
+    base: Built | None = None  # the highest-precision GGUF: the quantization source
+    outputs: list[VariantOutput] = field(default_factory=list)
+    adapters: list[WeightFile] = field(default_factory=list)
+    reference: Built | None = None  # the verify reference
+    index_digest: str = ""
+    tags: list[str] = field(default_factory=list)
+    timings: list[StageTiming] = field(default_factory=list)
+
+    def cache_key(self, stage: str, **inputs: CacheValue) -> str:
+        """The cache key of a stage run: its inputs plus the versions of the tools it runs."""
+        tool_versions: dict[str, CacheValue] = dict(tools.stage_tools(stage))
+        return stage_key(stage, tools=tool_versions, **inputs)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    reference: str
+    index_digest: str
+    tags: list[str]
+    variants: list[VariantOutput]
+    stages: list[StageTiming]
+    cache_hits: int
+    cache_misses: int
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-able summary (what `ff build --json` prints)."""
+        return {
+            "reference": self.reference,
+            "index": self.index_digest,
+            "tags": self.tags,
+            "variants": [
+                {
+                    "name": v.variant.name,
+                    "quantization": v.variant.quantization,
+                    "target": v.variant.target,
+                    "backend": v.variant.backend,
+                    "manifest": v.manifest,
+                    "size": v.size,
+                    "agreement": (v.report or {}).get("agreement"),
+                    "perplexity_ratio": (v.report or {}).get("perplexity_ratio"),
+                    "seconds": round(v.built.seconds + v.verify_seconds, 3),
+                    "work_done": v.did_work,
+                }
+                for v in self.variants
+            ],
+            "stages": [
+                {"name": s.name, "seconds": round(s.seconds, 3), "summary": s.summary} for s in self.stages
+            ],
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+        }
+
+
+def as_number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def run_convert(fn: Callable[..., object], folder: Path, outtype: str, name: str, out: Path) -> object:
+    return fn(folder, out, outtype=outtype, name=name)
+
+
+def run_convert_lora(fn: Callable[..., object], adapter: Path, base: Path | None, out: Path) -> object:
+    return fn(adapter, out, base=base)
+
+
+def weight_file(path: Path) -> WeightFile:
+    return WeightFile(path, file_digest(path), path.stat().st_size)
+
+
+def blob_file(path: Path) -> WeightFile:
+    """A store blob: its name is its digest (checked when it was stored), so it is not hashed again."""
+    return WeightFile(path, "sha256:" + path.name, path.stat().st_size)
+
+
+def stored_built(sv: StoredVariant) -> Built:
+    weight = sv.files.weights[0]
+    return Built(
+        sv.ref.quantization,
+        blob_file(weight),
+        read_gguf_info(weight),
+        adapters=tuple(blob_file(a) for a in sv.files.adapters),
+    )
+
+
+def cached_gguf(
+    ctx: BuildContext, stage: str, key: str, make: Callable[[Path], object]
+) -> tuple[WeightFile, float, bool]:
+    """Run ``make(out_path)`` through the cache; return the output file, seconds spent and hit flag."""
+
+    def produce(folder: Path) -> dict[str, CacheValue]:
+        out = folder / "model.gguf"
+        make(out)
+        digest = file_digest(out)
+        return {"digest": digest, "size": out.stat().st_size}
+
+    start = time.perf_counter()
+    entry, hit = ctx.cache.run(stage, key, produce)
+    path = entry.file("model.gguf")
+    digest, size = entry.meta.get("digest"), entry.meta.get("size")
+    if not isinstance(digest, str) or not isinstance(size, int) or not path.is_file():
+        raise BuildError(f"the {stage} cache entry {entry.path} is damaged; delete it and build again")
+    return WeightFile(path, digest, size), time.perf_counter() - start, hit

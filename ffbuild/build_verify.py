@@ -1,0 +1,114 @@
+"""The verify stage: every variant measured against the highest-precision GGUF; VERIFY thresholds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ffbuild.cache import CacheValue
+from ffbuild.stages.package import JSONValue
+
+if TYPE_CHECKING:
+    from ffbuild.stages.verify import VerifyReport
+from ffbuild.build_context import BuildContext, BuildError, Built, VariantOutput, as_number
+
+_MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
+"""Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
+
+
+def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
+    raw: dict[str, JSONValue] = report.model_dump(mode="json")
+    return {k: v for k, v in raw.items() if k not in _MACHINE_FIELDS}
+
+
+def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
+    from ffbuild.stages.verify import verify_gguf
+
+    adapters = [*out.built.adapters, *ctx.adapters]
+    is_ref = out.built.weight.digest == ref.weight.digest
+    policy = ctx.plan.verify
+    key = ctx.cache_key(
+        "verify",
+        weight=out.built.weight.digest,
+        reference=None if is_ref else ref.weight.digest,
+        adapters=[a.digest for a in adapters],
+        prompt=policy.prompt,
+    )
+
+    def produce(folder: Path) -> dict[str, CacheValue]:
+        start = time.perf_counter()
+        report = verify_gguf(
+            out.built.weight.path,
+            reference=None if is_ref else ref.weight.path,
+            prompt=policy.prompt,
+            lora=adapters[0].path if adapters else None,
+            threads=ctx.options.threads,
+        )
+        return {"report": _report_dict(report), "seconds": time.perf_counter() - start}
+
+    ctx.progress.step(
+        "verify", out.variant.name + (" (reference)" if is_ref else f" against {ref.quantization}")
+    )
+    entry, hit = ctx.cache.run("verify", key, produce)
+    report = entry.meta.get("report")
+    if not isinstance(report, dict):
+        raise BuildError(f"the verify cache entry {entry.path} is damaged; delete it and build again")
+    report = dict(report)
+    if is_ref:
+        report.update(agreement=1.0, perplexity_ratio=1.0)
+    report["reference"] = ref.quantization
+    if adapters:
+        report["adapters"] = [a.digest for a in adapters]
+    out.report = report
+    secs = entry.meta.get("seconds")
+    out.verify_seconds = float(secs) if isinstance(secs, int | float) and not hit else 0.0
+    out.verified_now = not hit
+
+
+def _check_policy(ctx: BuildContext) -> None:
+    policy = ctx.plan.verify
+    failures: list[str] = []
+    for out in ctx.outputs:
+        r = out.report or {}
+        name = out.variant.name
+        if r.get("loads") is False:
+            failures.append(f"{name}: the model does not load ({r.get('error') or 'no reason given'})")
+        agreement, ratio = r.get("agreement"), r.get("perplexity_ratio")
+        if (
+            policy.min_agreement is not None
+            and isinstance(agreement, int | float)
+            and (agreement < policy.min_agreement)
+        ):
+            failures.append(
+                f"{name}: agreement {agreement:.3f} is below min_agreement {policy.min_agreement}"
+            )
+        if (
+            policy.max_perplexity_ratio is not None
+            and isinstance(ratio, int | float)
+            and (ratio > policy.max_perplexity_ratio)
+        ):
+            failures.append(
+                f"{name}: perplexity ratio {ratio:.3f} is above "
+                f"max_perplexity_ratio {policy.max_perplexity_ratio}"
+            )
+        if policy.prompt is not None and not str(r.get("sample") or "").strip():
+            failures.append(f"{name}: no completion for the VERIFY prompt {policy.prompt!r}")
+    if failures:
+        raise BuildError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
+
+
+def verify_stage(ctx: BuildContext) -> str:
+    if not ctx.options.verify:
+        return "skipped (--no-verify)"
+    candidates = [o.built for o in ctx.outputs]
+    if ctx.base is not None:
+        candidates.append(ctx.base)
+    ref = max(candidates, key=lambda b: b.bits)
+    ctx.reference = ref
+    for out in ctx.outputs:
+        _verify_one(ctx, out, ref)
+    _check_policy(ctx)
+    return f"reference {ref.quantization}; " + ", ".join(
+        f"{o.variant.name} {as_number(o.report.get('agreement')):.3f}" for o in ctx.outputs if o.report
+    )
