@@ -35,7 +35,9 @@ KNOWN_HASHES: dict[str, str] = {
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3-Embedding-0.6B
     "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34": "starcoder",  # starcoder2-3b
     "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral-Nemo
-    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "bert-bge",  # bge-small-en-v1.5
+    # bge-small-en-v1.5 and jina-embeddings-v2-base-en share this hash; llama.cpp's converter ends on the
+    # latter (its checks do not stop at the first match), so we write the same name.
+    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "jina-v2-en",
 }
 
 _LLAMA3_SPLIT = (

@@ -212,6 +212,24 @@ def wordpiece_vocab(folder: Path, cfg: HFConfig) -> Vocab:
     return Vocab("bert", wordpiece_pre_tokenizer(folder), tokens, types, extra=extra)
 
 
+def _normalizer_flags(node: object, flags: dict[str, bool]) -> None:
+    """BertNormalizer-style options (lowercase, strip accents) of a tokenizer.json normalizer."""
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind == "Lowercase":
+        flags["lowercase"] = True
+    elif kind == "StripAccents":
+        flags["strip_accents"] = True
+    elif kind == "BertNormalizer":
+        for key in ("lowercase", "strip_accents"):
+            if isinstance(node.get(key), bool):
+                flags[key] = node[key]
+    elif kind == "Sequence":
+        for child in node.get("normalizers") or []:
+            _normalizer_flags(child, flags)
+
+
 def write_vocab(w: gguf.GGUFWriter, vocab: Vocab, folder: Path) -> None:
     w.add_tokenizer_model(vocab.model)
     w.add_tokenizer_pre(vocab.pre)
@@ -229,3 +247,10 @@ def write_vocab(w: gguf.GGUFWriter, vocab: Vocab, folder: Path) -> None:
     if vocab.add_bos_default is not None:
         special.add_special_token.setdefault("bos", vocab.add_bos_default)
     special.add_to_gguf(w, quiet=True)
+    tokenizer_json = folder / "tokenizer.json"
+    if tokenizer_json.is_file():
+        flags: dict[str, bool] = {}
+        _normalizer_flags(_read_json(tokenizer_json).get("normalizer"), flags)
+        for key in ("lowercase", "strip_accents"):  # llama.cpp's WordPiece reads these; default lowercase
+            if key in flags:
+                w.add_bool(f"tokenizer.ggml.normalizer.{key}", flags[key])
