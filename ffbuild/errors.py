@@ -40,6 +40,11 @@ def printable(text: str, limit: int = 80) -> str:
     return out if len(text) <= limit else out[:limit] + "…"
 
 
+def _clean(text: str) -> str:
+    """``text`` with invisible characters escaped (line breaks and tabs kept), for the terminal."""
+    return "".join(c if c in "\n\t" or _visible(c) else _escape(c) for c in text)
+
+
 def _visible(c: str) -> bool:
     return c == " " or unicodedata.category(c)[0] in "LMNPS"
 
@@ -138,13 +143,13 @@ class ModelfileError(Exception):
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        lines = [f"{where}: error: {self.message}"]
+        lines = [f"{_clean(where)}: error: {_clean(self.message)}"]
         if self.line_text is not None and self.column is not None:
             lines.extend(_excerpt(self.line_text, self.column))
         if self.expected:
-            lines.append("expected one of: " + ", ".join(self.expected))
+            lines.append("expected one of: " + _clean(", ".join(self.expected)))
         if self.hint:
-            lines.append(self.hint)
+            lines.append(_clean(self.hint))
         return "\n".join(lines)
 
     def __str__(self) -> str:

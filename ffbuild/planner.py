@@ -16,7 +16,7 @@ from typing import Final
 
 from ffbuild.buildargs import resolve_args, substitute, substituted_text
 from ffbuild.choices import BACKENDS, TASKS
-from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean
+from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean, printable
 from ffbuild.modelfile import Instruction, Modelfile
 from ffbuild.modelfile_text import split_words
 from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_float32
@@ -151,6 +151,8 @@ class _Planner:
                     _verify(args, verify)
             except Problem as problem:
                 self.fail(ins, 1 if kw in ("PARAMETER", "MESSAGE") else 0, problem)
+            except (OSError, ValueError) as exc:  # the filesystem refused a path (too long, bad bytes, …)
+                self.fail(ins, 0, _unusable_path(args[0] if args else "", exc))
 
         if quantize is not None:
             quants, requantize = self._cli_quants(quantize, requantize)
@@ -167,6 +169,8 @@ class _Planner:
                 facts = inspect_source(source)
             except Problem as problem:
                 self.fail(source_ins, 0, problem)
+            except (OSError, ValueError) as exc:
+                self.fail(source_ins, 0, _unusable_path(source.raw, exc))
             if facts.adapter:
                 self.fail(
                     source_ins,
@@ -303,6 +307,11 @@ class _Planner:
                 "write TASK chat|generate|embed|… to be sure"
             )
         return "generate"
+
+
+def _unusable_path(raw: str, exc: OSError | ValueError) -> Problem:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return Problem(f"cannot use {printable(raw, 60)}: {reason}")
 
 
 def _requires(text: str) -> str:

@@ -223,6 +223,8 @@ def _gguf_facts(path: Path) -> SourceFacts:
         info = read_gguf_info(path)
     except StageError as exc:
         raise Problem(str(exc)) from None
+    except Exception as exc:  # a hostile header must give an error, never a traceback
+        raise Problem(f"{path}: cannot read the GGUF header ({type(exc).__name__}: {exc})") from None
     return SourceFacts(
         embedding=info.pooling_type is not None or info.architecture in _EMBED_ARCHS,
         classifier=False,
