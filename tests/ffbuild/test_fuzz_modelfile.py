@@ -83,6 +83,8 @@ PIECES = [
     "true",
     "k=v",
     'k="a b"',
+    "a" * 300,
+    "/" + "x/" * 2100,
     "\ufeff",
     "\x00",
     "\u200b",
@@ -161,7 +163,7 @@ def check_error(err: ModelfileError, text: str) -> None:
             assert 1 <= e.column <= len(source.line(e.line)) + 1, (e.column, source.line(e.line))
             assert e.line_text == source.line(e.line)
         rendered = e.render()
-        assert e.message in rendered and "\x1b" not in rendered
+        assert ": error: " in rendered and "\x1b" not in rendered
 
 
 def check_parsed(mf: Modelfile) -> None:
@@ -201,13 +203,13 @@ def try_parse(text: str) -> Modelfile | None:
     return mf
 
 
-@fuzz(1500)
+@fuzz(1200)
 @given(modelfile_text)
 def test_random_text(text: str) -> None:
     check_against_ollama(text, try_parse(text))
 
 
-@fuzz(2000)
+@fuzz(1500)
 @given(structured_text)
 def test_structured_text(text: str) -> None:
     check_against_ollama(text, try_parse(text))
@@ -222,7 +224,7 @@ def test_arbitrary_unicode(text: str) -> None:
 MUTATIONS = ("insert", "delete", "replace", "duplicate-line", "swap-lines", "upper", "strip-newlines")
 
 
-@fuzz(1500)
+@fuzz(1200)
 @given(st.data())
 def test_mutated_examples(data: st.DataObject) -> None:
     path = data.draw(st.sampled_from(EXAMPLES))

@@ -274,3 +274,15 @@ def test_task_errors(models: Path) -> None:
     assert "more than one TASK" in plan_error(models, "FROM llama3\nTASK chat\nTASK embed\n").message
     err = plan_error(models, "FROM smollm2.gguf\nTASK tensor\n")
     assert "TASK tensor needs an ONNX-family backend" in err.message
+
+
+@pytest.mark.parametrize("source", ["a" * 5000, "./" + "b" * 300 + ".gguf", "/" + "x/" * 3000])
+def test_paths_the_filesystem_refuses(models: Path, source: str) -> None:
+    err = plan_error(models, f"FROM {source}\nADAPTER {source}\nDRAFT {source}\n")
+    assert [(e.line, e.column) for e in err.errors] == [(1, 6), (2, 9), (3, 7)]
+    assert all(e.message.endswith("File name too long") and len(e.message) < 120 for e in err.errors)
+
+
+def test_hostile_build_args_cannot_drive_the_terminal(models: Path) -> None:
+    err = plan_error(models, "ARG S\nFROM ${S}\n", build_args={"S": "./\x1b[31mred.gguf"})
+    assert "\x1b" not in str(err) and "\\x1b[31mred.gguf: no such file or folder" in str(err)
