@@ -97,7 +97,8 @@ class _Planner:
         quants: list[tuple[str, _Origin]] = []
         target_specs: list[tuple[TargetSpec, _Origin]] = []
         requantize = False
-        seen_task = seen_draft = False
+        task_ins: Instruction | None = None
+        draft_ins: Instruction | None = None
 
         for raw in self.modelfile.instructions:
             ins = substitute(raw, values, self.text, self.errors)
@@ -112,9 +113,9 @@ class _Planner:
                     source_ins = ins
                     source = resolve_source(args[0], self.context)
                 elif kw == "DRAFT":
-                    if seen_draft:
-                        raise Problem("more than one DRAFT")
-                    seen_draft = True
+                    if draft_ins is not None:
+                        raise Problem(f"more than one DRAFT (the first is on line {draft_ins.line})")
+                    draft_ins = ins
                     draft = resolve_source(args[0], self.context)
                 elif kw == "ADAPTER":
                     adapters.append(resolve_adapter(args[0], self.context))
@@ -141,9 +142,9 @@ class _Planner:
                 elif kw == "TARGET":
                     target_specs.append((parse_target(args), (ins, 0)))
                 elif kw == "TASK":
-                    if seen_task:
-                        raise Problem("more than one TASK")
-                    seen_task = True
+                    if task_ins is not None:
+                        raise Problem(f"more than one TASK (the first is on line {task_ins.line})")
+                    task_ins = ins
                     task = _task(args[0])
                 elif kw == "LABEL":
                     _labels(args, labels)
@@ -161,7 +162,7 @@ class _Planner:
         if not target_specs:
             target_specs = [(TargetSpec("cpu"), None)]
         if source is not None and draft is not None and source.path is not None and source.path == draft.path:
-            self.fail(None, None, Problem(f"DRAFT must not be the same local path as FROM: {draft.path}"))
+            self.fail(draft_ins, 0, Problem(f"DRAFT must not be the same local path as FROM: {draft.path}"))
 
         facts = SourceFacts()
         if source is not None and source_ins is not None:
@@ -182,9 +183,8 @@ class _Planner:
         if task is None:
             task = self._infer_task(source, facts, template)
         if task == "tensor" and any(BACKENDS[v.backend]["format"] == "gguf" for v in variants):
-            self.fail(
-                None, None, Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
-            )
+            needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
+            self.fail(task_ins, 0, needs)
         if facts.quantized and not requantize:
             redo = sorted({v.quantization for v in variants} - {"source", facts.quantization or ""})
             if redo:
@@ -194,7 +194,7 @@ class _Planner:
                 )
 
         if self.errors or source is None:
-            if not self.errors:  # cannot happen after a successful parse, but keep the promise
+            if not self.errors:  # only a Modelfile made without parse() can lack FROM here
                 self.errors.append(ModelfilePlanError("no FROM instruction", filename=self.text.filename))
             first, *rest = self.errors
             first.more = tuple(rest)

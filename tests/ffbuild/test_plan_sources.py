@@ -140,10 +140,10 @@ def test_one_from_only(models: Path) -> None:
 def test_draft(models: Path) -> None:
     p = plan(models, "FROM ./minilm\nDRAFT ./smollm2.gguf\n")
     assert p.draft is not None and p.draft.kind == SourceKind.GGUF_FILE
-    assert (
-        "same local path as FROM" in plan_error(models, "FROM smollm2.gguf\nDRAFT ./smollm2.gguf\n").message
-    )
-    assert "more than one DRAFT" in plan_error(models, "FROM llama3\nDRAFT a\nDRAFT b\n").message
+    err = plan_error(models, "FROM smollm2.gguf\nDRAFT ./smollm2.gguf\n")
+    assert "same local path as FROM" in err.message and (err.line, err.column) == (2, 7)
+    err = plan_error(models, "FROM llama3\nDRAFT a\nDRAFT b\n")
+    assert "more than one DRAFT (the first is on line 2)" in err.message and err.line == 3
 
 
 # --- adapters -------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_task_errors(models: Path) -> None:
     assert (err.line, err.column) == (2, 6)
     assert "more than one TASK" in plan_error(models, "FROM llama3\nTASK chat\nTASK embed\n").message
     err = plan_error(models, "FROM smollm2.gguf\nTASK tensor\n")
-    assert "TASK tensor needs an ONNX-family backend" in err.message
+    assert "TASK tensor needs an ONNX-family backend" in err.message and (err.line, err.column) == (2, 6)
 
 
 @pytest.mark.parametrize("source", ["a" * 5000, "./" + "b" * 300 + ".gguf", "/" + "x/" * 3000])
