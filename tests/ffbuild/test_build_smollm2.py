@@ -238,3 +238,29 @@ def test_kill_9_mid_stage_then_rebuild(
     assert set(variants(doc)) == {"f16-cpu", "q8_0-cpu", "q4_k_m-cpu"}
     assert {n for n, _ in Store(store_root).tags()} >= {"killed:latest", "killed:latest-q8_0-cpu"}
     check_store(store_root)
+
+
+def test_adapter_build_reuses_weights_and_adds_an_adapter_layer(
+    home: Path, first_build: dict[str, object], smollm2_hf: Path
+) -> None:
+    modelfile = REPO / "modelfiles" / "smollm2-adapter" / "Modelfile"
+    doc = build_json(
+        "-f", str(modelfile), "-t", "smollm2-lora:latest", "--build-arg", f"SOURCE={smollm2_hf}", home=home
+    )
+    assert set(variants(doc)) == {"q8_0-cpu"}
+    assert (
+        weight_digests(home, "smollm2-lora:latest")["q8_0-cpu"]
+        == weight_digests(home, "smollm2:latest")["q8_0-cpu"]
+    )
+    show = json.loads(ff("show", "smollm2-lora:latest", "--json", home=home).stdout)
+    (v,) = show["variants"]
+    manifest = Store(home / "store").read_json(v["digest"])
+    adapters = [
+        d for d in manifest["layers"] if d["mediaType"] == "application/vnd.ferrousforge.adapter.v1.raw"
+    ]
+    assert [d["annotations"]["org.cncf.model.filepath"] for d in adapters] == ["adapters/0.gguf"]
+    assert v["verify"]["adapters"] == [adapters[0]["digest"]]  # verify ran with the adapter applied
+    out = ff(
+        "run", "smollm2-lora:latest", QUESTION, "--temperature", "0", "--max-tokens", "16", home=home
+    ).stdout
+    assert out.strip()
