@@ -204,6 +204,12 @@ def _break_vocab_size(f: Path) -> None:
     _edit_json(f / "config.json", vocab_size=1000)
 
 
+def _break_pooling_path(f: Path) -> None:
+    modules = json.loads((f / "modules.json").read_text())
+    modules[1]["path"] = "../../../etc"
+    (f / "modules.json").write_text(json.dumps(modules))
+
+
 def _break_index(f: Path) -> None:
     (f / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../../etc/passwd"}}))
 
@@ -220,6 +226,7 @@ def _break_index(f: Path) -> None:
         (_break_hidden_size, "num_hidden_layers must be a positive integer"),
         (_break_vocab_size, "outside config.json's vocab_size"),
         (_break_index, "not a plain"),
+        (_break_pooling_path, "leaves the model folder"),
     ],
 )
 def test_bad_folders_give_clear_errors(
@@ -237,3 +244,20 @@ def test_bad_folders_give_clear_errors(
 def test_bad_outtype(minilm_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="f32, f16, bf16"):
         convert_hf_to_gguf(minilm_folder, tmp_path / "x.gguf", "q4_0")
+
+
+@pytest.mark.slow
+def test_offline_hub_caches_resolve(
+    smollm2_hf_cache: tuple[Path, str], minilm_hf_cache: tuple[Path, str], minilm_f16: Path, tmp_path: Path
+) -> None:
+    """The hub-cache fixtures are what huggingface_hub finds offline, and they convert like the folders."""
+    from huggingface_hub import snapshot_download
+
+    for hf_home, repo in (smollm2_hf_cache, minilm_hf_cache):
+        path = Path(snapshot_download(repo, cache_dir=hf_home / "hub", local_files_only=True))
+        assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    hf_home, repo = minilm_hf_cache
+    minilm = Path(snapshot_download(repo, cache_dir=hf_home / "hub", local_files_only=True))
+    out = tmp_path / "minilm.gguf"
+    convert_hf_to_gguf(minilm, out, "f16", name="model")  # the shipped folder is called "model"
+    assert sha256(out) == sha256(minilm_f16)

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import gguf
 import numpy as np
@@ -179,9 +179,11 @@ def pooling_type(folder: Path) -> gguf.PoolingType | None:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConvertError(f"{modules_path}: not a valid sentence-transformers modules.json ({e})") from e
-    pooling_config = (folder / pooling_dir / "config.json").resolve()
-    if folder.resolve() not in pooling_config.parents:
+    # judged by name, not by resolving: Hub cache snapshots are symlinks into a blobs folder
+    relative = PurePosixPath(pooling_dir.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts:
         raise ConvertError(f"{modules_path}: pooling path {pooling_dir!r} leaves the model folder")
+    pooling_config = folder / relative / "config.json"
     try:
         pooling = json.loads(pooling_config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
