@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Final
 
 from ffbuild.errors import ModelfileError, ModelfilePlanError, SourceText, did_you_mean
-from ffbuild.modelfile import Instruction, Modelfile
+from ffbuild.modelfile import Instruction, Modelfile, parse
 
 SUBSTITUTED: Final = frozenset(
     {"FROM", "ADAPTER", "DRAFT", "PARAMETER", "REQUIRES", "RENDERER", "PARSER", "QUANTIZE", "TARGET", "TASK",
@@ -75,7 +75,8 @@ def substitute(
 
 
 def substituted_text(modelfile: Modelfile, values: Mapping[str, str | None]) -> str:
-    """The Modelfile's text with ``${name}`` replaced inside the instructions that take substitution."""
+    """The Modelfile's text with ``${name}`` replaced inside the instructions that take substitution
+    (and in ARG defaults)."""
     text = modelfile.text
     pieces: list[str] = []
     last = 0
@@ -84,16 +85,43 @@ def substituted_text(modelfile: Modelfile, values: Mapping[str, str | None]) -> 
             continue
         start, end = ins.span
         pieces.append(text[last:start])
-        chunk = text[start:end]
-        if ins.keyword == "ARG":  # only the default, after the name
-            head, eq, tail = chunk.partition("=")
-            chunk = head + eq + REFERENCE.sub(lambda m: _value_or_raw(m, values), tail)
-        else:
-            chunk = REFERENCE.sub(lambda m: _value_or_raw(m, values), chunk)
-        pieces.append(chunk)
+        pieces.append(_chunk(text[start:end], ins.keyword, values))
         last = end
     pieces.append(text[last:])
     return "".join(pieces)
+
+
+def unfaithful(
+    modelfile: Modelfile, values: Mapping[str, str | None], substituted: list[Instruction]
+) -> Instruction | None:
+    """The first instruction whose substituted text no longer reads as what it was planned as
+    (``substituted``): a build arg holding a line break or quotes could change its meaning, or add
+    instructions, in the text the artifact stores. None when every one reads back the same."""
+    for raw, planned in zip(modelfile.instructions, substituted, strict=True):
+        if raw.keyword not in SUBSTITUTED and raw.keyword != "ARG":
+            continue
+        start, end = raw.span
+        before = modelfile.text[start:end]
+        after = _chunk(before, raw.keyword, values)
+        if after == before:
+            continue
+        if raw.keyword == "ARG" and len(raw.args) > 1:
+            default = REFERENCE.sub(lambda m: _value_or_raw(m, values), raw.args[1])
+            planned = replace(raw, args=(raw.args[0], default))
+        try:
+            again = parse("FROM x\n" + after).instructions[1:]
+        except ModelfileError:
+            return raw
+        if again != [planned]:
+            return raw
+    return None
+
+
+def _chunk(chunk: str, keyword: str, values: Mapping[str, str | None]) -> str:
+    if keyword == "ARG":  # only the default, after the name
+        head, eq, tail = chunk.partition("=")
+        return head + eq + REFERENCE.sub(lambda m: _value_or_raw(m, values), tail)
+    return REFERENCE.sub(lambda m: _value_or_raw(m, values), chunk)
 
 
 def _value_or_raw(m: re.Match[str], values: Mapping[str, str | None]) -> str:

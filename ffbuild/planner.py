@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from ffbuild.buildargs import resolve_args, substitute, substituted_text
+from ffbuild.buildargs import resolve_args, substitute, substituted_text, unfaithful
 from ffbuild.choices import BACKENDS, TASKS
 from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean, printable
 from ffbuild.modelfile import Instruction, Modelfile
@@ -100,8 +100,10 @@ class _Planner:
         task_ins: Instruction | None = None
         draft_ins: Instruction | None = None
 
+        substituted: list[Instruction] = []
         for raw in self.modelfile.instructions:
             ins = substitute(raw, values, self.text, self.errors)
+            substituted.append(ins)
             kw, args = ins.keyword, ins.args
             try:
                 if kw == "FROM":
@@ -193,6 +195,15 @@ class _Planner:
                     "from it needs QUANTIZE … requantize=true (or ff build --allow-requantize)"
                 )
 
+        text = substituted_text(self.modelfile, values)
+        changed = None if self.errors else unfaithful(self.modelfile, values, substituted)
+        if changed is not None:
+            reads = Problem(
+                "with these ARG values the Modelfile's text reads differently here",
+                hint='quote ${…} where its value may hold blanks (k="${X}"); a value must hold no line '
+                "break, nor quotes where the Modelfile quotes it",
+            )
+            self.fail(changed, 0, reads)
         if self.errors or source is None:
             if not self.errors:  # only a Modelfile made without parse() can lack FROM here
                 self.errors.append(ModelfilePlanError("no FROM instruction", filename=self.text.filename))
@@ -220,7 +231,7 @@ class _Planner:
             verify=VerifyPolicy.model_validate(verify),
             requantize=requantize,
             build_args={k: v for k, v in values.items() if v is not None},
-            text=substituted_text(self.modelfile, values),
+            text=text,
             warnings=tuple(self.warnings),
         )
 

@@ -267,6 +267,39 @@ def test_arg_hints(tmp_path: Path) -> None:
     assert err.hint == "did you mean SOURCE?"
 
 
+TEXT_WITH_ARGS = 'ARG S\nARG T=[${S}]\nFROM llama3\nPARAMETER stop ${S}\nLABEL k="${S}" t=${T}\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "where"),
+    [
+        ("ARG S\nFROM llama3\nPARAMETER stop ${S}\n", "a\nADAPTER /etc/passwd", (3, 11)),  # one more
+        ("ARG S\nFROM llama3\nPARAMETER stop ${S}\n", "\rSYSTEM x", (3, 11)),
+        ('ARG S\nFROM llama3\nLABEL k="${S}"\n', 'x"y', (3, 7)),  # breaks the quoting
+        (TEXT_WITH_ARGS, "two words", (2, 5)),  # ARG T=[${S}] would read as two words
+    ],
+)
+def test_build_args_cannot_change_what_the_stored_text_means(
+    tmp_path: Path, text: str, value: str, where: tuple[int, int]
+) -> None:
+    err = plan_error(text, tmp_path, build_args={"S": value})
+    assert err.message == "with these ARG values the Modelfile's text reads differently here"
+    assert (err.line, err.column) == where and len(err.errors) == 1
+
+
+def test_build_args_that_keep_the_meaning(tmp_path: Path) -> None:
+    p = plan(TEXT_WITH_ARGS, tmp_path, build_args={"S": "</s>"})
+    assert p.labels == {"k": "</s>", "t": "[</s>]"}
+    assert [(i.keyword, i.args) for i in parse(p.text).instructions][1:] == [
+        ("ARG", ("T", "[</s>]")),
+        ("FROM", ("llama3",)),
+        ("PARAMETER", ("stop", "</s>")),
+        ("LABEL", ("k=</s>", "t=[</s>]")),
+    ]
+    quoted = 'ARG S\nFROM llama3\nLABEL k="${S}"\nSYSTEM ${S} stays as written: "\n'
+    assert plan(quoted, tmp_path, build_args={"S": "a b\tc"}).labels == {"k": "a b\tc"}
+
+
 def test_dollar_text_that_is_no_reference_is_kept(tmp_path: Path) -> None:
     p = plan("FROM llama3\nPARAMETER stop $x ${ ${1} $${}\n", tmp_path)
     assert p.parameters["stop"] == ["$x ${ ${1} $${}"]
