@@ -202,42 +202,73 @@ def test_verify_policy_failure_fails_the_build(
     assert "strict:latest" not in {n for n, _ in Store(home / "store").tags()}
 
 
-@pytest.mark.parametrize("stage", ["quantize", "verify"])
+def assert_tags_complete(store: Store) -> None:
+    """Every tag reaches only blobs that are present (a tag is written only after all it points at)."""
+
+    def walk(name: str, digest: str) -> None:
+        assert store.has_blob(digest), f"{name}: {digest} is missing"
+        doc = store.read_json(digest)
+        for child in doc.get("manifests") or []:
+            walk(name, child["digest"])
+        for d in [doc["config"], *doc["layers"]] if "layers" in doc else []:
+            assert store.has_blob(d["digest"]), f"{name}: {d['digest']} is missing"
+
+    for name, desc in store.tags():
+        walk(name, desc.digest)
+
+
+def _wait_for_tmp(stage_dir: Path, proc: subprocess.Popen[str], timeout: float = 120) -> bool:
+    """Poll until the stage has a temp folder in the cache (it is working), or the build ends."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stage_dir.is_dir() and any(p.name.startswith(".tmp-") for p in stage_dir.iterdir()):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.parametrize("stage", ["quantize", "verify", "package"])
 def test_kill_9_mid_stage_then_rebuild(
     home: Path, first_build: dict[str, object], smollm2_hf: Path, tmp_path: Path, stage: str
 ) -> None:
-    """A build killed mid-stage leaves no tag, no bad blob, nothing in ingest; building again completes."""
+    """A build killed mid-stage leaves no partial entry; building again completes and cleans up."""
     kill_home = tmp_path / "ff"
     (kill_home / "cache").mkdir(parents=True)
     # Reuse the shared conversion so the build reaches quantize at once; quantize and verify are cold.
     shutil.copytree(home / "cache" / "convert", kill_home / "cache" / "convert", copy_function=os.link)
-    args = ["build", "-f", str(MODELFILE), "-t", "killed:latest", "--build-arg", f"{SOURCE_ARG}={smollm2_hf}"]
+    args = ["-f", str(MODELFILE), "-t", "killed:latest", "--build-arg", f"{SOURCE_ARG}={smollm2_hf}"]
     env = {**os.environ, "FF_HOME": str(kill_home)}
     proc = subprocess.Popen(
-        [*FF, *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO
+        [*FF, "build", *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO
     )
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        if line.startswith(f"[{stage}] ") and "started" not in line:
-            time.sleep(0.3)  # well inside the stage: quantizing or evaluating
-            os.kill(proc.pid, signal.SIGKILL)
+        if line.startswith(f"[{stage}] started"):
             break
+    if stage == "package":
+        time.sleep(0.2)  # storing the first blobs (hard link / copy, hash, rename)
+    else:
+        assert _wait_for_tmp(kill_home / "cache" / stage, proc), "".join(seen)  # the stage is at work
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     store_root = kill_home / "store"
-    if store_root.exists():
-        assert Store(store_root).tags() == []
-        check_store(store_root)
-    stage_dir = kill_home / "cache" / stage
-    assert not any(
-        (p / "entry.json").exists() is False for p in stage_dir.iterdir() if not p.name.startswith(".")
-    )
-    doc = build_json(*args[1:], home=kill_home)
+    if stage != "package":
+        if store_root.exists():
+            assert Store(store_root).tags() == []
+            check_store(store_root)
+    elif store_root.exists():
+        assert_tags_complete(Store(store_root))
+    for entry in (kill_home / "cache" / stage).glob("[0-9a-f]*"):
+        assert (entry / "entry.json").is_file(), f"incomplete cache entry {entry}"
+    doc = build_json(*args, home=kill_home)
     assert set(variants(doc)) == {"f16-cpu", "q8_0-cpu", "q4_k_m-cpu"}
     assert {n for n, _ in Store(store_root).tags()} >= {"killed:latest", "killed:latest-q8_0-cpu"}
     check_store(store_root)
+    assert_tags_complete(Store(store_root))
+    assert not list((kill_home / "cache" / stage).glob(".tmp-*"))  # the dead build's temp folder is gone
 
 
 def test_adapter_build_reuses_weights_and_adds_an_adapter_layer(
