@@ -131,3 +131,47 @@ def test_store_model(smollm2_gguf: Path, tmp_path: Path) -> None:
     (v,) = f.variants
     assert v.ref.name == "q4_1-cpu" and v.files.system == "hi"
     assert v.files.weights[0] == store.blob_path(w.digest)
+
+
+@pytest.mark.registry
+def test_remote_reference_is_pulled_then_derived(smollm2_gguf: Path, tmp_path: Path) -> None:
+    """FROM host/name:tag not in the store: registry.remote.pull fetches it (a real docker-registry)."""
+    from ffbuild.build import BuildOptions, build
+    from ffbuild.cache import BuildCache
+    from ffbuild.plan import BuildPlan
+    from registry.artifact import variants_of
+    from registry.remote import push
+    from tests.registry.remote_testkit import start_registry, stop_registry
+
+    server = start_registry(tmp_path / "reg", None)
+    try:
+        origin = Store(tmp_path / "origin")
+        w = WeightFile(smollm2_gguf, file_digest(smollm2_gguf), smollm2_gguf.stat().st_size)
+        payload = VariantPayload(
+            Variant(quantization="q4_1", device="cpu", backend="llamacpp"), w, "llama", 134_515_008, "int4"
+        )
+        package_model(origin, parse_reference("smol:1"), ModelMeta(name="smol", task="chat"), [payload])
+        remote = f"{server.host}/team/smol:1"
+        push("smol:1", store=origin, remote_ref=remote)
+
+        store = Store(tmp_path / "local")  # empty: the build must pull
+        plan = BuildPlan(
+            modelfile=None,
+            context=tmp_path,
+            source=Source(kind=SourceKind.OCI, raw=remote, reference=remote),
+            variants=(Variant(quantization="source", device="cpu", backend="llamacpp"),),
+            task="chat",
+            system="Derived.",
+        )
+        build(
+            plan,
+            parse_reference("derived:1"),
+            store=store,
+            cache=BuildCache(tmp_path / "c"),
+            options=BuildOptions(verify=False),
+        )
+        (v,) = variants_of(store, "derived:1")
+        layers = store.read_json(v.descriptor.digest)["layers"]
+        assert layers[0]["digest"] == w.digest  # the pulled weight blob, not a copy of anything else
+    finally:
+        stop_registry(server)
