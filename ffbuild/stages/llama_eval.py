@@ -77,7 +77,8 @@ class LlamaEval:
             return self._ctx
         lc = self.lc
         if self._ctx:
-            lc.llama_free(self._ctx)
+            with captured_log():
+                lc.llama_free(self._ctx)
             self._ctx = None
         n_ctx = max(64, -(-n_tokens // 64) * 64)
         cparams = lc.llama_context_default_params()
@@ -111,15 +112,16 @@ class LlamaEval:
 
     def close(self) -> None:
         lc = self.lc
-        if self._ctx:
-            lc.llama_free(self._ctx)
-            self._ctx = None
-        if self._lora:
-            lc.llama_adapter_lora_free(self._lora)
-            self._lora = None
-        if self._model:
-            lc.llama_model_free(self._model)
-            self._model = None
+        with captured_log():  # llama.cpp reports its freed buffers on stderr otherwise
+            if self._ctx:
+                lc.llama_free(self._ctx)
+                self._ctx = None
+            if self._lora:
+                lc.llama_adapter_lora_free(self._lora)
+                self._lora = None
+            if self._model:
+                lc.llama_model_free(self._model)
+                self._model = None
 
     # -- vocabulary ----------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
