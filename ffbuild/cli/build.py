@@ -116,7 +116,7 @@ def build_command(
     print_table(
         ["VARIANT", "SIZE", "QUANTIZATION", "AGREEMENT", "PPL RATIO", "TIME"],
         rows,
-        title=f"{result.reference}  {result.index_digest}",
+        title=f"{result.reference}  {result.index_digest[:19]}",
     )
 
 
