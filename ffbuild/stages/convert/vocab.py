@@ -246,6 +246,9 @@ def write_vocab(w: gguf.GGUFWriter, vocab: Vocab, folder: Path) -> None:
         raise ConvertError(f"{folder}: the BPE tokenizer has no merges")
     if vocab.add_bos_default is not None:
         special.add_special_token.setdefault("bos", vocab.add_bos_default)
+    # token kinds this gguf version has no key for (e.g. "cls" before gguf 0.20) would only log a warning
+    for kind in [k for k in special.special_token_ids if not hasattr(w, f"add_{k}_token_id")]:
+        del special.special_token_ids[kind]
     special.add_to_gguf(w, quiet=True)
     tokenizer_json = folder / "tokenizer.json"
     if tokenizer_json.is_file():
