@@ -64,23 +64,39 @@ def resolve(store: Store, name: str, *, target: str | None, quantize: str | None
         raise ServeError(f"{ref}: the stored model is unusable: {exc}") from None
 
 
-def pull(store: Store, name: str, *, target: str | None, quantize: str | None, progress: Progress) -> None:
+def pull(
+    store: Store,
+    name: str,
+    *,
+    target: str | None,
+    quantize: str | None,
+    progress: Progress,
+    insecure: bool = False,
+) -> None:
     """Pull ``name`` into the store through registry.remote (blocking; run it in a thread)."""
     remote = remote_module()
     ref = canonical(name)
     try:
-        remote.pull(ref, store=store, target=target, quantize=quantize, progress=progress)
-    except (StoreError, ValueError, OSError) as exc:
+        remote.pull(ref, store=store, target=target, quantize=quantize, progress=progress, insecure=insecure)
+    except (StoreError, ValueError, OSError, RuntimeError) as exc:
         raise ServeError(f"pull {ref} failed: {exc}") from None
 
 
 async def resolve_or_pull(
-    store: Store, name: str, *, target: str | None, quantize: str | None, allow_pull: bool
+    store: Store,
+    name: str,
+    *,
+    target: str | None,
+    quantize: str | None,
+    allow_pull: bool,
+    insecure: bool = False,
 ) -> Resolved:
     try:
         return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)
     except ModelNotFound:
         if not allow_pull:
             raise
-    await asyncio.to_thread(pull, store, name, target=target, quantize=quantize, progress=lambda _: None)
+    await asyncio.to_thread(
+        pull, store, name, target=target, quantize=quantize, progress=lambda _: None, insecure=insecure
+    )
     return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)

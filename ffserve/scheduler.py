@@ -153,7 +153,12 @@ class Scheduler:
             return model
         s = self.settings
         resolved = await resolve_or_pull(
-            self.store, name, target=s.target, quantize=s.quantize, allow_pull=s.pull
+            self.store,
+            name,
+            target=s.target,
+            quantize=s.quantize,
+            allow_pull=s.pull,
+            insecure=s.registry_insecure,
         )
         async with self._cond:
             model = self._models.get(resolved.variant.descriptor.digest)

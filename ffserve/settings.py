@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     target: str | None = None
     quantize: str | None = None
     pull: bool = False
+    registry_insecure: bool = False  # plain HTTP to registries (loopback ones always may)
     keep_alive: float = 300.0
     max_memory: int = 0  # 0: no budget
     max_loaded_models: int = Field(default=3, ge=1)

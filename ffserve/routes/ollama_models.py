@@ -172,7 +172,8 @@ async def _transfer(request: Request, push: bool) -> Response:
 
     def run() -> None:
         if push:
-            remote.push(name, store=e.store, insecure=body.insecure, progress=progress)
+            insecure = body.insecure or e.settings.registry_insecure
+            remote.push(name, store=e.store, insecure=insecure, progress=progress)
         else:
             s = e.settings
             remote.pull(
