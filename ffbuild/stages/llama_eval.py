@@ -134,6 +134,10 @@ class LlamaEval:
         cap = len(raw) + 16
         out = (self.lc.llama_token * cap)()
         n = self.lc.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
+        if n < 0:  # the buffer was too small: -n is the size needed
+            cap = -n
+            out = (self.lc.llama_token * cap)()
+            n = self.lc.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
         if n < 0:
             raise VerifyError(f"cannot tokenize {len(raw)} bytes with {self.path}")
         return list(out[:n])
@@ -141,6 +145,9 @@ class LlamaEval:
     def piece(self, token: int, *, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(256)
         n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:  # a piece longer than the buffer: -n is its length
+            buf = ctypes.create_string_buffer(-n)
+            n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)]
 
     def token_text(self, token: int) -> str:
