@@ -261,3 +261,24 @@ def test_offline_hub_caches_resolve(
     out = tmp_path / "minilm.gguf"
     convert_hf_to_gguf(minilm, out, "f16", name="model")  # the shipped folder is called "model"
     assert sha256(out) == sha256(minilm_f16)
+
+
+@pytest.mark.slow
+def test_conversion_streams(smollm2_hf: Path, tmp_path: Path) -> None:
+    """Peak memory stays near one copy of the weights (the memory-mapped source), not two."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from ffbuild.stages.convert import convert_hf_to_gguf\n"
+        "convert_hf_to_gguf(Path(sys.argv[1]), Path(sys.argv[2]), 'f16')\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(smollm2_hf), str(tmp_path / "x.gguf")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    peak = int(out.stdout.split()[-1])
+    source = (smollm2_hf / "model.safetensors").stat().st_size
+    assert peak < source + 250 * 1024 * 1024, (peak, source)
