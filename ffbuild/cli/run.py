@@ -83,16 +83,21 @@ def stream_server(url: str, model: str, prompt: str, options: dict[str, object])
         with contextlib.suppress(json.JSONDecodeError, AttributeError):
             detail = str(json.loads(detail).get("error", detail))
         raise click.ClickException(f"the server at {url} answered {exc.code}: {detail}") from None
-    with resp:
-        for line in resp:
-            if not line.strip():
-                continue
-            msg = json.loads(line)
-            if "error" in msg:
-                raise click.ClickException(f"the server at {url}: {msg['error']}")
-            yield str(msg.get("response", ""))
-            if msg.get("done"):
-                return
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server at {url}: {exc}") from None
+    try:
+        with resp:
+            for line in resp:
+                if not line.strip():
+                    continue
+                msg = json.loads(line)
+                if "error" in msg:
+                    raise click.ClickException(f"the server at {url}: {msg['error']}")
+                yield str(msg.get("response", ""))
+                if msg.get("done"):
+                    return
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"the stream from {url} broke off: {exc}") from None
 
 
 def _plain_cpu_buffers(llama_cpp_mod: types.ModuleType) -> None:
@@ -127,14 +132,17 @@ def stream_local(
         ) from None
     _plain_cpu_buffers(llama_cpp)
     n_ctx = int(str(options.get("num_ctx", 2048)))
-    llm = Llama(
-        model_path=str(files.weights[0]),
-        lora_path=str(files.adapters[0]) if files.adapters else None,
-        n_ctx=n_ctx,
-        n_threads=threads,
-        seed=int(str(options.get("seed", 0))),
-        verbose=False,
-    )
+    try:
+        llm = Llama(
+            model_path=str(files.weights[0]),
+            lora_path=str(files.adapters[0]) if files.adapters else None,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            seed=int(str(options.get("seed", 0))),
+            verbose=False,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(f"llama.cpp cannot load {files.digest}: {exc}") from None
     handler = None
     if files.template and "{%" in files.template:
         eos = llm.detokenize([llm.token_eos()]).decode("utf-8", "replace")
@@ -208,13 +216,18 @@ def run_command(
         if force_local or not server_answers(url):
             raise click.ClickException(str(exc)) from None
     options = _options(files, temperature, seed, max_tokens)
+    local_ok = chosen is not None and chosen.format == "gguf" and chosen.backend == "llamacpp"
     if not force_local and server_answers(url):
         model = str(ref)
         if chosen is not None and (variant or quantize or target) and ref.tag:
             model = str(ref.with_tag(variant_tag(ref.tag, chosen.name)))
         pieces = stream_server(url, model, prompt, options)
+    elif files is None or chosen is None or not local_ok:
+        what = f"{chosen.name} ({chosen.backend}, {chosen.format})" if chosen else str(ref)
+        raise click.ClickException(
+            f"`ff run` runs GGUF variants here with llama.cpp; {what} needs `ff serve` (start it, then retry)"
+        )
     else:
-        assert files is not None
         pieces = stream_local(files, prompt, options, threads)
     for piece in pieces:
         sys.stdout.write(piece)
