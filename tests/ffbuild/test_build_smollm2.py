@@ -236,7 +236,7 @@ def test_kill_9_mid_stage_then_rebuild(
     (kill_home / "cache").mkdir(parents=True)
     # Reuse the shared conversion so the build reaches quantize at once; quantize and verify are cold.
     shutil.copytree(home / "cache" / "convert", kill_home / "cache" / "convert", copy_function=os.link)
-    args = ["-f", str(MODELFILE), "-t", "killed:latest", "--build-arg", f"{SOURCE_ARG}={smollm2_hf}"]
+    args = ["-f", str(MODELFILE), "-t", "smollm2:latest", "--build-arg", f"{SOURCE_ARG}={smollm2_hf}"]
     env = {**os.environ, "FF_HOME": str(kill_home)}
     proc = subprocess.Popen(
         [*FF, "build", *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO
@@ -265,7 +265,9 @@ def test_kill_9_mid_stage_then_rebuild(
         assert (entry / "entry.json").is_file(), f"incomplete cache entry {entry}"
     doc = build_json(*args, home=kill_home)
     assert set(variants(doc)) == {"f16-cpu", "q8_0-cpu", "q4_k_m-cpu"}
-    assert {n for n, _ in Store(store_root).tags()} >= {"killed:latest", "killed:latest-q8_0-cpu"}
+    assert {n for n, _ in Store(store_root).tags()} >= {"smollm2:latest", "smollm2:latest-q8_0-cpu"}
+    # quantized and verified again from scratch in another FF_HOME: the very same digests
+    assert doc["index"] == first_build["index"]
     check_store(store_root)
     assert_tags_complete(Store(store_root))
     assert not list((kill_home / "cache" / stage).glob(".tmp-*"))  # the dead build's temp folder is gone
