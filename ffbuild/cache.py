@@ -179,3 +179,17 @@ class BuildCache:
         if entry is None:
             raise CacheError(f"cache entry {final} vanished right after it was written")
         return entry, False
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every entry (each under its lock) and stale temp folders; return (entries, bytes)."""
+        count = size = 0
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.locks):
+            for entry in sorted(stage_dir.iterdir()):
+                if entry.name.startswith(_TMP_PREFIX):
+                    continue  # a build at work (dead builds' folders went in _clean_stale)
+                with self._lock(stage_dir.name, entry.name):
+                    size += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+                    shutil.rmtree(entry, ignore_errors=True)
+                    count += 1
+        return count, size
+

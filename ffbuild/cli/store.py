@@ -189,13 +189,19 @@ def tag_command(source: str, target: str) -> None:
 
 
 @click.command("prune")
-def prune_command() -> None:
-    """Delete blobs no tag reaches."""
+@click.option("--cache", "clear_cache", is_flag=True, help="also empty the build cache ($FF_HOME/cache)")
+def prune_command(clear_cache: bool) -> None:
+    """Delete blobs no tag reaches (and, with --cache, every build-cache entry)."""
     try:
         removed = Store().prune()
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"removed {len(removed)} blob(s), {human_size(sum(s for _, s in removed))}")
+    if clear_cache:
+        from ffbuild.cache import BuildCache
+
+        entries, size = BuildCache().clear()
+        click.echo(f"removed {entries} build-cache entr{'y' if entries == 1 else 'ies'}, {human_size(size)}")
 
 
 COMMANDS = [list_command, show_command, rm_command, tag_command, prune_command]

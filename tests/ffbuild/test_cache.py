@@ -138,3 +138,20 @@ def test_file_and_folder_digests(tmp_path: Path) -> None:
     (tmp_path / "m" / "w.safetensors").write_bytes(b"abc")
     (tmp_path / "m" / "extra.txt").write_text("more")
     assert folder_digest(tmp_path / "m") != d1
+
+
+def test_clear_removes_entries_and_a_rerun_produces_again(tmp_path: Path) -> None:
+    cache = BuildCache(tmp_path / "cache")
+    calls: list[str] = []
+
+    def produce(folder: Path) -> dict[str, CacheValue]:
+        calls.append(folder.name)
+        (folder / "out.bin").write_bytes(b"x" * 100)
+        return {}
+
+    for src in ("a", "b"):
+        cache.run("quantize", stage_key("quantize", src=src), produce)
+    assert cache.clear() == (2, 100 * 2 + 2 * len(b"{}"))
+    assert cache.get("quantize", stage_key("quantize", src="a")) is None
+    cache.run("quantize", stage_key("quantize", src="a"), produce)
+    assert len(calls) == 3
