@@ -147,14 +147,16 @@ def main() -> None:
     for k in ("direct", "server"):
         print(f"  {k:<7} decode {med[k]['tok_s']:7.1f} tok/s   TTFT {med[k]['ttft_ms']:6.2f} ms   "
               f"tokens {med[k]['tokens']:.0f}")
-    print(f"  throughput ratio server/direct: {med['server']['tok_s'] / med['direct']['tok_s']:.3f}")
-    added = med["server"]["ttft_ms"] - med["direct"]["ttft_ms"]
-    print(f"  added TTFT: {added:+.2f} ms (medians of each side)")
+    both = list(zip(rows["direct"], rows["server"], strict=True))
+    ratios = [sv["tok_s"] / d["tok_s"] for d, sv in both]
+    added = [sv["ttft_ms"] - d["ttft_ms"] for d, sv in both]
     overhead = statistics.median(r["overhead_ms"] for r in rows["server"])
+    print(f"  throughput ratio server/direct (median of paired rounds): {statistics.median(ratios):.3f}")
+    print(f"  added TTFT (median of paired rounds): {statistics.median(added):+.2f} ms")
     print(f"  server overhead in TTFT (client TTFT - server's prompt eval, same request): {overhead:.2f} ms")
-    both = zip(rows["direct"], rows["server"], strict=True)
-    pairs = [(s["tok_s"] / d["tok_s"], s["ttft_ms"] - d["ttft_ms"]) for d, s in both]
-    print("  per round (ratio, added ms): " + ", ".join(f"({r:.3f}, {a:+.1f})" for r, a in pairs))
+    per_round = ", ".join(f"{d['tok_s']:.0f}/{sv['tok_s']:.0f}" for d, sv in both)
+    print("  per round direct/server tok/s: " + per_round)
+    print("  per round added TTFT ms: " + ", ".join(f"{a:+.1f}" for a in added))
 
 
 if __name__ == "__main__":
