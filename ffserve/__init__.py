@@ -1,3 +1,3 @@
-"""FerrousForge server: serves stored artifacts over the Ollama, OpenAI and Open Inference v2 APIs."""
+"""FerrousForge server: serves stored artifacts over the Ollama and OpenAI APIs (docs/serving.md)."""
 
 __version__ = "0.1.0"

@@ -119,8 +119,6 @@ class TextRuntime(Runtime, Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
 
-    async def count_tokens(self, text: str) -> int: ...
-
 
 @runtime_checkable
 class EmbedRuntime(Runtime, Protocol):

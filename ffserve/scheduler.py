@@ -102,6 +102,10 @@ class Scheduler:
         self._names.pop(canonical(name), None)
 
     # --- keep-alive ---------------------------------------------------------------------------------------
+    def keep(self, model: Loaded, keep_alive: float | None) -> None:
+        """Restart ``model``'s keep-alive (a pinned --models model stays unless a duration is given)."""
+        model.expires_at = None if keep_alive is None and model.pinned else self._keep(keep_alive)
+
     def _keep(self, keep_alive: float | None) -> float | None:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
         return None if ka < 0 else time.monotonic() + ka
@@ -233,7 +237,7 @@ class Scheduler:
         finally:
             model.active -= 1
             model.last_used = time.monotonic()
-            model.expires_at = None if keep_alive is None and model.pinned else self._keep(keep_alive)
+            self.keep(model, keep_alive)
             if model.active == 0 and not self._closing:
                 task = asyncio.get_running_loop().create_task(self._idle(model))
                 self._tasks.add(task)

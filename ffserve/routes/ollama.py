@@ -65,8 +65,7 @@ async def _load_only(e: Engine, model: str, keep_alive: float | None, body: dict
         return JSONResponse(
             {"model": model, "created_at": now(), **body, "done": True, "done_reason": "unload"}
         )
-    loaded = await e.scheduler.get(model, keep_alive)
-    loaded.expires_at = e.scheduler._keep(keep_alive) if keep_alive is not None or not loaded.pinned else None
+    e.scheduler.keep(await e.scheduler.get(model, keep_alive), keep_alive)
     return JSONResponse({"model": model, "created_at": now(), **body, "done": True, "done_reason": "load"})
 
 
@@ -123,6 +122,8 @@ async def generate(request: Request) -> Response:
     body = await parse_body(request, GenerateRequest)
     if not body.prompt and not body.raw:
         return await _load_only(e, body.model, body.keep_alive, {"response": ""})
+    if body.images:
+        raise NotSupported("images are not supported by this model's runtime")
     req = GenerationRequest(
         prompt=body.prompt,
         system=body.system,

@@ -287,12 +287,6 @@ class LlamaCppRuntime:
             assert isinstance(item, Token | Done)
             yield item
 
-    async def count_tokens(self, text: str) -> int:
-        llm = self._slots[0].llm
-        if llm is None:
-            return 0
-        return len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-
     # --- embeddings ---------------------------------------------------------------------------------
     async def embed(self, texts: Sequence[str], *, truncate: bool, cancel: CancelFlag) -> Embeddings:
         arch = self.metadata.get("general.architecture", "")

@@ -6,6 +6,7 @@ import base64
 import json
 import struct
 import subprocess
+import time
 
 import httpx
 import ollama
@@ -223,3 +224,14 @@ def test_curl_errors_are_json(server: Server, curl: str) -> None:
     assert code == "400" and "context" in json.loads(body)["error"]
     assert _curl(curl, server.url + "/").startswith("FerrousForge is running")
     assert json.loads(_curl(curl, server.url + "/api/version"))["version"]
+
+
+def test_keep_alive_durations(oc: ollama.Client) -> None:
+    oc.generate(model="tiny", prompt="", keep_alive="1s")
+    assert "tiny:latest" in {m.model for m in oc.ps().models}
+    time.sleep(2.5)  # the reaper looks twice a second
+    assert "tiny:latest" not in {m.model for m in oc.ps().models}
+    oc.generate(model="tiny", prompt="", keep_alive=-1)
+    (forever,) = [m for m in oc.ps().models if m.model == "tiny:latest"]
+    assert forever.expires_at is not None and forever.expires_at.year == 9999
+    oc.generate(model="tiny", prompt="", keep_alive=0)
