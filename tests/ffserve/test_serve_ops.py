@@ -103,3 +103,26 @@ print(json.dumps(sorted(m for m in ("torch", "transformers", "tvm", "ffbuild") i
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_num_parallel_runs_two_requests_at_once(ff_home: Path, tmp_path: Path) -> None:
+    import threading
+
+    with start_server(ff_home, tmp_path, FF_NUM_PARALLEL="2") as s:
+        body = {"model": "smollm2", "prompt": "Once upon a time", "raw": True, "stream": False,
+                "options": {"num_predict": 48, "temperature": 0}}
+        alone = httpx.post(s.url + "/api/generate", json=body, timeout=120).json()["response"]
+        results: list[str] = []
+        peak = [0.0]
+
+        def ask() -> None:
+            results.append(httpx.post(s.url + "/api/generate", json=body, timeout=120).json()["response"])
+
+        threads = [threading.Thread(target=ask) for _ in range(2)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            peak[0] = max(peak[0], s.metric("ff:num_requests_running"))
+            time.sleep(0.01)
+        assert peak[0] == 2  # both slots busy at once
+        assert results == [alone, alone]  # each slot has its own context: same greedy answer
