@@ -61,20 +61,20 @@ def _model_params() -> Any:
 
 llama_cpp.llama_cpp.llama_model_default_params = _model_params  # what Llama() calls
 _POOLING_MEAN = 1
-_SAMPLING = {  # Ollama option → create_completion argument
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "typical_p": "typical_p",
-    "repeat_penalty": "repeat_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "mirostat": "mirostat_mode",
-    "mirostat_tau": "mirostat_tau",
-    "mirostat_eta": "mirostat_eta",
-    "seed": "seed",
-    "num_predict": "max_tokens",
+_SAMPLING: dict[str, tuple[str, type]] = {  # Ollama option → (create_completion argument, type)
+    "temperature": ("temperature", float),
+    "top_p": ("top_p", float),
+    "top_k": ("top_k", int),
+    "min_p": ("min_p", float),
+    "typical_p": ("typical_p", float),
+    "repeat_penalty": ("repeat_penalty", float),
+    "presence_penalty": ("presence_penalty", float),
+    "frequency_penalty": ("frequency_penalty", float),
+    "mirostat": ("mirostat_mode", int),
+    "mirostat_tau": ("mirostat_tau", float),
+    "mirostat_eta": ("mirostat_eta", float),
+    "seed": ("seed", int),
+    "num_predict": ("max_tokens", int),
 }
 
 
@@ -204,9 +204,14 @@ class LlamaCppRuntime:
     # --- text ---------------------------------------------------------------------------------------
     def _sampling(self, options: Mapping[str, ParamValue]) -> dict[str, Any]:
         kw: dict[str, Any] = {}
-        for key, arg in _SAMPLING.items():
-            if key in options:
-                kw[arg] = options[key]
+        for key, (arg, kind) in _SAMPLING.items():
+            if key not in options:
+                continue
+            value = options[key]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or (kind is int and value != int(value)):  # type: ignore[arg-type]
+                raise RequestRejected(f"option {key} must be {'an integer' if kind is int else 'a number'}")
+            kw[arg] = kind(value)
         if "max_tokens" in kw and int(kw["max_tokens"]) < 0:
             kw["max_tokens"] = -1
         if kw.get("seed") is not None and int(kw["seed"]) < 0:
@@ -218,7 +223,12 @@ class LlamaCppRuntime:
             prompt, template_stops = build_prompt(request, self.prompting)
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
-        stops = [s for s in request.options.get("stop", []) if isinstance(s, str)]  # type: ignore[union-attr]
+        stop_opt = request.options.get("stop", [])
+        if isinstance(stop_opt, str):
+            stop_opt = [stop_opt]
+        if not isinstance(stop_opt, list) or not all(isinstance(x, str) for x in stop_opt):
+            raise RequestRejected("option stop must be a list of strings")
+        stops = list(stop_opt)
         stops += [s for s in template_stops if s and s not in stops]
         kw = self._sampling(request.options)
         fmt = request.format

@@ -222,6 +222,12 @@ def test_curl_errors_are_json(server: Server, curl: str) -> None:
                 json.dumps({"model": "smollm2", "prompt": long_prompt, "stream": False}))
     body, code = out.rsplit("\n", 1)
     assert code == "400" and "context" in json.loads(body)["error"]
+    for options, word in (({"num_predict": "many"}, "num_predict"), ({"temperature": True}, "temperature"),
+                          ({"stop": [1, 2]}, "stop"), ({"top_k": 1.5}, "top_k")):
+        out = _curl(curl, "-w", "\n%{http_code}", server.url + "/api/generate", "-d",
+                    json.dumps({"model": "smollm2", "prompt": "hi", "options": options}))
+        body, code = out.rsplit("\n", 1)
+        assert code == "400" and word in json.loads(body)["error"], body
     assert _curl(curl, server.url + "/").startswith("FerrousForge is running")
     assert json.loads(_curl(curl, server.url + "/api/version"))["version"]
 
