@@ -149,6 +149,8 @@ async def chat(request: Request) -> Response:
         )
     if any(m.images for m in body.messages):
         raise NotSupported("images are not supported by this model's runtime")
+    if body.tools:
+        raise NotSupported("tools (function calling) are not supported by ff serve yet")
     req = GenerationRequest(
         messages=[ChatMessage(m.role, m.content) for m in body.messages],
         options=dict(body.options),

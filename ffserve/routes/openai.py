@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ffserve.errors import ModelNotFound
+from ffserve.errors import ModelNotFound, NotSupported
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
@@ -120,6 +120,8 @@ async def _respond(
 async def chat_completions(request: Request) -> Response:
     e = engine(request)
     body = await parse_body(request, ChatCompletionRequest)
+    if body.tools:
+        raise NotSupported("tools (function calling) are not supported by ff serve yet")
     options = body.options()
     if body.max_completion_tokens is not None:
         options["num_predict"] = body.max_completion_tokens

@@ -68,6 +68,7 @@ class _Sampling(_Req):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, object]] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=0)
     response_format: ResponseFormat | None = None
 
