@@ -93,6 +93,20 @@ def server_round(client: Any, url: str, tokens: int) -> dict[str, float]:
     return out
 
 
+def _round_trips(client: Any, url: str) -> tuple[float, float]:
+    """Median ms of a trivial GET (/api/version): back to back, and after 200 ms of idling."""
+    out = []
+    for pause in (0.0, 0.2):
+        times = []
+        for _ in range(30):
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            client.get(url + "/api/version")
+            times.append((time.perf_counter() - t0) * 1000)
+        out.append(statistics.median(times))
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=None)
@@ -132,6 +146,7 @@ def main() -> None:
                         time.sleep(0.1)
                 server_round(client, url, 8)  # load + warm
                 direct_round(llm, 8)
+                rtt = _round_trips(client, url)
                 rows: dict[str, list[dict[str, float]]] = {"direct": [], "server": []}
                 for _ in range(args.rounds):
                     rows["direct"].append(direct_round(llm, args.tokens))
@@ -154,6 +169,7 @@ def main() -> None:
     print(f"  throughput ratio server/direct (median of paired rounds): {statistics.median(ratios):.3f}")
     print(f"  added TTFT (median of paired rounds): {statistics.median(added):+.2f} ms")
     print(f"  server overhead in TTFT (client TTFT - server's prompt eval, same request): {overhead:.2f} ms")
+    print(f"  trivial GET round trip: {rtt[0]:.2f} ms back to back, {rtt[1]:.2f} ms after 200 ms idle")
     per_round = ", ".join(f"{d['tok_s']:.0f}/{sv['tok_s']:.0f}" for d, sv in both)
     print("  per round direct/server tok/s: " + per_round)
     print("  per round added TTFT ms: " + ", ".join(f"{a:+.1f}" for a in added))
