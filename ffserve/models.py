@@ -78,6 +78,8 @@ def pull(
     ref = canonical(name)
     try:
         remote.pull(ref, store=store, target=target, quantize=quantize, progress=progress, insecure=insecure)
+    except SelectionError as exc:  # no variant, or several, fit: the client must say which
+        raise BadRequest(f"pull {ref}: {exc}") from None
     except (StoreError, ValueError, OSError, RuntimeError) as exc:
         raise ServeError(f"pull {ref} failed: {exc}") from None
 

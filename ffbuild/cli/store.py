@@ -17,7 +17,7 @@ from registry.artifact import (
 )
 from registry.oci import ANN_AGREEMENT, ANN_PPL_RATIO, ANN_VARIANT, OCI_INDEX
 from registry.reference import Reference, ReferenceError, parse_reference
-from registry.store import Store, StoreError
+from registry.store import NotFoundError, Store, StoreError
 
 
 def _ref(text: str) -> Reference:
@@ -69,8 +69,20 @@ def list_command(show_all: bool) -> None:
     print_table(["NAME", "ID", "VARIANTS", "SIZE"], rows)
 
 
-def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles, dict[str, object]]:
-    files = open_variant(store, v.descriptor.digest)
+def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles | None, dict[str, object]]:
+    """A variant's files and figures; ``None`` files for a variant not in the store (a partial pull)."""
+    try:
+        files = open_variant(store, v.descriptor.digest)
+    except NotFoundError:
+        return None, {
+            "variant": v.name,
+            "digest": v.descriptor.digest,
+            "target": v.target,
+            "backend": v.backend,
+            "format": v.format,
+            "quantization": v.quantization,
+            "present": False,
+        }
     ann = files.annotations
     info: dict[str, object] = {
         "variant": v.name,
@@ -84,6 +96,7 @@ def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles, dict[str, ob
         "perplexity_ratio": float(ann[ANN_PPL_RATIO]) if ANN_PPL_RATIO in ann else None,
         "annotations": ann,
         "verify": files.verify,
+        "present": True,
     }
     return files, info
 
@@ -101,7 +114,10 @@ def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
         pairs = [_variant_info(store, v) for v in variants_of(store, ref)]
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    first = pairs[0][0]
+    present = [files for files, _ in pairs if files is not None]
+    if not present:
+        raise click.ClickException(f"none of {ref}'s variants is in the store (ff pull --variant …)")
+    first = present[0]
     if show_modelfile:
         if first.modelfile is None:
             raise click.ClickException(f"{ref} has no stored Modelfile")
@@ -139,9 +155,9 @@ def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
             str(i["target"]),
             str(i["backend"]),
             str(i["quantization"]),
-            human_size(int(str(i["size"]))),
-            figure(i["agreement"]),
-            figure(i["perplexity_ratio"]),
+            human_size(int(str(i["size"]))) if i["present"] else "not present",
+            figure(i.get("agreement")),
+            figure(i.get("perplexity_ratio")),
         ]
         for _, i in pairs
     ]
