@@ -269,11 +269,14 @@ def test_conversion_streams(smollm2_hf: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a
+    # large pytest process would report the parent's peak; VmHWM belongs to the new address space.
     code = (
-        "import resource, sys; from pathlib import Path\n"
+        "import sys; from pathlib import Path\n"
         "from ffbuild.stages.convert import convert_hf_to_gguf\n"
         "convert_hf_to_gguf(Path(sys.argv[1]), Path(sys.argv[2]), 'f16')\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "print(int(hwm.split()[1]) * 1024)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(smollm2_hf), str(tmp_path / "x.gguf")],
