@@ -1,14 +1,13 @@
 """Fixtures for the server tests: real models in a real store, and a real ``ff serve`` subprocess.
 
-The q8_0 SmolLM2 is made from the Q4_1 GGUF with llama.cpp's own quantizer (``allow_requantize``) and
-cached under ~/.cache/ferrousforge-tests, keyed by the source's digest. Most tests share one server
+``smollm2:latest`` is what ``ff build`` makes of the SmolLM2 Hugging Face folder (the shared
+``smollm2_hf`` fixture): q8_0 and q4_k_m variants, as a user would build it. Most tests share one server
 (session scope); tests that need other settings start their own with :func:`start_server`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -42,36 +41,21 @@ from registry.store import Store
 
 CACHE = Path.home() / ".cache" / "ferrousforge-tests" / "ffserve"
 ROOT = Path(__file__).resolve().parents[2]
-Q8_0 = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-@pytest.fixture(scope="session")
-def smollm2_q8_gguf(smollm2_gguf: Path) -> Path:
-    """SmolLM2 at q8_0, requantized from the Q4_1 file by llama.cpp (cached by content)."""
-    out = CACHE / f"smollm2-{_digest(smollm2_gguf)}-q8_0.gguf"
-    if not out.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        code = (
-            "import ctypes, sys, llama_cpp\n"
-            "p = llama_cpp.llama_model_quantize_default_params()\n"
-            f"p.ftype = {Q8_0}; p.allow_requantize = True; p.nthread = 2\n"
-            "a, b = (x.encode() for x in sys.argv[1:3])\n"
-            "sys.exit(llama_cpp.llama_model_quantize(a, b, ctypes.byref(p)))\n"
-        )
-        cmd = [sys.executable, "-c", code, str(smollm2_gguf), str(tmp)]
-        subprocess.run(cmd, check=True, capture_output=True)
-        os.replace(tmp, out)
-    assert out.stat().st_size > smollm2_gguf.stat().st_size
-    return out
+def build_smollm2(home: Path, smollm2_hf: Path) -> None:
+    """``ff build`` SmolLM2 from its Hugging Face folder into ``home``: q8_0 and q4_k_m variants, greedy."""
+    modelfile = home / "smollm2.Modelfile"
+    modelfile.write_text(
+        f"FROM {smollm2_hf}\nQUANTIZE q8_0 q4_k_m\nTASK chat\n"
+        "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
+    cmd = [sys.executable, "-c", "from ffbuild.cli import main; main()", "build", "-f", str(modelfile)]
+    cmd += ["-t", "smollm2:latest"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 def add_model(
@@ -115,13 +99,12 @@ def add_model(
 
 
 @pytest.fixture(scope="session")
-def ff_home(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, smollm2_q8_gguf: Path) -> Path:
-    """FF_HOME with ``smollm2:latest`` (q8_0 + q4_1 variants, greedy by default) and ``tiny:latest``
-    (q4_1 with a Go TEMPLATE and SYSTEM prompt)."""
+def ff_home(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, smollm2_hf: Path) -> Path:
+    """FF_HOME with ``smollm2:latest`` built by ``ff build`` from the HF folder (q8_0 + q4_k_m variants,
+    greedy by default) and ``tiny:latest`` (the shipped Q4_1 with a Go TEMPLATE and SYSTEM prompt)."""
     home = tmp_path_factory.mktemp("ffhome")
+    build_smollm2(home, smollm2_hf)
     store = Store(home / "store")
-    add_model(store, "smollm2:latest", {"q8_0": smollm2_q8_gguf, "q4_1": smollm2_gguf},
-              params={"temperature": 0.0, "stop": ["<|im_end|>"]})
     add_model(
         store,
         "tiny:latest",
