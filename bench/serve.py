@@ -5,7 +5,9 @@ calls ``Llama.create_completion(stream=True)`` in this process; ours streams ``/
 from a ``python -m ffserve serve`` subprocess with httpx and times the chunks as the client sees them.
 Rounds alternate (direct, server, direct, …) so drifting load on the shared machine hits both.
 
-    python bench/serve.py [--gguf PATH] [--threads 2] [--tokens 128] [--rounds 7]
+    python bench/serve.py [--gguf PATH] [--threads N] [--tokens 128] [--rounds 7]
+
+``--threads`` defaults to what ``ff serve`` picks (``ffserve.settings.default_threads``).
 
 Prints medians and the ratios: throughput ours / direct (target ≥ 0.97) and added TTFT (target < 5 ms).
 """
@@ -110,11 +112,15 @@ def _round_trips(client: Any, url: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="default: ff serve's own choice")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY for both sides")
     args = ap.parse_args()
+    if args.threads is None:
+        from ffserve.settings import default_threads
+
+        args.threads = default_threads()
     os.environ["OMP_WAIT_POLICY"] = args.wait_policy  # before llama_cpp is imported, on both sides
     gguf = args.gguf or _default_gguf()
 

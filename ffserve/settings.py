@@ -59,6 +59,16 @@ def _toml_path() -> Path | None:
     return None
 
 
+def default_threads() -> int:
+    """One llama.cpp thread per core but one, which is left to the server's own Python work.
+
+    On 2 cores, 1 thread decodes 2× faster than 2 passive threads and 25× faster than 2 spinning ones
+    once anything else runs (docs/serving.md, ``bench/serve_threads.py``).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 class Settings(BaseSettings):
     """Everything ``ff serve`` can be told. Precedence: flags > ``FF_*`` > TOML (``FF_CONFIG``) > defaults."""
 
@@ -78,7 +88,7 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(default=3, ge=1)
     max_queue: int = Field(default=64, ge=1)
     num_parallel: int = Field(default=1, ge=1, le=64)
-    num_threads: int = Field(default=0, ge=0)  # 0: chosen from the CPU count (docs/serving.md)
+    num_threads: int = Field(default=0, ge=0)  # 0: default_threads() (docs/serving.md)
     num_ctx: int = Field(default=2048, ge=16)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
@@ -127,5 +137,4 @@ class Settings(BaseSettings):
         """llama.cpp threads per model: ``num_threads`` or the default measured in docs/serving.md."""
         if self.num_threads:
             return self.num_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores)
+        return default_threads()

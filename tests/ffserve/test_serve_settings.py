@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,15 @@ def test_scheduler_evicts_lru_never_in_use_and_respects_budget(ff_home: Path) ->
             await small.get("tiny")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (4, 3), (16, 15)])
+def test_default_threads_leave_a_core_to_the_server(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    from ffserve.settings import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert default_threads() == threads
+    assert Settings().threads() == threads
+    assert Settings(num_threads=5).threads() == 5
