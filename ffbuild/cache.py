@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ffbuild.stages.atomic import pid_alive
 from registry.home import cache_dir
 from registry.oci import canonical_json
 from registry.store import sha256_file
@@ -78,16 +79,6 @@ class Entry:
         return self.path / name
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class BuildCache:
     """Stage outputs keyed by input digests; see the module docstring for the guarantees."""
 
@@ -109,7 +100,7 @@ class BuildCache:
                     pid = int(tmp.name.split("-")[1])
                 except (IndexError, ValueError):
                     pid = -1
-                if pid <= 0 or not _pid_alive(pid):
+                if pid <= 0 or not pid_alive(pid):
                     shutil.rmtree(tmp, ignore_errors=True)
 
     def _lock(self, stage: str, key: str) -> FileLock:

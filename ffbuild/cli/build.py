@@ -7,17 +7,8 @@ from pathlib import Path
 
 import click
 
+from ffbuild.cli.check import parse_build_args
 from ffbuild.cli.render import RichProgress, figure, human_size, make_progress, print_table
-
-
-def _build_args(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--build-arg")
-        out[key] = value
-    return out
 
 
 @click.command("build")
@@ -79,7 +70,7 @@ def build_command(
             parse_file(path),
             context=path.resolve().parent,
             modelfile_path=path.resolve(),
-            build_args=_build_args(build_args),
+            build_args=parse_build_args(build_args),
             quantize=list(quantize) or None,
             targets=list(targets) or None,
         )

@@ -12,14 +12,18 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from registry.store import fsync_dir
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (temp names carry the pid of their writer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -38,7 +42,7 @@ def atomic_output(dst: Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ffbuild.plan import Message, Variant
+from ffbuild.stages.atomic import pid_alive
 from ffbuild.stages.errors import StageError
 from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
 from registry.modelpack import (
@@ -114,16 +115,6 @@ class ModelMeta:
 _INGEST_PREFIX = ".ffbuild-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_ingest(store: Store) -> list[Path]:
     """Remove temp files that killed builds left in ``store/ingest`` (named with their pid)."""
     removed = []
@@ -132,7 +123,7 @@ def clean_ingest(store: Store) -> list[Path]:
             pid = int(tmp.name[len(_INGEST_PREFIX) :].split("-", 1)[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
