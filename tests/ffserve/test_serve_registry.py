@@ -13,10 +13,12 @@ import pytest
 from conftest import ROOT, Server, start_server
 
 sys.path.insert(0, str(ROOT / "tests" / "registry"))
-from remote_testkit import RegistryServer, start_registry, stop_registry
+from remote_testkit import RegistryServer, ollama_manifest, push_raw, start_registry, stop_registry
+
+from registry.oci import DOCKER_MANIFEST, OLLAMA_PARAMS, OLLAMA_TEMPLATE
 
 pytestmark = pytest.mark.registry
-QUESTION = "What is the capital of France? Answer in one word."
+QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +66,18 @@ def test_pull_on_demand(ff_home: Path, registry: RegistryServer, tmp_path: Path)
         assert r.status_code == 200, r.text
         assert "Paris" in r.json()["message"]["content"]
         assert remote in {m["name"] for m in httpx.get(s.url + "/api/tags").json()["models"]}
+
+
+def test_pulled_ollama_model_is_served(server: Server, registry: RegistryServer, smollm2_gguf: Path) -> None:
+    """An Ollama-format manifest (Docker v2, vnd.ollama layers) pulled through /api/pull answers chats."""
+    template = b"<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    params = json.dumps({"stop": ["<|im_end|>"], "temperature": 0}).encode()
+    manifest, blobs = ollama_manifest(
+        smollm2_gguf.read_bytes(), [(template, OLLAMA_TEMPLATE), (params, OLLAMA_PARAMS)]
+    )
+    push_raw(registry.host, "library/smol", "q4", blobs, manifest, DOCKER_MANIFEST)
+    ref = f"{registry.host}/library/smol:q4"
+    oc = ollama.Client(host=server.url)
+    assert list(oc.pull(ref, insecure=True, stream=True))[-1].status == "success"
+    r = oc.generate(model=ref, prompt=QUESTION)
+    assert "Paris" in r.response and r.done_reason == "stop", r.response

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from registry.oci import DOCKER_CONFIG, DOCKER_MANIFEST, OLLAMA_MODEL
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USER, PASSWORD = "ffuser", "s3cret-pass"
@@ -278,3 +282,27 @@ def make_tls(root: Path) -> tuple[Path, Path, Path]:
     ):
         subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
     return ca, cert, key
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def ollama_manifest(
+    weights: bytes, extra: list[tuple[bytes, str]]
+) -> tuple[dict[str, object], list[bytes]]:
+    """An Ollama-format (Docker v2) manifest of ``weights`` plus ``extra`` layers, and its blobs."""
+    layers = [(weights, OLLAMA_MODEL), *extra]
+    config = json.dumps({
+        # family and size deliberately wrong: the GGUF header is the source of truth when it can be read
+        "model_format": "gguf", "model_family": "notllama", "model_families": ["notllama"],
+        "model_type": "9B", "file_type": "Q4_1", "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [_sha256(d) for d, _ in layers]},
+    }).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": blob_desc(config, DOCKER_CONFIG),
+        "layers": [blob_desc(d, mt) for d, mt in layers],
+    }
+    return manifest, [config, *[d for d, _ in layers]]

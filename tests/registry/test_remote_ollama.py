@@ -7,18 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from remote_testkit import RegistryServer, blob_desc, push_raw
+from remote_testkit import RegistryServer, ollama_manifest, push_raw
 
 from registry.artifact import ArtifactError, open_variant, variants_of
 from registry.oci import (
-    DOCKER_CONFIG,
     DOCKER_MANIFEST,
     FF_PARAMS,
     FF_TEMPLATE,
     MODEL_WEIGHT,
     OLLAMA_LICENSE,
     OLLAMA_MESSAGES,
-    OLLAMA_MODEL,
     OLLAMA_PARAMS,
     OLLAMA_SYSTEM,
     OLLAMA_TEMPLATE,
@@ -38,32 +36,13 @@ MESSAGES = json.dumps(
 ).encode()
 
 
-def _ollama_manifest(
-    weights: bytes, extra: list[tuple[bytes, str]]
-) -> tuple[dict[str, object], list[bytes]]:
-    layers = [(weights, OLLAMA_MODEL), *extra]
-    config = json.dumps({
-        # family and size deliberately wrong: the GGUF header is the source of truth when it can be read
-        "model_format": "gguf", "model_family": "notllama", "model_families": ["notllama"],
-        "model_type": "9B", "file_type": "Q4_1", "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [_digest(d) for d, _ in layers]},
-    }).encode()
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": blob_desc(config, DOCKER_CONFIG),
-        "layers": [blob_desc(d, mt) for d, mt in layers],
-    }
-    return manifest, [config, *[d for d, _ in layers]]
-
-
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def test_pull_ollama_manifest(registry_server: RegistryServer, smollm2_gguf: Path, tmp_path: Path) -> None:
+def test_pullollama_manifest(registry_server: RegistryServer, smollm2_gguf: Path, tmp_path: Path) -> None:
     weights = smollm2_gguf.read_bytes()
-    manifest, blobs = _ollama_manifest(weights, [
+    manifest, blobs = ollama_manifest(weights, [
         (TEMPLATE, OLLAMA_TEMPLATE),
         (b"You are a helpful assistant.", OLLAMA_SYSTEM),
         (PARAMS, OLLAMA_PARAMS),
@@ -96,7 +75,7 @@ def test_pull_ollama_manifest(registry_server: RegistryServer, smollm2_gguf: Pat
 
 def test_unknown_ollama_layer_is_refused(registry_server: RegistryServer, tmp_path: Path) -> None:
     projector = (b"proj", "application/vnd.ollama.image.projector")
-    manifest, blobs = _ollama_manifest(b"GGUF" + b"\0" * 64, [projector])
+    manifest, blobs = ollama_manifest(b"GGUF" + b"\0" * 64, [projector])
     push_raw(registry_server.host, "library/vision", "1", blobs, manifest, DOCKER_MANIFEST)
     store = Store(tmp_path / "store")
     with pytest.raises(ArtifactError, match=r"image\.projector is not supported"):
