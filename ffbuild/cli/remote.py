@@ -97,8 +97,17 @@ def _progress(quiet: bool, as_json: bool) -> Iterator[Callable[[object], None]]:
         yield show
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
+@contextmanager
+def _expected_errors() -> Iterator[None]:
+    """Registry, store, reference and variant-choice errors end the command with their message."""
+    from registry.reference import ReferenceError
+    from registry.select import SelectionError
+    from registry.store import StoreError
+
+    try:
+        yield
+    except (StoreError, ReferenceError, SelectionError, OSError) as exc:  # RegistryError is an OSError
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("push")
@@ -110,20 +119,13 @@ def push(
     ref: str, remote: str | None, insecure: bool, ca_file: str | None, quiet: bool, as_json: bool
 ) -> None:
     """Push model REF from the store to REMOTE (host[:port]/ns/name:tag; default REF itself)."""
-    from registry.reference import ReferenceError
     from registry.remote import push as do_push
-    from registry.store import Store, StoreError
+    from registry.store import Store
 
-    try:
-        with _progress(quiet, as_json) as progress:
-            result = do_push(
-                ref, store=Store(), remote_ref=remote, insecure=insecure, ca_file=ca_file, progress=progress
-            )
-    except (StoreError, ReferenceError, OSError) as exc:
-        raise _fail(exc) from None
-    except Exception as exc:
-        _reraise_registry(exc)
-        raise
+    with _expected_errors(), _progress(quiet, as_json) as progress:
+        result = do_push(
+            ref, store=Store(), remote_ref=remote, insecure=insecure, ca_file=ca_file, progress=progress
+        )
     if as_json:
         click.echo(json.dumps({"status": "result", **asdict(result)}))
     elif not quiet:
@@ -131,14 +133,6 @@ def push(
             f"pushed {result.remote} ({result.digest}): {result.blobs_uploaded} blobs uploaded "
             f"({result.bytes_uploaded} bytes), {result.blobs_skipped} already there"
         )
-
-
-def _reraise_registry(exc: Exception) -> None:
-    from registry.http import RegistryError
-    from registry.select import SelectionError
-
-    if isinstance(exc, RegistryError | SelectionError):
-        raise _fail(exc) from None
 
 
 @click.command("pull")
@@ -163,22 +157,15 @@ def pull(
     as_json: bool,
 ) -> None:
     """Pull REF (host[:port]/ns/name:tag or …@sha256:…): the variant that fits this machine."""
-    from registry.reference import ReferenceError
     from registry.remote import pull as do_pull
-    from registry.store import Store, StoreError
+    from registry.store import Store
 
-    try:
-        with _progress(quiet, as_json) as progress:
-            result = do_pull(
-                ref, store=Store(), target=target, quantize=quantize, variant=variant,
-                all_variants=all_variants, local_name=local_name, insecure=insecure, ca_file=ca_file,
-                progress=progress,
-            )
-    except (StoreError, ReferenceError, OSError) as exc:
-        raise _fail(exc) from None
-    except Exception as exc:
-        _reraise_registry(exc)
-        raise
+    with _expected_errors(), _progress(quiet, as_json) as progress:
+        result = do_pull(
+            ref, store=Store(), target=target, quantize=quantize, variant=variant,
+            all_variants=all_variants, local_name=local_name, insecure=insecure, ca_file=ca_file,
+            progress=progress,
+        )
     if as_json:
         click.echo(json.dumps({"status": "result", **asdict(result)}))
     elif not quiet:
@@ -212,11 +199,8 @@ def login(
         username = click.prompt("Username")
     if not password:
         password = click.prompt("Password", hide_input=True)
-    try:
+    with _expected_errors():
         path = do_login(host, username or "", password or "", insecure=insecure, ca_file=ca_file)
-    except Exception as exc:
-        _reraise_registry(exc)
-        raise
     click.echo(f"Login succeeded (credentials saved in {path})")
 
 
@@ -225,12 +209,9 @@ def login(
 def logout(host: str) -> None:
     """Remove the stored credentials for registry HOST."""
     from registry.auth import docker_config_path, remove_credentials
-    from registry.http import RegistryError
 
-    try:
+    with _expected_errors():
         removed = remove_credentials(host)
-    except RegistryError as exc:
-        raise _fail(exc) from None
     if not removed:
         raise click.ClickException(f"not logged in to {host} (in {docker_config_path()})")
     click.echo(f"Removed login credentials for {host}")

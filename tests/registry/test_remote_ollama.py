@@ -40,7 +40,7 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def test_pullollama_manifest(registry_server: RegistryServer, smollm2_gguf: Path, tmp_path: Path) -> None:
+def test_pull_ollama_manifest(registry_server: RegistryServer, smollm2_gguf: Path, tmp_path: Path) -> None:
     weights = smollm2_gguf.read_bytes()
     manifest, blobs = ollama_manifest(weights, [
         (TEMPLATE, OLLAMA_TEMPLATE),
