@@ -203,4 +203,4 @@ def cached_gguf(
     digest, size = entry.meta.get("digest"), entry.meta.get("size")
     if not isinstance(digest, str) or not isinstance(size, int) or not path.is_file():
         raise BuildError(f"the {stage} cache entry {entry.path} is damaged; delete it and build again")
-    return WeightFile(path, digest, size), time.perf_counter() - start, hit
+    return WeightFile(path, digest, size, build_owned=True), time.perf_counter() - start, hit

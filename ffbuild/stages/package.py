@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,11 +77,17 @@ class PackageError(StageError):
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A file going into the store as a layer, with the digest its producer computed."""
+    """A file going into the store as a layer, with the digest its producer computed.
+
+    ``build_owned`` marks files the build made (cache entries, never modified in place), which may be
+    hard-linked into the store; a user's own file is always copied, so editing it later cannot
+    change a stored blob under its digest.
+    """
 
     path: Path
     digest: str
     size: int
+    build_owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,20 +137,24 @@ def clean_ingest(store: Store) -> list[Path]:
 
 
 def add_blob(store: Store, f: WeightFile) -> None:
-    """Put a large file in the store under its digest (hard link when possible, else copy); verified."""
+    """Put a large file in the store under its digest, verified: hard-linked when the build owns it
+    (and the file system allows), else copied."""
     if store.has_blob(f.digest):
         return
     fd, name = tempfile.mkstemp(dir=store.ingest, prefix=f"{_INGEST_PREFIX}{os.getpid()}-")
     os.close(fd)
     tmp = Path(name)
     try:
-        tmp.unlink()
-        try:
-            os.link(f.path, tmp)
-        except OSError:
-            with open(f.path, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 22):
-                    dst.write(chunk)
+        linked = False
+        if f.build_owned:
+            tmp.unlink()
+            try:
+                os.link(f.path, tmp)
+                linked = True
+            except OSError:
+                pass
+        if not linked:
+            shutil.copyfile(f.path, tmp)
         store.commit_file(tmp, expected_digest=f.digest, expected_size=f.size)
     except DigestMismatchError as exc:
         raise PackageError(
