@@ -60,6 +60,7 @@ OLLAMA_PARAMS: Final = "application/vnd.ollama.image.params"
 OLLAMA_MESSAGES: Final = "application/vnd.ollama.image.messages"
 OLLAMA_LICENSE: Final = "application/vnd.ollama.image.license"
 DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
 
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024

@@ -233,31 +233,33 @@ def pull(
     client: RegistryClient | None = None,
 ) -> PullResult:
     """Pull ``host/ns/name:tag`` (or ``…@sha256:…``) into the store; see the module docstring."""
-    r = _remote(ref)
-    cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
-    repo = r.repository
-    progress(ProgressEvent("resolving", title=str(r)))
-    top_bytes, media_type, top_digest = get_manifest(cl, repo, r.digest or r.tag or "latest")
-    if r.digest and top_digest != r.digest:
-        raise RemoteError(f"{r}: the registry answered {top_digest}")
-    doc = parse_manifest(top_bytes)
-    tag = r.tag or ("sha256-" + top_digest.split(":", 1)[1])
-    names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
-    result = PullResult(remote=str(r), digest=top_digest, local_digest=top_digest)
+    with store.writing():  # prune waits: fetched blobs are unreachable until the tags are written
+        r = _remote(ref)
+        cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
+        repo = r.repository
+        progress(ProgressEvent("resolving", title=str(r)))
+        top_bytes, media_type, top_digest = get_manifest(cl, repo, r.digest or r.tag or "latest")
+        if r.digest and top_digest != r.digest:
+            raise RemoteError(f"{r}: the registry answered {top_digest}")
+        doc = parse_manifest(top_bytes)
+        tag = r.tag or ("sha256-" + top_digest.split(":", 1)[1])
+        names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
+        result = PullResult(remote=str(r), digest=top_digest, local_digest=top_digest)
 
-    if isinstance(doc, Manifest) and is_ollama_manifest(doc):
-        result.ollama = True
-        if doc.config.size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{r}: Ollama config of {doc.config.size} bytes is over the limit")
-        ff_layers(doc)  # refuses unsupported layer types before anything is fetched
-        ollama_blobs = [(doc.config, "config"), *[(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]]
-        _fetch_blobs(cl, repo, store, ollama_blobs, progress, result)
-        index_desc, vname = store_ollama_model(store, doc, names)
-        result.local_digest = index_desc.digest
-        result.variants = [vname]
-        result.tags = [str(n) for n in names]
-        progress(ProgressEvent("success", index_desc.digest, title=str(r)))
-        return result
+        if isinstance(doc, Manifest) and is_ollama_manifest(doc):
+            result.ollama = True
+            if doc.config.size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(f"{r}: Ollama config of {doc.config.size} bytes is over the limit")
+            ff_layers(doc)  # refuses unsupported layer types before anything is fetched
+            layer_blobs = [(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]
+            ollama_blobs = [(doc.config, "config"), *layer_blobs]
+            _fetch_blobs(cl, repo, store, ollama_blobs, progress, result)
+            index_desc, vname = store_ollama_model(store, doc, names)
+            result.local_digest = index_desc.digest
+            result.variants = [vname]
+            result.tags = [str(n) for n in names]
+            progress(ProgressEvent("success", index_desc.digest, title=str(r)))
+            return result
 
     if isinstance(doc, Index):
         if media_type not in INDEX_TYPES:

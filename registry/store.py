@@ -16,6 +16,7 @@ builds and pulls are safe.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,16 +31,22 @@ from filelock import FileLock
 from registry.home import store_dir
 from registry.oci import (
     ANNOTATION_REF_NAME,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     MAX_MANIFEST_BYTES,
     OCI_INDEX,
     OCI_LAYOUT_VERSION,
+    OCI_MANIFEST,
     Descriptor,
+    Index,
+    Manifest,
     canonical_json,
     check_digest,
 )
 from registry.reference import Reference, parse_reference
 
 CHUNK = 1 << 20
+_GRAPH_TYPES = frozenset({OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST})
 
 
 class StoreError(Exception):
@@ -114,6 +121,23 @@ class Store:
         """A cross-process lock; use one per blob digest or per reference being written."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return FileLock(str(self.locks / f"{safe}.lock"))
+
+    @contextlib.contextmanager
+    def _gc_lock(self, mode: int) -> Iterator[None]:
+        fd = os.open(self.locks / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold (shared) while adding blobs that a tag will reach only later (a build, a pull):
+        :meth:`prune` takes the lock exclusively, so it never deletes blobs between their commit and
+        the tag that makes them reachable. Any number of writers run at once."""
+        with self._gc_lock(fcntl.LOCK_SH):
+            yield
 
     # --- blobs -------------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -270,7 +294,10 @@ class Store:
         name = self.ref_name(r)
         for m in self._read_index():
             if (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) == name:
-                return Descriptor.model_validate(m)
+                desc = Descriptor.model_validate(m)
+                if r.digest is not None and desc.digest != r.digest:
+                    raise NotFoundError(f"{name} is {desc.digest}, not the pinned {r.digest}")
+                return desc
         raise NotFoundError(f"model {name!r} is not in the store (see `ff list`)")
 
     def tags(self) -> list[tuple[str, Descriptor]]:
@@ -282,39 +309,42 @@ class Store:
         return out
 
     # --- graph walking and pruning -----------------------------------------------------------------
-    def children(self, digest: str) -> Iterator[str]:
-        """Blobs directly referenced by a manifest or index blob (config, layers, child manifests)."""
+    def children(self, digest: str) -> Iterator[tuple[str, str]]:
+        """``(digest, mediaType)`` of what a manifest or index blob references (config, layers, child
+        manifests); a blob that is not a well-formed manifest or index is a :class:`StoreError`."""
         obj = self.read_json(digest)
-        if "manifests" in obj:
-            for d in obj.get("manifests") or []:
-                yield str(d["digest"])
-        if "config" in obj:
-            yield str(obj["config"]["digest"])
-        for d in obj.get("layers") or []:
-            yield str(d["digest"])
+        try:
+            if "manifests" in obj:
+                for d in Index.model_validate(obj).manifests:
+                    yield d.digest, d.media_type
+            else:
+                m = Manifest.model_validate(obj)
+                for d in (m.config, *m.layers):
+                    yield d.digest, d.media_type
+        except ValueError as exc:
+            raise StoreError(f"manifest {digest} is malformed: {exc}") from None
 
     def reachable(self, roots: Iterable[str]) -> set[str]:
+        """Every blob reachable from ``roots`` (manifests or indexes, as tags point at). Only children
+        whose descriptor says they are a manifest or an index are descended into, never layers."""
         seen: set[str] = set()
-        stack = list(roots)
+        stack: list[tuple[str, str | None]] = [(d, None) for d in roots]
         while stack:
-            d = stack.pop()
+            d, media_type = stack.pop()
             if d in seen or not self.has_blob(d):
                 continue
             seen.add(d)
-            path = self.blob_path(d)
-            if path.stat().st_size <= MAX_MANIFEST_BYTES:
-                try:
-                    obj = json.loads(path.read_bytes())
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
-                if isinstance(obj, dict) and ("manifests" in obj or "layers" in obj):
-                    stack.extend(self.children(d))
+            if media_type is None or media_type in _GRAPH_TYPES:
+                stack.extend(self.children(d))
         return seen
 
     def prune(self) -> list[tuple[str, int]]:
-        """Delete blobs no tag reaches and stale temp files; return what was removed."""
+        """Delete blobs no tag reaches (after builds and pulls in progress finish); return them.
+
+        Resumable downloads in ``ingest/`` are kept. A tagged manifest that cannot be read stops the
+        prune with a :class:`StoreError` rather than deleting what it may reference."""
         removed: list[tuple[str, int]] = []
-        with self.lock("index"):
+        with self._gc_lock(fcntl.LOCK_EX), self.lock("index"):
             keep = self.reachable(d.digest for _, d in self.tags())
             for path in self.blobs.iterdir():
                 digest = "sha256:" + path.name

@@ -279,14 +279,15 @@ def package_model(
     names = [p.variant.name for p in payloads]
     if len(set(names)) != len(names):
         raise PackageError(f"two variants share a name: {', '.join(sorted(names))}")
-    clean_ingest(store)
-    variants = [write_variant_manifest(store, meta, p) for p in payloads]
-    index = write_index(store, variants)
-    if ref.tag is None:
-        raise PackageError(f"{ref}: a model needs a tag")
-    with contextlib.suppress(StoreError):
-        for old in variants_of(store, ref):
-            if old.name not in names:
-                store.untag(ref.with_tag(variant_tag(ref.tag, old.name)))
-    tags = tag_model(store, ref, index)
-    return index, variants, tags
+    with store.writing():  # prune waits: the new blobs are unreachable until the tags are written
+        clean_ingest(store)
+        variants = [write_variant_manifest(store, meta, p) for p in payloads]
+        index = write_index(store, variants)
+        if ref.tag is None:
+            raise PackageError(f"{ref}: a model needs a tag")
+        with contextlib.suppress(StoreError):
+            for old in variants_of(store, ref):
+                if old.name not in names:
+                    store.untag(ref.with_tag(variant_tag(ref.tag, old.name)))
+        tags = tag_model(store, ref, index)
+        return index, variants, tags

@@ -119,3 +119,64 @@ def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
     leftovers = [p for p in (tmp_path / "s").rglob(".tmp-*")]
     assert leftovers == []
     assert os.listdir(store.ingest) == []
+
+
+def _manifest_with_layer(store: Store, layer_data: bytes) -> Descriptor:
+    layer, size = store.add_bytes(layer_data)
+    cfg, _ = store.add_bytes(b"{}")
+    return store.add_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/json", "digest": cfg, "size": 2},
+            "layers": [
+                {"mediaType": "application/vnd.ferrousforge.template.v1+text", "digest": layer, "size": size}
+            ],
+        },
+        OCI_MANIFEST,
+    )
+
+
+def test_prune_does_not_walk_into_layers_that_look_like_manifests(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    hostile = b'{"layers": 5, "manifests": "x"}'  # a template layer shaped like a manifest
+    store.tag("m:1", _manifest_with_layer(store, hostile))
+    assert store.prune() == []
+    assert store.has_blob(_digest(hostile))
+
+
+def test_prune_refuses_a_malformed_tagged_manifest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    bad = store.add_json({"schemaVersion": 2, "layers": 5}, OCI_MANIFEST)
+    store.tag("m:1", bad)
+    orphan, _ = store.add_bytes(b"orphan")
+    with pytest.raises(StoreError, match="malformed"):
+        store.prune()
+    assert store.has_blob(orphan)  # nothing deleted
+
+
+def test_prune_waits_for_writers(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    store = Store(tmp_path / "s")
+    pruned: list[list[tuple[str, int]]] = []
+    with store.writing():
+        man = _manifest_with_layer(store, b"fresh weights")  # committed, not yet tagged
+        t = threading.Thread(target=lambda: pruned.append(Store(tmp_path / "s").prune()))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive(), "prune must wait while a writer holds the store"
+        store.tag("m:1", man)
+    t.join(10)
+    assert pruned == [[]] and store.has_blob(_digest(b"fresh weights"))
+
+
+def test_digest_pinned_tag_must_match(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    a = store.add_json({"a": 1}, OCI_MANIFEST)
+    b = store.add_json({"b": 2}, OCI_MANIFEST)
+    store.tag("m:1", a)
+    assert store.resolve(f"m:1@{a.digest}").digest == a.digest
+    with pytest.raises(NotFoundError, match="pinned"):
+        store.resolve(f"m:1@{b.digest}")
