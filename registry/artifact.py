@@ -137,7 +137,12 @@ def write_index(
 
 def variant_tag(tag: str, variant: str) -> str:
     """The tag a variant is also known by: ``<tag>-<variant>`` (OCI tags allow ``[A-Za-z0-9_.-]``)."""
-    return f"{tag}-{variant}"[:128]
+    name = f"{tag}-{variant}"
+    if len(name) > 128:
+        raise ArtifactError(
+            f"variant tag {name[:40]}… is {len(name)} characters; OCI tags hold 128: use a shorter tag"
+        )
+    return name
 
 
 def tag_model(store: Store, ref: str | Reference, index: Descriptor) -> list[str]:

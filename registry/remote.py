@@ -21,6 +21,7 @@ from registry.oci import (
     ANN_VARIANT,
     ANNOTATION_FILEPATH,
     DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     MAX_MANIFEST_BYTES,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -33,7 +34,6 @@ from registry.reference import Reference, parse_reference
 from registry.select import HostInfo, select_variant
 from registry.store import Store
 from registry.transfer import (
-    DOCKER_MANIFEST_LIST,
     ProgressEvent,
     ProgressFn,
     download_blob,

@@ -20,10 +20,16 @@ from typing import BinaryIO
 import oras.utils
 
 from registry.http import InterruptedTransfer, RegistryClient, RegistryError, iter_body
-from registry.oci import DOCKER_MANIFEST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
+from registry.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+)
 from registry.store import DigestMismatchError, Store
 
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
 CHUNK_SIZE = 64 * 1024 * 1024
 """Blobs larger than this are uploaded as several PATCH requests of this size."""

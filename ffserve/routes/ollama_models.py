@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ffserve import __version__
-from ffserve.errors import BadRequest, ModelNotFound, ServeError
+from ffserve.errors import BadRequest, ModelNotFound, ServeError, Unauthorized
 from ffserve.models import canonical, remote_module
 from ffserve.state import Engine, engine
 from ffserve.streaming import EventStream, ndjson
@@ -181,7 +181,7 @@ async def _transfer(request: Request, push: bool) -> Response:
                 store=e.store,
                 target=s.target,
                 quantize=s.quantize,
-                insecure=body.insecure,
+                insecure=body.insecure or s.registry_insecure,
                 progress=progress,
             )
             e.scheduler.forget(name)
@@ -192,7 +192,17 @@ async def _transfer(request: Request, push: bool) -> Response:
     def failure(exc: BaseException) -> ServeError:
         if isinstance(exc, ServeError):
             return exc
-        return ServeError(f"{'push' if push else 'pull'} {name} failed: {exc}")
+        from registry.http import AuthError  # registry.remote (and oras) load only when used
+        from registry.remote import RemoteError
+
+        message = f"{'push' if push else 'pull'} {name} failed: {exc}"
+        if isinstance(exc, AuthError):
+            return Unauthorized(message)
+        if isinstance(exc, NotFoundError):
+            return ModelNotFound(message)
+        if isinstance(exc, ValueError | LookupError | RemoteError):  # bad reference, no fitting variant
+            return BadRequest(message)
+        return ServeError(message)
 
     if not body.stream:
         try:

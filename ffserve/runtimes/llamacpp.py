@@ -247,6 +247,9 @@ class LlamaCppRuntime:
 
         def run(slot: _Slot, emit: Callable[[object], None]) -> None:
             llm = slot.text()
+            n_vocab = llm.n_vocab()
+            if any(not 0 <= t < n_vocab for t in context):
+                raise RequestRejected(f"context holds token ids outside the vocabulary (0..{n_vocab - 1})")
             tokens = context + llm.tokenize(prompt.encode("utf-8"), add_bos=not context, special=True)
             if len(tokens) >= llm.n_ctx():
                 raise PromptTooLong(

@@ -20,6 +20,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
         data = json.loads(raw) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body nests too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:

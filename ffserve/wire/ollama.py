@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -11,6 +12,8 @@ from ffserve.runtime import ParamValue
 from ffserve.settings import parse_duration
 
 Options = dict[str, ParamValue]
+KEEP_ALIVE_FOREVER_AFTER = 10 * 365 * 24 * 3600.0
+"""A keep_alive longer than ten years means forever (and keeps expiry times representable)."""
 FormatField = Literal["", "json"] | dict[str, object] | None
 
 
@@ -28,6 +31,15 @@ class _ModelReq(_Req):
         if isinstance(v, str):
             return parse_duration(v)
         return v
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _ka_bounds(cls, v: float | None) -> float | None:
+        if v is None:
+            return None
+        if not math.isfinite(v):
+            raise ValueError("keep_alive must be a finite duration (a negative one keeps the model loaded)")
+        return -1.0 if v > KEEP_ALIVE_FOREVER_AFTER else v
 
 
 class Message(_Req):

@@ -126,3 +126,21 @@ def test_num_parallel_runs_two_requests_at_once(ff_home: Path, tmp_path: Path) -
             time.sleep(0.01)
         assert peak[0] == 2  # both slots busy at once
         assert results == [alone, alone]  # each slot has its own context: same greedy answer
+
+
+def test_hostile_bodies_are_400s_not_500s(server: Server) -> None:
+    """Out-of-vocabulary context ids, deeply nested JSON and infinite keep_alive: each a JSON 400."""
+    cases = [
+        {"model": "smollm2", "prompt": "Hi", "context": [1, 999_999_999], "stream": False},
+        {"model": "smollm2", "prompt": "Hi", "keep_alive": "inf", "stream": False},
+    ]
+    for body in cases:
+        r = httpx.post(server.url + "/api/generate", json=body, timeout=60)
+        assert r.status_code == 400, (body, r.status_code, r.text)
+        assert isinstance(r.json()["error"], str)
+    deep = "[" * 100_000 + "]" * 100_000
+    r = httpx.post(server.url + "/api/generate", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nests too deeply" in r.json()["error"]
+    ok = httpx.post(server.url + "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
+                                                       "options": {"num_predict": 2}}, timeout=60)
+    assert ok.status_code == 200  # the model still serves after the rejected requests

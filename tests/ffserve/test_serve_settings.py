@@ -118,3 +118,20 @@ def test_default_threads_leave_a_core_to_the_server(
     assert default_threads() == threads
     assert Settings().threads() == threads
     assert Settings(num_threads=5).threads() == 5
+
+
+@pytest.mark.parametrize("value", ["inf", 1e309, "nan", "-inf"])
+def test_keep_alive_must_be_finite(value: object) -> None:
+    from pydantic import ValidationError
+
+    from ffserve.wire.ollama import GenerateRequest
+
+    with pytest.raises(ValidationError, match="finite"):
+        GenerateRequest.model_validate({"model": "m", "keep_alive": value})
+
+
+def test_huge_keep_alive_means_forever() -> None:
+    from ffserve.wire.ollama import GenerateRequest
+
+    assert GenerateRequest.model_validate({"model": "m", "keep_alive": 1e18}).keep_alive == -1.0
+    assert GenerateRequest.model_validate({"model": "m", "keep_alive": "5m"}).keep_alive == 300.0

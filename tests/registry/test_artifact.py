@@ -159,3 +159,11 @@ def test_modelpack_forbids_extra_fields() -> None:
         )
     with pytest.raises(ValueError):
         ModelConfig(param_size="lots")
+
+
+def test_variant_tags_are_never_truncated() -> None:
+    from registry.artifact import variant_tag
+
+    assert variant_tag("v1", "q8_0-cpu") == "v1-q8_0-cpu"
+    with pytest.raises(ArtifactError, match="128"):
+        variant_tag("t" * 120, "q4_k_m-cpu")  # cut, two variants could share one tag
