@@ -21,3 +21,15 @@ def test_readme_modelfile_plans() -> None:
     assert [v.name for v in plan.variants] == ["f16-cpu", "q8_0-cpu", "q4_k_m-cpu"]
     assert plan.task == "chat" and plan.parameters["stop"] == ["<|im_end|>"]
     assert plan.verify.min_agreement == 0.5
+
+
+def test_python_m_ffbuild_is_the_ff_command() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ffbuild", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for command in ("build", "check", "pull", "push", "serve", "run", "show"):
+        assert f"  {command} " in out.stdout, command
