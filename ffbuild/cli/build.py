@@ -7,24 +7,13 @@ from pathlib import Path
 
 import click
 
-from ffbuild.cli.check import parse_build_args
+from ffbuild.cli.check import parse_build_args, plan_options
 from ffbuild.cli.render import RichProgress, figure, human_size, make_progress, print_table
 
 
 @click.command("build")
-@click.option(
-    "-f",
-    "--file",
-    "modelfile",
-    type=click.Path(path_type=Path),
-    default=Path("Modelfile"),
-    show_default=True,
-    help="the Modelfile (or a folder holding one)",
-)
+@plan_options
 @click.option("-t", "--tag", "tag", required=True, help="name:tag to store the model as")
-@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="set an ARG")
-@click.option("--quantize", "quantize", multiple=True, metavar="TYPE", help="replace the QUANTIZE types")
-@click.option("--target", "targets", multiple=True, metavar="TARGET", help="replace the TARGETs")
 @click.option("--allow-requantize", is_flag=True, help="allow quantizing an already quantized GGUF source")
 @click.option("--no-verify", is_flag=True, help="skip the verify stage (no quality figures are stored)")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for quantize/verify")

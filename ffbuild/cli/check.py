@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -30,19 +31,36 @@ def parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def plan_options(f: F) -> F:
+    """The options ``ff check`` and ``ff build`` share: the Modelfile, its ARGs, QUANTIZE/TARGET overrides."""
+    options = [
+        click.option(
+            "-f",
+            "--file",
+            "modelfile",
+            type=click.Path(path_type=Path),
+            default=Path("Modelfile"),
+            show_default=True,
+            help="the Modelfile (or a folder holding one)",
+        ),
+        click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE", help="set an ARG"),
+        click.option(
+            "--quantize", multiple=True, metavar="TYPE", help="replace the QUANTIZE types (repeatable)"
+        ),
+        click.option(
+            "--target", "targets", multiple=True, metavar="TARGET", help="replace the TARGETs (repeatable)"
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @click.command("check")
-@click.option(
-    "-f",
-    "--file",
-    "modelfile",
-    type=click.Path(path_type=Path),
-    default=Path("Modelfile"),
-    show_default=True,
-    help="the Modelfile (or a folder holding one)",
-)
-@click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE", help="set an ARG")
-@click.option("--quantize", multiple=True, metavar="TYPE", help="replace the QUANTIZE types (repeatable)")
-@click.option("--target", "targets", multiple=True, metavar="TARGET", help="replace the TARGETs (repeatable)")
+@plan_options
 @click.option("--json", "as_json", is_flag=True, help="print the plan (or the errors) as JSON on stdout")
 def check_command(
     modelfile: Path,
