@@ -61,6 +61,14 @@ def _looks_special(token: str) -> bool:
     )
 
 
+def _added_token(text: str, entry: dict[str, Any]) -> tuple[str, int]:
+    """An added token's GGUF text and type: special ones stay as written (CONTROL); others are
+    user-defined, with the BPE space marker turned back into a space."""
+    if bool(entry.get("special")) or _looks_special(text):
+        return text, int(gguf.TokenType.CONTROL)
+    return text.replace(_SPACE, " "), int(gguf.TokenType.USER_DEFINED)
+
+
 def _vocab_size(cfg: HFConfig, ids: list[int], path: Path) -> int:
     size = cfg.int("vocab_size", default=max(ids) + 1)
     if max(ids) >= size:
@@ -100,9 +108,9 @@ def gpt2_vocab(folder: Path, cfg: HFConfig) -> Vocab:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
         elif i in added:
-            special = bool(added[i].get("special")) or _looks_special(text)
-            tokens.append(text if special else text.replace(_SPACE, " "))
-            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+            token, kind = _added_token(text, added[i])
+            tokens.append(token)
+            types.append(kind)
         else:
             tokens.append(text)
             types.append(gguf.TokenType.NORMAL)
@@ -122,10 +130,7 @@ def _spm_from_model_file(folder: Path, cfg: HFConfig) -> Vocab:
     for raw_id, entry in decoder.items():
         i = int(raw_id)
         if 0 <= i < size and isinstance(entry, dict):
-            text = str(entry.get("content", ""))
-            special = bool(entry.get("special")) or _looks_special(text)
-            tokens[i] = text if special else text.replace(_SPACE, " ")
-            types[i] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+            tokens[i], types[i] = _added_token(str(entry.get("content", "")), entry)
             scores[i] = -1000.0
     extra: dict[str, bool | int] = {"add_space_prefix": spm.add_dummy_prefix}
     return Vocab("llama", "default", tokens, types, scores, extra=extra)
@@ -152,8 +157,7 @@ def _spm_from_tokenizer_json(folder: Path, cfg: HFConfig, tok: dict[str, Any]) -
             continue
         tokens.append(text)
         if i in added:
-            special = bool(added[i].get("special")) or _looks_special(text)
-            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+            types.append(_added_token(text, added[i])[1])  # the text stays as the model spells it
             scores.append(-1000.0)
         elif text == unk:
             types.append(gguf.TokenType.UNKNOWN)
