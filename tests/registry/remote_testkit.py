@@ -8,9 +8,12 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -306,3 +309,17 @@ def ollama_manifest(
         "layers": [blob_desc(d, mt) for d, mt in layers],
     }
     return manifest, [config, *[d for d, _ in layers]]
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A crafted HTTP server of our own on 127.0.0.1 (a free port) in a thread; yields ``host:port``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

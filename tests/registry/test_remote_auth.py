@@ -7,15 +7,14 @@ import json
 import os
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from click.testing import CliRunner
-from remote_testkit import PASSWORD, USER, RegistryServer, blob_desc, make_model, push_raw
+from remote_testkit import PASSWORD, USER, RegistryServer, blob_desc, make_model, push_raw, serve_http
 
 from registry.auth import load_credentials, login, save_credentials
 from registry.http import AuthError, Credentials, RegistryClient, RegistryError, is_loopback
@@ -157,13 +156,8 @@ class _TokenRegistry(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def token_registry() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenRegistry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serve_http(_TokenRegistry) as host:
+        yield host
 
 
 def test_bearer_token_flow(token_registry: str, docker_config: Path) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from remote_testkit import RegistryServer, blob_desc, make_model, push_raw
+from remote_testkit import RegistryServer, blob_desc, make_model, push_raw, serve_http
 
 from registry.artifact import ArtifactError
 from registry.http import RegistryError
@@ -187,13 +186,8 @@ class _Hostile(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hostile_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serve_http(_Hostile) as host:
+        yield host
 
 
 @pytest.mark.parametrize("tag", ["declared", "streamed"])
