@@ -71,19 +71,6 @@ def list_command(show_all: bool) -> None:
 
 def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles | None, dict[str, object]]:
     """A variant's files and figures; ``None`` files for a variant not in the store (a partial pull)."""
-    try:
-        files = open_variant(store, v.descriptor.digest)
-    except NotFoundError:
-        return None, {
-            "variant": v.name,
-            "digest": v.descriptor.digest,
-            "target": v.target,
-            "backend": v.backend,
-            "format": v.format,
-            "quantization": v.quantization,
-            "present": False,
-        }
-    ann = files.annotations
     info: dict[str, object] = {
         "variant": v.name,
         "digest": v.descriptor.digest,
@@ -91,6 +78,13 @@ def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles | None, dict[
         "backend": v.backend,
         "format": v.format,
         "quantization": v.quantization,
+    }
+    try:
+        files = open_variant(store, v.descriptor.digest)
+    except NotFoundError:
+        return None, {**info, "present": False}
+    ann = files.annotations
+    info |= {
         "size": files.size,
         "agreement": float(ann[ANN_AGREEMENT]) if ANN_AGREEMENT in ann else None,
         "perplexity_ratio": float(ann[ANN_PPL_RATIO]) if ANN_PPL_RATIO in ann else None,
