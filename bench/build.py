@@ -128,7 +128,7 @@ def ours(hf_folder: Path, work: Path, *, verify: bool) -> float:
     cmd = [
         sys.executable,
         "-c",
-        "from ffbuild.cli import main; main()",
+        "from ffcli import main; main()",
         "build",
         "-f",
         str(REPO / "modelfiles" / "smollm2"),

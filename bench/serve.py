@@ -2,7 +2,7 @@
 
 Same GGUF, same thread count, same OMP_WAIT_POLICY, same raw prompt, greedy, in one run. The baseline
 calls ``Llama.create_completion(stream=True)`` in this process; ours streams ``/api/generate`` (NDJSON)
-from a ``python -m ffserve serve`` subprocess with httpx and times the chunks as the client sees them.
+from a ``python -m ffcli serve`` subprocess with httpx and times the chunks as the client sees them.
 Rounds alternate (direct, server, direct, …) so drifting load on the shared machine hits both.
 
     python bench/serve.py [--gguf PATH] [--threads N] [--tokens 128] [--rounds 7]
@@ -127,7 +127,7 @@ def main() -> None:
     import httpx
     import llama_cpp
 
-    import ffserve.runtimes.llamacpp  # noqa: F401  (the same llama.cpp buffer settings as the server)
+    import ffruntime.llamacpp  # noqa: F401  (the same llama.cpp buffer settings as the server)
 
     llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
                           verbose=False)
@@ -139,7 +139,7 @@ def main() -> None:
         s.close()
         env = {**os.environ, "FF_HOME": str(home), "FF_NUM_THREADS": str(args.threads), "FF_NUM_CTX": "2048",
                "FF_ACCESS_LOG": "false", "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "ffserve", "serve", "--port", str(port)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "ffcli", "serve", "--port", str(port)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:

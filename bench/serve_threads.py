@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, os, sys, threading, time
 sys.path.insert(0, sys.argv[4])
-import ffserve.runtimes.llamacpp  # same buffer settings as the server
+import ffruntime.llamacpp  # same buffer settings as the server
 import llama_cpp
 gguf, threads, load, tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[5])
 llm = llama_cpp.Llama(gguf, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)

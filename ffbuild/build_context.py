@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Protocol
 
 from ffbuild.cache import BuildCache, CacheValue, file_digest, stage_key
-from ffbuild.choices import QUANTIZATIONS
 from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.fetch import Fetched, StoredVariant
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffbuild.stages.package import JSONValue, WeightFile
+from registry.choices import QUANTIZATIONS
 from registry.reference import Reference
 from registry.store import Store
 

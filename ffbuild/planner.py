@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Final
 
 from ffbuild.buildargs import resolve_args, substitute, substituted_text, unfaithful
-from ffbuild.choices import BACKENDS, TASKS
 from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean, printable
 from ffbuild.modelfile import Instruction, Modelfile
 from ffbuild.modelfile_text import split_words
@@ -23,6 +22,7 @@ from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_flo
 from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
 from ffbuild.sources import SourceFacts, inspect_source, resolve_adapter, resolve_source
 from ffbuild.variants import QuantizeSpec, TargetSpec, expand, parse_quantize, parse_target
+from registry.choices import BACKENDS, TASKS
 
 _SEMVER: Final = re.compile(
     r"v(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)"

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ffbuild.choices import SOURCE_FORMATS
 from ffbuild.errors import Problem
 from ffbuild.plan import Adapter, Source, SourceKind
+from registry.choices import SOURCE_FORMATS
 from registry.reference import ReferenceError, parse_reference
 
 _HF_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"

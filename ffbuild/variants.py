@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ffbuild.choices import BACKENDS, DEVICES, QUANTIZATIONS
 from ffbuild.errors import Problem, did_you_mean
 from ffbuild.params import parse_bool
 from ffbuild.plan import SourceKind, Variant
+from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS
 
 # Allowed ``device:detail`` details, and aliases mapped to the canonical spelling.
 DEVICE_DETAILS: Final[dict[str, tuple[re.Pattern[str], str]]] = {

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ffserve.runtime import RequestRejected
+from ffruntime.runtime import RequestRejected
 
 log = logging.getLogger("ffserve")
 

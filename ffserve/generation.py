@@ -12,22 +12,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeGuard, TypeVar
+from typing import TypeVar
 
 from starlette.requests import Request
 
+from ffruntime.runtime import Capability, Done, Event, GenerationRequest, TextRuntime, Token, model_options
 from ffserve.errors import NotSupported
 from ffserve.metrics import Metrics
-from ffserve.runtime import Capability, Done, Event, GenerationRequest, ParamValue, TextRuntime, Token
 from ffserve.scheduler import Loaded, Scheduler
 
 T = TypeVar("T")
-
-
-def _is_param(v: object) -> TypeGuard[ParamValue]:
-    if isinstance(v, list):
-        return all(isinstance(x, str) for x in v)
-    return isinstance(v, str | int | float | bool)
 
 
 class ClientGone(Exception):
@@ -63,8 +57,7 @@ class Generation:
         self._slot = slot
         try:
             runtime = self.model.runtime
-            defaults = {k: v for k, v in self.model.resolved.files.params.items() if _is_param(v)}
-            self.request.options = {**defaults, **self.request.options}  # Modelfile PARAMETERs, overridden
+            self.request.options = model_options(self.model.resolved.files.params, self.request.options)
             if self.need not in runtime.capabilities or not isinstance(runtime, TextRuntime):
                 raise NotSupported(f"{self.model.name} does not support {self.need.value}")
             self._events = runtime.generate(self.request)

@@ -4,8 +4,13 @@
   (default 5m; 0 unloads when its last request ends; negative keeps it forever).
 - Before a load, idle models are evicted least recently used first until the new one fits under
   ``max_memory`` and ``max_loaded_models``; a model in use is never evicted (the load waits instead).
-- Each model runs ``num_parallel`` requests at a time, in order of arrival; at most ``max_queue`` wait
-  behind them and the rest get :class:`Overloaded` (503 with ``Retry-After``).
+- A load runs outside the scheduler's lock (a slow engine load never blocks requests to other models),
+  with at most one pending load per variant: later requests for it wait for that load.
+- Each model runs as many requests at a time as its runtime says (``Runtime.parallel``), in order of
+  arrival; at most ``max_queue`` wait behind them and the rest get :class:`Overloaded` (503 with
+  ``Retry-After``).
+- The loader and the resolver are injected (``ffruntime.load`` and the store by default), so the
+  scheduler's own tests run with fake runtimes.
 """
 
 from __future__ import annotations
@@ -14,16 +19,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ffserve.errors import InsufficientMemory, Overloaded
+import ffruntime
+from ffruntime.errors import BackendUnavailable
+from ffruntime.runtime import Runtime
+from ffruntime.settings import LoadSettings
+from ffserve.errors import InsufficientMemory, NotAvailable, Overloaded
 from ffserve.metrics import Metrics
 from ffserve.models import Resolved, canonical, resolve_or_pull
-from ffserve.runtime import Runtime
-from ffserve.runtimes import LoadOptions, load_runtime
 from ffserve.settings import Settings
+from registry.artifact import ModelFiles, VariantRef
 from registry.store import Store
+
+Loader = Callable[[VariantRef, ModelFiles, LoadSettings], Awaitable[Runtime]]
+Resolver = Callable[[str], Awaitable[Resolved]]
 
 log = logging.getLogger("ffserve.scheduler")
 
@@ -50,11 +61,26 @@ class Loaded:
         return None if self.expires_at is None else time.time() + (self.expires_at - time.monotonic())
 
 
+def _need(resolved: Resolved) -> int:
+    return sum(p.stat().st_size for p in resolved.files.weights)
+
+
 class Scheduler:
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        *,
+        loader: Loader = ffruntime.load,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self._loader = loader
+        self._resolver = resolver or self._resolve
+        self._pending: dict[str, tuple[asyncio.Task[None], int]] = {}  # variant digest → (load, need)
         self._models: dict[str, Loaded] = {}  # variant digest → model
         self._names: dict[str, str] = {}  # canonical name → variant digest
         self._cond = asyncio.Condition()
@@ -149,14 +175,9 @@ class Scheduler:
         key = self._names.get(name)
         return self._models.get(key) if key else None
 
-    async def get(self, name: str, keep_alive: float | None = None) -> Loaded:
-        """The loaded model for ``name``, loading it (and evicting others) when needed."""
-        name = canonical(name)
-        model = self._fast(name)
-        if model is not None:
-            return model
+    async def _resolve(self, name: str) -> Resolved:
         s = self.settings
-        resolved = await resolve_or_pull(
+        return await resolve_or_pull(
             self.store,
             name,
             target=s.target,
@@ -164,46 +185,89 @@ class Scheduler:
             allow_pull=s.pull,
             insecure=s.registry_insecure,
         )
-        async with self._cond:
-            model = self._models.get(resolved.variant.descriptor.digest)
-            if model is None:
-                model = await self._load(name, resolved, keep_alive)
-            model.names.add(name)
-            self._names[name] = model.key
-            return model
 
-    async def _load(self, name: str, resolved: Resolved, keep_alive: float | None) -> Loaded:
+    async def get(self, name: str, keep_alive: float | None = None) -> Loaded:
+        """The loaded model for ``name``, loading it (and evicting others) when needed."""
+        name = canonical(name)
+        model = self._fast(name)
+        if model is not None:
+            return model
+        resolved = await self._resolver(name)
+        key = resolved.variant.descriptor.digest
+        while True:
+            async with self._cond:
+                model = self._models.get(key)
+                if model is not None:
+                    model.names.add(name)
+                    self._names[name] = key
+                    return model
+                pending = self._pending.get(key)
+                if pending is None:
+                    await self._make_room(name, resolved)
+                    if key in self._models or key in self._pending:  # loaded or started while we waited
+                        continue
+                    # The load is its own task: a client that goes away does not cancel it for the others.
+                    task = asyncio.get_running_loop().create_task(self._load(name, resolved, keep_alive))
+                    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                    pending = (task, _need(resolved))
+                    self._pending[key] = pending
+            await asyncio.shield(pending[0])  # outside the lock; raises the load's error
+
+    async def _make_room(self, name: str, resolved: Resolved) -> None:
+        """Evict idle models (LRU) until ``resolved`` fits; wait while only busy ones stand in the way.
+        Loads in progress count as loaded. Called with the lock held."""
         s = self.settings
-        need = sum(p.stat().st_size for p in resolved.files.weights)
+        need = _need(resolved)
         if s.max_memory and need > s.max_memory:
             raise InsufficientMemory(
                 f"{name} needs at least {need} bytes; the memory budget (FF_MAX_MEMORY) is {s.max_memory}"
             )
         while True:
             used = sum(m.runtime.memory_bytes for m in self._models.values())
-            full = len(self._models) >= s.max_loaded_models or (s.max_memory and used + need > s.max_memory)
+            used += sum(n for _, n in self._pending.values())
+            count = len(self._models) + len(self._pending)
+            full = count >= s.max_loaded_models or (s.max_memory and used + need > s.max_memory)
             if not full:
-                break
+                return
             idle = [m for m in self._models.values() if m.active == 0]
             if idle:
                 await self._unload(min(idle, key=lambda m: m.last_used))
                 continue
             log.info("waiting for a loaded model to become idle before loading %s", name)
             await self._cond.wait()
+
+    async def _load(self, name: str, resolved: Resolved, keep_alive: float | None) -> None:
+        """Load outside the lock, then publish the model (or drop the pending entry on failure)."""
+        key = resolved.variant.descriptor.digest
         t0 = time.perf_counter_ns()
-        opts = LoadOptions(threads=s.threads(), num_ctx=s.num_ctx, num_parallel=s.num_parallel)
-        runtime = await load_runtime(resolved.variant, resolved.files, opts)
+        try:
+            try:
+                runtime = await self._loader(resolved.variant, resolved.files, self.settings.load_settings())
+            except BackendUnavailable as exc:
+                raise NotAvailable(str(exc)) from None
+        except BaseException:
+            async with self._cond:
+                self._pending.pop(key, None)
+                self._cond.notify_all()
+            raise
         load_ns = time.perf_counter_ns() - t0
-        model = Loaded(
-            name, resolved, runtime, load_ns, asyncio.Semaphore(s.num_parallel), self._keep(keep_alive)
-        )
-        self._models[model.key] = model
+        async with self._cond:
+            model = Loaded(
+                name,
+                resolved,
+                runtime,
+                load_ns,
+                asyncio.Semaphore(max(1, runtime.parallel)),
+                self._keep(keep_alive),
+            )
+            self._models[key] = model
+            self._pending.pop(key, None)
+            self._cond.notify_all()
         self.metrics.loads.labels(name).inc()
         self.metrics.load_time.labels(name).observe(load_ns / 1e9)
         self.metrics.loaded.set(len(self._models))
         self.metrics.memory.set(sum(m.runtime.memory_bytes for m in self._models.values()))
         log.info("loaded %s (%s) in %.2fs", name, resolved.variant.name, load_ns / 1e9)
-        return model
 
     # --- requests ---------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -17,6 +17,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ffruntime.settings import LoadSettings
+
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _DUR_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
@@ -57,16 +59,6 @@ def _toml_path() -> Path | None:
     if env:
         return Path(env).expanduser()
     return None
-
-
-def default_threads() -> int:
-    """One llama.cpp thread per core but one, which is left to the server's own Python work.
-
-    On 2 cores, 1 thread decodes 2× faster than 2 passive threads and 25× faster than 2 spinning ones
-    once anything else runs (docs/serving.md, ``bench/serve_threads.py``).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
 
 
 class Settings(BaseSettings):
@@ -133,8 +125,6 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    def threads(self) -> int:
-        """llama.cpp threads per model: ``num_threads`` or the default measured in docs/serving.md."""
-        if self.num_threads:
-            return self.num_threads
-        return default_threads()
+    def load_settings(self) -> LoadSettings:
+        """How this server loads every model (``ffruntime``'s one settings type; 0 threads: its default)."""
+        return LoadSettings(threads=self.num_threads, num_ctx=self.num_ctx, num_parallel=self.num_parallel)

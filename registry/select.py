@@ -1,9 +1,10 @@
 """Pick the variant of a model that fits this machine (or the one the user names).
 
-Used by ``ff pull`` and ``ff serve``. A variant fits when its device is present and its backend is
-installed; among fitting variants an accelerator beats the CPU, then higher precision wins only when
-the user asked for nothing (``--quantize``/``--target``/``--variant`` narrow the set first). None or
-several equally good candidates is an error listing them.
+Used by ``ff run``, ``ff pull`` and ``ff serve``, so all three pick the same variant for the same model
+and machine. A variant fits when its device is present and its backend is installed
+(``--quantize``/``--target``/``--backend``/``--variant`` narrow the set first). Fitting variants are
+ranked: an accelerator beats the CPU, then higher precision, then the backend's preference
+(:data:`registry.choices.BACKENDS`). None fitting, or a tie at the top, is an error listing them.
 """
 
 from __future__ import annotations
@@ -17,14 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.artifact import VariantRef
-
-BACKEND_MODULES: dict[str, str] = {
-    "llamacpp": "llama_cpp",
-    "onnxruntime": "onnxruntime",
-    "tvm": "tvm",
-    "tensorrt": "tensorrt",
-}
-DEVICE_PREFERENCE: dict[str, int] = {"cuda": 3, "rocm": 3, "metal": 3, "vulkan": 2, "cpu": 1}
+from registry.choices import BACKENDS, DEVICE_PREFERENCE, QUANTIZATIONS
 
 
 class SelectionError(LookupError):
@@ -89,7 +83,7 @@ def _cpu_features() -> frozenset[str]:
 def detect_host() -> HostInfo:
     caps = _cuda_capabilities()
     devices = {"cpu"} | ({"cuda"} if caps else set())
-    backends = {name for name, mod in BACKEND_MODULES.items() if importlib.util.find_spec(mod) is not None}
+    backends = {name for name, b in BACKENDS.items() if importlib.util.find_spec(b["module"]) is not None}
     return HostInfo(frozenset(devices), caps, frozenset(backends), _cpu_features())
 
 
@@ -99,15 +93,27 @@ def _describe(vs: list[VariantRef]) -> str:
     )
 
 
+def rank(v: VariantRef) -> tuple[int, float, int]:
+    """How good a fitting variant is: accelerator first, then precision, then the backend's preference."""
+    q = QUANTIZATIONS.get(v.quantization.lower())
+    b = BACKENDS.get(v.backend)
+    return (
+        DEVICE_PREFERENCE.get(v.device, 0),
+        q["bits"] if q is not None else 0.0,
+        b["preference"] if b is not None else 0,
+    )
+
+
 def select_variant(
     variants: list[VariantRef],
     *,
     target: str | None = None,
     quantize: str | None = None,
+    backend: str | None = None,
     variant: str | None = None,
     host: HostInfo | None = None,
 ) -> VariantRef:
-    """Choose one variant; raise :class:`SelectionError` listing candidates when none or several fit."""
+    """Choose one variant; raise :class:`SelectionError` listing candidates when none fits or the best tie."""
     if not variants:
         raise SelectionError("the model has no variants")
     chosen = list(variants)
@@ -117,6 +123,8 @@ def select_variant(
         chosen = [v for v in chosen if v.target == target or v.device == target]
     if quantize is not None:
         chosen = [v for v in chosen if v.quantization.lower() == quantize.lower()]
+    if backend is not None:
+        chosen = [v for v in chosen if v.backend == backend]
     if not chosen:
         raise SelectionError(f"no variant matches the selection; the model has:\n{_describe(variants)}")
     explicit = variant is not None or (target is not None and quantize is not None)
@@ -130,10 +138,11 @@ def select_variant(
                 f"backends: {', '.join(sorted(h.backends)) or 'none'}); "
                 f"candidates:\n{_describe(chosen)}"
             )
-        best = max(DEVICE_PREFERENCE.get(v.device, 0) for v in fitting)
-        chosen = [v for v in fitting if DEVICE_PREFERENCE.get(v.device, 0) == best]
+        best = max(rank(v) for v in fitting)
+        chosen = [v for v in fitting if rank(v) == best]
     if len(chosen) > 1:
         raise SelectionError(
-            "several variants fit; choose one with --variant, --quantize or --target:\n" + _describe(chosen)
+            "several variants fit equally well; choose one with --variant, --quantize, --backend or "
+            "--target:\n" + _describe(chosen)
         )
     return chosen[0]

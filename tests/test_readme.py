@@ -23,12 +23,12 @@ def test_readme_modelfile_plans() -> None:
     assert plan.verify.min_agreement == 0.5
 
 
-def test_python_m_ffbuild_is_the_ff_command() -> None:
+def test_python_m_ffcli_is_the_ff_command() -> None:
     import subprocess
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "ffbuild", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-m", "ffcli", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert out.returncode == 0, out.stderr
     for command in ("build", "check", "pull", "push", "serve", "run", "show"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ffruntime.errors import BackendUnavailable
+
 
 class StageError(Exception):
     """A build stage failed for a reason the user can act on."""
@@ -17,10 +19,7 @@ class MissingDependencyError(StageError):
     """A Python package a stage needs is not installed."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the Python package {package!r}, which is not installed: "
-            f"pip install 'ferrousforge[{extra}]'"
-        )
+        super().__init__(str(BackendUnavailable.missing(package, extra, purpose)))
         self.package = package
         self.extra = extra
 

@@ -7,7 +7,7 @@ element and takes ~3 s on SmolLM2's 49k-token vocabulary; this reader takes a fe
 The tests check it against ``gguf.GGUFReader`` field by field.
 
 :func:`read_gguf_info` summarises a header as a :class:`GGUFInfo`: architecture, size, quantization
-(a key of ``ffbuild.choices.QUANTIZATIONS``) and precision, as the artifact's ModelPack config wants them.
+(a key of ``registry.choices.QUANTIZATIONS``) and precision, as the artifact's ModelPack config wants them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from pydantic import BaseModel, ConfigDict
 
-from ffbuild.choices import QUANTIZATIONS
 from ffbuild.stages.errors import GGUFError
+from registry.choices import QUANTIZATIONS
 
 GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
 MAX_SMALL_ARRAY = 64  # arrays up to this length are decoded; longer ones are kept as (type, count)

@@ -12,11 +12,12 @@ import ctypes
 import logging
 from pathlib import Path
 
-from ffbuild.choices import QUANTIZATIONS
 from ffbuild.stages.atomic import atomic_output
 from ffbuild.stages.errors import QuantizeError, RequantizeError
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
-from ffbuild.stages.llamacpp import binding, captured_log, default_threads, log_tail
+from ffruntime.llamacpp_lib import binding, captured_log, log_tail
+from ffruntime.settings import available_cores
+from registry.choices import QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def quantize_gguf(
         raise QuantizeError(f"source and destination are the same file: {src}")
     llama_cpp = binding()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = threads if threads is not None else default_threads()
+    params.nthread = threads if threads is not None else available_cores()
     params.ftype = ftype
     params.allow_requantize = allow_requantize
     with atomic_output(dst) as tmp, captured_log() as log:

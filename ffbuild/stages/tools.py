@@ -14,14 +14,18 @@ from pathlib import Path
 from ffbuild import __version__
 
 _STAGES_DIR = Path(__file__).resolve().parent
+_ROOT = _STAGES_DIR.parents[1]  # the directory holding the ffbuild and ffruntime packages
 _PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors")
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "convert": ("convert",),
-    "quantize": ("quantize", "llamacpp"),
+    "quantize": ("quantize", "ffruntime/llamacpp_lib"),
     "lora": ("lora", "convert"),
-    "verify": ("verify", "llama_eval", "llamacpp", "gguf_info"),
+    "verify": (
+        "verify", "gguf_info", "ffruntime/llamacpp_eval", "ffruntime/llamacpp_lib", "ffruntime/settings"
+    ),
 }
-"""The stage modules whose code shapes each stage's output (a change to any of them is a cache miss)."""
+"""The modules whose code shapes each stage's output (a change to any of them is a cache miss): a stage
+module's name, or a path under the source root for the runtime modules the stages load through."""
 
 
 def package_version(dist: str) -> str | None:
@@ -34,13 +38,14 @@ def package_version(dist: str) -> str | None:
 @functools.cache
 def _module_digest(module: str) -> str | None:
     """sha256 over a stage module's source: ``<module>.py``, or every ``.py`` of a ``<module>/`` package."""
-    single = _STAGES_DIR / f"{module}.py"
-    files = [single] if single.is_file() else sorted((_STAGES_DIR / module).rglob("*.py"))
+    base = _ROOT if "/" in module else _STAGES_DIR
+    single = base / f"{module}.py"
+    files = [single] if single.is_file() else sorted((base / module).rglob("*.py"))
     if not files:
         return None
     h = hashlib.sha256()
     for path in files:
-        h.update(path.relative_to(_STAGES_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+        h.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 

@@ -28,8 +28,9 @@ from pydantic import BaseModel
 
 from ffbuild.stages.errors import StageError, VerifyError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
-from ffbuild.stages.llama_eval import FloatArray, LlamaEval
-from ffbuild.stages.llamacpp import default_threads
+from ffruntime.errors import RuntimeFailure
+from ffruntime.llamacpp_eval import FloatArray, LlamaEval
+from ffruntime.settings import default_threads
 
 DEFAULT_TEXT = (
     "The river rises in the hills to the north of the town and runs south through a wide valley of farms "
@@ -54,10 +55,10 @@ SAMPLE_TOKENS = 32
 
 
 def verify_threads() -> int:
-    """Half the CPUs: measured on a 2-core machine with one other busy process, SmolLM2's 120-token
-    pass took 1.3 s on 1 thread and 3.5 s on 2 (llama.cpp's spinning threads collapse under contention),
-    and builds run next to other work."""
-    return max(1, default_threads() // 2)
+    """The server's thread count (:func:`ffruntime.settings.default_threads`), so verify measures what is
+    served. Measured on a 2-core machine with one other busy process, SmolLM2's 120-token pass took
+    1.3 s on 1 thread and 3.5 s on 2 (llama.cpp's spinning threads collapse under contention)."""
+    return default_threads()
 
 
 class VerifyReport(BaseModel):
@@ -190,7 +191,7 @@ def verify_gguf(
             _verify_embedding(path, reference, lora, threads, report)
         else:
             _verify_text(path, info, reference, text, prompt or DEFAULT_PROMPT, lora, threads, report)
-    except StageError as e:
+    except (StageError, RuntimeFailure) as e:
         report.error = str(e)
     report.seconds = round(time.perf_counter() - start, 3)
     return report

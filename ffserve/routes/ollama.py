@@ -9,9 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ffserve.errors import NotSupported
-from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
-from ffserve.runtime import (
+from ffruntime.runtime import (
     CancelFlag,
     Capability,
     ChatMessage,
@@ -22,6 +20,8 @@ from ffserve.runtime import (
     GenerationRequest,
     Token,
 )
+from ffserve.errors import NotSupported
+from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.state import Engine, engine
 from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body

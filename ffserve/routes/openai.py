@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ffruntime.runtime import Capability, ChatMessage, Done, Format, GenerationRequest, Token
 from ffserve.errors import ModelNotFound, NotSupported
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
-from ffserve.runtime import Capability, ChatMessage, Done, Format, GenerationRequest, Token
 from ffserve.state import Engine, engine
 from ffserve.streaming import SSE_DONE, EventStream, sse
 from ffserve.wire import parse_body

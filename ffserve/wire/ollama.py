@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ffserve.runtime import ParamValue
+from ffruntime.runtime import ParamValue
 from ffserve.settings import parse_duration
 
 Options = dict[str, ParamValue]

@@ -27,7 +27,7 @@ MODELFILE = REPO / "modelfiles" / "smollm2" / "Modelfile"
 SOURCE_ARG = "SOURCE"  # modelfiles/smollm2's ARG naming its source
 HOME = Path.home() / ".cache" / "ferrousforge-tests" / "build-home"
 QUESTION = "What is the capital of France?"
-FF = [sys.executable, "-c", "from ffbuild.cli import main; main()"]
+FF = [sys.executable, "-c", "from ffcli import main; main()"]
 
 
 def ff(

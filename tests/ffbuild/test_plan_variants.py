@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ffbuild.choices import BACKENDS, QUANTIZATIONS
 from ffbuild.errors import ModelfileError
 from ffbuild.plan import BuildPlan, plan_file
+from registry.choices import BACKENDS, QUANTIZATIONS
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ffbuild.choices import QUANTIZATIONS
 from ffbuild.stages.errors import GGUFError, QuantizeError, RequantizeError
 from ffbuild.stages.gguf_info import read_gguf_info
 from ffbuild.stages.quantize import GGUF_TYPES, check_quantization, quantize_gguf
 from ffbuild.stages.verify import verify_gguf
+from registry.choices import QUANTIZATIONS
 
 IMATRIX_TYPES = [k for k in GGUF_TYPES if QUANTIZATIONS[k]["needs_imatrix"]]
 PLAIN_TYPES = [k for k in GGUF_TYPES if not QUANTIZATIONS[k]["needs_imatrix"]]

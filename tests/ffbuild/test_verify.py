@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ffbuild.stages.llama_eval import LlamaEval
 from ffbuild.stages.verify import DEFAULT_PROMPT, VerifyReport, verify_gguf
+from ffruntime.llamacpp_eval import LlamaEval
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def build_smollm2(home: Path, smollm2_hf: Path) -> None:
         encoding="utf-8",
     )
     env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
-    cmd = [sys.executable, "-c", "from ffbuild.cli import main; main()", "build", "-f", str(modelfile)]
+    cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile)]
     cmd += ["-t", "smollm2:latest"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
@@ -167,7 +167,7 @@ def start_server(home: Path, tmp: Path, **env: str) -> Iterator[Server]:
     full_env.pop("FF_CONFIG", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ffserve", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ffcli", "serve", "--port", str(port)],
             env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log)

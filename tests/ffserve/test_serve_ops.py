@@ -87,7 +87,7 @@ from ffserve.server import prepare_environment
 prepare_environment()
 from ffserve.app import create_app
 from ffserve.settings import Settings
-from ffserve.runtime import GenerationRequest, Token
+from ffruntime.runtime import GenerationRequest, Token
 app = create_app(Settings(num_threads=2, quantize="q8_0"))
 sched = app.state.engine.scheduler
 async def main():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ffruntime.gotemplate import TemplateError, render
 from ffserve.errors import InsufficientMemory
-from ffserve.gotemplate import TemplateError, render
 from ffserve.metrics import Metrics
 from ffserve.scheduler import Scheduler
 from ffserve.settings import Settings, parse_bytes, parse_duration
@@ -106,18 +106,6 @@ def test_scheduler_evicts_lru_never_in_use_and_respects_budget(ff_home: Path) ->
             await small.get("tiny")
 
     asyncio.run(scenario())
-
-
-@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (4, 3), (16, 15)])
-def test_default_threads_leave_a_core_to_the_server(
-    monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
-) -> None:
-    from ffserve.settings import default_threads
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
-    assert default_threads() == threads
-    assert Settings().threads() == threads
-    assert Settings(num_threads=5).threads() == 5
 
 
 @pytest.mark.parametrize("value", ["inf", 1e309, "nan", "-inf"])

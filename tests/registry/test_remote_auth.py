@@ -50,8 +50,8 @@ def test_wrong_password_fails_at_login(auth_registry: RegistryServer, docker_con
 def test_login_then_push_and_pull(
     auth_registry: RegistryServer, small_store: Store, docker_config: Path, tmp_path: Path
 ) -> None:
-    from ffbuild.cli.remote import login as login_cmd
-    from ffbuild.cli.remote import logout as logout_cmd
+    from ffcli.remote import login as login_cmd
+    from ffcli.remote import logout as logout_cmd
 
     runner = CliRunner()
     bad = runner.invoke(login_cmd, [auth_registry.host, "-u", USER, "--password-stdin"], input="nope\n")

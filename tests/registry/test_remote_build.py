@@ -13,7 +13,7 @@ from remote_testkit import RegistryServer
 
 pytestmark = pytest.mark.registry
 
-FF = [sys.executable, "-c", "from ffbuild.cli import main; main()"]
+FF = [sys.executable, "-c", "from ffcli import main; main()"]
 
 
 def _ff(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from registry.store import Store, sha256_file
 
 pytestmark = pytest.mark.registry
 
-FF = [sys.executable, "-c", "import sys; from ffbuild.cli import main; sys.exit(main())"]
+FF = [sys.executable, "-c", "import sys; from ffcli import main; sys.exit(main())"]
 
 
 @pytest.fixture(scope="module")

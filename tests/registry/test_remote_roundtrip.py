@@ -155,8 +155,8 @@ def test_pull_selection_errors_list_candidates(
 def test_cli_push_pull_json(
     registry_server: RegistryServer, source_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ffbuild.cli.remote import pull as pull_cmd
-    from ffbuild.cli.remote import push as push_cmd
+    from ffcli.remote import pull as pull_cmd
+    from ffcli.remote import push as push_cmd
 
     monkeypatch.setenv("FF_HOME", str(source_store.root.parent))
     remote = f"{registry_server.host}/ff/cli:1"

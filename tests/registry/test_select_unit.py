@@ -40,6 +40,8 @@ MODEL = [
         ({}, H100, "f16-cuda-sm_90"),  # the GPU beats the CPU; sm_80 engine does not fit sm_90
         ({"variant": "fp16-cuda-sm_80"}, CPU, "fp16-cuda-sm_80"),  # named explicitly: no fit check
         ({"target": "cuda"}, H100, "f16-cuda-sm_90"),
+        ({}, CPU, "q8_0-cpu"),  # q8_0 (8.5 bits) outranks int8 (8 bits) on the CPU
+        ({"backend": "onnxruntime"}, CPU, "int8-cpu"),
     ],
 )
 def test_select(kwargs: dict[str, str], host: HostInfo, expected: str) -> None:
@@ -49,7 +51,7 @@ def test_select(kwargs: dict[str, str], host: HostInfo, expected: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "host", "message"),
     [
-        ({}, CPU, "several variants fit"),
+        ({"target": "cpu", "backend": "tensorrt"}, CPU, "no variant matches"),
         ({"quantize": "q2_k"}, CPU, "no variant matches"),
         ({"target": "cuda"}, CPU, "no variant fits this machine"),
     ],
@@ -58,3 +60,19 @@ def test_select_errors_list_candidates(kwargs: dict[str, str], host: HostInfo, m
     with pytest.raises(SelectionError, match=message) as info:
         select_variant(MODEL, host=host, **kwargs)
     assert "q8_0-cpu" in str(info.value) or "f16-cuda-sm_90" in str(info.value)
+
+
+def test_rank_prefers_precision_then_backend() -> None:
+    gguf = [_v("f16", "cpu"), _v("q8_0", "cpu"), _v("q4_k_m", "cpu")]
+    assert select_variant(gguf, host=CPU).name == "f16-cpu"
+    assert select_variant([*gguf[1:], _v("fp32", "cpu", "onnxruntime")], host=CPU).name == "fp32-cpu"
+    same = [_v("fp32", "cpu", "onnxruntime"), _v("fp32", "cpu:avx2", "tvm")]
+    host = HostInfo(frozenset({"cpu"}), frozenset(), frozenset({"onnxruntime", "tvm"}), frozenset({"avx2"}))
+    assert select_variant(same, host=host).backend == "onnxruntime"
+
+
+def test_a_tie_at_the_top_is_an_error() -> None:
+    tie = [_v("q8_0", "cpu"), _v("q8_0", "cpu:avx2")]
+    host = HostInfo(frozenset({"cpu"}), frozenset(), frozenset({"llamacpp"}), frozenset({"avx2"}))
+    with pytest.raises(SelectionError, match="several variants fit equally well"):
+        select_variant(tie, host=host)

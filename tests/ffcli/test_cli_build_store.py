@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from ffbuild.cache import file_digest
-from ffbuild.cli.store import list_command, prune_command, rm_command, show_command, tag_command
 from ffbuild.plan import Variant
 from ffbuild.stages.package import ModelMeta, VariantPayload, WeightFile, package_model
+from ffcli.store import list_command, prune_command, rm_command, show_command, tag_command
 from registry.reference import parse_reference
 from registry.store import Store
 

@@ -1,7 +1,9 @@
-"""The plain tables every part of ff reads its choices from: quantizations, backends, targets, tasks.
+"""The plain tables every part of ff reads its choices from: quantizations, backends, devices, tasks.
 
-The CLI's help, the planner's validation and the docs all come from these dicts; add a row here and
-the rest follows.
+They say what a variant *is*, so they live in ``registry`` (which every other package may import):
+the planner validates against them, ``registry.select`` ranks with them, ``ffruntime`` finds a
+backend's module and extra through them, and the CLI's help and the docs are made from them. Add a
+row here and the rest follows.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class Backend(TypedDict):
     devices: tuple[str, ...]
     quantizations: tuple[str, ...]
     extra: str  # the pip extra that installs it
+    module: str  # the Python package it needs (installed ⇔ importable)
+    preference: int  # among variants of equal device and precision, the higher wins
     description: str
 
 
@@ -103,6 +107,8 @@ BACKENDS: Final[dict[str, Backend]] = {
         "devices": ("cpu", "cuda", "rocm", "metal", "vulkan"),
         "quantizations": GGUF_QUANTS,
         "extra": "gguf",
+        "module": "llama_cpp",
+        "preference": 4,
         "description": "llama.cpp through llama-cpp-python",
     },
     "onnxruntime": {
@@ -110,6 +116,8 @@ BACKENDS: Final[dict[str, Backend]] = {
         "devices": ("cpu", "cuda", "rocm"),
         "quantizations": ("fp32", "fp16", "int8"),
         "extra": "onnx",
+        "module": "onnxruntime",
+        "preference": 2,
         "description": "ONNX Runtime",
     },
     "tvm": {
@@ -117,6 +125,8 @@ BACKENDS: Final[dict[str, Backend]] = {
         "devices": ("cpu", "cuda", "rocm", "metal", "vulkan"),
         "quantizations": ("fp32", "fp16"),
         "extra": "tvm",
+        "module": "tvm",
+        "preference": 1,
         "description": "Apache TVM (Relax), compiled ahead of time",
     },
     "tensorrt": {
@@ -124,9 +134,14 @@ BACKENDS: Final[dict[str, Backend]] = {
         "devices": ("cuda",),
         "quantizations": ("fp32", "fp16", "int8"),
         "extra": "tensorrt",
+        "module": "tensorrt",
+        "preference": 3,
         "description": "NVIDIA TensorRT engine (built on the target GPU)",
     },
 }
+
+DEVICE_PREFERENCE: Final[dict[str, int]] = {"cuda": 3, "rocm": 3, "metal": 3, "vulkan": 2, "cpu": 1}
+"""An accelerator beats the CPU when several variants fit."""
 
 DEVICES: Final[dict[str, str]] = {
     "cpu": "x86-64 or arm64 CPU",

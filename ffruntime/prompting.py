@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ffserve.gotemplate import TemplateError, render, uses_messages
-from ffserve.runtime import ChatMessage, GenerationRequest
+from ffruntime.gotemplate import TemplateError, render, uses_messages
+from ffruntime.runtime import ChatMessage, GenerationRequest
 
 JinjaRender = Callable[[list[dict[str, str]]], tuple[str, list[str]]]
 """Renders messages with the model's own chat template; returns the prompt and extra stop strings."""

@@ -1,4 +1,4 @@
-"""The ``serve`` and ``ps`` commands (click); ``ff`` adds them through ffbuild/cli/serve.py."""
+"""``ff serve`` and ``ff ps``: settings from flags, then the server in ffserve (imported on use)."""
 
 from __future__ import annotations
 
@@ -95,10 +95,4 @@ def ps(host: str | None, as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-@click.group()
-def main() -> None:
-    """FerrousForge server (python -m ffserve serve …)."""
-
-
-main.add_command(serve)
-main.add_command(ps)
+COMMANDS = [serve, ps]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ffbuild.cli.check import parse_build_args, plan_options
-from ffbuild.cli.render import RichProgress, figure, human_size, make_progress, print_table
+from ffcli.check import parse_build_args, plan_options
+from ffcli.render import RichProgress, figure, human_size, make_progress, print_table
 
 
 @click.command("build")
@@ -42,6 +42,7 @@ def build_command(
     from ffbuild.modelfile import parse_file
     from ffbuild.plan import make_plan
     from ffbuild.stages.errors import StageError
+    from ffruntime.errors import BackendUnavailable, RuntimeFailure
     from registry.reference import ReferenceError, parse_reference
     from registry.store import StoreError
 
@@ -73,7 +74,7 @@ def build_command(
         result = build(
             plan, ref, options=BuildOptions(allow_requantize, not no_verify, threads), progress=progress
         )
-    except (StageError, StoreError, CacheError) as exc:
+    except (StageError, StoreError, CacheError, BackendUnavailable, RuntimeFailure) as exc:
         if isinstance(progress, RichProgress):
             progress.close()
         raise click.ClickException(str(exc)) from None

@@ -3,7 +3,7 @@ sentence embeddings. The verify stage's measuring instrument.
 
 :class:`LlamaEval` opens the model (and optionally a LoRA adapter) through llama-cpp-python's C API,
 so it controls what the high-level ``Llama`` class does not expose: the CPU buffer types (see
-:mod:`ffbuild.stages.llamacpp`), one decode call for all positions of a text, and freeing the model
+:mod:`ffruntime.llamacpp_lib`), one decode call for all positions of a text, and freeing the model
 as soon as the caller is done (``with LlamaEval(...) as m:``).
 
 The context is created on first use and re-created larger only when a text needs it (its size sets
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ffbuild.stages.errors import VerifyError
-from ffbuild.stages.llamacpp import binding, captured_log, default_threads, log_tail, use_extra_buffers
+from ffruntime.errors import RuntimeFailure
+from ffruntime.llamacpp_lib import binding, captured_log, context_params, load_model, log_tail
+from ffruntime.settings import LoadSettings
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -38,25 +39,19 @@ class LlamaEval:
         embedding: bool = False,
         lora: Path | None = None,
         threads: int | None = None,
-        flash_attn: bool = False,
+        settings: LoadSettings | None = None,
     ) -> None:
         self.lc = binding()
         lc = self.lc
         self.path = path
         self.embedding = embedding
         self.n_ctx = 0
-        self.threads = threads if threads is not None else default_threads()
-        self.flash_attn = flash_attn
+        base = settings if settings is not None else LoadSettings()
+        self.settings = base.with_(threads=threads) if threads is not None else base
         self._model: Any = None
         self._ctx: Any = None
         self._lora: Any = None
-        mparams = lc.llama_model_default_params()
-        mparams.use_extra_bufts = use_extra_buffers()
-        mparams.n_gpu_layers = 0
-        with captured_log() as log:
-            self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self._model:
-            raise VerifyError(f"llama.cpp cannot load {path}: {log_tail(log)}")
+        self._model = load_model(path, self.settings)
         try:
             self.vocab = lc.llama_model_get_vocab(self._model)
             self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
@@ -65,7 +60,7 @@ class LlamaEval:
                 with captured_log() as log:
                     self._lora = lc.llama_adapter_lora_init(self._model, str(lora).encode())
                 if not self._lora:
-                    raise VerifyError(f"llama.cpp cannot apply the LoRA adapter {lora} to {path}: "
+                    raise RuntimeFailure(f"llama.cpp cannot apply the LoRA adapter {lora} to {path}: "
                                       + log_tail(log))
         except BaseException:
             self.close()
@@ -81,25 +76,19 @@ class LlamaEval:
                 lc.llama_free(self._ctx)
             self._ctx = None
         n_ctx = max(64, -(-n_tokens // 64) * 64)
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_ctx
-        cparams.n_ubatch = n_ctx
-        cparams.n_threads = self.threads
-        cparams.n_threads_batch = self.threads
-        cparams.embeddings = self.embedding
-        cparams.flash_attn_type = 1 if self.flash_attn else 0
-        cparams.no_perf = True
+        cparams = context_params(
+            self.settings, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embeddings=self.embedding
+        )
         with captured_log() as log:
             self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
-            raise VerifyError(f"llama.cpp cannot create a context for {self.path}: {log_tail(log)}")
+            raise RuntimeFailure(f"llama.cpp cannot create a context for {self.path}: {log_tail(log)}")
         self.n_ctx = n_ctx
         if self._lora:
             adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._lora)
             scales = (ctypes.c_float * 1)(1.0)
             if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
-                raise VerifyError(f"llama.cpp refused to attach the LoRA adapter to {self.path}")
+                raise RuntimeFailure(f"llama.cpp refused to attach the LoRA adapter to {self.path}")
         return self._ctx
 
     def __enter__(self) -> LlamaEval:
@@ -139,7 +128,7 @@ class LlamaEval:
             out = (self.lc.llama_token * cap)()
             n = self.lc.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
         if n < 0:
-            raise VerifyError(f"cannot tokenize {len(raw)} bytes with {self.path}")
+            raise RuntimeFailure(f"cannot tokenize {len(raw)} bytes with {self.path}")
         return list(out[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
@@ -173,7 +162,7 @@ class LlamaEval:
         lc = self.lc
         n = len(tokens)
         if start + n > self.n_ctx:
-            raise VerifyError(f"{start + n} tokens do not fit the evaluation context of {self.n_ctx}")
+            raise RuntimeFailure(f"{start + n} tokens do not fit the evaluation context of {self.n_ctx}")
         batch = lc.llama_batch_init(n, 0, 1)
         try:
             batch.n_tokens = n
@@ -186,7 +175,7 @@ class LlamaEval:
             with captured_log() as log:
                 rc = lc.llama_decode(self._ctx, batch)
             if rc != 0:
-                raise VerifyError(f"llama_decode failed ({rc}) on {self.path}: {log_tail(log)}")
+                raise RuntimeFailure(f"llama_decode failed ({rc}) on {self.path}: {log_tail(log)}")
         finally:
             lc.llama_batch_free(batch)
 
@@ -226,15 +215,15 @@ class LlamaEval:
     def embed(self, text: str) -> FloatArray:
         """The pooled, L2-normalised sentence embedding (the model's own pooling type)."""
         if not self.embedding:
-            raise VerifyError("the model was opened without embedding=True")
+            raise RuntimeFailure("the model was opened without embedding=True")
         tokens = self.tokenize(text, add_special=True)
         self._start(len(tokens))
         self._decode(tokens, 0, all_logits=True)
         ptr = self.lc.llama_get_embeddings_seq(self._ctx, 0)
         if not ptr:
-            raise VerifyError(f"{self.path} produced no pooled embedding (has it a pooling type?)")
+            raise RuntimeFailure(f"{self.path} produced no pooled embedding (has it a pooling type?)")
         vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float32)
         norm = float(np.linalg.norm(vec))
         if not np.isfinite(norm) or norm == 0.0:
-            raise VerifyError(f"{self.path} produced a degenerate embedding (norm {norm})")
+            raise RuntimeFailure(f"{self.path} produced a degenerate embedding (norm {norm})")
         return vec / norm

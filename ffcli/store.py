@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ffbuild.cli.render import figure, human_size, print_table
+from ffcli.render import figure, human_size, print_table
 from registry.artifact import (
     ModelFiles,
     VariantRef,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ffbuild.cli import main
+from ffcli import main
 from registry.artifact import layer, tag_model, variants_of, write_index, write_variant
 from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
 from registry.oci import ANN_QUANTIZATION, ANN_TARGET, ANN_VARIANT, MODEL_WEIGHT

@@ -23,8 +23,8 @@ import llama_cpp.llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-from ffserve.prompting import ModelPrompting, build_prompt
-from ffserve.runtime import (
+from ffruntime.prompting import ModelPrompting, build_prompt
+from ffruntime.runtime import (
     CancelFlag,
     Capability,
     ChatMessage,
@@ -38,7 +38,7 @@ from ffserve.runtime import (
     RequestRejected,
     Token,
 )
-from ffserve.runtimes import LoadOptions
+from ffruntime.settings import LoadSettings
 from registry.artifact import ModelFiles, VariantRef
 
 _default_model_params = getattr(llama_cpp.llama_cpp, "_ff_original_model_params", None) or (
@@ -89,7 +89,7 @@ class _Job:
 @dataclass
 class _Slot:
     path: str
-    opts: LoadOptions
+    opts: LoadSettings
     llm: Any = None
     embedder: Any = None
     lora: str | None = None
@@ -99,8 +99,8 @@ class _Slot:
             self.llm = llama_cpp.Llama(
                 self.path,
                 n_ctx=self.opts.num_ctx,
-                n_threads=self.opts.threads,
-                n_threads_batch=self.opts.threads,
+                n_threads=self.opts.n_threads,
+                n_threads_batch=self.opts.n_threads,
                 lora_path=self.lora,
                 verbose=False,
             )
@@ -111,8 +111,8 @@ class _Slot:
             self.embedder = llama_cpp.Llama(
                 self.path,
                 n_ctx=self.opts.num_ctx,
-                n_threads=self.opts.threads,
-                n_threads_batch=self.opts.threads,
+                n_threads=self.opts.n_threads,
+                n_threads_batch=self.opts.n_threads,
                 embedding=True,
                 pooling_type=-1 if pooled_by_model else _POOLING_MEAN,
                 verbose=False,
@@ -124,7 +124,7 @@ class _Slot:
 class LlamaCppRuntime:
     variant: VariantRef
     files: ModelFiles
-    opts: LoadOptions
+    opts: LoadSettings
     metadata: dict[str, str]
     prompting: ModelPrompting
     _capabilities: frozenset[Capability]
@@ -144,6 +144,10 @@ class LlamaCppRuntime:
     @property
     def context_length(self) -> int:
         return self.opts.num_ctx
+
+    @property
+    def parallel(self) -> int:
+        return self.opts.num_parallel
 
     # --- worker threads -------------------------------------------------------------------------------
     def start(self, slots: list[_Slot]) -> None:
@@ -331,7 +335,7 @@ class LlamaCppRuntime:
         return result[0]
 
 
-def _estimate_memory(files: ModelFiles, meta: Mapping[str, str], opts: LoadOptions) -> int:
+def _estimate_memory(files: ModelFiles, meta: Mapping[str, str], opts: LoadSettings) -> int:
     declared = files.annotations.get("io.ferrousforge.min-memory-bytes")
     weights = sum(p.stat().st_size for p in files.weights)
     arch = meta.get("general.architecture", "")
@@ -369,7 +373,7 @@ def _jinja(
     return render
 
 
-async def load(variant: VariantRef, files: ModelFiles, opts: LoadOptions) -> LlamaCppRuntime:
+async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> LlamaCppRuntime:
     path = str(files.weights[0])
     if not (files.files.get("model.gguf") or files.weights[0]).is_file():
         raise FileNotFoundError(path)

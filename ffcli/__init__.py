@@ -29,6 +29,6 @@ def main() -> None:
 
 
 for _name in COMMAND_MODULES:
-    _module = importlib.import_module(f"ffbuild.cli.{_name}")
+    _module = importlib.import_module(f"ffcli.{_name}")
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -12,7 +12,7 @@ import pytest
 
 from registry.store import Store
 
-FF = [sys.executable, "-c", "from ffbuild.cli import main; main()"]
+FF = [sys.executable, "-c", "from ffcli import main; main()"]
 REPO = Path(__file__).resolve().parents[2]
 
 

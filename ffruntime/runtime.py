@@ -1,4 +1,4 @@
-"""The one async interface every backend implements (llama.cpp now; ONNX Runtime, TVM, TensorRT later).
+"""The one async interface every backend implements (llama.cpp; ONNX Runtime, TVM, TensorRT).
 
 A runtime declares what it can do in ``capabilities``; the routes check a capability before calling
 the matching protocol (:class:`TextRuntime`, :class:`EmbedRuntime`, :class:`TensorRuntime`), so a new
@@ -32,6 +32,18 @@ class RequestRejected(ValueError):
 
 class PromptTooLong(RequestRejected):
     """The prompt does not fit the model's context."""
+
+
+def is_param(v: object) -> bool:
+    if isinstance(v, list):
+        return all(isinstance(x, str) for x in v)
+    return isinstance(v, str | int | float | bool)
+
+
+def model_options(params: Mapping[str, object], overrides: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+    """A request's options: the artifact's Modelfile ``PARAMETER``s, overridden by the request's own."""
+    defaults: dict[str, ParamValue] = {k: v for k, v in params.items() if is_param(v)}  # type: ignore[misc]
+    return {**defaults, **overrides}
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,8 @@ class Embeddings:
 
 @runtime_checkable
 class Runtime(Protocol):
-    """A loaded model. ``close`` frees it; ``memory_bytes`` is what the scheduler budgets for it."""
+    """A loaded model. ``close`` frees it; ``memory_bytes`` is what the scheduler budgets for it;
+    ``parallel`` is how many requests it runs at once (the scheduler admits that many)."""
 
     @property
     def capabilities(self) -> frozenset[Capability]: ...
@@ -109,6 +122,9 @@ class Runtime(Protocol):
 
     @property
     def context_length(self) -> int: ...
+
+    @property
+    def parallel(self) -> int: ...
 
     async def close(self) -> None: ...
 

@@ -14,12 +14,12 @@ import pytest
 
 from ffbuild.build import BuildOptions, build
 from ffbuild.cache import BuildCache
-from ffbuild.cli.run import server_answers
 from ffbuild.plan import BuildPlan, Source, SourceKind, Variant
+from ffcli.run import server_answers
 from registry.reference import parse_reference
 from registry.store import Store
 
-FF = [sys.executable, "-c", "from ffbuild.cli import main; main()"]
+FF = [sys.executable, "-c", "from ffcli import main; main()"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -82,7 +82,7 @@ def test_run_goes_through_ff_serve_when_it_answers(home: Path, tmp_path: Path) -
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "ffserve", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ffcli", "serve", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

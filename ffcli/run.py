@@ -1,0 +1,202 @@
+"""``ff run name:tag "prompt"``: a reply from a stored model, through ``ff serve`` when one answers.
+
+When a server answers at ``$FF_HOST`` (default ``127.0.0.1:11435``; ``GET /api/version``) the request
+goes there (``POST /api/chat``, or ``/api/generate`` for a model that cannot chat). Otherwise the
+variant is chosen with :func:`registry.select.select_variant` and loaded here through
+:func:`ffruntime.load`, exactly as the server would: the same prompt assembly (the Modelfile's Go
+TEMPLATE or the model's own chat template), sampling defaults and PARAMETERs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+
+import click
+
+from registry.artifact import ModelFiles, VariantRef, open_variant, variant_tag, variants_of
+from registry.reference import Reference, ReferenceError, parse_reference
+from registry.select import SelectionError, select_variant
+from registry.store import Store, StoreError
+
+DEFAULT_HOST = "127.0.0.1:11435"
+
+
+def server_url() -> str:
+    host = os.environ.get("FF_HOST", DEFAULT_HOST).strip() or DEFAULT_HOST
+    return host.rstrip("/") if "://" in host else f"http://{host}"
+
+
+def server_answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _options(temperature: float | None, seed: int | None, max_tokens: int | None) -> dict[str, object]:
+    opts: dict[str, object] = {}
+    if temperature is not None:
+        opts["temperature"] = temperature
+    if seed is not None:
+        opts["seed"] = seed
+    if max_tokens is not None:
+        opts["num_predict"] = max_tokens
+    return opts
+
+
+def _post(url: str, path: str, body: dict[str, object]) -> object:
+    req = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        return urllib.request.urlopen(req, timeout=600)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            detail = str(json.loads(detail).get("error", detail))
+        return (exc.code, detail)
+
+
+def stream_server(url: str, model: str, prompt: str, options: dict[str, object]) -> Iterator[str]:
+    """The server's chat answer (its generate answer for a model without chat), streamed."""
+    common = {"model": model, "stream": True, "options": options}
+    try:
+        resp = _post(url, "/api/chat", {**common, "messages": [{"role": "user", "content": prompt}]})
+        if isinstance(resp, tuple) and resp[0] == 400 and "does not support chat" in resp[1]:
+            resp = _post(url, "/api/generate", {**common, "prompt": prompt})
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server at {url}: {exc}") from None
+    if isinstance(resp, tuple):
+        raise click.ClickException(f"the server at {url} answered {resp[0]}: {resp[1]}")
+    try:
+        with resp:  # type: ignore[attr-defined]
+            for line in resp:  # type: ignore[attr-defined]
+                if not line.strip():
+                    continue
+                msg = json.loads(line)
+                if "error" in msg:
+                    raise click.ClickException(f"the server at {url}: {msg['error']}")
+                text = msg["message"].get("content", "") if "message" in msg else msg.get("response", "")
+                yield str(text)
+                if msg.get("done"):
+                    return
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"the stream from {url} broke off: {exc}") from None
+
+
+async def generate_local(
+    variant: VariantRef, files: ModelFiles, prompt: str, options: dict[str, object], threads: int | None
+) -> AsyncIterator[str]:
+    """Load ``variant`` through ffruntime (as ``ff serve`` does) and stream its answer to ``prompt``."""
+    import ffruntime
+    from ffruntime.errors import BackendUnavailable, RuntimeFailure
+    from ffruntime.runtime import (
+        Capability,
+        ChatMessage,
+        GenerationRequest,
+        RequestRejected,
+        TextRuntime,
+        Token,
+        model_options,
+    )
+    from ffruntime.settings import LoadSettings
+
+    ctx = options.get("num_ctx", files.params.get("num_ctx", 2048))
+    settings = LoadSettings(threads=threads or 0, num_ctx=int(str(ctx)), num_parallel=1)
+    try:
+        runtime = await ffruntime.load(variant, files, settings)
+    except (BackendUnavailable, RuntimeFailure, OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot load {variant.name}: {exc}") from None
+    try:
+        if not isinstance(runtime, TextRuntime) or not (
+            {Capability.CHAT, Capability.GENERATE} & runtime.capabilities
+        ):
+            raise click.ClickException(f"{variant.name} does not generate text")
+        opts = model_options(files.params, options)  # type: ignore[arg-type]
+        if Capability.CHAT in runtime.capabilities:
+            request = GenerationRequest(messages=[ChatMessage("user", prompt)], options=opts)
+        else:
+            request = GenerationRequest(prompt=prompt, options=opts)
+        try:
+            async for ev in runtime.generate(request):
+                if isinstance(ev, Token):
+                    yield ev.text
+        except RequestRejected as exc:
+            raise click.ClickException(str(exc)) from None
+    finally:
+        await runtime.close()
+
+
+async def _print(pieces: AsyncIterator[str]) -> None:
+    async for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+@click.command("run")
+@click.argument("reference")
+@click.argument("prompt")
+@click.option("--variant", default=None, help="the variant name, e.g. q8_0-cpu")
+@click.option("--quantize", default=None, help="choose the variant by quantization")
+@click.option("--target", default=None, help="choose the variant by target")
+@click.option("--backend", default=None, help="choose the variant by backend")
+@click.option("--temperature", type=float, default=None, help="0 for greedy decoding")
+@click.option("--seed", type=int, default=None)
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=None, help="stop after this many tokens"
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--local", "force_local", is_flag=True, help="run here even when a server answers at $FF_HOST")
+def run_command(
+    reference: str,
+    prompt: str,
+    variant: str | None,
+    quantize: str | None,
+    target: str | None,
+    backend: str | None,
+    temperature: float | None,
+    seed: int | None,
+    max_tokens: int | None,
+    threads: int | None,
+    force_local: bool,
+) -> None:
+    """Generate a reply from a model in the store (streams tokens to the terminal)."""
+    try:
+        ref: Reference = parse_reference(reference)
+    except ReferenceError as exc:
+        raise click.ClickException(str(exc)) from None
+    url = server_url()
+    options = _options(temperature, seed, max_tokens)
+    use_server = not force_local and server_answers(url)
+    chosen: VariantRef | None = None
+    files: ModelFiles | None = None
+    try:
+        chosen = select_variant(
+            variants_of(Store(), ref), variant=variant, quantize=quantize, target=target, backend=backend
+        )
+        files = open_variant(Store(), chosen.descriptor.digest)
+    except (StoreError, SelectionError) as exc:
+        if not use_server:
+            raise click.ClickException(str(exc)) from None
+    if use_server:
+        model = str(ref)
+        if chosen is not None and (variant or quantize or target or backend) and ref.tag:
+            model = str(ref.with_tag(variant_tag(ref.tag, chosen.name)))
+        for piece in stream_server(url, model, prompt, options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    else:
+        assert chosen is not None and files is not None
+        asyncio.run(_print(generate_local(chosen, files, prompt, options, threads)))
+    sys.stdout.write("\n")
+
+
+COMMANDS = [run_command]

@@ -1,0 +1,193 @@
+"""llama.cpp as every part of ff drives it: the binding, its log, and the model and context parameters.
+
+The verify stage (:mod:`ffruntime.llamacpp_eval`), ``ff run`` and the server's runtime
+(:mod:`ffruntime.llamacpp`) all load models through :func:`model_params` and :func:`context_params`,
+so what verify measures runs on the same kernels as what is served. Nothing here patches
+``llama_cpp``: parameters are built and passed explicitly.
+
+- :func:`binding` imports ``llama_cpp`` or raises :class:`BackendUnavailable` naming the extra.
+- :func:`captured_log` collects llama.cpp's log lines during a call, so a failure can say *why*
+  (llama.cpp reports most errors only in its log and returns a null pointer or a non-zero code).
+- :func:`extra_buffers_safe`: llama.cpp repacks weights into "extra" CPU buffer types (AMX tiles,
+  interleaved layouts for Q4_0/IQ4_NL/Q4_K). A library that compiled ggml's AMX kernels with GCC < 13
+  crashes on AMX CPUs on every multi-token batch (GCC 12's ``_tile_loadconfig`` drops the tile
+  config's row stores; ollama/ollama#17244). Only such a library on such a CPU loads without extra
+  buffers, with a warning saying how to rebuild. ``FF_LLAMA_EXTRA_BUFFERS=1`` / ``=0`` overrides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import importlib.metadata
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ffruntime.errors import BackendUnavailable
+from ffruntime.settings import LoadSettings
+
+log = logging.getLogger("ffruntime.llamacpp")
+
+
+def binding() -> ModuleType:
+    """The ``llama_cpp`` module (llama-cpp-python)."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise BackendUnavailable.missing("llama-cpp-python", "gguf", "Running llama.cpp") from e
+    return llama_cpp
+
+
+@contextlib.contextmanager
+def captured_log(min_level: int = 2) -> Iterator[list[str]]:
+    """Collect llama.cpp log lines at ``min_level`` or above (2 warn, 3 error) while the block runs."""
+    llama_cpp = binding()
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def _collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level >= min_level and level != 5:
+            lines.append(text.decode("utf-8", "replace").rstrip())
+
+    llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def log_tail(lines: list[str], n: int = 5) -> str:
+    """The last few non-empty log lines, for an error message."""
+    kept = [line for line in lines if line.strip()][-n:]
+    return "; ".join(kept) if kept else "llama.cpp logged no reason"
+
+
+# --- which kernels ------------------------------------------------------------------------------------
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+@functools.cache
+def library_build() -> dict[str, Any]:
+    """How the installed llama-cpp-python was compiled: ``.ci/setup`` records ``ff-build.json``
+    (CMake flags, compiler) beside the library; ``system_info`` is what ggml itself reports."""
+    lc = binding()
+    info: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        recorded = Path(str(lc.__file__)).parent / "ff-build.json"
+        info.update(json.loads(recorded.read_text(encoding="utf-8")))
+    with captured_log():
+        raw = lc.llama_print_system_info()
+    info["system_info"] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        info["version"] = importlib.metadata.version("llama_cpp_python")
+    return info
+
+
+def amx_compiled_in(system_info: str) -> bool:
+    return re.search(r"\bAMX_INT8\s*=\s*1\b", system_info) is not None
+
+
+def _gcc_major(compiler: str) -> int | None:
+    m = re.match(r"gcc\s+(\d+)", compiler.strip())
+    return int(m.group(1)) if m else None
+
+
+def extra_buffers_safe(build: dict[str, Any], cpu_flags: frozenset[str]) -> tuple[bool, str]:
+    """Whether llama.cpp's extra CPU buffers are safe with this library on this CPU, and why not."""
+    if "amx_int8" not in cpu_flags or not amx_compiled_in(str(build.get("system_info", ""))):
+        return True, ""
+    compiler = str(build.get("compiler", ""))
+    major = _gcc_major(compiler)
+    if compiler and (major is None or major >= 13):
+        return True, ""
+    return False, (
+        f"this llama-cpp-python was compiled with AMX by {compiler or 'an unknown compiler'} (GCC < 13 "
+        "miscompiles ggml's AMX tile config, which crashes multi-token batches on this AMX CPU), so "
+        "llama.cpp's extra CPU buffers are off and decoding is slower; rebuild with `bash .ci/setup` "
+        "(GGML_NATIVE=OFF, AVX-512, AMX off) or with GCC >= 13"
+    )
+
+
+@functools.cache
+def _auto_extra_buffers() -> bool:
+    ok, why = extra_buffers_safe(library_build(), _cpu_flags())
+    if not ok:
+        log.warning("%s", why)
+    return ok
+
+
+def use_extra_buffers(settings: LoadSettings | None = None) -> bool:
+    """The extra-buffer choice: the settings' explicit one, else ``FF_LLAMA_EXTRA_BUFFERS``, else safe."""
+    if settings is not None and settings.extra_buffers is not None:
+        return settings.extra_buffers
+    env = os.environ.get("FF_LLAMA_EXTRA_BUFFERS", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return _auto_extra_buffers()
+
+
+# --- parameters: the one place they are chosen --------------------------------------------------------
+def model_params(settings: LoadSettings) -> Any:
+    """``llama_model_params`` for ``settings`` (CPU: no layers offloaded; a GPU device: all of them)."""
+    lc = binding()
+    params = lc.llama_model_default_params()
+    params.use_extra_bufts = use_extra_buffers(settings)
+    params.n_gpu_layers = 0 if settings.device.split(":")[0] == "cpu" else 999
+    return params
+
+
+def context_params(
+    settings: LoadSettings,
+    *,
+    n_ctx: int,
+    n_batch: int | None = None,
+    n_ubatch: int | None = None,
+    n_seq_max: int = 1,
+    embeddings: bool = False,
+    pooling: int | None = None,
+) -> Any:
+    """``llama_context_params`` for ``settings``: threads, flash attention, sizes."""
+    lc = binding()
+    params = lc.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch if n_batch is not None else min(n_ctx, 512)
+    params.n_ubatch = n_ubatch if n_ubatch is not None else min(params.n_batch, 512)
+    params.n_seq_max = n_seq_max
+    params.n_threads = settings.n_threads
+    params.n_threads_batch = settings.n_threads
+    params.embeddings = embeddings
+    if pooling is not None:
+        params.pooling_type = pooling
+    params.flash_attn_type = 1 if settings.flash_attn else 0
+    params.no_perf = True
+    return params
+
+
+def load_model(path: Path, settings: LoadSettings) -> Any:
+    """A ``llama_model`` pointer for ``path``, or :class:`RuntimeFailure` with llama.cpp's reason."""
+    from ffruntime.errors import RuntimeFailure
+
+    lc = binding()
+    with captured_log() as lines:
+        model = lc.llama_model_load_from_file(str(path).encode(), model_params(settings))
+    if not model:
+        raise RuntimeFailure(f"llama.cpp cannot load {path}: {log_tail(lines)}")
+    return model

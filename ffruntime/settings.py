@@ -1,0 +1,54 @@
+"""One settings type for loading a variant, shared by the verify stage, ``ff run`` and ``ff serve``.
+
+What verify measures is what is served only if both load with the same settings; so the defaults
+(threads above all) are decided here, once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """One compute thread per core but one, which is left to the caller's own Python work.
+
+    On 2 cores, 1 thread decoded 2× faster than 2 passive threads and 25× faster than 2 spinning ones
+    once anything else ran (docs/serving.md, ``bench/serve_threads.py``).
+    """
+    return max(1, available_cores() - 1)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How to load one variant.
+
+    - ``threads``: compute threads (0: :func:`default_threads`).
+    - ``num_ctx``: context length per sequence (text models).
+    - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime).
+    - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
+    - ``extra_buffers``: llama.cpp's extra CPU buffer types (repack/AMX); ``None`` decides per library
+      (:func:`ffruntime.llamacpp_lib.extra_buffers_safe`).
+    - ``flash_attn``: llama.cpp flash attention (off, as the verify figures were measured).
+    - ``options``: backend options from the variant's ``TARGET … key=value`` and the operator.
+    """
+
+    threads: int = 0
+    num_ctx: int = 2048
+    num_parallel: int = 1
+    device: str = "cpu"
+    extra_buffers: bool | None = None
+    flash_attn: bool = False
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads if self.threads > 0 else default_threads()
+
+    def with_(self, **changes: object) -> LoadSettings:
+        return replace(self, **changes)  # type: ignore[arg-type]
