@@ -1,20 +1,17 @@
-"""The planner: a parsed Modelfile + its folder + build args → a validated, typed :class:`BuildPlan`.
-
-Parsing (``ffbuild.modelfile``) is syntax only; this module gives it meaning: it resolves sources
-relative to the Modelfile's folder, types PARAMETER values like Ollama does, expands QUANTIZE × TARGET
-into variants and rejects combinations that cannot work, with the reason.
+"""What a plan is: the typed :class:`BuildPlan` (and its parts) that ``ffbuild.planner.make_plan`` makes
+from a parsed Modelfile, its folder and the build args. Types only; the planner gives them meaning.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from ffbuild.modelfile import Modelfile
+    pass
 
 ParamValue = int | float | bool | str | list[str]
 
@@ -106,44 +103,3 @@ class BuildPlan(BaseModel):
     build_args: dict[str, str] = Field(default_factory=dict)
     text: str = ""  # the Modelfile text after ARG substitution (stored in the artifact)
     warnings: tuple[str, ...] = ()  # things that build but deserve a look (deprecated parameters, …)
-
-
-def make_plan(
-    modelfile: Modelfile,
-    *,
-    context: Path,
-    modelfile_path: Path | None = None,
-    build_args: dict[str, str] | None = None,
-    quantize: list[str] | None = None,
-    targets: list[str] | None = None,
-) -> BuildPlan:
-    """Plan a parsed Modelfile: resolve paths against ``context`` (the Modelfile's folder), substitute
-    ARGs (``build_args`` override their defaults), type PARAMETERs, expand QUANTIZE × TARGET into
-    variants. ``quantize`` / ``targets`` (as on the command line) replace the file's QUANTIZE / TARGETs;
-    a target string is written like TARGET's value (``"cuda:sm_90 BACKEND onnxruntime"``).
-
-    Raises :class:`~ffbuild.errors.ModelfilePlanError` listing every problem found (in ``.more``).
-    """
-    from ffbuild.planner import build_plan
-
-    return build_plan(
-        modelfile,
-        context=Path(context).resolve(),
-        modelfile_path=modelfile_path,
-        build_args=build_args or {},
-        quantize=quantize,
-        targets=targets,
-    )
-
-
-def plan_file(path: str | Path, build_args: dict[str, str] | None = None, **overrides: Any) -> BuildPlan:
-    """Parse and plan the Modelfile at ``path`` (a file, or a folder holding ``Modelfile``)."""
-    from ffbuild.modelfile import parse_file
-
-    file = Path(path)
-    if file.is_dir():
-        file = file / "Modelfile"
-    file = file.resolve()
-    return make_plan(
-        parse_file(file), context=file.parent, modelfile_path=file, build_args=build_args, **overrides
-    )

@@ -1,6 +1,6 @@
 """The planner: a parsed Modelfile, its folder and build args → a validated :class:`BuildPlan`.
 
-Called through :func:`ffbuild.plan.make_plan`. Every instruction is checked, and every problem found
+Entry points: :func:`make_plan` and :func:`plan_file`. Every instruction is checked, and every problem found
 is reported (the first error carries the others in ``more``), each at the word that caused it.
 Meanings follow Ollama where it has one: SYSTEM, TEMPLATE, RENDERER, PARSER — the last one wins;
 LICENSE and MESSAGE accumulate; ``PARAMETER stop`` accumulates, other parameters the last one wins.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ffbuild.buildargs import resolve_args, substitute, substituted_text, unfaithful
 from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean, printable
-from ffbuild.modelfile import Instruction, Modelfile
+from ffbuild.modelfile import Instruction, Modelfile, parse_file
 from ffbuild.modelfile_text import split_words
 from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_float32
 from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
@@ -390,3 +390,40 @@ def build_plan(
     targets: Sequence[str] | None,
 ) -> BuildPlan:
     return _Planner(modelfile, context).run(build_args, quantize, targets, modelfile_path)
+
+
+def make_plan(
+    modelfile: Modelfile,
+    *,
+    context: Path,
+    modelfile_path: Path | None = None,
+    build_args: dict[str, str] | None = None,
+    quantize: list[str] | None = None,
+    targets: list[str] | None = None,
+) -> BuildPlan:
+    """Plan a parsed Modelfile: resolve paths against ``context`` (the Modelfile's folder), substitute
+    ARGs (``build_args`` override their defaults), type PARAMETERs, expand QUANTIZE × TARGET into
+    variants. ``quantize`` / ``targets`` (as on the command line) replace the file's QUANTIZE / TARGETs;
+    a target string is written like TARGET's value (``"cuda:sm_90 BACKEND onnxruntime"``).
+
+    Raises :class:`~ffbuild.errors.ModelfilePlanError` listing every problem found (in ``.more``).
+    """
+    return build_plan(
+        modelfile,
+        context=Path(context).resolve(),
+        modelfile_path=modelfile_path,
+        build_args=build_args or {},
+        quantize=quantize,
+        targets=targets,
+    )
+
+
+def plan_file(path: str | Path, build_args: dict[str, str] | None = None, **overrides: Any) -> BuildPlan:
+    """Parse and plan the Modelfile at ``path`` (a file, or a folder holding ``Modelfile``)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "Modelfile"
+    file = file.resolve()
+    return make_plan(
+        parse_file(file), context=file.parent, modelfile_path=file, build_args=build_args, **overrides
+    )

@@ -40,7 +40,7 @@ def build_command(
     from ffbuild.cache import CacheError
     from ffbuild.errors import ModelfileError
     from ffbuild.modelfile import parse_file
-    from ffbuild.plan import make_plan
+    from ffbuild.planner import make_plan
     from ffbuild.stages.errors import StageError
     from ffruntime.errors import BackendUnavailable, RuntimeFailure
     from registry.reference import ReferenceError, parse_reference

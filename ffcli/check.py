@@ -84,7 +84,7 @@ def check_command(
     """
     from ffbuild.errors import ModelfileError
     from ffbuild.modelfile import parse_file
-    from ffbuild.plan import make_plan
+    from ffbuild.planner import make_plan
 
     path = modelfile / "Modelfile" if modelfile.is_dir() else modelfile
     args = parse_build_args(build_args)

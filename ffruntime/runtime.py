@@ -47,9 +47,25 @@ def model_options(params: Mapping[str, object], overrides: Mapping[str, ParamVal
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: ``arguments`` is the parsed JSON object."""
+
+    name: str
+    arguments: Mapping[str, object]
+    id: str = ""
+
+
+@dataclass(frozen=True)
 class ChatMessage:
+    """One chat turn. ``tool_calls`` on an assistant turn; ``tool_name``/``tool_call_id`` on a
+    ``role="tool"`` turn (the result of a call)."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -79,15 +95,45 @@ class GenerationRequest:
     context: Sequence[int] = ()
     options: Mapping[str, ParamValue] = field(default_factory=dict)  # Modelfile params ∪ request options
     format: Format = None
+    # Tools (JSON-schema function specs, OpenAI/Ollama shape) offered to the chat template.
+    tools: Sequence[Mapping[str, object]] | None = None
+    # A GBNF grammar that constrains decoding (e.g. a forced tool call); wins over ``format``.
+    grammar: str | None = None
+    # Return each generated token's logprob, and the ``top_logprobs`` most likely alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
     cancel: CancelFlag = field(default_factory=CancelFlag)
 
 
 DoneReason = Literal["stop", "length", "cancelled"]
+"""``stop``: an end-of-generation token or a stop string; ``length``: ``num_predict`` reached or the
+context full; ``cancelled``: the client went away."""
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, natural-log probability, and the likeliest alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] = ()
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class Token:
+    """A piece of generated text (whole UTF-8 characters): one or more model tokens, whose logprobs
+    are in ``logprobs`` when the request asked for them."""
+
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,15 +182,44 @@ class TextRuntime(Runtime, Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
 
 
+EmbedInput = str | Sequence[int]
+"""A text, or token ids already made with the model's tokenizer (OpenAI's token-array input)."""
+
+
 @runtime_checkable
 class EmbedRuntime(Runtime, Protocol):
-    async def embed(self, texts: Sequence[str], *, truncate: bool, cancel: CancelFlag) -> Embeddings: ...
+    """L2-normalised embeddings, one per input; inputs that arrive together may run as one batch."""
+
+    async def embed(
+        self, texts: Sequence[EmbedInput], *, truncate: bool, cancel: CancelFlag
+    ) -> Embeddings: ...
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output of a tensor model: OIP datatype (``FP32``, ``INT64``, ``BYTES``, ``BOOL``…)
+    and shape (-1 for a dynamic axis)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+Tensor = tuple[str, list[int], bytes]
+"""(OIP datatype, shape, raw little-endian bytes; BYTES elements are 4-byte-length-prefixed)."""
 
 
 @runtime_checkable
 class TensorRuntime(Runtime, Protocol):
-    """Open Inference Protocol tensors in, tensors out (ONNX/TVM/TensorRT backends)."""
+    """Open Inference Protocol tensors in, tensors out (ONNX/TVM/TensorRT backends, and embedding
+    models with a BYTES text input). Requests that arrive together may run as one batch."""
+
+    @property
+    def tensor_inputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    def tensor_outputs(self) -> tuple[TensorSpec, ...]: ...
 
     async def infer(
-        self, inputs: Mapping[str, tuple[str, list[int], bytes]], cancel: CancelFlag
-    ) -> dict[str, tuple[str, list[int], bytes]]: ...
+        self, inputs: Mapping[str, Tensor], cancel: CancelFlag, outputs: Sequence[str] | None = None
+    ) -> dict[str, Tensor]: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ffbuild.modelfile import parse
-from ffbuild.plan import make_plan
+from ffbuild.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from test_modelfile_ollama import OllamaError, as_ollama, ollama_parse
 
 from ffbuild.errors import ModelfileError, SourceText
 from ffbuild.modelfile import EXTENSION_KEYWORDS, KEYWORDS, Modelfile, format, parse
-from ffbuild.plan import make_plan
+from ffbuild.planner import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "modelfiles").glob("*/Modelfile"))

@@ -10,7 +10,8 @@ import pytest
 from ffbuild.errors import ModelfileError, ModelfilePlanError
 from ffbuild.modelfile import parse
 from ffbuild.params import DEPRECATED_PARAMETERS, PARAMETERS
-from ffbuild.plan import BuildPlan, Message, make_plan, plan_file
+from ffbuild.plan import BuildPlan, Message
+from ffbuild.planner import make_plan, plan_file
 
 
 def plan(text: str, tmp_path: Path, **kw: object) -> BuildPlan:

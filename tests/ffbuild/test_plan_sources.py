@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ffbuild.errors import ModelfileError, ModelfilePlanError
-from ffbuild.plan import BuildPlan, SourceKind, plan_file
+from ffbuild.plan import BuildPlan, SourceKind
+from ffbuild.planner import plan_file
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_LORA = REPO / "modelfiles" / "smollm2-adapter" / "lora"

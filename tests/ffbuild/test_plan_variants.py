@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ffbuild.errors import ModelfileError
-from ffbuild.plan import BuildPlan, plan_file
+from ffbuild.plan import BuildPlan
+from ffbuild.planner import plan_file
 from registry.choices import BACKENDS, QUANTIZATIONS
 
 
