@@ -21,10 +21,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ffbuild.stages.atomic import pid_alive
 from registry.home import cache_dir
 from registry.oci import canonical_json
-from registry.store import sha256_file
+from registry.store import pid_alive, sha256_file
 
 CacheValue = str | int | float | bool | None | list["CacheValue"] | dict[str, "CacheValue"]
 

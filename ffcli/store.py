@@ -11,11 +11,12 @@ from registry.artifact import (
     ModelFiles,
     VariantRef,
     open_variant,
+    remove_model,
     tag_model,
     variant_tag,
     variants_of,
 )
-from registry.oci import ANN_AGREEMENT, ANN_PPL_RATIO, ANN_VARIANT, OCI_INDEX
+from registry.oci import ANN_AGREEMENT, ANN_PPL_RATIO, OCI_INDEX
 from registry.reference import Reference, ReferenceError, parse_reference
 from registry.store import NotFoundError, Store, StoreError
 
@@ -166,16 +167,9 @@ def rm_command(references: tuple[str, ...]) -> None:
     for text in references:
         ref = _ref(text)
         try:
-            variants = variants_of(store, ref)
+            removed = remove_model(store, ref)
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
-        removed = [str(ref)] if store.untag(ref) else []
-        if ref.tag is not None:
-            for v in variants:
-                if ANN_VARIANT in v.annotations:
-                    vref = ref.with_tag(variant_tag(ref.tag, v.name))
-                    if store.untag(vref):
-                        removed.append(str(vref))
         click.echo(f"deleted {', '.join(removed)}")
 
 

@@ -161,6 +161,21 @@ def tag_model(store: Store, ref: str | Reference, index: Descriptor) -> list[str
     return [str(r), *names]
 
 
+def remove_model(store: Store, ref: str | Reference) -> list[str]:
+    """Untag ``ref`` and the variant tags under it; return the names removed (none: it was not there).
+    Blobs stay until ``Store.prune``. Used by ``ff rm`` and the server's ``/api/delete``."""
+    r = parse_reference(ref) if isinstance(ref, str) else ref
+    variants = variants_of(store, r)  # raises NotFoundError for an unknown model
+    removed = [str(r)] if store.untag(r) else []
+    if r.tag is not None:
+        for v in variants:
+            if ANN_VARIANT in v.annotations:
+                vref = r.with_tag(variant_tag(r.tag, v.name))
+                if store.untag(vref):
+                    removed.append(str(vref))
+    return removed
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 

@@ -61,6 +61,22 @@ class DigestMismatchError(StoreError):
     """Content did not hash to the digest it claimed."""
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (temp names carry the pid of their writer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+TEMP_PREFIX = ".tmp-"
+"""Every temp file in ``ingest/`` is ``.tmp-<pid>-<kind>-<random>``: :meth:`Store.clean_ingest` removes
+those whose writer is gone."""
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
@@ -175,23 +191,57 @@ class Store:
             fsync_dir(final.parent)
         return digest, size
 
-    def add_file(self, src: Path, *, move: bool = False) -> tuple[str, int]:
-        """Add a file as a blob (copied, or moved when ``move`` and on the same file system)."""
-        fd, name = tempfile.mkstemp(dir=self.ingest, prefix=".add-")
+    def temp_file(self, kind: str) -> Path:
+        """A new empty temp file in ``ingest/`` (same file system as the blobs), named for clean-up."""
+        fd, name = tempfile.mkstemp(dir=self.ingest, prefix=f"{TEMP_PREFIX}{os.getpid()}-{kind}-")
         os.close(fd)
-        tmp = Path(name)
+        return Path(name)
+
+    def clean_ingest(self) -> list[Path]:
+        """Remove temp files that killed writers left in ``ingest/`` (``.partial`` downloads stay)."""
+        removed = []
+        for tmp in self.ingest.glob(TEMP_PREFIX + "*"):
+            try:
+                pid = int(tmp.name[len(TEMP_PREFIX) :].split("-", 1)[0])
+            except ValueError:
+                continue
+            if not pid_alive(pid):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
+    def add_file(
+        self,
+        src: Path,
+        *,
+        move: bool = False,
+        link: bool = False,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+    ) -> tuple[str, int]:
+        """Add a file as a blob, verified against ``expected_digest``/``expected_size`` when given:
+        copied; moved when ``move``; hard-linked when ``link`` (only for files nobody will edit in place,
+        such as build outputs) and the file system allows, else copied."""
+        if expected_digest is not None and self.has_blob(expected_digest):
+            return expected_digest, self.blob_path(expected_digest).stat().st_size
+        tmp = self.temp_file("add")
         try:
-            if move:
+            done = False
+            if move or link:
+                tmp.unlink()
                 try:
-                    os.replace(src, tmp)
+                    if move:
+                        os.replace(src, tmp)
+                    else:
+                        os.link(src, tmp)
+                    done = True
                 except OSError:
-                    shutil.copyfile(src, tmp)
-            else:
+                    pass
+            if not done:
                 shutil.copyfile(src, tmp)
-            return self.commit_file(tmp)
-        except BaseException:
+            return self.commit_file(tmp, expected_digest, expected_size)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
 
     def add_bytes(self, data: bytes) -> tuple[str, int]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -204,10 +254,9 @@ class Store:
         self, chunks: Iterable[bytes], expected_digest: str, expected_size: int | None = None
     ) -> int:
         """Write a stream as blob ``expected_digest``; it gets its final name only if it verifies."""
-        fd, name = tempfile.mkstemp(dir=self.ingest, prefix=".stream-")
-        tmp = Path(name)
+        tmp = self.temp_file("stream")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
             return self.commit_file(tmp, expected_digest, expected_size)[1]

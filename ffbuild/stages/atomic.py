@@ -15,17 +15,6 @@ from pathlib import Path
 from registry.store import fsync_dir
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (temp names carry the pid of their writer)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def atomic_output(dst: Path) -> Iterator[Path]:
     """Yield a temp path in ``dst``'s folder; on success fsync it and rename it to ``dst``.

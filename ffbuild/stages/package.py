@@ -9,15 +9,11 @@ store without a partial model.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ffbuild.plan import Message, Variant
-from ffbuild.stages.atomic import pid_alive
 from ffbuild.stages.errors import StageError
 from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
 from registry.modelpack import (
@@ -119,51 +115,16 @@ class ModelMeta:
     modelfile: str = ""
 
 
-_INGEST_PREFIX = ".ffbuild-"
-
-
-def clean_ingest(store: Store) -> list[Path]:
-    """Remove temp files that killed builds left in ``store/ingest`` (named with their pid)."""
-    removed = []
-    for tmp in store.ingest.glob(_INGEST_PREFIX + "*"):
-        try:
-            pid = int(tmp.name[len(_INGEST_PREFIX) :].split("-", 1)[0])
-        except ValueError:
-            continue
-        if not pid_alive(pid):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
 def add_blob(store: Store, f: WeightFile) -> None:
     """Put a large file in the store under its digest, verified: hard-linked when the build owns it
-    (and the file system allows), else copied."""
-    if store.has_blob(f.digest):
-        return
-    fd, name = tempfile.mkstemp(dir=store.ingest, prefix=f"{_INGEST_PREFIX}{os.getpid()}-")
-    os.close(fd)
-    tmp = Path(name)
+    (and the file system allows), else copied (a user's own file may be edited in place later)."""
     try:
-        linked = False
-        if f.build_owned:
-            tmp.unlink()
-            try:
-                os.link(f.path, tmp)
-                linked = True
-            except OSError:
-                pass
-        if not linked:
-            shutil.copyfile(f.path, tmp)
-        store.commit_file(tmp, expected_digest=f.digest, expected_size=f.size)
+        store.add_file(f.path, link=f.build_owned, expected_digest=f.digest, expected_size=f.size)
     except DigestMismatchError as exc:
         raise PackageError(
             f"{f.path} does not match the digest recorded when it was made ({exc}); "
             "the build cache is damaged: delete $FF_HOME/cache and build again"
         ) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _file_layer(store: Store, media_type: str, filepath: str, f: WeightFile) -> Descriptor:
@@ -280,7 +241,7 @@ def package_model(
     if len(set(names)) != len(names):
         raise PackageError(f"two variants share a name: {', '.join(sorted(names))}")
     with store.writing():  # prune waits: the new blobs are unreachable until the tags are written
-        clean_ingest(store)
+        store.clean_ingest()
         variants = [write_variant_manifest(store, meta, p) for p in payloads]
         index = write_index(store, variants)
         if ref.tag is None:

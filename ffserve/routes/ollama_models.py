@@ -17,7 +17,15 @@ from ffserve.state import Engine, engine
 from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body
 from ffserve.wire.ollama import CopyRequest, NameRequest, rfc3339
-from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant, tag_model, variants_of
+from registry.artifact import (
+    ArtifactError,
+    ModelFiles,
+    VariantRef,
+    open_variant,
+    remove_model,
+    tag_model,
+    variants_of,
+)
 from registry.oci import OCI_INDEX
 from registry.select import SelectionError, select_variant
 from registry.store import NotFoundError, StoreError
@@ -239,16 +247,9 @@ async def delete(request: Request) -> Response:
 
     def remove() -> bool:
         try:
-            desc = e.store.resolve(name)
+            return bool(remove_model(e.store, name))
         except NotFoundError:
             return False
-        names = [name]
-        if desc.media_type == OCI_INDEX:
-            base = name.rsplit(":", 1)[0]
-            names += [f"{base}:{name.rsplit(':', 1)[1]}-{v.name}" for v in variants_of(e.store, name)]
-        for n in names:
-            e.store.untag(n)
-        return True
 
     await e.scheduler.unload(name)
     if not await asyncio.to_thread(remove):
