@@ -1,4 +1,4 @@
-"""``ff push`` / ``ff pull``: models between the local store and an OCI registry (design.md §3).
+"""``ff push`` / ``ff pull``: models between the local store and an OCI registry (docs/registry.md).
 
 Push sends every blob the registry lacks (HEAD first), each variant manifest, each variant's own tag
 (``<tag>-<variant>``) and the index under the tag. Pull fetches the index (stored byte for byte, so

@@ -1,9 +1,10 @@
 """The fetch stage: make a BuildPlan's source available locally.
 
-Sources (design.md §2): a local ``.gguf``; a local Hugging Face model folder; ``hf://org/repo[@rev]``
-through ``huggingface_hub.snapshot_download`` (which honours HF_HOME, HF_TOKEN and HF_HUB_OFFLINE);
-or a model in the local store (``FROM name:tag``), whose weight blobs are reused as they are. A remote
-OCI reference that is not in the store yet is pulled with ``registry.remote.pull``.
+Sources (the README's Modelfile language): a local ``.gguf``; a local Hugging Face model folder;
+``hf://org/repo[@rev]`` through ``huggingface_hub.snapshot_download`` (which honours HF_HOME,
+HF_TOKEN and HF_HUB_OFFLINE); or a model in the local store (``FROM name:tag``), whose weight blobs
+are reused as they are. A remote OCI reference that is not in the store yet is pulled with
+``registry.remote.pull``.
 """
 
 from __future__ import annotations

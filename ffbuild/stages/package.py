@@ -1,4 +1,4 @@
-"""The package stage: verified GGUF variants → ModelPack manifests, one OCI index, tags (design.md §3–§4).
+"""The package stage: verified GGUF variants → ModelPack manifests, one OCI index, tags.
 
 Layout and annotations follow docs/artifact-format.md. Everything written is content-addressed and
 canonical (sorted keys, no timestamps), so the same inputs give the same digests; blobs get their final

@@ -43,7 +43,7 @@ def test_agreement_falls_with_the_bits(reports: dict[str, VerifyReport]) -> None
 
 @pytest.mark.slow
 def test_q4_k_m_is_shown_to_talk_nonsense(reports: dict[str, VerifyReport]) -> None:
-    # design.md §6: the 4-bit variants of this 135M model lose the answer; verify must make that visible
+    # Measured: the 4-bit variants of this 135M model lose the answer; verify must make that visible
     assert reports["q4_k_m"].sample and "Paris" not in reports["q4_k_m"].sample
 
 
