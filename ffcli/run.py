@@ -195,6 +195,7 @@ def run_command(
             sys.stdout.flush()
     else:
         assert chosen is not None and files is not None
+        click.echo(f"{ref}: variant {chosen.name}", err=True)
         asyncio.run(_print(generate_local(chosen, files, prompt, options, threads)))
     sys.stdout.write("\n")
 
