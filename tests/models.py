@@ -21,8 +21,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    from registry.store import Store
 
 RECIPE = "3"
 CACHE_ROOT = Path(os.environ.get("FF_TEST_CACHE", Path.home() / ".cache" / "ferrousforge-tests"))
@@ -129,3 +133,59 @@ def peft_lora(base_folder: Path, dest: Path, *, seed: int = 1234, rank: int = 8,
     data = json.loads(config_path.read_text())
     data["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def add_model(
+    store: Store,
+    ref: str,
+    variants: dict[str, Path],
+    *,
+    params: dict[str, object] | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    task: str = "chat",
+) -> None:
+    """Write a model (one variant per quantization → GGUF file) the way ``ff build`` lays it out."""
+    from registry.artifact import layer, tag_model, write_index, write_variant
+    from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
+    from registry.oci import (
+        ANN_BACKEND,
+        ANN_FORMAT,
+        ANN_QUANTIZATION,
+        ANN_TARGET,
+        ANN_TASK,
+        ANN_VARIANT,
+        FF_PARAMS,
+        FF_SYSTEM,
+        FF_TEMPLATE,
+        MODEL_DOC,
+        MODEL_WEIGHT,
+    )
+
+    descs = []
+    for quant, path in sorted(variants.items()):
+        layers = [layer(store, MODEL_WEIGHT, "model.gguf", file=path)]
+        if params:
+            layers.append(layer(store, FF_PARAMS, "params.json", data=json.dumps(params).encode()))
+        if template:
+            layers.append(layer(store, FF_TEMPLATE, "template.txt", data=template.encode()))
+        if system:
+            layers.append(layer(store, FF_SYSTEM, "system.txt", data=system.encode()))
+        layers.append(layer(store, MODEL_DOC, "LICENSE", data=b"Apache-2.0"))
+        config = ModelPackConfig(
+            descriptor=ModelDescriptor(name=ref.split(":")[0]),
+            config=ModelConfig(
+                architecture="llama", format="gguf", param_size="135M", quantization=quant
+            ),
+            modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
+        )
+        ann = {
+            ANN_VARIANT: f"{quant}-cpu",
+            ANN_TARGET: "cpu",
+            ANN_BACKEND: "llamacpp",
+            ANN_FORMAT: "gguf",
+            ANN_QUANTIZATION: quant,
+            ANN_TASK: task,
+        }
+        descs.append(write_variant(store, config, layers, ann))
+    tag_model(store, ref, write_index(store, descs))

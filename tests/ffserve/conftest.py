@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -22,22 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.artifact import layer, tag_model, write_index, write_variant
-from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
-from registry.oci import (
-    ANN_BACKEND,
-    ANN_FORMAT,
-    ANN_QUANTIZATION,
-    ANN_TARGET,
-    ANN_TASK,
-    ANN_VARIANT,
-    FF_PARAMS,
-    FF_SYSTEM,
-    FF_TEMPLATE,
-    MODEL_DOC,
-    MODEL_WEIGHT,
-)
 from registry.store import Store
+from tests.models import add_model
 
 CACHE = Path.home() / ".cache" / "ferrousforge-tests" / "ffserve"
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,46 +41,6 @@ def build_smollm2(home: Path, smollm2_hf: Path) -> None:
     cmd += ["-t", "smollm2:latest"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
-
-
-def add_model(
-    store: Store,
-    ref: str,
-    variants: dict[str, Path],
-    *,
-    params: dict[str, object] | None = None,
-    template: str | None = None,
-    system: str | None = None,
-    task: str = "chat",
-) -> None:
-    """Write a model (one variant per quantization → GGUF file) the way ``ff build`` lays it out."""
-    descs = []
-    for quant, path in sorted(variants.items()):
-        layers = [layer(store, MODEL_WEIGHT, "model.gguf", file=path)]
-        if params:
-            layers.append(layer(store, FF_PARAMS, "params.json", data=json.dumps(params).encode()))
-        if template:
-            layers.append(layer(store, FF_TEMPLATE, "template.txt", data=template.encode()))
-        if system:
-            layers.append(layer(store, FF_SYSTEM, "system.txt", data=system.encode()))
-        layers.append(layer(store, MODEL_DOC, "LICENSE", data=b"Apache-2.0"))
-        config = ModelPackConfig(
-            descriptor=ModelDescriptor(name=ref.split(":")[0]),
-            config=ModelConfig(
-                architecture="llama", format="gguf", param_size="135M", quantization=quant
-            ),
-            modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
-        )
-        ann = {
-            ANN_VARIANT: f"{quant}-cpu",
-            ANN_TARGET: "cpu",
-            ANN_BACKEND: "llamacpp",
-            ANN_FORMAT: "gguf",
-            ANN_QUANTIZATION: quant,
-            ANN_TASK: task,
-        }
-        descs.append(write_variant(store, config, layers, ann))
-    tag_model(store, ref, write_index(store, descs))
 
 
 @pytest.fixture(scope="session")

@@ -16,50 +16,14 @@ from remote_testkit import RegistryServer
 
 from registry.artifact import (
     ArtifactError,
-    layer,
     open_variant,
-    tag_model,
     variants_of,
-    write_index,
-    write_variant,
-)
-from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
-from registry.oci import (
-    ANN_BACKEND,
-    ANN_FORMAT,
-    ANN_QUANTIZATION,
-    ANN_TARGET,
-    ANN_TASK,
-    ANN_VARIANT,
-    MODEL_DOC,
-    MODEL_WEIGHT,
 )
 from registry.store import NotFoundError, Store
+from tests.models import add_model
 
 ROOT = Path(__file__).resolve().parents[2]
-QUANTS = ("q4_k_m", "f16", "q8_0")  # written in this order: the choice must not depend on it
-
-
-def _three_variant_model(store: Store, gguf: Path, ref: str) -> None:
-    weight = layer(store, MODEL_WEIGHT, "model.gguf", file=gguf)
-    variants = []
-    for quant in QUANTS:
-        layers = [weight, layer(store, MODEL_DOC, "README.md", data=f"# {quant}\n".encode())]
-        config = ModelPackConfig(
-            descriptor=ModelDescriptor(name="smollm2"),
-            config=ModelConfig(architecture="llama", format="gguf", param_size="135M", quantization=quant),
-            modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
-        )
-        ann = {
-            ANN_VARIANT: f"{quant}-cpu",
-            ANN_TARGET: "cpu",
-            ANN_BACKEND: "llamacpp",
-            ANN_FORMAT: "gguf",
-            ANN_QUANTIZATION: quant,
-            ANN_TASK: "chat",
-        }
-        variants.append(write_variant(store, config, layers, ann))
-    tag_model(store, ref, write_index(store, variants))
+QUANTS = ("q4_k_m", "f16", "q8_0")
 
 
 def _pulled(store: Store, ref: str) -> list[str]:
@@ -82,7 +46,7 @@ def test_run_pull_and_serve_pick_the_same_variant(
 
     home = tmp_path / "home"
     store = Store(home / "store")
-    _three_variant_model(store, smollm2_gguf, "smollm2:3v")
+    add_model(store, "smollm2:3v", {q: smollm2_gguf for q in QUANTS})
 
     served = resolve(store, "smollm2:3v", target=None, quantize=None).variant.name
 
