@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from registry.artifact import ArtifactError, tag_model, write_index, write_variant
 from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig, param_size
@@ -57,18 +58,15 @@ def is_ollama_manifest(m: Manifest) -> bool:
 def _gguf_facts(path: str) -> tuple[str | None, str | None]:
     """(architecture, paramSize) from a GGUF header, or Nones when gguf is missing or the file is odd."""
     try:
-        from gguf import GGUFReader
-    except ImportError:
+        from registry.gguf_info import read_gguf_info
+    except ImportError:  # the gguf package (extra ``gguf``) is not installed
         return None, None
     try:
-        reader = GGUFReader(path)
-        field = reader.fields.get("general.architecture")
-        arch = str(field.contents()) if field is not None else None
-        count = sum(int(t.n_elements) for t in reader.tensors)
+        info = read_gguf_info(Path(path))
     except Exception as exc:  # a malformed header must not stop the pull; the fields are optional
         log.warning("cannot read the GGUF header of %s: %s", path, exc)
         return None, None
-    return arch, (param_size(count) if count else None)
+    return info.architecture, (param_size(info.param_count) if info.param_count else None)
 
 
 def _json_obj(store: Store, digest: str) -> dict[str, object]:

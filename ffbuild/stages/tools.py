@@ -21,7 +21,8 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "quantize": ("quantize", "ffruntime/llamacpp_lib"),
     "lora": ("lora", "convert"),
     "verify": (
-        "verify", "gguf_info", "ffruntime/llamacpp_eval", "ffruntime/llamacpp_lib", "ffruntime/settings"
+        "verify", "registry/gguf_info", "ffruntime/llamacpp_eval", "ffruntime/llamacpp_lib",
+        "ffruntime/settings",
     ),
 }
 """The modules whose code shapes each stage's output (a change to any of them is a cache miss): a stage

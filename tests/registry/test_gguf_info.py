@@ -8,8 +8,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from ffbuild.stages.errors import GGUFError
-from ffbuild.stages.gguf_info import (
+from registry.gguf_info import (
     MAX_SMALL_ARRAY,
     LongArray,
     quantization_precision,
@@ -17,6 +16,7 @@ from ffbuild.stages.gguf_info import (
     read_gguf_info,
     size_label,
 )
+from registry.gguf_info import GGUFFormatError as GGUFError
 
 
 def test_header_matches_gguf_reader(smollm2_gguf: Path) -> None:
@@ -145,3 +145,15 @@ def test_truncated_real_file(smollm2_gguf: Path, tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(GGUFError, match="cannot read"):
         read_gguf_info(tmp_path / "nope.gguf")
+
+
+def test_the_build_sees_a_stage_error(tmp_path: Path) -> None:
+    from ffbuild.stages.errors import GGUFError as StageGGUFError
+    from ffbuild.stages.errors import StageError
+    from ffbuild.stages.gguf_info import read_gguf_info as build_read
+
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"not a gguf at all, long enough to have a header")
+    with pytest.raises(StageGGUFError, match="not a GGUF") as info:
+        build_read(bad)
+    assert isinstance(info.value, StageError)
