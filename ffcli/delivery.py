@@ -153,4 +153,61 @@ def sbom_command(
     click.echo(json.dumps({"subject": digest, "layers": len(facts.layers), **asdict(result)}))
 
 
-COMMANDS = [sign_command, verify_command, sbom_command]
+@click.command("export")
+@click.argument("ref")
+@click.option("--modelcar", "modelcar", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="write an OCI image layout whose layer holds /models/… (KServe oci://)")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="write the model folder itself (what ff serve --models-dir reads)")
+@click.option("--tag", default="latest", show_default=True, help="the modelcar image's tag in the layout")
+@click.option("--base", default=None, metavar="LAYOUT[:TAG]",
+              help="an OCI image layout to build the modelcar on (one with sh, for KServe's sidecar)")
+@click.option("--target", help="the variant's target (default: the one that fits this machine)")
+@click.option("--quantize", help="the variant's quantization")
+@click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def export_command(
+    ref: str, modelcar: Path | None, folder: Path | None, tag: str, base: str | None,
+    target: str | None, quantize: str | None, variant: str | None, as_json: bool,
+) -> None:
+    """Export one variant of model REF from the store: as a modelcar image or as a plain folder.
+
+    \b
+    Examples:
+      ff export smollm2:latest --modelcar ./smollm2-modelcar
+      skopeo copy oci:./smollm2-modelcar:latest docker://registry.example/models/smollm2-modelcar:1
+      ff export smollm2:latest --dir /srv/models/smollm2
+    """
+    from registry.artifact import variants_of
+    from registry.folder import export_folder
+    from registry.modelcar import write_modelcar
+    from registry.reference import parse_reference
+    from registry.select import select_variant
+    from registry.store import Store
+
+    if (modelcar is None) == (folder is None):
+        raise click.UsageError("give one of --modelcar DIR or --dir DIR")
+    with expected_errors():
+        store = Store()
+        name = str(parse_reference(ref))
+        chosen = select_variant(variants_of(store, name), target=target, quantize=quantize, variant=variant)
+        if folder is not None:
+            files = export_folder(store, name, chosen, folder)
+            result: dict[str, object] = {"folder": str(folder), "variant": chosen.name, "files": files}
+        else:
+            assert modelcar is not None
+            base_dir, base_tag = None, None
+            if base:
+                path, sep, btag = base.rpartition(":") if ":" in base else (base, "", "")
+                base_dir, base_tag = Path(path if sep else base), (btag or None)
+            res = write_modelcar(store, name, chosen, modelcar, tag=tag, base=base_dir, base_tag=base_tag)
+            result = {"variant": chosen.name, **asdict(res)}
+    if as_json:
+        click.echo(json.dumps(result))
+    elif folder is not None:
+        click.echo(f"exported {name} variant {chosen.name} to {folder}")
+    else:
+        click.echo(f"wrote modelcar oci:{modelcar}:{tag} ({result['digest']}) with {name} {chosen.name}")
+
+
+COMMANDS = [sign_command, verify_command, sbom_command, export_command]
