@@ -136,11 +136,12 @@ def sbom_command(
     """
     from registry import sbom
     from registry.oci import Descriptor
+    from registry.store import Store
 
     with expected_errors():
         cl, repo, docker_ref, digest, size, media_type = _resolve(ref, insecure, ca_file)
         created = _created()
-        facts = sbom.collect(cl, repo, digest, f"{docker_ref}@{digest}")
+        facts = sbom.collect(cl, repo, digest, f"{docker_ref}@{digest}", Store())
         doc = sbom.spdx_document(facts, revision=revision, created=created)
         body = json.dumps(doc, indent=2, sort_keys=True).encode()
         if output is not None:

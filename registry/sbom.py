@@ -15,12 +15,13 @@ as the OCI 1.1 distribution spec says: an index tagged ``sha256-<hex>`` listing 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 
 from registry.artifact import parse_manifest
-from registry.http import RegistryClient, RegistryError
+from registry.http import RegistryClient, RegistryError, iter_body
 from registry.oci import (
     ANN_VARIANT,
     ANNOTATION_CREATED,
@@ -36,6 +37,7 @@ from registry.oci import (
     canonical_json,
 )
 from registry.smallblobs import fetch_bytes, upload_bytes
+from registry.store import Store
 from registry.transfer import get_manifest, put_manifest, sha256_digest
 
 SPDX_JSON = "application/spdx+json"
@@ -57,6 +59,27 @@ class LayerFact:
     media_type: str
     digest: str
     size: int
+    sha1: str = ""  # SPDX requires a SHA1 per file: hashed from the local store, else streamed
+
+
+def _sha1(client: RegistryClient, repo: str, d: Descriptor, store: Store | None) -> str:
+    """SHA1 of a layer: from the local store's copy if there is one, else streamed from the registry
+    (nothing is kept; the sha256 is checked on the way)."""
+    h1, h256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
+    if store is not None and store.has_blob(d.digest):
+        with open(store.blob_path(d.digest), "rb") as f:
+            while chunk := f.read(1 << 20):
+                h1.update(chunk)
+        return h1.hexdigest()
+    resp = client.do_request(client.url(f"/v2/{repo}/blobs/{d.digest}"), "GET", stream=True)
+    client.check(resp, 200, what=f"GET blob {d.digest}")
+    with resp:
+        for chunk in iter_body(resp, 1 << 20):
+            h1.update(chunk)
+            h256.update(chunk)
+    if "sha256:" + h256.hexdigest() != d.digest:
+        raise SBOMError(f"layer {d.digest} from {client.host} does not match its digest")
+    return h1.hexdigest()
 
 
 @dataclass
@@ -84,9 +107,13 @@ def _manifests(client: RegistryClient, repo: str, digest: str) -> list[tuple[str
     return out
 
 
-def collect(client: RegistryClient, repo: str, digest: str, reference: str) -> ModelFacts:
-    """Everything the SBOM says, read from the registry (manifests, configs, license files)."""
+def collect(
+    client: RegistryClient, repo: str, digest: str, reference: str, store: Store | None = None
+) -> ModelFacts:
+    """Everything the SBOM says, read from the registry (manifests, configs, license files); layer
+    SHA1s from ``store`` where it holds the blobs (as right after ``ff push``)."""
     facts = ModelFacts(reference=reference, digest=digest)
+    sha1s: dict[str, str] = {}
     for name, mdigest, m in _manifests(client, repo, digest):
         facts.variants[name] = mdigest
         ann = m.annotations or {}
@@ -108,7 +135,9 @@ def collect(client: RegistryClient, repo: str, digest: str, reference: str) -> M
                     facts.licenses += [str(x) for x in lic]
         for d in m.layers:
             path = (d.annotations or {}).get(ANNOTATION_FILEPATH, d.digest[7:19])
-            facts.layers.append(LayerFact(name, path, d.media_type, d.digest, d.size))
+            if d.digest not in sha1s:
+                sha1s[d.digest] = _sha1(client, repo, d, store)
+            facts.layers.append(LayerFact(name, path, d.media_type, d.digest, d.size, sha1s[d.digest]))
             is_license = d.media_type == MODEL_DOC and path.upper().startswith("LICENSE")
             if is_license and d.size <= MAX_LICENSE_BYTES:
                 raw = fetch_bytes(client, repo, d.digest, d.size, MAX_LICENSE_BYTES)
@@ -118,6 +147,18 @@ def collect(client: RegistryClient, repo: str, digest: str, reference: str) -> M
     facts.revisions = list(dict.fromkeys(facts.revisions))
     facts.licenses = list(dict.fromkeys(facts.licenses))
     return facts
+
+
+def _purl(reference: str, digest: str) -> str:
+    """The package URL of an OCI artifact: ``pkg:oci/<name>@sha256%3A…?repository_url=<host/repo>``."""
+    from urllib.parse import quote
+
+    repo = reference.split("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:  # a tag
+        repo = repo[: -len(last)] + last.split(":", 1)[0]
+    name = repo.rsplit("/", 1)[-1]
+    return f"pkg:oci/{name}@{quote(digest, safe='')}?repository_url={quote(repo, safe='/:')}"
 
 
 def _spdx_ref(text: str) -> str:
@@ -141,7 +182,7 @@ def spdx_document(facts: ModelFacts, *, revision: str | None = None, created: st
     model: dict[str, object] = {
         "SPDXID": model_id,
         "name": facts.reference,
-        "downloadLocation": f"oci://{facts.reference}",
+        "downloadLocation": "NOASSERTION",  # SPDX 2.3 has no oci:// locations: the purl below says where
         "filesAnalyzed": False,
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": declared,
@@ -150,8 +191,7 @@ def spdx_document(facts: ModelFacts, *, revision: str | None = None, created: st
         "primaryPackagePurpose": "OTHER",
         "externalRefs": [{
             "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-            "referenceLocator": f"pkg:oci/{facts.reference.rsplit('/', 1)[-1].split(':')[0]}@"
-                                f"{facts.digest.replace(':', '%3A')}",
+            "referenceLocator": _purl(facts.reference, facts.digest),
         }],
     }
     if rev:
@@ -180,7 +220,8 @@ def spdx_document(facts: ModelFacts, *, revision: str | None = None, created: st
                 seen_files.add(fid)
                 files.append({
                     "SPDXID": fid, "fileName": f"./{lf.filepath}",
-                    "checksums": [{"algorithm": "SHA256", "checksumValue": lf.digest.split(":", 1)[1]}],
+                    "checksums": [{"algorithm": "SHA256", "checksumValue": lf.digest.split(":", 1)[1]},
+                                  {"algorithm": "SHA1", "checksumValue": lf.sha1}],
                     "licenseConcluded": "NOASSERTION", "copyrightText": "NOASSERTION",
                     "comment": f"OCI layer {lf.digest} ({lf.media_type}, {lf.size} bytes)",
                 })
@@ -202,11 +243,8 @@ def spdx_document(facts: ModelFacts, *, revision: str | None = None, created: st
 
 
 def _verification_code(facts: ModelFacts, variant: str) -> str:
-    """SPDX's package verification code: SHA1 of the sorted file SHA1s; we have SHA256s, so SHA1 over
-    those sorted digests (documented as such in docs/delivery.md)."""
-    import hashlib
-
-    digs = sorted(x.digest.split(":", 1)[1] for x in facts.layers if x.variant == variant)
+    """SPDX's package verification code: SHA1 of the variant's sorted file SHA1s, concatenated."""
+    digs = sorted(x.sha1 for x in facts.layers if x.variant == variant)
     return hashlib.sha1("".join(digs).encode(), usedforsecurity=False).hexdigest()
 
 

@@ -214,8 +214,19 @@ def test_cosign_format_private_key(pushed: tuple[str, str], env: dict[str, str],
     assert _independent_verify(host, repo, digest, key.public_key()) == 1
 
 
+def _spdx_valid(doc: dict[str, object], tmp: Path) -> None:
+    """The SBOM is valid SPDX 2.3 by spdx-tools, the SPDX project's own parser and validator."""
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    path = tmp / "sbom.spdx.json"
+    path.write_text(json.dumps(doc))
+    messages = validate_full_spdx_document(parse_file(str(path)))
+    assert messages == [], "\n".join(m.validation_message for m in messages)
+
+
 def test_sbom_lists_every_layer(pushed: tuple[str, str], env: dict[str, str],
-                                auth_registry: RegistryServer) -> None:
+                                auth_registry: RegistryServer, tmp_path: Path) -> None:
     ref, digest = pushed
     host, repo = auth_registry.host, ref.split("/", 1)[1].rsplit(":", 1)[0]
     out = ff("sbom", ref, "--attach", "--revision", "0123abc")
@@ -233,6 +244,8 @@ def test_sbom_lists_every_layer(pushed: tuple[str, str], env: dict[str, str],
     assert sbom["spdxVersion"] == "SPDX-2.3"
     model = sbom["packages"][0]
     assert model["versionInfo"] == "0123abc" and model["licenseDeclared"] == "Apache-2.0"
+    purl = model["externalRefs"][0]["referenceLocator"]
+    assert purl == f"pkg:oci/{repo.rsplit('/', 1)[-1]}@sha256%3A{digest[7:]}?repository_url={host}/{repo}"
     listed = {c["checksumValue"] for f in sbom["files"] for c in f["checksums"]}
     index = _get(host, f"/v2/{repo}/manifests/{digest}", "application/vnd.oci.image.index.v1+json").json()
     layers = set()
@@ -240,7 +253,12 @@ def test_sbom_lists_every_layer(pushed: tuple[str, str], env: dict[str, str],
         vm = _get(host, f"/v2/{repo}/manifests/{v['digest']}", v["mediaType"]).json()
         layers |= {d["digest"].split(":")[1] for d in vm["layers"]}
     assert layers and layers <= listed
+    for f in sbom["files"]:  # each file's SHA1 (SPDX requires one) is the SHA1 of the layer's bytes
+        sums = {c["algorithm"]: c["checksumValue"] for c in f["checksums"]}
+        blob = _get(host, f"/v2/{repo}/blobs/sha256:{sums['SHA256']}").content
+        assert hashlib.sha1(blob).hexdigest() == sums["SHA1"]
     assert len(index["manifests"]) == 2 and len(sbom["packages"]) == 3
+    _spdx_valid(sbom, tmp_path)
     # attaching again keeps one fallback index with both entries
     assert ff("sbom", ref, "--attach", "--revision", "0123abd").exit_code == 0
     idx = _get(host, f"/v2/{repo}/manifests/sha256-{digest.split(':')[1]}",
