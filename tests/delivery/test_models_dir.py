@@ -121,3 +121,48 @@ def test_bad_folders_fail_clearly(smollm2_gguf: Path, built: Path, tmp_path: Pat
     params.write_bytes(params.read_bytes().replace(b"0.2", b"9.9"))  # same size: the digest check catches it
     out = ff("serve", "--port", "0", "--models-dir", str(folder), home=tmp_path / "h2")
     assert out.returncode != 0 and "params.json hashes to" in out.stderr, out.stderr
+
+
+def test_modelcar_on_a_base_image(built: Path, tmp_path: Path) -> None:
+    """--base: the base image's layers first (e.g. busybox, for KServe's sidecar `sh`), /models on top."""
+    import hashlib
+    import io
+
+    base = tmp_path / "base"
+    blobs = base / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return "sha256:" + digest
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("bin/marker")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"sh\n"))
+    layer = buf.getvalue()
+    ldigest = put(layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"base": "yes"}},
+                         "rootfs": {"type": "layers", "diff_ids": [ldigest]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": put(config), "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                       "digest": ldigest, "size": len(layer)}]}).encode()
+    (base / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (base / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(manifest),
+        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "stable"}}]}))
+    out = ff("export", "smollm2:1", "--modelcar", str(tmp_path / "car"), "--base", f"{base}:stable", "--json",
+             home=built)
+    assert out.returncode == 0, out.stderr
+    car = json.loads(out.stdout)
+    info = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{tmp_path / 'car'}:latest"], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["Layers"] == [ldigest, car["layer"]]
+    assert info["Labels"]["base"] == "yes" and info["Labels"]["io.ferrousforge.variant"] == "q4_1-cpu"
+    cfg = json.loads(subprocess.run(["skopeo", "inspect", "--config", f"oci:{tmp_path / 'car'}:latest"],
+                                    check=True, capture_output=True, text=True).stdout)
+    assert cfg["rootfs"]["diff_ids"] == [ldigest, car["layer"]]
