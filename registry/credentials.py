@@ -57,18 +57,31 @@ def _load(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _from_helper(helper: str, host: str) -> Credentials | None:
-    """Ask a Docker credential helper (``docker-credential-<helper> get``) for ``host``'s credentials."""
+def run_helper(helper: str, action: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    """Run ``docker-credential-<helper> <action>`` (get, store, erase) with ``stdin``."""
     exe = shutil.which(f"docker-credential-{helper}")
     if exe is None:
         raise RegistryError(
-            f"the Docker config names credential helper {helper!r} for {host}, but "
-            f"docker-credential-{helper} is not on PATH"
+            f"the Docker config names credential helper {helper!r}, but docker-credential-{helper} "
+            "is not on PATH"
         )
     try:
-        out = subprocess.run([exe, "get"], input=host, capture_output=True, text=True, timeout=30)
+        return subprocess.run([exe, action], input=stdin, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RegistryError(f"credential helper docker-credential-{helper} failed: {exc}") from None
+
+
+def helper_for(cfg: dict[str, Any], host: str) -> str | None:
+    """The credential helper the config names for ``host``: ``credHelpers[host]``, else ``credsStore``."""
+    helpers = cfg.get("credHelpers")
+    helper = helpers.get(host) if isinstance(helpers, dict) else None
+    helper = helper if isinstance(helper, str) and helper else cfg.get("credsStore")
+    return helper if isinstance(helper, str) and helper else None
+
+
+def _from_helper(helper: str, host: str) -> Credentials | None:
+    """Ask a Docker credential helper (``docker-credential-<helper> get``) for ``host``'s credentials."""
+    out = run_helper(helper, "get", host)
     if out.returncode != 0:  # helpers exit non-zero with "credentials not found" when they have none
         return None
     try:
@@ -104,12 +117,8 @@ def load_credentials(host: str, *, path: Path | None = None) -> Credentials | No
                 return Credentials(user, password)
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
             return Credentials(entry["username"], entry["password"])
-    helpers = cfg.get("credHelpers")
-    helper = helpers.get(host) if isinstance(helpers, dict) else None
-    helper = helper if isinstance(helper, str) and helper else cfg.get("credsStore")
-    if isinstance(helper, str) and helper:
-        return _from_helper(helper, host)
-    return None
+    helper = helper_for(cfg, host)
+    return _from_helper(helper, host) if helper else None
 
 
 def _norm(host: str) -> str:

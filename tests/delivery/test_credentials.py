@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,49 @@ def test_auth_and_network_exit_codes(auth_registry: RegistryServer, docker_confi
     assert out.exit_code == 4 and "401" in out.output, out.output
     out = CliRunner().invoke(main, ["pull", "127.0.0.1:9/ns/m:1", "-q"])
     assert out.exit_code == 5 and "cannot reach registry" in out.output, out.output
+
+
+def test_login_and_logout_through_a_credential_helper(
+    auth_registry: RegistryServer, docker_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With credsStore set, ff login stores the secret in the helper (store), never in config.json, as
+    docker login does; pulls read it back (get); ff logout erases it (erase)."""
+    bin_dir, vault = tmp_path / "bin", tmp_path / "vault.json"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-ffvault"
+    helper.write_text(f"""#!{sys.executable}
+import json, sys
+path = {str(vault)!r}
+try:
+    vault = json.load(open(path))
+except FileNotFoundError:
+    vault = {{}}
+action, data = sys.argv[1], sys.stdin.read().strip()
+if action == "store":
+    entry = json.loads(data)
+    vault[entry["ServerURL"]] = entry
+elif action == "get":
+    if data not in vault:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    print(json.dumps(vault[data]))
+elif action == "erase":
+    if vault.pop(data, None) is None:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+json.dump(vault, open(path, "w"))
+""")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (docker_config / "config.json").write_text(json.dumps({"credsStore": "ffvault"}))
+    out = CliRunner().invoke(main, ["login", auth_registry.host, "-u", USER, "--password-stdin"],
+                             input=PASSWORD + "\n")
+    assert out.exit_code == 0, out.output
+    text = (docker_config / "config.json").read_text()
+    assert PASSWORD not in text and json.loads(text)["auths"] == {auth_registry.host: {}}
+    assert json.loads(vault.read_text())[auth_registry.host]["Secret"] == PASSWORD
+    client_for(auth_registry.host).ping()
+    out = CliRunner().invoke(main, ["logout", auth_registry.host])
+    assert out.exit_code == 0, out.output
+    assert json.loads(vault.read_text()) == {}
+    assert resolve(auth_registry.host) is None
