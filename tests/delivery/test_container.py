@@ -163,3 +163,27 @@ def test_podman_build_and_run(tmp_path: Path) -> None:  # pragma: no cover - nee
     uid = subprocess.run(["podman", "run", "--rm", "--entrypoint", "id", tag, "-u"], check=True,
                          capture_output=True, text=True, timeout=120).stdout.strip()
     assert uid == "10001"
+
+
+def test_server_pulls_obey_the_signature_policy(
+    signed_model: tuple[str, Path, Path], pod_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The server's own pulls (/api/pull, and pull-on-demand with FF_PULL=1) verify FF_VERIFY_KEY too:
+    a model signed by another key is a 403 with nothing stored; the right key pulls and answers."""
+    from tests.ffserve.conftest import start_server
+
+    ref, pub, other = signed_model
+    env = {k: v for k, v in pod_env.items() if k.startswith(("FF_REGISTRY_", "FF_REQUIRE"))}
+    env.update(FF_PULL="1", FF_QUANTIZE="q4_1")  # (a server's pull takes its FF_QUANTIZE as a requirement)
+    home = tmp_path / "srv"
+    chat = {"model": ref, "stream": False, "options": {"num_predict": 8},
+            "messages": [{"role": "user", "content": "Hi"}]}
+    with start_server(home, tmp_path, FF_VERIFY_KEY=str(other), **env) as s:
+        r = httpx.post(s.url + "/api/pull", json={"model": ref, "stream": False}, timeout=60)
+        assert r.status_code == 403 and "verifies with the given key" in r.text, r.text
+        r = httpx.post(s.url + "/api/chat", json=chat, timeout=60)
+        assert r.status_code == 403, r.text
+    assert not [p for p in (home / "store" / "blobs").rglob("*") if p.is_file()]
+    with start_server(home, tmp_path, FF_VERIFY_KEY=str(pub), **env) as s:
+        r = httpx.post(s.url + "/api/chat", json=chat, timeout=180)
+        assert r.status_code == 200 and r.json()["message"]["content"].strip(), r.text
