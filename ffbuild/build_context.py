@@ -27,6 +27,10 @@ class BuildError(StageError):
     """A build cannot go on (unsupported backend, refused requantization, a failed verify policy)."""
 
 
+class VerifyPolicyError(BuildError):
+    """A variant failed the Modelfile's VERIFY thresholds (``ff build`` exits with 3)."""
+
+
 class Progress(Protocol):
     """Where the pipeline reports what it does (the CLI renders it; tests may record it)."""
 

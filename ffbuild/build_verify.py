@@ -11,7 +11,14 @@ from ffbuild.stages.package import JSONValue
 
 if TYPE_CHECKING:
     from ffbuild.stages.verify import VerifyReport
-from ffbuild.build_context import BuildContext, BuildError, Built, VariantOutput, as_number
+from ffbuild.build_context import (
+    BuildContext,
+    BuildError,
+    Built,
+    VariantOutput,
+    VerifyPolicyError,
+    as_number,
+)
 
 _MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
 """Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
@@ -95,7 +102,7 @@ def _check_policy(ctx: BuildContext) -> None:
         if policy.prompt is not None and not str(r.get("sample") or "").strip():
             failures.append(f"{name}: no completion for the VERIFY prompt {policy.prompt!r}")
     if failures:
-        raise BuildError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
+        raise VerifyPolicyError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
 
 
 def verify_stage(ctx: BuildContext) -> str:

@@ -12,7 +12,7 @@ import click
 
 from ffbuild import __version__
 
-COMMAND_MODULES: tuple[str, ...] = ("check", "remote", "build", "store", "run", "serve")
+COMMAND_MODULES: tuple[str, ...] = ("check", "remote", "build", "store", "run", "serve", "delivery")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -77,7 +77,10 @@ def build_command(
     except (StageError, StoreError, CacheError, BackendUnavailable, RuntimeFailure) as exc:
         if isinstance(progress, RichProgress):
             progress.close()
-        raise click.ClickException(str(exc)) from None
+        from ffbuild.build_context import VerifyPolicyError
+        from ffcli.exitcodes import VERIFY_FAILED, Failure
+
+        raise Failure(str(exc), VERIFY_FAILED if isinstance(exc, VerifyPolicyError) else 1) from None
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return

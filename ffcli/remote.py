@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import click
 
+from ffcli.exitcodes import expected_errors
+
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -97,19 +99,6 @@ def _progress(quiet: bool, as_json: bool) -> Iterator[Callable[[object], None]]:
         yield show
 
 
-@contextmanager
-def _expected_errors() -> Iterator[None]:
-    """Registry, store, reference and variant-choice errors end the command with their message."""
-    from registry.reference import ReferenceError
-    from registry.select import SelectionError
-    from registry.store import StoreError
-
-    try:
-        yield
-    except (StoreError, ReferenceError, SelectionError, OSError) as exc:  # RegistryError is an OSError
-        raise click.ClickException(str(exc)) from None
-
-
 @click.command("push")
 @click.argument("ref")
 @click.argument("remote", required=False)
@@ -122,12 +111,14 @@ def push(
     from registry.remote import push as do_push
     from registry.store import Store
 
-    with _expected_errors(), _progress(quiet, as_json) as progress:
+    with expected_errors(), _progress(quiet, as_json) as progress:
         result = do_push(
             ref, store=Store(), remote_ref=remote, insecure=insecure, ca_file=ca_file, progress=progress
         )
     if as_json:
-        click.echo(json.dumps({"status": "result", **asdict(result)}))
+        from ffcli.delivery import push_summary
+
+        click.echo(json.dumps({"status": "result", **asdict(result), **push_summary(ref)}))
     elif not quiet:
         click.echo(
             f"pushed {result.remote} ({result.digest}): {result.blobs_uploaded} blobs uploaded "
@@ -142,6 +133,10 @@ def push(
 @click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
 @click.option("--all-variants", is_flag=True, help="pull every variant of the model")
 @click.option("--as", "local_name", metavar="NAME:TAG", help="also store the model under this local name")
+@click.option(
+    "--verify-key", metavar="KEY", default=None,
+    help="refuse the model unless it carries a cosign signature by this public key (FF_VERIFY_KEY)",
+)
 @_transport_options
 @_output_options
 def pull(
@@ -151,6 +146,7 @@ def pull(
     variant: str | None,
     all_variants: bool,
     local_name: str | None,
+    verify_key: str | None,
     insecure: bool,
     ca_file: str | None,
     quiet: bool,
@@ -160,11 +156,11 @@ def pull(
     from registry.remote import pull as do_pull
     from registry.store import Store
 
-    with _expected_errors(), _progress(quiet, as_json) as progress:
+    with expected_errors(), _progress(quiet, as_json) as progress:
         result = do_pull(
             ref, store=Store(), target=target, quantize=quantize, variant=variant,
             all_variants=all_variants, local_name=local_name, insecure=insecure, ca_file=ca_file,
-            progress=progress,
+            progress=progress, verify_key=verify_key,
         )
     if as_json:
         click.echo(json.dumps({"status": "result", **asdict(result)}))
@@ -199,7 +195,7 @@ def login(
         username = click.prompt("Username")
     if not password:
         password = click.prompt("Password", hide_input=True)
-    with _expected_errors():
+    with expected_errors():
         path = do_login(host, username or "", password or "", insecure=insecure, ca_file=ca_file)
     click.echo(f"Login succeeded (credentials saved in {path})")
 
@@ -210,7 +206,7 @@ def logout(host: str) -> None:
     """Remove the stored credentials for registry HOST."""
     from registry.auth import docker_config_path, remove_credentials
 
-    with _expected_errors():
+    with expected_errors():
         removed = remove_credentials(host)
     if not removed:
         raise click.ClickException(f"not logged in to {host} (in {docker_config_path()})")

@@ -6,6 +6,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import click
 
@@ -20,6 +21,11 @@ def _settings_kwargs(**flags: object) -> dict[str, object]:
 @click.option(
     "--models", "models", multiple=True, help="models to load at start; ready when loaded (FF_MODELS)"
 )
+@click.option(
+    "--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="also serve the model in this folder, e.g. KServe's /mnt/models (FF_MODELS_DIR)",
+)
+@click.option("--model-name", default=None, help="the name of the --models-dir model (FF_MODEL_NAME)")
 @click.option("--target", default=None, help="prefer variants for this target, e.g. cpu, cuda (FF_TARGET)")
 @click.option("--quantize", default=None, help="prefer variants with this quantization (FF_QUANTIZE)")
 @click.option("--pull/--no-pull", default=None, help="pull unknown models from their registry (FF_PULL)")
@@ -56,7 +62,12 @@ def serve(config: str | None, models: tuple[str, ...], **flags: object) -> None:
         settings = Settings(**kwargs)  # type: ignore[arg-type]
     except (ValidationError, ValueError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from None
-    run(settings)
+    from registry.store import StoreError
+
+    try:
+        run(settings)
+    except StoreError as exc:  # a --models-dir folder that is not a model folder
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("ps")

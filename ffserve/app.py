@@ -17,6 +17,7 @@ from ffserve.routes import ollama, ollama_models, openai, ops
 from ffserve.scheduler import Scheduler
 from ffserve.settings import Settings
 from ffserve.state import Engine
+from registry.folder import folder_model_name, import_folder
 from registry.home import store_dir
 from registry.store import Store
 
@@ -25,12 +26,18 @@ log = logging.getLogger("ffserve")
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     store = store or Store(store_dir())
+    folder, folder_model = settings.models_dir, None
+    if folder is not None:  # a plain model folder (KServe /mnt/models): imported at start, then served
+        folder_model = folder_model_name(folder, settings.model_name)
+        settings = settings.model_copy(update={"models": [*settings.models, folder_model]})
     metrics = Metrics()
     engine = Engine(settings, store, Scheduler(settings, store, metrics), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine.scheduler.start()
+        if folder is not None and folder_model is not None:
+            await asyncio.to_thread(import_folder, store, folder, folder_model)
         preload = asyncio.get_running_loop().create_task(engine.scheduler.preload(settings.models))
         try:
             yield

@@ -35,6 +35,12 @@ class Unauthorized(ServeError):
     status, kind = 401, "authentication_error"
 
 
+class Forbidden(ServeError):
+    """A policy refuses the request (a model without a valid signature under FF_VERIFY_KEY)."""
+
+    status, kind = 403, "permission_error"
+
+
 class ModelNotFound(ServeError):
     status, kind = 404, "not_found_error"
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from ffserve.errors import BadRequest, ModelNotFound, NotAvailable, ServeError
+from ffserve.errors import BadRequest, Forbidden, ModelNotFound, NotAvailable, ServeError
 from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant, variants_of
 from registry.reference import ReferenceError, parse_reference
 from registry.select import SelectionError, select_variant
@@ -75,11 +75,15 @@ def pull(
 ) -> None:
     """Pull ``name`` into the store through registry.remote (blocking; run it in a thread)."""
     remote = remote_module()
+    from registry.signing import SignatureError  # loaded with registry.remote
+
     ref = canonical(name)
     try:
         remote.pull(ref, store=store, target=target, quantize=quantize, progress=progress, insecure=insecure)
     except SelectionError as exc:  # no variant, or several, fit: the client must say which
         raise BadRequest(f"pull {ref}: {exc}") from None
+    except SignatureError as exc:  # FF_VERIFY_KEY / FF_REQUIRE_SIGNATURE refused it (docs/delivery.md)
+        raise Forbidden(f"pull {ref}: {exc}") from None
     except (StoreError, ValueError, OSError, RuntimeError) as exc:
         raise ServeError(f"pull {ref} failed: {exc}") from None
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to load at start (ready when loaded)"
     )
+    models_dir: Path | None = None  # a model folder to serve, e.g. KServe's /mnt/models (docs/delivery.md)
+    model_name: str | None = None  # the name the --models-dir model is served as (default: the folder's)
     target: str | None = None
     quantize: str | None = None
     pull: bool = False

@@ -1,111 +1,54 @@
 """Registry credentials in Docker's config format, so ``docker login`` and ``ff login`` share them.
 
 The file is ``$DOCKER_CONFIG/config.json`` (default ``~/.docker/config.json``); credentials live under
-``auths.<host>.auth`` as base64 ``user:password``. Other keys in the file are kept as they are.
+``auths.<host>.auth`` as base64 ``user:password``, or, when the file names a credential helper for the
+host (``credHelpers``/``credsStore``), in that helper (``docker-credential-<name> store``/``erase``),
+as ``docker login`` does. Other keys in the file are kept as they are.
 ``ff login`` verifies the credentials with ``GET /v2/`` before saving them, so a wrong password is an
 error at login, not a silent success.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
-from typing import Any
 
+from registry.credentials import (
+    _host_keys,
+    _load,
+    docker_config_path,
+    helper_for,
+    load_credentials,
+    resolve,
+    run_helper,
+)
 from registry.http import AuthError, Credentials, RegistryClient, RegistryError
 from registry.store import atomic_write_bytes
 
-
-def docker_config_path() -> Path:
-    env = os.environ.get("DOCKER_CONFIG")
-    base = Path(env).expanduser() if env else Path.home() / ".docker"
-    return base / "config.json"
-
-
-def _host_keys(host: str) -> list[str]:
-    """The spellings a host may have in ``auths`` (docker writes some with a scheme)."""
-    return [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
-
-
-def _load(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read Docker config {path}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise RegistryError(f"Docker config {path} is not a JSON object")
-    return obj
-
-
-def _from_helper(helper: str, host: str) -> Credentials | None:
-    """Ask a Docker credential helper (``docker-credential-<helper> get``) for ``host``'s credentials."""
-    exe = shutil.which(f"docker-credential-{helper}")
-    if exe is None:
-        raise RegistryError(
-            f"the Docker config names credential helper {helper!r} for {host}, but "
-            f"docker-credential-{helper} is not on PATH"
-        )
-    try:
-        out = subprocess.run([exe, "get"], input=host, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RegistryError(f"credential helper docker-credential-{helper} failed: {exc}") from None
-    if out.returncode != 0:  # helpers exit non-zero with "credentials not found" when they have none
-        return None
-    try:
-        body = json.loads(out.stdout)
-    except ValueError:
-        raise RegistryError(f"credential helper docker-credential-{helper} did not answer JSON") from None
-    user, secret = body.get("Username"), body.get("Secret")
-    if isinstance(user, str) and isinstance(secret, str) and secret:
-        return Credentials(user, secret)
-    return None
-
-
-def load_credentials(host: str, *, path: Path | None = None) -> Credentials | None:
-    """Credentials stored for ``host`` (by ``ff login`` or ``docker login``), or None.
-
-    Inline ``auths`` entries first, then the config's ``credHelpers[host]`` or ``credsStore``
-    (Docker Desktop and cloud logins keep passwords in such helpers).
-    """
-    cfg = _load(path or docker_config_path())
-    auths = cfg.get("auths")
-    if not isinstance(auths, dict):
-        auths = {}
-    for key in _host_keys(host):
-        entry = auths.get(key)
-        if not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("auth"), str) and entry["auth"]:
-            try:
-                user, sep, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise RegistryError(f"stored credentials for {host} are not base64 user:password") from None
-            if sep:
-                return Credentials(user, password)
-        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return Credentials(entry["username"], entry["password"])
-    helpers = cfg.get("credHelpers")
-    helper = helpers.get(host) if isinstance(helpers, dict) else None
-    helper = helper if isinstance(helper, str) and helper else cfg.get("credsStore")
-    if isinstance(helper, str) and helper:
-        return _from_helper(helper, host)
-    return None
+__all__ = ["client_for", "docker_config_path", "load_credentials", "login", "remove_credentials",
+           "save_credentials"]
 
 
 def save_credentials(host: str, creds: Credentials, *, path: Path | None = None) -> Path:
+    """Store ``creds`` as docker does: in the credential helper the config names for ``host``
+    (``credHelpers``/``credsStore``, with an empty ``auths`` entry), else inline in ``auths``."""
     p = path or docker_config_path()
     cfg = _load(p)
     auths = cfg.get("auths")
     if not isinstance(auths, dict):
         auths = {}
-    auths[host] = {**(auths.get(host) or {}), "auth": creds.basic()}
+    helper = helper_for(cfg, host)
+    if helper:
+        body = json.dumps({"ServerURL": host, "Username": creds.username, "Secret": creds.password})
+        out = run_helper(helper, "store", body)
+        if out.returncode != 0:
+            why = (out.stdout or out.stderr).strip()[:200]
+            raise RegistryError(f"docker-credential-{helper} store failed: {why}")
+        entry = {k: v for k, v in (auths.get(host) or {}).items() if k != "auth"}
+    else:
+        entry = {**(auths.get(host) or {}), "auth": creds.basic()}
+    auths[host] = entry
     cfg["auths"] = auths
     atomic_write_bytes(p, json.dumps(cfg, indent="\t").encode())
     os.chmod(p, 0o600)
@@ -115,13 +58,14 @@ def save_credentials(host: str, creds: Credentials, *, path: Path | None = None)
 def remove_credentials(host: str, *, path: Path | None = None) -> bool:
     p = path or docker_config_path()
     cfg = _load(p)
+    helper = helper_for(cfg, host)
+    erased = helper is not None and run_helper(helper, "erase", host).returncode == 0
     auths = cfg.get("auths")
-    if not isinstance(auths, dict):
-        return False
+    auths = auths if isinstance(auths, dict) else {}
     removed = [k for k in _host_keys(host) if auths.pop(k, None) is not None]
     if removed:
         atomic_write_bytes(p, json.dumps(cfg, indent="\t").encode())
-    return bool(removed)
+    return erased or bool(removed)
 
 
 def login(
@@ -145,5 +89,5 @@ def login(
 
 
 def client_for(host: str, *, insecure: bool = False, ca_file: str | None = None) -> RegistryClient:
-    """A client for ``host`` carrying the stored credentials, if any."""
-    return RegistryClient(host, credentials=load_credentials(host), insecure=insecure, ca_file=ca_file)
+    """A client for ``host`` carrying its credentials (``FF_REGISTRY_*``, else Docker's config), if any."""
+    return RegistryClient(host, credentials=resolve(host), insecure=insecure, ca_file=ca_file)

@@ -46,6 +46,10 @@ class AuthError(RegistryError):
     """The registry wants credentials we do not have, or rejected the ones we sent."""
 
 
+class NetworkError(RegistryError):
+    """The registry could not be reached, timed out, failed TLS, or broke a transfer off."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -147,15 +151,15 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             )
             return resp
         except requests.exceptions.SSLError as exc:
-            raise RegistryError(
+            raise NetworkError(
                 f"TLS error talking to {self.host}: {exc} (use --ca-file / FF_CA_BUNDLE for a private CA, "
                 "or --insecure for a plain-HTTP registry)"
             ) from None
         except requests.exceptions.ConnectionError as exc:
             why = _reason(exc)
-            raise RegistryError(f"cannot reach registry {self.host} over {self.prefix}: {why}") from None
+            raise NetworkError(f"cannot reach registry {self.host} over {self.prefix}: {why}") from None
         except requests.exceptions.Timeout:
-            raise RegistryError(f"registry {self.host} timed out on {method} {url}") from None
+            raise NetworkError(f"registry {self.host} timed out on {method} {url}") from None
 
     def do_request(  # mirrors oras' signature so oras' helpers (blob_exists, …) call it
         self,
@@ -261,7 +265,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         return bytes(buf)
 
 
-class InterruptedTransfer(RegistryError):
+class InterruptedTransfer(NetworkError):
     """The connection broke or ended early in the middle of a body; what arrived can be resumed."""
 
 

@@ -32,6 +32,8 @@ from registry.oci import (
 from registry.ollama import ff_layers, is_ollama_manifest, store_ollama_model
 from registry.reference import Reference, parse_reference
 from registry.select import HostInfo, select_variant
+from registry.signing import required_key
+from registry.signing import verify as verify_signature
 from registry.store import Store
 from registry.transfer import (
     ProgressEvent,
@@ -75,6 +77,7 @@ class PullResult:
     bytes_downloaded: int = 0
     bytes_resumed: int = 0
     ollama: bool = False
+    signed_by_key: bool = False  # a signature by the --verify-key / FF_VERIFY_KEY key was checked
 
 
 def _remote(ref: str | Reference) -> Reference:
@@ -231,8 +234,14 @@ def pull(
     progress: ProgressFn = no_progress,
     host: HostInfo | None = None,
     client: RegistryClient | None = None,
+    verify_key: str | None = None,
 ) -> PullResult:
-    """Pull ``host/ns/name:tag`` (or ``…@sha256:…``) into the store; see the module docstring."""
+    """Pull ``host/ns/name:tag`` (or ``…@sha256:…``) into the store; see the module docstring.
+
+    With ``verify_key`` (or ``FF_VERIFY_KEY``; ``FF_REQUIRE_SIGNATURE=1`` demands one) the index must
+    carry a cosign signature by that key (:mod:`registry.signing`), checked before anything is stored.
+    """
+    key = required_key(verify_key)
     with store.writing():  # prune waits: fetched blobs are unreachable until the tags are written
         r = _remote(ref)
         cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
@@ -241,10 +250,13 @@ def pull(
         top_bytes, media_type, top_digest = get_manifest(cl, repo, r.digest or r.tag or "latest")
         if r.digest and top_digest != r.digest:
             raise RemoteError(f"{r}: the registry answered {top_digest}")
+        if key is not None:
+            verify_signature(cl, repo, top_digest, key)
         doc = parse_manifest(top_bytes)
         tag = r.tag or ("sha256-" + top_digest.split(":", 1)[1])
         names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
         result = PullResult(remote=str(r), digest=top_digest, local_digest=top_digest)
+        result.signed_by_key = key is not None
 
         if isinstance(doc, Manifest) and is_ollama_manifest(doc):
             result.ollama = True

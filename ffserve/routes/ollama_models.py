@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ffserve import __version__
-from ffserve.errors import BadRequest, ModelNotFound, ServeError, Unauthorized
+from ffserve.errors import BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
 from ffserve.models import canonical, remote_module
 from ffserve.state import Engine, engine
 from ffserve.streaming import EventStream, ndjson
@@ -202,8 +202,11 @@ async def _transfer(request: Request, push: bool) -> Response:
             return exc
         from registry.http import AuthError  # registry.remote (and oras) load only when used
         from registry.remote import RemoteError
+        from registry.signing import SignatureError
 
         message = f"{'push' if push else 'pull'} {name} failed: {exc}"
+        if isinstance(exc, SignatureError):
+            return Forbidden(message)
         if isinstance(exc, AuthError):
             return Unauthorized(message)
         if isinstance(exc, NotFoundError):

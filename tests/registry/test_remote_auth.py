@@ -55,7 +55,7 @@ def test_login_then_push_and_pull(
 
     runner = CliRunner()
     bad = runner.invoke(login_cmd, [auth_registry.host, "-u", USER, "--password-stdin"], input="nope\n")
-    assert bad.exit_code == 1 and "401" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 4 and "401" in bad.output and "Traceback" not in bad.output  # exit 4: auth
     ok = runner.invoke(login_cmd, [auth_registry.host, "-u", USER, "--password-stdin"], input=PASSWORD + "\n")
     assert ok.exit_code == 0, ok.output
     cfg = json.loads((docker_config / "config.json").read_text())
