@@ -19,12 +19,13 @@ from ffbuild.build_context import (
 from ffbuild.cache import folder_digest, path_digest
 from ffbuild.plan import Variant
 from ffbuild.stages.fetch import FetchedKind, fetch
+from ffbuild.stages.genai import is_genai
 from ffbuild.stages.gguf_info import read_gguf_info
 
 
 def fetch_stage(ctx: BuildContext) -> str:
     for v in ctx.plan.variants:
-        if v.backend != "llamacpp":
+        if v.backend != "llamacpp" and not is_genai(ctx.plan.task, v.backend):
             raise BuildError(
                 f"variant {v.name}: backend {v.backend!r} — its build stages (export, compile) are not "
                 "available in this version; only the llamacpp backend (GGUF) can be built"
@@ -112,6 +113,8 @@ def quantize_stage(ctx: BuildContext) -> str:
     assert f is not None and ctx.base is not None
     done: dict[str, Built] = {}
     for v in ctx.plan.variants:
+        if is_genai(ctx.plan.task, v.backend):
+            continue  # the genai stage exports these
         if v.quantization == "source" and f.kind == FetchedKind.STORE:
             for sv in f.variants:
                 if sv.ref.format != "gguf" or not sv.files.weights:
