@@ -45,7 +45,7 @@ def test_both_variants_with_verify_figures(built: tuple[Path, dict[str, object]]
 
 
 def test_onnx_layers_and_annotations(built: tuple[Path, dict[str, object]]) -> None:
-    home, doc = built
+    home, _ = built
     show = json.loads(ff(home, "show", TAG, "--json").stdout)
     v = next(x for x in show["variants"] if x["variant"] == "int4-cpu")
     store = Store(home / "store")
