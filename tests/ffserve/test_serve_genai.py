@@ -126,3 +126,29 @@ def test_default_choice_and_backend_flag(home: Path, tmp_path: Path) -> None:
         with pytest.raises(ollama.ResponseError) as info:
             ollama.Client(host=s.url).chat(model=MODEL, messages=msgs())
         assert info.value.status_code == 400 and "no variant matches" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("backends", "generators", "chosen"),
+    [
+        ({"llamacpp", "onnxruntime"}, {"onnxruntime"}, "q4_0-cpu"),  # both: precision decides
+        ({"onnxruntime"}, {"onnxruntime"}, "int4-cpu"),  # no llama.cpp here
+        ({"llamacpp", "onnxruntime"}, set(), "q4_0-cpu"),  # onnxruntime without GenAI
+    ],
+)
+def test_choice_by_installed_backends(backends: set[str], generators: set[str], chosen: str) -> None:
+    from registry.artifact import VariantRef
+    from registry.oci import ANN_BACKEND, ANN_QUANTIZATION, ANN_TARGET, ANN_TASK, ANN_VARIANT, Descriptor
+    from registry.select import HostInfo, SelectionError, select_variant
+
+    def v(quant: str, backend: str) -> VariantRef:
+        ann = {ANN_VARIANT: f"{quant}-cpu", ANN_TARGET: "cpu", ANN_BACKEND: backend, ANN_QUANTIZATION: quant,
+               ANN_TASK: "chat"}
+        return VariantRef(Descriptor(media_type="x", digest="sha256:" + "0" * 64, size=1, annotations=ann))
+
+    vs = [v("q4_0", "llamacpp"), v("int4", "onnxruntime")]
+    host = HostInfo(frozenset({"cpu"}), frozenset(), frozenset(backends), generators=frozenset(generators))
+    assert select_variant(vs, host=host).name == chosen
+    if "onnxruntime" not in generators:
+        with pytest.raises(SelectionError, match="no variant fits"):
+            select_variant(vs, backend="onnxruntime", host=host)
