@@ -82,3 +82,27 @@ def test_cuda_variant_says_what_to_install(smollm2_hf: Path, tmp_path: Path) -> 
     assert proc.returncode != 0
     assert "pip install onnxruntime-genai-cuda" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has the CUDA provider")
+def test_cuda_export_without_verify_loads_nowhere_here(smollm2_hf: Path, tmp_path: Path) -> None:
+    """The builder exports a CUDA graph on any machine; running it needs onnxruntime-genai-cuda."""
+    import asyncio
+
+    import ffruntime
+    from ffruntime.errors import BackendUnavailable
+    from ffruntime.settings import LoadSettings
+    from registry.artifact import open_variant, variants_of
+
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {smollm2_hf}\nQUANTIZE int4\nTARGET cuda BACKEND onnxruntime\nTASK chat\n")
+    home = new_home(tmp_path / "home")
+    ff(home, "build", "-f", str(modelfile), "-t", "m:cuda", "--no-verify")
+    store = Store(home / "store")
+    (v,) = variants_of(store, "m:cuda")
+    assert v.name == "int4-cuda" and v.device == "cuda"
+    files = open_variant(store, v.descriptor.digest)
+    config = json.loads(files.files["genai_config.json"].read_text())
+    assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
+    with pytest.raises(BackendUnavailable, match="pip install onnxruntime-genai-cuda"):
+        asyncio.run(ffruntime.load(v, files, LoadSettings(threads=1)))
