@@ -12,7 +12,8 @@ alternate so drifting load on the shared machine hits every side.
     python bench/serve_genai.py [--hf PATH] [--threads N] [--tokens 64] [--rounds 3]
 
 Prints tokens/s per side (medians; 4-stream = all streams' tokens / wall time) and the ratios
-served/direct (target ≥ 0.95) and ONNX/GGUF.
+served/direct (target ≥ 0.95) and ONNX/GGUF, and GenAI's own static batch of 4 (``og.Engine``) for
+comparison with ff's concurrent generators.
 """
 
 from __future__ import annotations
@@ -92,6 +93,34 @@ class Direct:
             gen.get_next_tokens()
             n += 1
         return n
+
+
+class StaticBatch:
+    """GenAI's own batching on the CPU: ``og.Engine`` without dynamic batching, the streams begun together
+    as one static batch (no stop strings or per-request seeds there); all streams' tokens / wall time."""
+
+    def __init__(self, direct: Direct) -> None:
+        self.og, self.prompt = direct.og, direct.prompt
+        self.engine = self.og.Engine(direct.model)
+        self.buffer = self.engine.create_event_buffer(64)
+
+    def rate(self, streams: int, tokens: int) -> float:
+        reqs = []
+        for _ in range(streams):
+            r = self.engine.create_request()
+            turn = self.og.TurnOptions(r)
+            turn.set_max_generated_tokens(tokens)
+            turn.set_min_generated_tokens(tokens)
+            r.begin_turn(self.prompt, turn)
+            reqs.append(r)
+        t0, n = time.perf_counter(), 0
+        token_flag = int(self.og.EngineEventFlags.TOKEN)
+        while self.engine.has_pending_requests():
+            n += sum(1 for ev in self.engine.run(self.buffer) if int(ev.flags) & token_flag)
+        rate = n / (time.perf_counter() - t0)
+        for r in reqs:
+            r.close()
+        return rate
 
 
 def _free_port() -> int:
@@ -181,10 +210,12 @@ def main() -> None:
             }
             for run in sides.values():
                 run()  # load and warm
+            batch = StaticBatch(direct)
             for _ in range(args.rounds):
                 for streams in (1, 4):
                     for name, run in sides.items():
                         rows.setdefault(f"{name}-{streams}", []).append(_rate(run, streams))
+                rows.setdefault("engine-4", []).append(batch.rate(4, args.tokens))
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"SmolLM2-135M int4 (GenAI) and q4_0 (llama.cpp), threads {args.threads}, {args.tokens} tokens, "
           f"{args.rounds} rounds (medians, tok/s)")
@@ -192,6 +223,8 @@ def main() -> None:
         d, s, g = (med[f"{n}-{streams}"] for n in ("direct", "served", "gguf"))
         print(f"  {streams} stream(s): direct GenAI {d:7.1f}   ff serve int4 {s:7.1f}   "
               f"ff serve q4_0 {g:7.1f}   served/direct {s / d:.3f}   int4/q4_0 {s / g:.3f}")
+    print(f"  GenAI's static batch of 4 (og.Engine, direct): {med['engine-4']:7.1f}   "
+          f"ff serve 4 streams / static batch {med['served-4'] / med['engine-4']:.3f}")
     for k, v in rows.items():
         print(f"  {k}: " + ", ".join(f"{x:.1f}" for x in v))
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import onnxruntime_genai as og
 
+from ffruntime.errors import RuntimeFailure
 from ffruntime.genai_model import GenAIModel, open_model
 from ffruntime.prompting import ModelPrompting, build_prompt
 from ffruntime.runtime import (
@@ -249,13 +250,15 @@ class GenAIRuntime:
             limit = min(limit, len(plan.tokens) + plan.num_predict)
         params = og.GeneratorParams(m.model)
         params.set_search_options(max_length=limit, **plan.search)
-        if plan.guidance is not None:
-            try:
-                params.set_guidance("json_schema", plan.guidance)
-            except RuntimeError as exc:
-                raise RequestRejected(f"cannot constrain decoding to this JSON schema: {exc}") from None
         t0 = time.perf_counter_ns()
-        gen = og.Generator(m.model, params)
+        try:
+            if plan.guidance is not None:
+                params.set_guidance("json_schema", plan.guidance)
+            gen = og.Generator(m.model, params)  # a bad schema may only fail here
+        except RuntimeError as exc:
+            if plan.guidance is None:
+                raise RuntimeFailure(f"ONNX Runtime GenAI cannot start a generator: {exc}") from None
+            raise RequestRejected(f"cannot constrain decoding to this JSON schema: {exc}") from None
         gen.append_tokens(np.asarray(plan.tokens, dtype=np.int32))
         t_first = time.perf_counter_ns()
         stream = m.tokenizer.create_stream()

@@ -57,6 +57,8 @@ def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     caps = ["completion"]
     if v.format == "gguf":
         caps += ["chat", "embedding"]  # llama.cpp serves all three from a GGUF
+    elif v.task == "chat":
+        caps.append("chat")  # an ONNX Runtime GenAI LLM: chat and completion
     return caps
 
 

@@ -83,10 +83,21 @@ def test_ollama_options_and_format(oc: ollama.Client) -> None:
     assert "Paris" in json.loads(j.message.content)["city"]
 
 
-def test_ollama_unsupported_option_is_a_400(oc: ollama.Client) -> None:
+def test_ollama_client_mistakes_are_400s(oc: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         oc.generate(model=MODEL, prompt=QUESTION, options={"mirostat": 2})
     assert info.value.status_code == 400 and "mirostat" in str(info.value)
+    for stream in (False, True):
+        with pytest.raises(ollama.ResponseError) as info:
+            r = oc.chat(model=MODEL, messages=msgs(), format={"type": "nonsense"}, stream=stream)
+            list(r) if stream else r  # type: ignore[call-overload]
+        assert info.value.status_code == 400 and "JSON schema" in str(info.value)
+
+
+def test_ollama_show_describes_the_onnx_variant(oc: ollama.Client) -> None:
+    info = oc.show(MODEL)
+    assert info.details and info.details.format == "onnx"
+    assert "chat" in (info.capabilities or [])
 
 
 def test_openai_chat(ai: openai.OpenAI) -> None:
