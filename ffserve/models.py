@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ffserve.errors import BadRequest, ModelNotFound, NotAvailable, ServeError
-from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant, variants_of
+from registry.artifact import (
+    ArtifactError,
+    ModelFiles,
+    VariantRef,
+    open_variant,
+    present_variants,
+    variants_of,
+)
 from registry.reference import ReferenceError, parse_reference
 from registry.select import SelectionError, select_variant
 from registry.store import NotFoundError, Store, StoreError
@@ -50,7 +57,7 @@ def resolve(
 ) -> Resolved:
     ref = canonical(name)
     try:
-        variants = variants_of(store, ref)
+        variants = present_variants(store, variants_of(store, ref))
         try:
             chosen = select_variant(variants, target=target, quantize=quantize, backend=backend)
         except SelectionError:

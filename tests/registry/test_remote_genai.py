@@ -45,6 +45,6 @@ def test_cli_pull_backend(remote: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
     out = ff(home, "pull", remote, "--backend", "onnxruntime").stdout
     assert "int4-cpu" in out and "q4_0-cpu" not in out.split("variants", 1)[1].split(";", 1)[0]
-    # the pulled tag lists both variants, only int4 is present: run (and serve) it with the same --backend
-    answer = ff(home, "run", remote, "What is the capital of France?", "--backend", "onnxruntime").stdout
+    # the pulled tag lists both variants, only int4 is present: ff run (and ff serve) choose among those
+    answer = ff(home, "run", remote, "What is the capital of France?").stdout
     assert "Paris" in answer
