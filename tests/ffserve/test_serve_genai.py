@@ -11,10 +11,10 @@ from pathlib import Path
 import ollama
 import openai
 import pytest
-from conftest import Server, start_server
 
 from registry.artifact import variants_of
 from registry.store import Store
+from tests.ffserve.conftest import Server, start_server
 from tests.genai_home import TAG, build_multi
 
 QUESTION = "What is the capital of France?"
