@@ -1,6 +1,6 @@
 """The build pipeline: a BuildPlan → verified GGUF variants in the local store.
 
-The build is the list :data:`STAGES` — fetch → convert → quantize → adapters → verify → package —
+The build is the list :data:`STAGES` — fetch → convert → quantize → genai → adapters → verify → package —
 each a function over one :class:`BuildContext`. Every stage that does work runs through the build
 cache (:mod:`ffbuild.cache`), keyed by the digests of its inputs, so a rebuild with nothing changed
 converts, quantizes and verifies nothing and writes the same digests.
@@ -24,12 +24,14 @@ from ffbuild.build_context import (
     StageTiming,
     VariantOutput,
 )
+from ffbuild.build_genai import genai_stage
 from ffbuild.build_verify import verify_stage
 from ffbuild.build_weights import adapters_stage, convert_stage, fetch_stage, quantize_stage
 from ffbuild.cache import BuildCache
 from ffbuild.plan import BuildPlan
 from ffbuild.stages import tools
 from ffbuild.stages.fetch import FetchedKind
+from ffbuild.stages.genai import media_type
 from ffbuild.stages.package import ModelMeta, VariantPayload, package_model
 from registry.reference import Reference
 from registry.store import Store
@@ -83,7 +85,6 @@ def _meta(ctx: BuildContext) -> ModelMeta:
 
 def package_stage(ctx: BuildContext) -> str:
     meta = _meta(ctx)
-    runtime = tools.runtime_version() if ctx.options.verify else None
     payloads = [
         VariantPayload(
             variant=o.variant,
@@ -91,15 +92,18 @@ def package_stage(ctx: BuildContext) -> str:
             architecture=o.built.info.architecture,
             param_count=o.built.info.param_count,
             precision=o.built.info.precision,
-            adapters=(*o.built.adapters, *ctx.adapters),
+            adapters=() if o.built.files else (*o.built.adapters, *ctx.adapters),
             verify=o.report,
-            runtime=runtime,
+            runtime=tools.runtime_version(o.built.format) if ctx.options.verify else None,
+            format=o.built.format,
+            files=tuple((name, media_type(name), w) for name, w in o.built.files),
         )
         for o in ctx.outputs
     ]
     index, variants, tags = package_model(ctx.store, ctx.ref, meta, payloads)
     for o, d in zip(ctx.outputs, variants, strict=True):
-        o.manifest, o.size = d.digest, o.built.weight.size + sum(a.size for a in ctx.adapters)
+        own = sum(w.size for _, w in o.built.files) if o.built.files else o.built.weight.size
+        o.manifest, o.size = d.digest, own + (0 if o.built.files else sum(a.size for a in ctx.adapters))
     ctx.index_digest, ctx.tags = index.digest, tags
     return f"{ctx.ref} → {index.digest[:19]}"
 
@@ -114,6 +118,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("fetch", fetch_stage),
     Stage("convert", convert_stage),
     Stage("quantize", quantize_stage),
+    Stage("genai", genai_stage),  # ONNX Runtime GenAI exports (ffbuild.build_genai)
     Stage("adapters", adapters_stage),
     Stage("verify", verify_stage),
     Stage("package", package_stage),

@@ -67,6 +67,10 @@ class Built:
     seconds: float = 0.0
     cached: bool = True  # False only when this build made it (a cache miss)
     adapters: tuple[WeightFile, ...] = ()  # inherited from a stored variant
+    # A non-GGUF build (an ONNX Runtime GenAI export): its format and every file by layer path;
+    # ``weight`` is then the graph and ``info`` the GGUF conversion's (same model, same parameters).
+    format: str = "gguf"
+    files: tuple[tuple[str, WeightFile], ...] = ()
 
     @property
     def bits(self) -> float:

@@ -32,12 +32,14 @@ def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     from ffbuild.stages.verify import verify_gguf
 
-    adapters = [*out.built.adapters, *ctx.adapters]
+    genai = out.built.format == "onnx"  # an ONNX Runtime GenAI export (ffbuild.build_genai)
+    adapters = [] if genai else [*out.built.adapters, *ctx.adapters]
     is_ref = out.built.weight.digest == ref.weight.digest
     policy = ctx.plan.verify
+    stage = "genai_verify" if genai else "verify"
     key = ctx.cache_key(
-        "verify",
-        weight=out.built.weight.digest,
+        stage,
+        weight=[w.digest for _, w in out.built.files] if genai else out.built.weight.digest,
         reference=None if is_ref else ref.weight.digest,
         adapters=[a.digest for a in adapters],
         prompt=policy.prompt,
@@ -45,19 +47,30 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
 
     def produce(folder: Path) -> dict[str, CacheValue]:
         start = time.perf_counter()
-        report = verify_gguf(
-            out.built.weight.path,
-            reference=None if is_ref else ref.weight.path,
-            prompt=policy.prompt,
-            lora=adapters[0].path if adapters else None,
-            threads=ctx.options.threads,
-        )
+        if genai:
+            from ffbuild.stages.genai_verify import verify_genai
+
+            report = verify_genai(
+                out.built.weight.path.parent,
+                reference=ref.weight.path,
+                prompt=policy.prompt,
+                threads=ctx.options.threads,
+                device=out.variant.device,
+            )
+        else:
+            report = verify_gguf(
+                out.built.weight.path,
+                reference=None if is_ref else ref.weight.path,
+                prompt=policy.prompt,
+                lora=adapters[0].path if adapters else None,
+                threads=ctx.options.threads,
+            )
         return {"report": _report_dict(report), "seconds": time.perf_counter() - start}
 
     ctx.progress.step(
         "verify", out.variant.name + (" (reference)" if is_ref else f" against {ref.quantization}")
     )
-    entry, hit = ctx.cache.run("verify", key, produce)
+    entry, hit = ctx.cache.run(stage, key, produce)
     report = entry.meta.get("report")
     if not isinstance(report, dict):
         raise BuildError(f"the verify cache entry {entry.path} is damaged; delete it and build again")
@@ -108,7 +121,7 @@ def _check_policy(ctx: BuildContext) -> None:
 def verify_stage(ctx: BuildContext) -> str:
     if not ctx.options.verify:
         return "skipped (--no-verify)"
-    candidates = [o.built for o in ctx.outputs]
+    candidates = [o.built for o in ctx.outputs if o.built.format == "gguf"]  # llama.cpp runs the reference
     if ctx.base is not None:
         candidates.append(ctx.base)
     ref = max(candidates, key=lambda b: b.bits)

@@ -17,14 +17,22 @@ from ffbuild.build_context import (
     weight_file,
 )
 from ffbuild.cache import folder_digest, path_digest
-from ffbuild.plan import Variant
+from ffbuild.plan import SourceKind, Variant
 from ffbuild.stages.fetch import FetchedKind, fetch
+from ffbuild.stages.genai import is_genai
 from ffbuild.stages.gguf_info import read_gguf_info
 
 
 def fetch_stage(ctx: BuildContext) -> str:
     for v in ctx.plan.variants:
-        if v.backend != "llamacpp":
+        genai = is_genai(ctx.plan.task, v.backend)
+        if genai and ctx.plan.source.kind not in (SourceKind.HF_FOLDER, SourceKind.HF_REPO):
+            raise BuildError(
+                f"variant {v.name}: {v.backend} chat/generate variants are exported by ONNX Runtime "
+                "GenAI from Hugging Face weights (FROM a model folder or hf://org/repo), "
+                f"not a {ctx.plan.source.kind}"
+            )
+        if v.backend != "llamacpp" and not genai:
             raise BuildError(
                 f"variant {v.name}: backend {v.backend!r} — its build stages (export, compile) are not "
                 "available in this version; only the llamacpp backend (GGUF) can be built"
@@ -112,6 +120,8 @@ def quantize_stage(ctx: BuildContext) -> str:
     assert f is not None and ctx.base is not None
     done: dict[str, Built] = {}
     for v in ctx.plan.variants:
+        if is_genai(ctx.plan.task, v.backend):
+            continue  # the genai stage exports these
         if v.quantization == "source" and f.kind == FetchedKind.STORE:
             for sv in f.variants:
                 if sv.ref.format != "gguf" or not sv.files.weights:

@@ -22,7 +22,7 @@ from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_flo
 from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
 from ffbuild.sources import SourceFacts, inspect_source, resolve_adapter, resolve_source
 from ffbuild.variants import QuantizeSpec, TargetSpec, expand, parse_quantize, parse_target
-from registry.choices import BACKENDS, TASKS
+from registry.choices import BACKENDS, TASKS, TEXT_TASKS
 
 _SEMVER: Final = re.compile(
     r"v(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)"
@@ -184,6 +184,9 @@ class _Planner:
         task_inferred = task is None
         if task is None:
             task = self._infer_task(source, facts, template)
+        if task not in TEXT_TASKS and any(v.quantization == "int4" for v in variants):
+            int4 = Problem(f"int4 is for chat/generate models (ONNX Runtime GenAI), not TASK {task}")
+            self.fail(task_ins or source_ins, 0, int4)
         if task == "tensor" and any(BACKENDS[v.backend]["format"] == "gguf" for v in variants):
             needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
             self.fail(task_ins, 0, needs)

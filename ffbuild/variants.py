@@ -8,6 +8,11 @@ quantizations, and reject the combinations that cannot work, saying why.
   GGUF (or stored) source's own precision (``source``) and makes f16 from weights; ONNX backends fp32.
 - A GGUF source only runs on llamacpp; a .onnx source never does; a backend runs only its devices and
   its quantizations; types that need an importance matrix are refused (ff does not compute one).
+- Several TARGETs with explicit BACKENDs of different families (``QUANTIZE q4_0 int4`` with
+  ``TARGET cpu BACKEND llamacpp`` and ``TARGET cpu BACKEND onnxruntime``): a pair whose type belongs to
+  the other family (q4_0 on onnxruntime, int4 on llamacpp) is skipped rather than refused, as long as
+  every type is taken by some TARGET and every TARGET takes some type; otherwise the skipped pairs'
+  problems are reported as before.
 """
 
 from __future__ import annotations
@@ -179,6 +184,8 @@ def expand(
     """Every (quantization, target) pair as a variant, and the problems of the pairs that cannot be."""
     variants: list[Variant] = []
     problems: list[VariantProblem] = []
+    skipped: list[VariantProblem] = []  # a type of the other family on an explicit BACKEND
+    made: set[tuple[str, int]] = set()  # ("q", quant index) and ("t", target index) that made a variant
     seen: dict[str, str] = {}
     fixed = source_family(kind)
     for ti, t in enumerate(targets):
@@ -195,7 +202,9 @@ def expand(
             if checked is not None:
                 problem, on_quant = checked
                 blame = "quant" if on_quant and qi is not None else "backend" if t.backend else "target"
-                problems.append(VariantProblem(problem, qi, ti, blame))
+                other_family = _family(q) != _family_of_backend(backend)
+                pile = skipped if qi is not None and t.backend and other_family else problems
+                pile.append(VariantProblem(problem, qi, ti, blame))
                 continue
             v = Variant(
                 quantization=q, device=t.device, device_detail=t.detail, backend=backend, options=t.options
@@ -215,7 +224,20 @@ def expand(
                 continue
             seen[v.name] = backend
             variants.append(v)
+            made.update({("q", qi if qi is not None else -1), ("t", ti)})
+    problems += [
+        vp for vp in skipped if ("q", vp.quant) not in made or ("t", vp.target) not in made
+    ]
     return variants, problems
+
+
+def _family(q: str) -> str:
+    """ "gguf" for llama.cpp's types, "onnx" for the ONNX family's (fp32/fp16/int8/int4)."""
+    return "gguf" if q == "source" or QUANTIZATIONS[q]["format"] == "gguf" else "onnx"
+
+
+def _family_of_backend(backend: str) -> str:
+    return "gguf" if BACKENDS[backend]["format"] == "gguf" else "onnx"
 
 
 def _check(q: str, t: TargetSpec, backend: str, kind: SourceKind) -> tuple[Problem, bool] | None:

@@ -131,6 +131,7 @@ def push(
 @click.option("--target", help="the variant's target (cpu, cuda, cuda:sm_90, …)")
 @click.option("--quantize", help="the variant's quantization (q8_0, f16, int8, …)")
 @click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
+@click.option("--backend", help="the variant's backend (llamacpp, onnxruntime, …)")
 @click.option("--all-variants", is_flag=True, help="pull every variant of the model")
 @click.option("--as", "local_name", metavar="NAME:TAG", help="also store the model under this local name")
 @click.option(
@@ -144,6 +145,7 @@ def pull(
     target: str | None,
     quantize: str | None,
     variant: str | None,
+    backend: str | None,
     all_variants: bool,
     local_name: str | None,
     verify_key: str | None,
@@ -158,7 +160,7 @@ def pull(
 
     with expected_errors(), _progress(quiet, as_json) as progress:
         result = do_pull(
-            ref, store=Store(), target=target, quantize=quantize, variant=variant,
+            ref, store=Store(), target=target, quantize=quantize, variant=variant, backend=backend,
             all_variants=all_variants, local_name=local_name, insecure=insecure, ca_file=ca_file,
             progress=progress, verify_key=verify_key,
         )

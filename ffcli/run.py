@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import click
 
-from registry.artifact import ModelFiles, VariantRef, open_variant, variant_tag, variants_of
+from registry.artifact import (
+    ModelFiles,
+    VariantRef,
+    open_variant,
+    present_variants,
+    variant_tag,
+    variants_of,
+)
 from registry.reference import Reference, ReferenceError, parse_reference
 from registry.select import SelectionError, select_variant
 from registry.store import Store, StoreError
@@ -179,8 +186,11 @@ def run_command(
     chosen: VariantRef | None = None
     files: ModelFiles | None = None
     try:
+        store = Store()
+        listed = variants_of(store, ref)
         chosen = select_variant(
-            variants_of(Store(), ref), variant=variant, quantize=quantize, target=target, backend=backend
+            listed if variant else present_variants(store, listed),
+            variant=variant, quantize=quantize, target=target, backend=backend,
         )
         files = open_variant(Store(), chosen.descriptor.digest)
     except (StoreError, SelectionError) as exc:

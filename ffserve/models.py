@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ffserve.errors import BadRequest, Forbidden, ModelNotFound, NotAvailable, ServeError
-from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant, variants_of
+from registry.artifact import (
+    ArtifactError,
+    ModelFiles,
+    VariantRef,
+    open_variant,
+    present_variants,
+    variants_of,
+)
 from registry.reference import ReferenceError, parse_reference
 from registry.select import SelectionError, select_variant
 from registry.store import NotFoundError, Store, StoreError
@@ -45,16 +52,19 @@ def remote_module() -> ModuleType:
         ) from None
 
 
-def resolve(store: Store, name: str, *, target: str | None, quantize: str | None) -> Resolved:
+def resolve(
+    store: Store, name: str, *, target: str | None, quantize: str | None, backend: str | None = None
+) -> Resolved:
     ref = canonical(name)
     try:
-        variants = variants_of(store, ref)
+        variants = present_variants(store, variants_of(store, ref))
         try:
-            chosen = select_variant(variants, target=target, quantize=quantize)
+            chosen = select_variant(variants, target=target, quantize=quantize, backend=backend)
         except SelectionError:
             if target is None and quantize is None:
                 raise
-            chosen = select_variant(variants)  # the server's defaults are preferences, not requirements
+            # target and quantize are preferences, not requirements; --backend is one
+            chosen = select_variant(variants, backend=backend)
         return Resolved(ref, chosen, open_variant(store, chosen.descriptor.digest))
     except NotFoundError as exc:
         raise ModelNotFound(f"model {ref!r} not found; pull it first (ff pull {ref}): {exc}") from None
@@ -72,6 +82,7 @@ def pull(
     quantize: str | None,
     progress: Progress,
     insecure: bool = False,
+    backend: str | None = None,
 ) -> None:
     """Pull ``name`` into the store through registry.remote (blocking; run it in a thread)."""
     remote = remote_module()
@@ -79,7 +90,10 @@ def pull(
 
     ref = canonical(name)
     try:
-        remote.pull(ref, store=store, target=target, quantize=quantize, progress=progress, insecure=insecure)
+        remote.pull(
+            ref, store=store, target=target, quantize=quantize, backend=backend, progress=progress,
+            insecure=insecure,
+        )
     except SelectionError as exc:  # no variant, or several, fit: the client must say which
         raise BadRequest(f"pull {ref}: {exc}") from None
     except SignatureError as exc:  # FF_VERIFY_KEY / FF_REQUIRE_SIGNATURE refused it (docs/delivery.md)
@@ -96,13 +110,13 @@ async def resolve_or_pull(
     quantize: str | None,
     allow_pull: bool,
     insecure: bool = False,
+    backend: str | None = None,
 ) -> Resolved:
+    sel = {"target": target, "quantize": quantize, "backend": backend}
     try:
-        return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)
+        return await asyncio.to_thread(resolve, store, name, **sel)
     except ModelNotFound:
         if not allow_pull:
             raise
-    await asyncio.to_thread(
-        pull, store, name, target=target, quantize=quantize, progress=lambda _: None, insecure=insecure
-    )
-    return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)
+    await asyncio.to_thread(pull, store, name, progress=lambda _: None, insecure=insecure, **sel)
+    return await asyncio.to_thread(resolve, store, name, **sel)

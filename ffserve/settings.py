@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     model_name: str | None = None  # the name the --models-dir model is served as (default: the folder's)
     target: str | None = None
     quantize: str | None = None
+    backend: str | None = None  # only variants of this backend (llamacpp, onnxruntime, …): a requirement
     pull: bool = False
     registry_insecure: bool = False  # plain HTTP to registries (loopback ones always may)
     keep_alive: float = 300.0

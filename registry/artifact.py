@@ -218,6 +218,13 @@ class VariantRef:
         return self.annotations.get(ANN_TASK, "")
 
 
+def present_variants(store: Store, variants: list[VariantRef]) -> list[VariantRef]:
+    """The variants whose manifest this store holds (a pull fetches only the one it chose), or all of
+    them when it holds none: what serving and ``ff run`` choose among."""
+    present = [v for v in variants if store.has_blob(v.descriptor.digest)]
+    return present or variants
+
+
 def parse_manifest(data: bytes) -> Manifest | Index:
     """Parse untrusted manifest/index bytes into the right model, or raise :class:`ArtifactError`."""
     if len(data) > MAX_MANIFEST_BYTES:

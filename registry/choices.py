@@ -85,6 +85,13 @@ QUANTIZATIONS: Final[dict[str, Quantization]] = {
         "needs_imatrix": False,
         "description": "8-bit integer weights (dynamic, per-channel)",
     },
+    "int4": {
+        "format": "onnx",
+        "ftype": None,
+        "bits": 4,
+        "needs_imatrix": False,
+        "description": "4-bit integer weights (chat/generate models on ONNX Runtime GenAI)",
+    },
 }
 
 
@@ -114,7 +121,7 @@ BACKENDS: Final[dict[str, Backend]] = {
     "onnxruntime": {
         "format": "onnx",
         "devices": ("cpu", "cuda", "rocm"),
-        "quantizations": ("fp32", "fp16", "int8"),
+        "quantizations": ("fp32", "fp16", "int8", "int4"),
         "extra": "onnx",
         "module": "onnxruntime",
         "preference": 2,
@@ -139,6 +146,13 @@ BACKENDS: Final[dict[str, Backend]] = {
         "description": "NVIDIA TensorRT engine (built on the target GPU)",
     },
 }
+
+TEXT_TASKS: Final = ("chat", "generate")
+
+GENERATORS: Final[dict[str, tuple[str, str]]] = {"onnxruntime": ("onnxruntime_genai", "genai")}
+"""Backends whose chat/generate variants run on a separate generator package: backend → (the Python
+module it needs, the pip extra). ONNX Runtime runs LLMs through ONNX Runtime GenAI (its KV cache and
+search loop); on CUDA the same module comes from ``onnxruntime-genai-cuda``."""
 
 DEVICE_PREFERENCE: Final[dict[str, int]] = {"cuda": 3, "rocm": 3, "metal": 3, "vulkan": 2, "cpu": 1}
 """An accelerator beats the CPU when several variants fit."""

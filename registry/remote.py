@@ -213,11 +213,14 @@ def _choose(
     variant: str | None,
     all_variants: bool,
     host: HostInfo | None,
+    backend: str | None = None,
 ) -> list[VariantRef]:
     refs = [VariantRef(d) for d in index.manifests]
     if all_variants:
         return refs
-    return [select_variant(refs, target=target, quantize=quantize, variant=variant, host=host)]
+    return [
+        select_variant(refs, target=target, quantize=quantize, variant=variant, backend=backend, host=host)
+    ]
 
 
 def pull(
@@ -229,6 +232,7 @@ def pull(
     variant: str | None = None,
     all_variants: bool = False,
     local_name: str | None = None,
+    backend: str | None = None,
     insecure: bool = False,
     ca_file: str | None = None,
     progress: ProgressFn = no_progress,
@@ -280,7 +284,8 @@ def pull(
             if d.media_type not in MANIFEST_TYPES:
                 raise ArtifactError(f"{r}: index entry {d.digest[:19]} is {d.media_type}, not a manifest")
         chosen = _choose(
-            doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host
+            doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host,
+            backend=backend,
         )
         fetched: list[tuple[VariantRef, bytes, Manifest]] = []
         for v in chosen:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.artifact import VariantRef
-from registry.choices import BACKENDS, DEVICE_PREFERENCE, QUANTIZATIONS
+from registry.choices import BACKENDS, DEVICE_PREFERENCE, GENERATORS, QUANTIZATIONS, TEXT_TASKS
 
 
 class SelectionError(LookupError):
@@ -31,10 +31,13 @@ class HostInfo:
     cuda_capabilities: frozenset[str]  # e.g. {"sm_90"}
     backends: frozenset[str]  # backends whose Python package is importable
     cpu_features: frozenset[str] = frozenset()  # e.g. {"x86_64", "avx2", "avx512f"}; empty: unknown
+    generators: frozenset[str] = frozenset()  # backends whose LLM generator (GENERATORS) is importable
 
     def fits(self, v: VariantRef) -> bool:
         if v.device not in self.devices or v.backend not in self.backends:
             return False
+        if v.task in TEXT_TASKS and v.backend in GENERATORS and v.backend not in self.generators:
+            return False  # an ONNX LLM needs onnxruntime-genai, not only onnxruntime
         detail = v.target.split(":", 1)[1] if ":" in v.target else None
         if v.device == "cuda" and detail and detail not in self.cuda_capabilities:
             return False
@@ -84,7 +87,8 @@ def detect_host() -> HostInfo:
     caps = _cuda_capabilities()
     devices = {"cpu"} | ({"cuda"} if caps else set())
     backends = {name for name, b in BACKENDS.items() if importlib.util.find_spec(b["module"]) is not None}
-    return HostInfo(frozenset(devices), caps, frozenset(backends), _cpu_features())
+    generators = {name for name, (module, _) in GENERATORS.items() if importlib.util.find_spec(module)}
+    return HostInfo(frozenset(devices), caps, frozenset(backends), _cpu_features(), frozenset(generators))
 
 
 def _describe(vs: list[VariantRef]) -> str:

@@ -98,6 +98,15 @@ class VariantPayload:
     adapters: tuple[WeightFile, ...] = ()
     verify: Mapping[str, JSONValue] | None = None  # the verify report, None when verify was skipped
     runtime: str | None = None  # the runtime version verify ran with
+    format: str = "gguf"  # io.ferrousforge.format and the ModelPack config's format
+    files: tuple[tuple[str, str, WeightFile], ...] = ()  # (filepath, media type, file): a non-GGUF
+    # variant's files (an ONNX Runtime GenAI folder), in place of the one model.gguf layer
+
+    @property
+    def size(self) -> int:
+        if self.files:
+            return sum(f.size for _, _, f in self.files)
+        return self.weight.size + sum(a.size for a in self.adapters)
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,10 @@ def _figure(value: JSONValue) -> str | None:
 
 def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Descriptor]:
     """The layers of one variant, in the fixed order of docs/artifact-format.md."""
-    layers = [_file_layer(store, MODEL_WEIGHT, "model.gguf", p.weight)]
+    if p.files:
+        layers = [_file_layer(store, mt, filepath, f) for filepath, mt, f in p.files]
+    else:
+        layers = [_file_layer(store, MODEL_WEIGHT, "model.gguf", p.weight)]
     layers += [_file_layer(store, FF_ADAPTER, f"adapters/{i}.gguf", a) for i, a in enumerate(p.adapters)]
     for i, text in enumerate(meta.licenses):
         layers.append(
@@ -183,7 +195,7 @@ def variant_config(meta: ModelMeta, p: VariantPayload, layers: list[Descriptor])
             descriptor=ModelDescriptor(name=meta.name, family=p.architecture),
             config=ModelConfig(
                 architecture=p.architecture,
-                format="gguf",
+                format=p.format,
                 param_size=param_size(p.param_count) if p.param_count else None,
                 precision=p.precision,
                 quantization=p.variant.quantization,
@@ -201,10 +213,10 @@ def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
         ANN_VARIANT: v.name,
         ANN_TARGET: v.target,
         ANN_BACKEND: v.backend,
-        ANN_FORMAT: "gguf",
+        ANN_FORMAT: p.format,
         ANN_QUANTIZATION: v.quantization,
         ANN_TASK: meta.task,
-        ANN_MIN_MEMORY: str(p.weight.size + sum(a.size for a in p.adapters)),
+        ANN_MIN_MEMORY: str(p.size),
     }
     if p.precision:
         ann[ANN_PRECISION] = p.precision

@@ -24,6 +24,10 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
         "verify", "registry/gguf_info", "ffruntime/llamacpp_eval", "ffruntime/llamacpp_lib",
         "ffruntime/settings",
     ),
+    "genai": ("genai",),
+    "genai_verify": (
+        "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp_eval", "ffruntime/settings"
+    ),
 }
 """The modules whose code shapes each stage's output (a change to any of them is a cache miss): a stage
 module's name, or a path under the source root for the runtime modules the stages load through."""
@@ -60,6 +64,7 @@ def stage_tools(stage: str) -> dict[str, str | None]:
     return out
 
 
-def runtime_version() -> str:
-    """The runtime the verify stage ran variants with (the io.ferrousforge.runtime annotation)."""
-    return f"llama-cpp-python {package_version('llama_cpp_python') or 'unknown'}"
+def runtime_version(fmt: str = "gguf") -> str:
+    """The runtime the verify stage ran a variant of format ``fmt`` with (io.ferrousforge.runtime)."""
+    dist = "onnxruntime-genai" if fmt == "onnx" else "llama-cpp-python"
+    return f"{dist} {package_version(dist) or 'unknown'}"

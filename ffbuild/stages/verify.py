@@ -100,13 +100,10 @@ def _eval_text(m: LlamaEval, text: str) -> _TextEval:
     tokens = m.tokenize(text, add_special=True)
     if len(tokens) < 2:
         raise VerifyError("the verification text is too short to measure anything")
-    logits = m.logits(tokens).astype(np.float64)
+    logits = m.logits(tokens)
     if not np.isfinite(logits).all():
         raise VerifyError(f"{m.path} produced non-finite logits")
-    shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
-    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    nll = -logprobs[np.arange(len(tokens) - 1), tokens[1:]]
-    return _TextEval(tuple(tokens), tuple(int(i) for i in logits.argmax(axis=1)), float(math.exp(nll.mean())))
+    return text_eval(list(tokens), logits)
 
 
 def _render_chat(m: LlamaEval, template: str, prompt: str) -> str:
@@ -238,3 +235,22 @@ def _verify_embedding(
         report.agreement = round(float(np.mean(cos)), 5)
         report.min_cosine = round(min(cos), 5)
         report.agreement_kind = "embedding-cosine"
+
+
+TextEval = _TextEval
+"""What one text pass measured: the tokens, the greedy next token at each position, the perplexity."""
+
+
+def reference_text(path: Path, text: str, threads: int | None) -> TextEval:
+    """The reference GGUF's pass over ``text`` (cached per file and text, as for GGUF variants)."""
+    return _reference_text(*_file_key(path), text, threads)
+
+
+def text_eval(tokens: list[int], logits: FloatArray) -> TextEval:
+    """Greedy next tokens and perplexity from per-position logits (any backend's)."""
+    shifted = logits.astype(np.float64)
+    shifted = shifted[:-1] - shifted[:-1].max(axis=1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    nll = -logprobs[np.arange(len(tokens) - 1), tokens[1:]]
+    argmax = tuple(int(i) for i in logits.argmax(axis=1))
+    return _TextEval(tuple(tokens), argmax, float(math.exp(nll.mean())))

@@ -35,7 +35,8 @@ def _pick(e: Engine, name: str) -> tuple[VariantRef, ModelFiles | None]:
     """The variant ``name`` serves here (or the first present one when none fits this machine)."""
     vs = variants_of(e.store, name)
     try:
-        v = select_variant(vs, target=e.settings.target, quantize=e.settings.quantize)
+        s = e.settings
+        v = select_variant(vs, target=s.target, quantize=s.quantize, backend=s.backend)
     except SelectionError:
         present = [x for x in vs if e.store.has_blob(x.descriptor.digest)]
         v = (present or vs)[0]
@@ -64,6 +65,8 @@ def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     caps = ["completion"]
     if v.format == "gguf":
         caps += ["chat", "embedding"]  # llama.cpp serves all three from a GGUF
+    elif v.task == "chat":
+        caps.append("chat")  # an ONNX Runtime GenAI LLM: chat and completion
     return caps
 
 
@@ -189,6 +192,7 @@ async def _transfer(request: Request, push: bool) -> Response:
                 store=e.store,
                 target=s.target,
                 quantize=s.quantize,
+                backend=s.backend,
                 insecure=body.insecure or s.registry_insecure,
                 progress=progress,
             )

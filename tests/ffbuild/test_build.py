@@ -31,7 +31,9 @@ def _v(q: str, backend: str = "llamacpp", device: str = "cpu") -> Variant:
 
 
 def test_the_stages_in_order() -> None:
-    assert [s.name for s in STAGES] == ["fetch", "convert", "quantize", "adapters", "verify", "package"]
+    assert [s.name for s in STAGES] == [
+        "fetch", "convert", "quantize", "genai", "adapters", "verify", "package"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -41,11 +43,19 @@ def test_the_stages_in_order() -> None:
 def test_other_backends_are_refused_by_name(
     backend: str, quant: str, device: str, smollm2_gguf: Path, tmp_path: Path
 ) -> None:
-    plan = _plan(_gguf(smollm2_gguf), _v("q4_1"), _v(quant, backend, device))
+    plan = _plan(_gguf(smollm2_gguf), _v("q4_1"), _v(quant, backend, device), task="embed")
     store = Store(tmp_path / "s")
     with pytest.raises(BuildError, match=rf"backend '{backend}'.*not available in this version"):
         build(plan, parse_reference("m:1"), store=store, cache=BuildCache(tmp_path / "c"))
     assert store.tags() == [] and list(store.blobs.iterdir()) == []
+
+
+def test_genai_needs_hugging_face_weights(smollm2_gguf: Path, tmp_path: Path) -> None:
+    plan = _plan(_gguf(smollm2_gguf), _v("q4_1"), _v("int4", "onnxruntime"))
+    store = Store(tmp_path / "s")
+    with pytest.raises(BuildError, match=r"int4-cpu.*ONNX Runtime GenAI.*Hugging Face weights"):
+        build(plan, parse_reference("m:1"), store=store, cache=BuildCache(tmp_path / "c"))
+    assert store.tags() == []
 
 
 def test_requantizing_a_quantized_gguf_is_refused(smollm2_gguf: Path, tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_rejections(
         ("TARGET cdua", "did you mean cuda?"),
         ("TARGET cpu BACKEND onnxrt", "did you mean onnxruntime?"),
         ("TARGET cpu BACKEND tensorrt", "tensorrt runs on: cuda"),
-        ("QUANTIZE q4_k_m\nTARGET cpu BACKEND onnxruntime", "onnxruntime takes: fp32, fp16, int8"),
+        ("QUANTIZE q4_k_m\nTARGET cpu BACKEND onnxruntime", "onnxruntime takes: fp32, fp16, int8, int4"),
         ("TARGET cuda:ampere", "cuda: takes sm_<compute capability>, e.g. cuda:sm_90"),
     ],
 )

@@ -1,0 +1,114 @@
+"""The ONNX Runtime GenAI export: a Hugging Face LLM folder → an ONNX decoder with a KV cache.
+
+``TARGET cpu|cuda BACKEND onnxruntime`` on a chat or generate model runs ONNX Runtime GenAI's model
+builder (``python -m onnxruntime_genai.models.builder``, which needs torch, transformers and onnx-ir)
+in a subprocess. Its output folder — ``model.onnx``, its external weights ``model.onnx.data``,
+``genai_config.json``, the tokenizer files and the chat template — becomes the variant's layers.
+QUANTIZE ``int4 | int8 | fp16 | fp32`` are the builder's precisions of the same names.
+
+Measured on the SmolLM2-135M folder (2 cores): ``-p int4 -e cpu`` took 8–17 s and wrote 86 MB of
+weights (design.md §6).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from ffbuild.stages.errors import StageError
+from registry.choices import GENERATORS, TEXT_TASKS
+from registry.oci import MODEL_WEIGHT, MODEL_WEIGHT_CONFIG
+
+PRECISIONS: Final[dict[str, str]] = {"int4": "int4", "int8": "int8", "fp16": "fp16", "fp32": "fp32"}
+"""QUANTIZE type → the builder's ``--precision``."""
+EXECUTION_PROVIDERS: Final[dict[str, str]] = {"cpu": "cpu", "cuda": "cuda"}
+"""TARGET device → the builder's ``--execution_provider``."""
+BUILDER_PACKAGES: Final = ("onnxruntime-genai", "onnxruntime", "onnx-ir", "onnx", "torch", "transformers")
+"""The distributions whose versions shape the builder's output (part of the build-cache key)."""
+CUDA_PACKAGE: Final = "onnxruntime-genai-cuda"
+_WEIGHT_SUFFIXES: Final = (".onnx", ".onnx.data", ".data")
+
+
+class GenAIError(StageError):
+    """The GenAI export cannot run here (missing packages, no GPU) or the builder failed."""
+
+
+def is_genai(task: str, backend: str) -> bool:
+    """Whether a variant of a ``task`` model on ``backend`` is built by ONNX Runtime GenAI."""
+    return task in TEXT_TASKS and backend in GENERATORS
+
+
+def media_type(filename: str) -> str:
+    """The ModelPack layer type of one builder output: weights for the graph and its data, else config."""
+    return MODEL_WEIGHT if filename.endswith(_WEIGHT_SUFFIXES) else MODEL_WEIGHT_CONFIG
+
+
+def cuda_available() -> bool:
+    """Whether the installed onnxruntime-genai has its CUDA provider and a GPU answers."""
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        return False
+    import onnxruntime_genai as og
+
+    try:
+        return bool(og.is_cuda_available())
+    except Exception:  # a CPU-only build may raise rather than answer False
+        return False
+
+
+def check_device(device: str) -> None:
+    """Refuse, naming what to install, a device this machine cannot build and verify for."""
+    if device not in EXECUTION_PROVIDERS:
+        raise GenAIError(
+            f"ONNX Runtime GenAI variants build for {', '.join(EXECUTION_PROVIDERS)}, not {device}"
+        )
+    if device == "cuda" and not cuda_available():
+        raise GenAIError(
+            "TARGET cuda BACKEND onnxruntime (a GenAI LLM) needs an NVIDIA GPU and the CUDA build of ONNX "
+            f"Runtime GenAI to build and verify: pip install {CUDA_PACKAGE} (in place of onnxruntime-genai); "
+            "this machine has no CUDA provider. Build with --no-verify to export it without a GPU."
+        )
+
+
+def _missing_builder_modules() -> list[str]:
+    needed = {"onnxruntime_genai": "onnxruntime-genai", "onnx_ir": "onnx-ir", "torch": "torch"}
+    needed["transformers"] = "transformers"
+    return [dist for mod, dist in needed.items() if importlib.util.find_spec(mod) is None]
+
+
+def export(folder: Path, out: Path, *, precision: str, device: str, threads: int | None = None) -> None:
+    """Run the model builder on ``folder`` into the empty folder ``out``; raise :class:`GenAIError`."""
+    if precision not in PRECISIONS:
+        raise GenAIError(f"ONNX Runtime GenAI builds {', '.join(PRECISIONS)}, not {precision}")
+    missing = _missing_builder_modules()
+    if missing:
+        raise GenAIError(
+            f"the ONNX Runtime GenAI export needs {', '.join(missing)}: pip install 'ferrousforge[genai]'"
+        )
+    ep = EXECUTION_PROVIDERS.get(device)
+    if ep is None:
+        raise GenAIError(f"ONNX Runtime GenAI variants build for cpu and cuda, not {device}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="ff-genai-") as cache:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(out)]
+        cmd += ["-p", PRECISIONS[precision], "-e", ep, "-c", cache]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cache, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+        raise GenAIError(
+            f"the ONNX Runtime GenAI model builder failed on {folder} ({precision}, {ep}):\n  "
+            + "\n  ".join(tail)
+        )
+    if not (out / "genai_config.json").is_file() or not any(out.glob("*.onnx")):
+        raise GenAIError(f"the ONNX Runtime GenAI model builder wrote no model into {out}")
+
+
+def output_files(folder: Path) -> list[Path]:
+    """The files of an export, sorted by name (the layer order)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))

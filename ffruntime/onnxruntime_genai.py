@@ -1,0 +1,371 @@
+"""Chat and completion on ONNX Runtime GenAI: the runtime of ``onnxruntime`` chat/generate variants.
+
+A loaded variant is one ``og.Model`` (weights and sessions shared) and ``num_parallel`` worker threads;
+each request runs on its own ``og.Generator`` (its own KV cache) in one worker, so requests run
+concurrently, and the event loop never runs model code. Tokens come back through an ``asyncio.Queue``;
+the job checks its :class:`CancelFlag` between decoding steps.
+
+Why not batched: GenAI 0.18's continuous batching (``og.Engine`` with ``engine.dynamic_batching``) needs
+a paged-attention model, which its builder makes only for CUDA fp16/bf16 (and WebGPU); on the CPU the
+Engine has only a static batch scheduler without stop strings or per-request seeds (docs/serving.md).
+
+Prompts come from :mod:`ffruntime.prompting` (the Modelfile TEMPLATE, else the model's own chat
+template). Options: ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``seed``, ``repeat_penalty``,
+``num_predict`` (none: until the end-of-sequence token or a full context), ``stop``. JSON ``format``
+is GenAI's guidance (llguidance) with a JSON schema. Imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime_genai as og
+
+from ffruntime.errors import RuntimeFailure
+from ffruntime.genai_model import GenAIModel, open_model
+from ffruntime.prompting import ModelPrompting, build_prompt
+from ffruntime.runtime import (
+    CancelFlag,
+    Capability,
+    ChatMessage,
+    Done,
+    DoneReason,
+    Event,
+    GenerationRequest,
+    ParamValue,
+    PromptTooLong,
+    RequestRejected,
+    Token,
+)
+from ffruntime.settings import LoadSettings
+from registry.artifact import ModelFiles, VariantRef
+
+_SEARCH: dict[str, tuple[str, type]] = {  # Ollama option → (GenAI search option, type)
+    "temperature": ("temperature", float),
+    "top_k": ("top_k", int),
+    "top_p": ("top_p", float),
+    "repeat_penalty": ("repetition_penalty", float),
+    "seed": ("random_seed", int),
+    "num_predict": ("num_predict", int),
+}
+_NEUTRAL: dict[str, float] = {  # sampling options GenAI lacks, and the values that change nothing
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat": 0.0,
+}
+JSON_ANY_OBJECT = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tokens: list[int]
+    search: dict[str, Any]
+    num_predict: int | None
+    stops: list[str]
+    guidance: str | None  # a JSON schema
+
+
+def _number(key: str, value: ParamValue, kind: type) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or (kind is int and value != int(value)):  # type: ignore[arg-type]
+        raise RequestRejected(f"option {key} must be {'an integer' if kind is int else 'a number'}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def search_options(options: Mapping[str, ParamValue]) -> tuple[dict[str, Any], int | None]:
+    """GenAI search options and ``num_predict`` (None: no limit) from a request's options."""
+    for key, neutral in _NEUTRAL.items():
+        if key in options and _number(key, options[key], float) != neutral:
+            raise RequestRejected(
+                f"option {key} is not available on ONNX Runtime GenAI variants "
+                "(it has temperature, top_k, top_p, repeat_penalty and seed)"
+            )
+    kw: dict[str, Any] = {}
+    for key, (arg, kind) in _SEARCH.items():
+        if key in options:
+            value = _number(key, options[key], kind)
+            kw[arg] = int(value) if kind is int else value
+    num_predict = kw.pop("num_predict", None)
+    if num_predict is not None and num_predict < 0:
+        num_predict = None  # Ollama's -1: no limit
+    if kw.get("random_seed") is not None and kw["random_seed"] < 0:
+        del kw["random_seed"]
+    temperature = kw.get("temperature", 0.8)  # Ollama's default
+    kw["do_sample"] = temperature > 0 and kw.get("top_k") != 1
+    if not kw["do_sample"]:
+        kw.pop("temperature", None)
+    return kw, num_predict
+
+
+def _stops(options: Mapping[str, ParamValue], extra: list[str]) -> list[str]:
+    stop = options.get("stop", [])
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
+        raise RequestRejected("option stop must be a list of strings")
+    return [s for s in dict.fromkeys([*stop, *extra]) if s]
+
+
+class _StopScanner:
+    """Holds back text that may begin a stop string; says where the first stop string ends the output."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """The text safe to emit now, and whether a stop string was found."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out) :]
+        return out, False
+
+
+@dataclass
+class _Job:
+    run: Callable[[Callable[[object], None]], None]
+    emit: Callable[[object], None]
+    end: Callable[[], None]
+    cancel: CancelFlag
+
+
+@dataclass
+class GenAIRuntime:
+    variant: VariantRef
+    opts: LoadSettings
+    model: GenAIModel
+    prompting: ModelPrompting
+    folder: Path
+    _capabilities: frozenset[Capability]
+    _memory: int
+    _jobs: queue.Queue[_Job | None] = field(default_factory=queue.Queue)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._capabilities
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._memory
+
+    @property
+    def context_length(self) -> int:
+        return min(self.opts.num_ctx, self.model.context_length)
+
+    @property
+    def parallel(self) -> int:
+        return self.opts.num_parallel
+
+    def start(self) -> None:
+        for i in range(self.opts.num_parallel):
+            t = threading.Thread(target=self._work, name=f"genai-{self.variant.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if not job.cancel.is_set:  # a request cancelled while queued never runs
+                    job.run(job.emit)
+            except BaseException as exc:  # handed to the request, never kills the worker
+                job.emit(exc)
+            finally:
+                job.end()
+
+    async def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+        def join() -> None:
+            for t in self._threads:
+                t.join()
+
+        await asyncio.to_thread(join)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # --- requests -------------------------------------------------------------------------------------
+    def _plan(self, request: GenerationRequest) -> _Plan:
+        if request.suffix:
+            raise RequestRejected("suffix (fill-in-the-middle) is not available on ONNX Runtime GenAI")
+        if request.grammar is not None:
+            raise RequestRejected(
+                "GBNF grammars are llama.cpp's; ONNX Runtime GenAI variants take format (a JSON schema)"
+            )
+        if request.logprobs:
+            raise RequestRejected("logprobs are not available on ONNX Runtime GenAI variants")
+        try:
+            prompt, template_stops = build_prompt(request, self.prompting)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+        search, num_predict = search_options(request.options)
+        vocab = self.model.vocab_size or 1 << 31
+        context = list(request.context)
+        if any(not 0 <= t < vocab for t in context):
+            raise RequestRejected(f"context holds token ids outside the vocabulary (0..{vocab - 1})")
+        tokens = context + self.model.encode(prompt)
+        if not tokens:
+            raise RequestRejected("the prompt is empty")
+        if len(tokens) >= self.context_length:
+            raise PromptTooLong(
+                f"the prompt is {len(tokens)} tokens; the model's context is {self.context_length} (num_ctx)"
+            )
+        fmt = request.format
+        guidance = json.dumps(JSON_ANY_OBJECT if fmt == "json" else fmt) if fmt is not None else None
+        return _Plan(tokens, search, num_predict, _stops(request.options, template_stops), guidance)
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        plan = self._plan(request)
+        cancel = request.cancel
+        return self._events(lambda emit: self._run(plan, cancel, emit), cancel)
+
+    def _run(self, plan: _Plan, cancel: CancelFlag, emit: Callable[[object], None]) -> None:
+        m = self.model
+        limit = self.context_length
+        if plan.num_predict is not None:
+            limit = min(limit, len(plan.tokens) + plan.num_predict)
+        params = og.GeneratorParams(m.model)
+        params.set_search_options(max_length=limit, **plan.search)
+        t0 = time.perf_counter_ns()
+        try:
+            if plan.guidance is not None:
+                params.set_guidance("json_schema", plan.guidance)
+            gen = og.Generator(m.model, params)  # a bad schema may only fail here
+        except RuntimeError as exc:
+            if plan.guidance is None:
+                raise RuntimeFailure(f"ONNX Runtime GenAI cannot start a generator: {exc}") from None
+            raise RequestRejected(f"cannot constrain decoding to this JSON schema: {exc}") from None
+        gen.append_tokens(np.asarray(plan.tokens, dtype=np.int32))
+        t_first = time.perf_counter_ns()
+        stream = m.tokenizer.create_stream()
+        scanner = _StopScanner(plan.stops)
+        out: list[int] = []
+        reason: DoneReason = "length"
+        while True:
+            if cancel.is_set:
+                reason = "cancelled"
+                break
+            if gen.is_done() or len(plan.tokens) + len(out) >= limit:
+                break
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+            if token in m.eos_ids:
+                reason = "stop"
+                break
+            out.append(token)
+            text, stopped = scanner.feed(stream.decode(token))
+            if text:
+                emit(Token(text))
+            if stopped:
+                reason = "stop"
+                break
+        if reason != "stop" and scanner.pending:
+            emit(Token(scanner.pending))
+        t_end = time.perf_counter_ns()
+        del gen
+        emit(Done(reason, len(plan.tokens), len(out), t_first - t0, t_end - t_first, (*plan.tokens, *out)))
+
+    async def _events(
+        self, run: Callable[[Callable[[object], None]], None], cancel: CancelFlag
+    ) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[object] = asyncio.Queue()
+        end = object()
+
+        def emit(item: object) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, item)
+
+        self._jobs.put(_Job(run, emit, lambda: emit(end), cancel))
+        try:
+            while True:
+                item = await out.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Token | Done)
+                yield item
+        finally:
+            cancel.set()
+
+
+def _folder(files: ModelFiles) -> Path:
+    """The variant's files under their layer paths (symlinks to the store's blobs), as GenAI reads them."""
+    folder = Path(tempfile.mkdtemp(prefix="ff-genai-"))
+    try:
+        for filepath, blob in files.files.items():
+            link = folder / filepath
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(blob)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def _estimate_memory(files: ModelFiles, model: GenAIModel, opts: LoadSettings) -> int:
+    """Weights plus each sequence's KV cache (float32 on the CPU), from genai_config.json's decoder."""
+    declared = files.annotations.get("io.ferrousforge.min-memory-bytes", "")
+    weights = sum(p.stat().st_size for p in files.weights)
+    try:
+        cfg = json.loads((model.folder / "genai_config.json").read_text())["model"]["decoder"]
+        keys = ("num_hidden_layers", "num_key_value_heads", "head_size")
+        layers, kv_heads, head = (int(cfg[k]) for k in keys)
+    except (OSError, ValueError, KeyError, TypeError):
+        layers = kv_heads = head = 0
+    kv = 2 * layers * min(opts.num_ctx, model.context_length) * kv_heads * head * 4
+    estimate = weights + opts.num_parallel * (kv + 64 * 1024 * 1024)
+    return max(estimate, int(declared)) if declared.isdigit() else estimate
+
+
+async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> GenAIRuntime:
+    folder = _folder(files)
+    device = opts.device if opts.device != "cpu" else variant.device
+    try:
+        model = await asyncio.to_thread(open_model, folder, opts.with_(device=device))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    jinja = model.jinja()
+    caps = {Capability.GENERATE}
+    if files.template or jinja is not None:
+        caps.add(Capability.CHAT)
+    prompting = ModelPrompting(
+        template=files.template,
+        system=files.system,
+        messages=[ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in files.messages],
+        jinja=jinja,
+    )
+    rt = GenAIRuntime(
+        variant, opts, model, prompting, folder, frozenset(caps), _estimate_memory(files, model, opts)
+    )
+    rt.start()
+    return rt
+
+
+with contextlib.suppress(Exception):  # GenAI's telemetry is off: a server makes no calls of its own
+    og.disable_telemetry_events()
