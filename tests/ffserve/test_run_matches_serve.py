@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, Server
+from serve_testkit import ROOT, Server
 
 PROMPT = "Name three colours of the rainbow."
 

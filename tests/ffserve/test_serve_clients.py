@@ -12,7 +12,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import Server
+from serve_testkit import Server
 
 QUESTION = "What is the capital of France?"
 

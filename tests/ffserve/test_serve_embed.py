@@ -11,9 +11,10 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import CACHE, Server, add_model
+from serve_testkit import CACHE, Server
 
 from registry.store import Store
+from tests.models import add_model
 
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply."]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, Server, start_server
+from serve_testkit import ROOT, Server, start_server
 from starlette.routing import Route
 
 from ffserve.app import create_app
