@@ -24,6 +24,7 @@ from ffbuild.build_context import (
     StageTiming,
     VariantOutput,
 )
+from ffbuild.build_tensor import compile_stage, export_stage, variant_family, verify_tensor_stage
 from ffbuild.build_verify import verify_stage
 from ffbuild.build_weights import adapters_stage, convert_stage, fetch_stage, quantize_stage
 from ffbuild.cache import BuildCache
@@ -93,31 +94,50 @@ def package_stage(ctx: BuildContext) -> str:
             precision=o.built.info.precision,
             adapters=(*o.built.adapters, *ctx.adapters),
             verify=o.report,
-            runtime=runtime,
+            runtime=o.runtime or runtime,
+            format=o.built.format,
+            weight_name=o.built.weight_name,
+            extra=o.built.extra,
+            annotations=o.built.annotations,
         )
         for o in ctx.outputs
     ]
     index, variants, tags = package_model(ctx.store, ctx.ref, meta, payloads)
     for o, d in zip(ctx.outputs, variants, strict=True):
-        o.manifest, o.size = d.digest, o.built.weight.size + sum(a.size for a in ctx.adapters)
+        extra = sum(x.file.size for x in o.built.extra) + sum(a.size for a in ctx.adapters)
+        o.manifest, o.size = d.digest, o.built.weight.size + extra
     ctx.index_digest, ctx.tags = index.digest, tags
     return f"{ctx.ref} → {index.digest[:19]}"
 
 
 @dataclass(frozen=True)
 class Stage:
+    """A step of the build. ``family`` ``gguf`` or ``tensor``: the stage sees only that family's
+    variants in ``ctx.plan`` and is skipped when there are none; ``None``: it sees them all."""
+
     name: str
     run: Callable[[BuildContext], str]
+    family: str | None = None
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("fetch", fetch_stage),
-    Stage("convert", convert_stage),
-    Stage("quantize", quantize_stage),
-    Stage("adapters", adapters_stage),
-    Stage("verify", verify_stage),
+    Stage("convert", convert_stage, "gguf"),
+    Stage("quantize", quantize_stage, "gguf"),
+    Stage("adapters", adapters_stage, "gguf"),
+    Stage("export", export_stage, "tensor"),
+    Stage("compile", compile_stage, "tensor"),
+    Stage("verify", verify_stage, "gguf"),
+    Stage("verify-tensor", verify_tensor_stage, "tensor"),
     Stage("package", package_stage),
 )
+
+
+def _family_plan(plan: BuildPlan, family: str | None) -> BuildPlan | None:
+    if family is None:
+        return plan
+    variants = tuple(v for v in plan.variants if variant_family(v) == family)
+    return plan.model_copy(update={"variants": variants}) if variants else None
 
 
 def build(
@@ -140,6 +160,10 @@ def build(
     )
     hits0, misses0 = len(ctx.cache.hits), len(ctx.cache.misses)
     for stage in STAGES:
+        narrowed = _family_plan(plan, stage.family)
+        if narrowed is None:
+            continue
+        ctx.plan = narrowed
         ctx.progress.start(stage.name)
         start = time.perf_counter()
         summary = stage.run(ctx)

@@ -69,7 +69,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
 def _check_policy(ctx: BuildContext) -> None:
     policy = ctx.plan.verify
     failures: list[str] = []
-    for out in ctx.outputs:
+    for out in gguf_outputs(ctx):
         r = out.report or {}
         name = out.variant.name
         if r.get("loads") is False:
@@ -98,17 +98,21 @@ def _check_policy(ctx: BuildContext) -> None:
         raise BuildError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
 
 
+def gguf_outputs(ctx: BuildContext) -> list[VariantOutput]:
+    return [o for o in ctx.outputs if o.built.format == "gguf"]
+
+
 def verify_stage(ctx: BuildContext) -> str:
     if not ctx.options.verify:
         return "skipped (--no-verify)"
-    candidates = [o.built for o in ctx.outputs]
+    candidates = [o.built for o in gguf_outputs(ctx)]
     if ctx.base is not None:
         candidates.append(ctx.base)
     ref = max(candidates, key=lambda b: b.bits)
     ctx.reference = ref
-    for out in ctx.outputs:
+    for out in gguf_outputs(ctx):
         _verify_one(ctx, out, ref)
     _check_policy(ctx)
     return f"reference {ref.quantization}; " + ", ".join(
-        f"{o.variant.name} {as_number(o.report.get('agreement')):.3f}" for o in ctx.outputs if o.report
+        f"{o.variant.name} {as_number(o.report.get('agreement')):.3f}" for o in gguf_outputs(ctx) if o.report
     )

@@ -23,12 +23,6 @@ from ffbuild.stages.gguf_info import read_gguf_info
 
 
 def fetch_stage(ctx: BuildContext) -> str:
-    for v in ctx.plan.variants:
-        if v.backend != "llamacpp":
-            raise BuildError(
-                f"variant {v.name}: backend {v.backend!r} — its build stages (export, compile) are not "
-                "available in this version; only the llamacpp backend (GGUF) can be built"
-            )
     ctx.fetched = fetch(ctx.plan.source, ctx.store)
     return ctx.fetched.description
 

@@ -32,6 +32,7 @@ from registry.modelpack import (
 from registry.oci import (
     ANN_AGREEMENT,
     ANN_BACKEND,
+    ANN_COSINE,
     ANN_FORMAT,
     ANN_MIN_MEMORY,
     ANN_PPL_RATIO,
@@ -91,6 +92,15 @@ class WeightFile:
 
 
 @dataclass(frozen=True)
+class ExtraLayer:
+    """A file beside the weight (tokenizer, graph spec, TVM parameters), stored as its own layer."""
+
+    media_type: str
+    filepath: str
+    file: WeightFile
+
+
+@dataclass(frozen=True)
 class VariantPayload:
     """Everything one variant's manifest is made from."""
 
@@ -102,6 +112,10 @@ class VariantPayload:
     adapters: tuple[WeightFile, ...] = ()
     verify: Mapping[str, JSONValue] | None = None  # the verify report, None when verify was skipped
     runtime: str | None = None  # the runtime version verify ran with
+    format: str = "gguf"  # io.ferrousforge.format and the ModelPack config's format
+    weight_name: str = "model.gguf"  # the weight layer's filepath
+    extra: tuple[ExtraLayer, ...] = ()  # layers after the weight (tensor variants)
+    annotations: Mapping[str, str] | None = None  # backend facts (e.g. the TensorRT version)
 
 
 @dataclass(frozen=True)
@@ -193,7 +207,8 @@ def _figure(value: JSONValue) -> str | None:
 
 def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Descriptor]:
     """The layers of one variant, in the fixed order of docs/artifact-format.md."""
-    layers = [_file_layer(store, MODEL_WEIGHT, "model.gguf", p.weight)]
+    layers = [_file_layer(store, MODEL_WEIGHT, p.weight_name, p.weight)]
+    layers += [_file_layer(store, x.media_type, x.filepath, x.file) for x in p.extra]
     layers += [_file_layer(store, FF_ADAPTER, f"adapters/{i}.gguf", a) for i, a in enumerate(p.adapters)]
     for i, text in enumerate(meta.licenses):
         layers.append(
@@ -222,7 +237,7 @@ def variant_config(meta: ModelMeta, p: VariantPayload, layers: list[Descriptor])
             descriptor=ModelDescriptor(name=meta.name, family=p.architecture),
             config=ModelConfig(
                 architecture=p.architecture,
-                format="gguf",
+                format=p.format,
                 param_size=param_size(p.param_count) if p.param_count else None,
                 precision=p.precision,
                 quantization=p.variant.quantization,
@@ -240,7 +255,7 @@ def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
         ANN_VARIANT: v.name,
         ANN_TARGET: v.target,
         ANN_BACKEND: v.backend,
-        ANN_FORMAT: "gguf",
+        ANN_FORMAT: p.format,
         ANN_QUANTIZATION: v.quantization,
         ANN_TASK: meta.task,
         ANN_MIN_MEMORY: str(p.weight.size + sum(a.size for a in p.adapters)),
@@ -250,12 +265,16 @@ def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
     if p.runtime:
         ann[ANN_RUNTIME] = p.runtime
     if p.verify is not None:
+        cosine = _figure(p.verify.get("cosine"))
+        if cosine is not None:
+            ann[ANN_COSINE] = cosine
         agreement = _figure(p.verify.get("agreement"))
         ratio = _figure(p.verify.get("perplexity_ratio"))
         if agreement is not None:
             ann[ANN_AGREEMENT] = agreement
         if ratio is not None:
             ann[ANN_PPL_RATIO] = ratio
+    ann.update(p.annotations or {})
     ann.update(label_annotations(meta.labels or {}))
     return ann
 

@@ -23,6 +23,10 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "verify": (
         "verify", "gguf_info", "ffruntime/llamacpp_eval", "ffruntime/llamacpp_lib", "ffruntime/settings"
     ),
+    "onnx_export": ("onnx_export", "ffruntime/graph_spec"),
+    "verify_tensor": (
+        "verify_tensor", "onnx_export", "ffruntime/graph_runtime", "ffruntime/onnxruntime", "ffruntime/tvm"
+    ),
 }
 """The modules whose code shapes each stage's output (a change to any of them is a cache miss): a stage
 module's name, or a path under the source root for the runtime modules the stages load through."""
@@ -57,6 +61,11 @@ def stage_tools(stage: str) -> dict[str, str | None]:
     for module in STAGE_MODULES.get(stage, (stage,)):
         out[f"code:{module}"] = _module_digest(module)
     return out
+
+
+def tensor_tools() -> dict[str, str | None]:
+    """The packages the tensor stages (export, quantize, compile) run: part of their cache keys."""
+    return {p: package_version(p) for p in ("torch", "transformers", "onnx", "onnxruntime", "apache-tvm")}
 
 
 def runtime_version() -> str:
