@@ -23,10 +23,9 @@ from ffbuild.cache import CacheValue, file_digest, folder_digest
 from ffbuild.plan import Variant
 from ffbuild.stages import tools
 from ffbuild.stages.fetch import FetchedKind
-from ffbuild.stages.package import ExtraLayer, WeightFile
-from ffruntime.graph_spec import GRAPH_SPEC_FILE, GraphSpec
+from ffbuild.tensor_layers import entry_layers, owned
+from ffruntime.graph_spec import GRAPH_SPEC_FILE
 from registry.choices import BACKENDS
-from registry.oci import FF_GRAPH, MODEL_WEIGHT, MODEL_WEIGHT_CONFIG
 
 _PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
 
@@ -34,21 +33,6 @@ _PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
 def variant_family(v: Variant) -> str:
     """``gguf`` for llama.cpp variants, ``tensor`` for the ONNX family (onnxruntime, tvm, tensorrt)."""
     return "gguf" if BACKENDS[v.backend]["format"] == "gguf" else "tensor"
-
-
-def _layers(entry: Path, names: list[str], weights: set[str], prefix: str = "") -> tuple[ExtraLayer, ...]:
-    out = []
-    for name in names:
-        path = entry / name
-        media = (
-            MODEL_WEIGHT if name in weights else FF_GRAPH if name == GRAPH_SPEC_FILE else MODEL_WEIGHT_CONFIG
-        )
-        out.append(ExtraLayer(media, prefix + name, _owned(path)))
-    return tuple(out)
-
-
-def _owned(path: Path) -> WeightFile:
-    return WeightFile(path, file_digest(path), path.stat().st_size, build_owned=True)
 
 
 def cached_folder(
@@ -71,13 +55,13 @@ def _graph_built(quant: str, folder: Path, meta: dict[str, CacheValue], secs: fl
     )
     return Built(
         quant,
-        _owned(folder / "model.onnx"),
+        owned(folder / "model.onnx"),
         info,
         secs,
         hit,
         format="onnx",
         weight_name="model.onnx",
-        extra=_layers(folder, [str(f) for f in files if f != "model.onnx"], set()),
+        extra=entry_layers(folder, [str(f) for f in files if f != "model.onnx"], set()),
     )
 
 
@@ -274,10 +258,3 @@ def verify_tensor_stage(ctx: BuildContext) -> str:
 def _runtime_name(backend: str) -> str:
     dist = {"onnxruntime": "onnxruntime", "tvm": "apache-tvm", "tensorrt": "tensorrt"}.get(backend, backend)
     return f"{dist} {tools.package_version(dist) or 'unknown'}"
-
-
-def spec_of(built: Built) -> GraphSpec:
-    for x in built.extra:
-        if x.filepath.endswith(GRAPH_SPEC_FILE):
-            return GraphSpec.model_validate_json(x.file.path.read_bytes())
-    raise BuildError(f"{built.weight.path}: the graph has no {GRAPH_SPEC_FILE}")

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.choices import default_backend
+
 if TYPE_CHECKING:
     pass
 
 ParamValue = int | float | bool | str | list[str]
-COMPILED_BACKENDS = ("tvm", "tensorrt")
 
 
 class SourceKind(StrEnum):
@@ -63,8 +64,9 @@ class Variant(BaseModel):
     def name(self) -> str:
         """``<quant>-<target>``, safe as part of an OCI tag (``q4_k_m-cpu``, ``fp16-cuda-sm_90``); the
         compiled backends add their name (``fp32-cpu-tvm``, ``fp16-cuda-tensorrt``), so one tag holds
-        the same graph for onnxruntime and for them."""
-        suffix = f"-{self.backend}" if self.backend in COMPILED_BACKENDS else ""
+        the same graph for onnxruntime and for them (a backend other than the device's default)."""
+        family = "gguf" if self.backend == "llamacpp" else "onnx"
+        suffix = f"-{self.backend}" if self.backend != default_backend(family, self.device) else ""
         return f"{self.quantization}-{self.target.replace(':', '-')}{suffix}"
 
 

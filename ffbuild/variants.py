@@ -8,6 +8,9 @@ quantizations, and reject the combinations that cannot work, saying why.
   GGUF (or stored) source's own precision (``source``) and makes f16 from weights; ONNX backends fp32.
 - A GGUF source only runs on llamacpp; a .onnx source never does; a backend runs only its devices and
   its quantizations; types that need an importance matrix are refused (ff does not compute one).
+- With several TARGETs, each type goes to the targets whose backend runs it: ``QUANTIZE fp32 int8`` with
+  ``TARGET cpu BACKEND onnxruntime`` and ``TARGET cpu BACKEND tvm`` is fp32+int8 on onnxruntime and fp32
+  on tvm. A type no target runs, or a target that gets no type, is still an error.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Final
 from ffbuild.errors import Problem, did_you_mean
 from ffbuild.params import parse_bool
 from ffbuild.plan import SourceKind, Variant
-from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS
+from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS, default_backend
 
 # Allowed ``device:detail`` details, and aliases mapped to the canonical spelling.
 DEVICE_DETAILS: Final[dict[str, tuple[re.Pattern[str], str]]] = {
@@ -61,6 +64,7 @@ class VariantProblem:
     quant: int | None  # index into the quantization list
     target: int  # index into the target list
     blame: str  # the word to point at: "quant" (the type), "backend" (TARGET's BACKEND) or "target"
+    unsupported_type: bool = False  # the backend does not run the type (dropped if others build it)
 
 
 def parse_quantize(words: Sequence[str]) -> QuantizeSpec:
@@ -161,12 +165,6 @@ def source_family(kind: SourceKind) -> str | None:
     return _FAMILY_BY_SOURCE.get(kind)
 
 
-def default_backend(family: str, device: str) -> str:
-    if family == "gguf":
-        return "llamacpp"
-    return "onnxruntime" if device in BACKENDS["onnxruntime"]["devices"] else "tvm"
-
-
 def default_quantization(backend: str, kind: SourceKind) -> str:
     if BACKENDS[backend]["format"] == "gguf":
         return "source" if kind in (SourceKind.GGUF_FILE, SourceKind.OCI) else "f16"
@@ -180,6 +178,7 @@ def expand(
     variants: list[Variant] = []
     problems: list[VariantProblem] = []
     seen: dict[str, str] = {}
+    built: set[tuple[int | None, int]] = set()  # (type index, target index) pairs that make a variant
     fixed = source_family(kind)
     for ti, t in enumerate(targets):
         pairs: list[tuple[int | None, str, str]] = []
@@ -195,7 +194,8 @@ def expand(
             if checked is not None:
                 problem, on_quant = checked
                 blame = "quant" if on_quant and qi is not None else "backend" if t.backend else "target"
-                problems.append(VariantProblem(problem, qi, ti, blame))
+                unsupported = q != "source" and q not in BACKENDS[backend]["quantizations"]
+                problems.append(VariantProblem(problem, qi, ti, blame, unsupported and t.backend is not None))
                 continue
             v = Variant(
                 quantization=q, device=t.device, device_detail=t.detail, backend=backend, options=t.options
@@ -215,6 +215,16 @@ def expand(
                 continue
             seen[v.name] = backend
             variants.append(v)
+            built.add((qi, ti))
+    problems = [
+        p
+        for p in problems
+        if not (
+            p.unsupported_type
+            and any(q == p.quant for q, _ in built)
+            and any(t == p.target for _, t in built)
+        )
+    ]
     return variants, problems
 
 

@@ -139,6 +139,7 @@ def push(
 @click.argument("ref")
 @click.option("--target", help="the variant's target (cpu, cuda, cuda:sm_90, …)")
 @click.option("--quantize", help="the variant's quantization (q8_0, f16, int8, …)")
+@click.option("--backend", help="the variant's backend (llamacpp, onnxruntime, tvm, tensorrt)")
 @click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
 @click.option("--all-variants", is_flag=True, help="pull every variant of the model")
 @click.option("--as", "local_name", metavar="NAME:TAG", help="also store the model under this local name")
@@ -148,6 +149,7 @@ def pull(
     ref: str,
     target: str | None,
     quantize: str | None,
+    backend: str | None,
     variant: str | None,
     all_variants: bool,
     local_name: str | None,
@@ -162,7 +164,7 @@ def pull(
 
     with _expected_errors(), _progress(quiet, as_json) as progress:
         result = do_pull(
-            ref, store=Store(), target=target, quantize=quantize, variant=variant,
+            ref, store=Store(), target=target, quantize=quantize, backend=backend, variant=variant,
             all_variants=all_variants, local_name=local_name, insecure=insecure, ca_file=ca_file,
             progress=progress,
         )

@@ -22,6 +22,9 @@ def _settings_kwargs(**flags: object) -> dict[str, object]:
 )
 @click.option("--target", default=None, help="prefer variants for this target, e.g. cpu, cuda (FF_TARGET)")
 @click.option("--quantize", default=None, help="prefer variants with this quantization (FF_QUANTIZE)")
+@click.option(
+    "--backend", default=None, help="prefer variants for this backend, e.g. onnxruntime, tvm (FF_BACKEND)"
+)
 @click.option("--pull/--no-pull", default=None, help="pull unknown models from their registry (FF_PULL)")
 @click.option(
     "--keep-alive", default=None, help="how long an idle model stays loaded, e.g. 5m, -1 (FF_KEEP_ALIVE)"

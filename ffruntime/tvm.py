@@ -9,6 +9,8 @@ once and shared by every bucket.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +60,23 @@ class TVMRuntime(GraphRuntime):
         with np.load(params_path, allow_pickle=False) as data:
             self._params = [tvm.runtime.tensor(data[k], self._dev) for k in sorted(data.files)]
         self._vms: dict[tuple[int, int], Any] = {}
+        # TVM tells a library by its (real) file name's suffix; store blobs have none, so each library
+        # (small: the weights are in params.npz) is copied under its name.
+        self._links = tempfile.TemporaryDirectory(prefix="ff-tvm-")
         for b, s in spec.buckets:
             lib = files.get(_lib_name(b, s))
             if lib is None:
                 raise RuntimeFailure(f"the TVM variant has no library for bucket {b}×{s}")
-            self._vms[(b, s)] = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), self._dev)
+            link = Path(self._links.name) / _lib_name(b, s)
+            shutil.copyfile(lib, link)
+            self._vms[(b, s)] = relax.VirtualMachine(tvm.runtime.load_module(str(link)), self._dev)
         self._max_batch = max(b for b, _ in spec.buckets)
         self._out = spec.outputs[0].name
+
+    async def close(self) -> None:
+        await super().close()
+        self._vms.clear()
+        self._links.cleanup()
 
     def _bucket(self, batch: int, seq: int) -> tuple[int, int]:
         fits = [(b, s) for b, s in self.spec.buckets if b >= batch and s >= seq]

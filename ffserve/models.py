@@ -45,14 +45,16 @@ def remote_module() -> ModuleType:
         ) from None
 
 
-def resolve(store: Store, name: str, *, target: str | None, quantize: str | None) -> Resolved:
+def resolve(
+    store: Store, name: str, *, target: str | None, quantize: str | None, backend: str | None = None
+) -> Resolved:
     ref = canonical(name)
     try:
         variants = variants_of(store, ref)
         try:
-            chosen = select_variant(variants, target=target, quantize=quantize)
+            chosen = select_variant(variants, target=target, quantize=quantize, backend=backend)
         except SelectionError:
-            if target is None and quantize is None:
+            if target is None and quantize is None and backend is None:
                 raise
             chosen = select_variant(variants)  # the server's defaults are preferences, not requirements
         return Resolved(ref, chosen, open_variant(store, chosen.descriptor.digest))
@@ -92,13 +94,16 @@ async def resolve_or_pull(
     quantize: str | None,
     allow_pull: bool,
     insecure: bool = False,
+    backend: str | None = None,
 ) -> Resolved:
     try:
-        return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)
+        return await asyncio.to_thread(
+            resolve, store, name, target=target, quantize=quantize, backend=backend
+        )
     except ModelNotFound:
         if not allow_pull:
             raise
     await asyncio.to_thread(
         pull, store, name, target=target, quantize=quantize, progress=lambda _: None, insecure=insecure
     )
-    return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize)
+    return await asyncio.to_thread(resolve, store, name, target=target, quantize=quantize, backend=backend)

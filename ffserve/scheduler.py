@@ -182,6 +182,7 @@ class Scheduler:
             name,
             target=s.target,
             quantize=s.quantize,
+            backend=s.backend,
             allow_pull=s.pull,
             insecure=s.registry_insecure,
         )

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     )
     target: str | None = None
     quantize: str | None = None
+    backend: str | None = None  # prefer variants for this backend (llamacpp, onnxruntime, tvm, tensorrt)
     pull: bool = False
     registry_insecure: bool = False  # plain HTTP to registries (loopback ones always may)
     keep_alive: float = 300.0

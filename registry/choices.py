@@ -140,6 +140,14 @@ BACKENDS: Final[dict[str, Backend]] = {
     },
 }
 
+def default_backend(family: str, device: str) -> str:
+    """The backend a TARGET without BACKEND gets: llamacpp for GGUF; for ONNX-family types onnxruntime
+    where it runs, else tvm."""
+    if family == "gguf":
+        return "llamacpp"
+    return "onnxruntime" if device in BACKENDS["onnxruntime"]["devices"] else "tvm"
+
+
 DEVICE_PREFERENCE: Final[dict[str, int]] = {"cuda": 3, "rocm": 3, "metal": 3, "vulkan": 2, "cpu": 1}
 """An accelerator beats the CPU when several variants fit."""
 

@@ -210,11 +210,14 @@ def _choose(
     variant: str | None,
     all_variants: bool,
     host: HostInfo | None,
+    backend: str | None = None,
 ) -> list[VariantRef]:
     refs = [VariantRef(d) for d in index.manifests]
     if all_variants:
         return refs
-    return [select_variant(refs, target=target, quantize=quantize, variant=variant, host=host)]
+    return [
+        select_variant(refs, target=target, quantize=quantize, backend=backend, variant=variant, host=host)
+    ]
 
 
 def pull(
@@ -231,6 +234,7 @@ def pull(
     progress: ProgressFn = no_progress,
     host: HostInfo | None = None,
     client: RegistryClient | None = None,
+    backend: str | None = None,
 ) -> PullResult:
     """Pull ``host/ns/name:tag`` (or ``…@sha256:…``) into the store; see the module docstring."""
     with store.writing():  # prune waits: fetched blobs are unreachable until the tags are written
@@ -268,7 +272,8 @@ def pull(
             if d.media_type not in MANIFEST_TYPES:
                 raise ArtifactError(f"{r}: index entry {d.digest[:19]} is {d.media_type}, not a manifest")
         chosen = _choose(
-            doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host
+            doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host,
+            backend=backend,
         )
         fetched: list[tuple[VariantRef, bytes, Manifest]] = []
         for v in chosen:

@@ -97,8 +97,8 @@ def build_engine(onnx_path: Path, out: Path, spec: GraphSpec, options: dict[str,
 def build_engine_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
     """The TensorRT variant of ``graph``, through the build cache (keyed by TensorRT version and GPU)."""
     from ffbuild.build_context import BuildError, Built
-    from ffbuild.build_tensor import _layers, _owned, spec_of
     from ffbuild.cache import CacheValue
+    from ffbuild.tensor_layers import entry_layers, owned, spec_of
 
     try:
         trt = tensorrt_module()
@@ -132,12 +132,12 @@ def build_engine_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
         raise BuildError(f"the tensorrt_build cache entry {entry.path} is damaged; delete it and build again")
     return Built(
         graph.quantization,
-        _owned(entry.path / ENGINE_FILE),
+        owned(entry.path / ENGINE_FILE),
         graph.info,
         time.perf_counter() - start,
         hit,
         format="tensorrt",
         weight_name=ENGINE_FILE,
-        extra=_layers(entry.path, names, set()),
+        extra=entry_layers(entry.path, names, set()),
         annotations={str(k): str(val) for k, val in ann.items()},
     )

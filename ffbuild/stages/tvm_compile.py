@@ -172,9 +172,9 @@ def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
     import time
 
     from ffbuild.build_context import BuildError, Built
-    from ffbuild.build_tensor import _layers, _owned, spec_of
     from ffbuild.cache import CacheValue
     from ffbuild.stages import tools
+    from ffbuild.tensor_layers import entry_layers, owned, spec_of
 
     spec = spec_of(graph)
     if not spec.text:
@@ -247,12 +247,12 @@ def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
     rest = [n for n in names if n != libs[0]]
     return Built(
         graph.quantization,
-        _owned(entry.path / libs[0]),
+        owned(entry.path / libs[0]),
         graph.info,
         time.perf_counter() - start,
         hit,
         format="tvm",
         weight_name=libs[0],
-        extra=_layers(entry.path, rest, weights),
+        extra=entry_layers(entry.path, rest, weights),
         annotations={"io.ferrousforge.tvm.target": target},
     )
