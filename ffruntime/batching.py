@@ -23,7 +23,7 @@ I = TypeVar("I")  # noqa: E741 - item
 O = TypeVar("O")  # noqa: E741 - output
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (items may be numpy arrays)
 class _Job(Generic[I, O]):
     item: I
     key: Hashable
@@ -60,6 +60,7 @@ class Batcher(Generic[I, O]):
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._work())
+            self._worker.add_done_callback(self._worker_done)
         job: _Job[I, O] = _Job(
             item, self._key(item), self._size(item), cancel or CancelFlag(), loop.create_future()
         )
@@ -87,7 +88,8 @@ class Batcher(Generic[I, O]):
                 break
             batch.append(job)
             total += job.size
-        self._queue = [j for j in self._queue if j not in batch]
+        taken = {id(j) for j in batch}
+        self._queue = [j for j in self._queue if id(j) not in taken]
         return batch
 
     def _ready(self) -> bool:
@@ -126,6 +128,16 @@ class Batcher(Generic[I, O]):
             for j, out in zip(batch, outputs, strict=True):
                 if not j.future.done():
                     j.future.set_result(out)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        """A worker that died of a bug fails what waits, instead of leaving it hanging."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        for j in self._queue:
+            if not j.future.done():
+                j.future.set_exception(RuntimeError(f"the batch worker failed: {exc!r}"))
+        self._queue = []
 
     async def close(self) -> None:
         if self._worker is not None:

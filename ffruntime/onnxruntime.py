@@ -51,6 +51,24 @@ def session(model: Path, device: str, threads: int) -> onnxruntime.InferenceSess
         raise RuntimeFailure(f"onnxruntime cannot load {model}: {exc}") from None
 
 
+def string_feeds(feeds: Feeds) -> Feeds:
+    """Feeds for ``InferenceSession.run``: BYTES (object) arrays as str arrays."""
+    return {k: _strings(v) if v.dtype == object else v for k, v in feeds.items()}
+
+
+def _strings(array: Any) -> Any:
+    """BYTES elements → str: onnxruntime's string tensors take Python str (UTF-8)."""
+    import numpy as np
+
+    from ffruntime.runtime import RequestRejected
+
+    try:
+        text = [bytes(x).decode("utf-8") for x in array.reshape(-1)]
+        return np.array(text, dtype=object).reshape(array.shape)
+    except UnicodeDecodeError:
+        raise RequestRejected("a BYTES input for an ONNX string tensor is not UTF-8") from None
+
+
 class OnnxRuntime(GraphRuntime):
     def __init__(self, spec: GraphSpec, files: dict[str, Path], sess: Any) -> None:
         size = sum(p.stat().st_size for p in files.values())
@@ -60,7 +78,7 @@ class OnnxRuntime(GraphRuntime):
 
     def run_graph(self, feeds: Feeds) -> Feeds:
         try:
-            values = self._session.run(self._outputs, feeds)
+            values = self._session.run(self._outputs, string_feeds(feeds))
         except Exception as exc:  # a shape or value the graph refuses
             from ffruntime.runtime import RequestRejected
 

@@ -43,6 +43,11 @@ class TensorVerifyReport(BaseModel):
 
 
 def _cosine(a: Any, b: Any) -> float:
+    """Cosine of two outputs; for text and boolean tensors the share of equal elements."""
+    ea, eb = np.asarray(a), np.asarray(b)
+    if ea.dtype.kind in "OUSb" or eb.dtype.kind in "OUSb":
+        same = ea.shape == eb.shape
+        return float(np.mean(ea.reshape(-1) == eb.reshape(-1))) if same and ea.size else float(same)
     x, y = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
     if nx == 0.0 or ny == 0.0:
@@ -120,11 +125,11 @@ def verify_tensor(
             if source_graph is None:
                 raise RuntimeFailure("a tensor graph needs its source graph to verify against")
             feeds = tensor_inputs(spec)
-            from ffruntime.onnxruntime import session
+            from ffruntime.onnxruntime import session, string_feeds
 
             ref_sess = session(source_graph, "cpu", threads or 1)
             names = [o.name for o in spec.outputs]
-            ref = dict(zip(names, ref_sess.run(names, feeds), strict=True))
+            ref = dict(zip(names, ref_sess.run(names, string_feeds(feeds)), strict=True))
             got = await asyncio.to_thread(rt.run_graph, feeds)
             cosines = [_cosine(got[n], ref[n]) for n in names]
             return TensorVerifyReport(

@@ -79,14 +79,18 @@ def _json_tensor(t: InputTensor) -> Tensor:
         if t.datatype == "BF16":
             bits = np.asarray(values, dtype="<f4").view("<u4") >> 16
             return "BF16", t.shape, bits.astype("<u2").tobytes()
-        arr = np.asarray(values, dtype=np.float64 if t.datatype.startswith("FP") else np.int64)
         kind = np.dtype(DATATYPES[t.datatype])
         if kind.kind in "iu":
+            if not all(isinstance(v, int) for v in values):
+                raise BadRequest(f"input {t.name}: {t.datatype} data must be integers")
             info = np.iinfo(kind)
-            if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            if any(v < info.min or v > info.max for v in values):
                 raise BadRequest(f"input {t.name}: a value is outside the range of {t.datatype}")
-        return t.datatype, t.shape, arr.astype(kind).tobytes()
-    except OverflowError:
+            return t.datatype, t.shape, np.asarray(values, dtype=kind).tobytes()
+        with np.errstate(over="raise"):
+            arr = np.asarray(values, dtype=np.float64).astype(kind)
+        return t.datatype, t.shape, arr.tobytes()
+    except (OverflowError, FloatingPointError):
         raise BadRequest(f"input {t.name}: a value is outside the range of {t.datatype}") from None
 
 
