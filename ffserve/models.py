@@ -49,6 +49,7 @@ def resolve(
     store: Store, name: str, *, target: str | None, quantize: str | None, backend: str | None = None
 ) -> Resolved:
     ref = canonical(name)
+    target, quantize, backend = target or None, quantize or None, backend or None  # "" (unset) is none
     try:
         variants = variants_of(store, ref)
         try:
