@@ -143,6 +143,9 @@ def test_tensorrt_fails_cleanly_without_tensorrt(minilm_home: Path, minilm_folde
 def test_verify_min_cosine_fails_the_build(minilm_home: Path, minilm_folder: Path, tmp_path: Path) -> None:
     mf = tmp_path / "Modelfile"
     mf.write_text(
+        f"FROM {minilm_folder}\nQUANTIZE int8\nTARGET cpu BACKEND onnxruntime\nTASK embed\n"
+        "VERIFY min_cosine=0.9999\n"
+    )
         f"FROM {minilm_folder}\nQUANTIZE int8\nTARGET cpu BACKEND onnxruntime\nTASK embed\nVERIFY min_cosine=0.9999\n"
     )
     proc = ff_build(minilm_home, mf, "strict:latest", check=False)
