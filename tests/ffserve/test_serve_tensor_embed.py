@@ -146,8 +146,6 @@ def test_verify_min_cosine_fails_the_build(minilm_home: Path, minilm_folder: Pat
         f"FROM {minilm_folder}\nQUANTIZE int8\nTARGET cpu BACKEND onnxruntime\nTASK embed\n"
         "VERIFY min_cosine=0.9999\n"
     )
-        f"FROM {minilm_folder}\nQUANTIZE int8\nTARGET cpu BACKEND onnxruntime\nTASK embed\nVERIFY min_cosine=0.9999\n"
-    )
     proc = ff_build(minilm_home, mf, "strict:latest", check=False)
     assert proc.returncode != 0
     assert "int8-cpu: cosine" in proc.stderr and "below min_cosine 0.9999" in proc.stderr
