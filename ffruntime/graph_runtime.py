@@ -153,7 +153,7 @@ class GraphRuntime:
         if self.spec.task != "embed":
             raise RequestRejected("this model does not produce embeddings")
         vectors, tokens = await self.run_text(texts, truncate, cancel)
-        return Embeddings([[float(x) for x in v] for v in vectors], tokens)
+        return Embeddings([v.astype(float).tolist() for v in vectors], tokens)
 
     # --- tensors ----------------------------------------------------------------------------------------
     @property

@@ -45,6 +45,9 @@ def session(model: Path, device: str, threads: int) -> onnxruntime.InferenceSess
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads collapse when anything else wants the cores (the server's own event
+    # loop, its clients; design.md §6 measured the same for llama.cpp): threads sleep between runs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(model), sess_options=opts, providers=[provider])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
