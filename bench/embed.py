@@ -38,7 +38,50 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 VARIANTS = ("fp32-cpu", "int8-cpu", "fp32-cpu-tvm")
-_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "markets", "rally", "and", "engineers", "ship", "small", "models", "to", "busy", "servers", "in", "cold", "data", "centres", "near", "rivers", "where", "people", "read", "books", "about", "history", "science", "music", "cooking", "travel", "and", "the", "weather", "tomorrow", "looks", "bright"]
+_WORDS: tuple[str, ...] = (
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "markets",
+    "rally",
+    "and",
+    "engineers",
+    "ship",
+    "small",
+    "models",
+    "to",
+    "busy",
+    "servers",
+    "in",
+    "cold",
+    "data",
+    "centres",
+    "near",
+    "rivers",
+    "where",
+    "people",
+    "read",
+    "books",
+    "about",
+    "history",
+    "science",
+    "music",
+    "cooking",
+    "travel",
+    "and",
+    "the",
+    "weather",
+    "tomorrow",
+    "looks",
+    "bright",
+)
 
 
 def sentences(n: int = 256) -> list[str]:
