@@ -37,7 +37,7 @@ Array = npt.NDArray[Any]
 Feeds = dict[str, Array]
 TEXT_INPUT: Final = "text"
 MAX_BATCH: Final = int(os.environ.get("FF_MAX_BATCH", "32"))
-MAX_WAIT: Final = float(os.environ.get("FF_BATCH_WAIT_MS", "2")) / 1000
+MAX_WAIT: Final = float(os.environ.get("FF_BATCH_WAIT_MS", "0")) / 1000
 MAX_TEXTS: Final = 2048  # texts in one request
 
 
