@@ -111,3 +111,21 @@ def test_onnx_sources_that_cannot_be_served_are_refused(tmp_path: Path) -> None:
     mf.write_text("FROM model.onnx\nTASK embed\n")
     proc = ff_build(home, mf, "bad:latest", check=False)
     assert proc.returncode != 0 and "TASK tensor" in proc.stderr
+
+
+def test_fp16_graph_keeps_its_interface_and_verifies(minilm_folder: Path, tmp_path: Path) -> None:
+    home = prepare_home(tmp_path / "home")
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM {minilm_folder}\nQUANTIZE fp16\nTARGET cpu BACKEND onnxruntime\nTASK embed\n")
+    ff_build(home, mf, "half:latest")
+    store = Store(home / "store")
+    (ref,) = variants_of(store, "half:latest")
+    files = open_variant(store, ref.descriptor.digest)
+    assert ref.name == "fp16-cpu" and files.annotations["io.ferrousforge.precision"] == "fp16"
+    assert float(files.annotations["io.ferrousforge.verify.cosine"]) >= 0.99
+    spec = json.loads(files.files["graph.json"].read_text())
+    assert [o["datatype"] for o in spec["outputs"]] == ["FP32"]  # inputs and outputs keep their types
+    import onnx
+
+    model = onnx.load(str(files.files["model.onnx"]))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
