@@ -129,3 +129,12 @@ def test_fp16_graph_keeps_its_interface_and_verifies(minilm_folder: Path, tmp_pa
 
     model = onnx.load(str(files.files["model.onnx"]))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_tvm_refuses_a_cpu_llvm_does_not_know(minilm_folder: Path, tmp_path: Path) -> None:
+    home = prepare_home(tmp_path / "home")
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM {minilm_folder}\nTARGET cpu BACKEND tvm mcpu=pentium-9000 seq_len=x\nTASK embed\n")
+    proc = ff_build(home, mf, "tvm:latest", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "mcpu=pentium-9000: LLVM does not know this CPU" in proc.stderr
