@@ -54,6 +54,10 @@ def test_iris_predictions_match_scikit_learn(
         r = c.infer("iris", [inp], outputs=outs)
         assert r.as_numpy("label").tolist() == clf.predict(x).tolist()  # type: ignore[attr-defined]
         np.testing.assert_allclose(r.as_numpy("probabilities"), clf.predict_proba(x), atol=1e-5)  # type: ignore[attr-defined]
+    shown = httpx.post(v2_server.url + "/api/show", json={"model": "iris"}).json()
+    assert shown["capabilities"] == [] and shown["details"]["format"] == "onnx"
+    r = httpx.post(v2_server.url + "/api/generate", json={"model": "iris", "prompt": "hi"})
+    assert r.status_code == 400 and "does not support" in r.json()["error"]
     only = c.infer("iris", [inp], outputs=[triton.InferRequestedOutput("label")])
     assert only.as_numpy("probabilities") is None and only.as_numpy("label") is not None
 
