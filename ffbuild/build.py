@@ -1,6 +1,7 @@
 """The build pipeline: a BuildPlan → verified GGUF variants in the local store.
 
-The build is the list :data:`STAGES` — fetch → convert → quantize → genai → adapters → verify → package —
+The build is the list :data:`STAGES` — fetch → convert → quantize → genai → adapters → export →
+compile → verify → verify-tensor → package —
 each a function over one :class:`BuildContext`. Every stage that does work runs through the build
 cache (:mod:`ffbuild.cache`), keyed by the digests of its inputs, so a rebuild with nothing changed
 converts, quantizes and verifies nothing and writes the same digests.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from ffbuild.build_context import (
     FLOAT_TYPES,
@@ -25,13 +27,14 @@ from ffbuild.build_context import (
     VariantOutput,
 )
 from ffbuild.build_genai import genai_stage
+from ffbuild.build_tensor import compile_stage, export_stage, variant_family, verify_tensor_stage
 from ffbuild.build_verify import verify_stage
 from ffbuild.build_weights import adapters_stage, convert_stage, fetch_stage, quantize_stage
 from ffbuild.cache import BuildCache
-from ffbuild.plan import BuildPlan
+from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.fetch import FetchedKind
-from ffbuild.stages.genai import media_type
+from ffbuild.stages.genai import is_genai
 from ffbuild.stages.package import ModelMeta, VariantPayload, package_model
 from registry.reference import Reference
 from registry.store import Store
@@ -85,6 +88,7 @@ def _meta(ctx: BuildContext) -> ModelMeta:
 
 def package_stage(ctx: BuildContext) -> str:
     meta = _meta(ctx)
+    runtime = tools.runtime_version() if ctx.options.verify else None
     payloads = [
         VariantPayload(
             variant=o.variant,
@@ -92,37 +96,63 @@ def package_stage(ctx: BuildContext) -> str:
             architecture=o.built.info.architecture,
             param_count=o.built.info.param_count,
             precision=o.built.info.precision,
-            adapters=() if o.built.files else (*o.built.adapters, *ctx.adapters),
+            adapters=() if is_genai(ctx.plan.task, o.variant.backend) else (*o.built.adapters, *ctx.adapters),
             verify=o.report,
-            runtime=tools.runtime_version(o.built.format) if ctx.options.verify else None,
+            runtime=o.runtime or runtime,
             format=o.built.format,
-            files=tuple((name, media_type(name), w) for name, w in o.built.files),
+            weight_name=o.built.weight_name,
+            extra=o.built.extra,
+            annotations=o.built.annotations,
         )
         for o in ctx.outputs
     ]
     index, variants, tags = package_model(ctx.store, ctx.ref, meta, payloads)
     for o, d in zip(ctx.outputs, variants, strict=True):
-        own = sum(w.size for _, w in o.built.files) if o.built.files else o.built.weight.size
-        o.manifest, o.size = d.digest, own + (0 if o.built.files else sum(a.size for a in ctx.adapters))
+        adapters = 0 if is_genai(ctx.plan.task, o.variant.backend) else sum(a.size for a in ctx.adapters)
+        extra = sum(x.file.size for x in o.built.extra) + adapters
+        o.manifest, o.size = d.digest, o.built.weight.size + extra
     ctx.index_digest, ctx.tags = index.digest, tags
     return f"{ctx.ref} → {index.digest[:19]}"
 
 
+Family = Literal["gguf", "genai", "tensor"]
+"""What builds a variant: ``gguf`` (llama.cpp), ``genai`` (an LLM exported by ONNX Runtime GenAI; its
+GGUF conversion is the verify reference), ``tensor`` (ONNX export, then onnxruntime/TVM/TensorRT)."""
+
+
+def family(plan: BuildPlan, v: Variant) -> Family:
+    return "genai" if is_genai(plan.task, v.backend) else variant_family(v)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Stage:
+    """A step of the build. ``families``: the stage sees only those families' variants in ``ctx.plan``
+    and is skipped when there are none; ``None``: it sees them all."""
+
     name: str
     run: Callable[[BuildContext], str]
+    families: tuple[Family, ...] | None = None
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("fetch", fetch_stage),
-    Stage("convert", convert_stage),
-    Stage("quantize", quantize_stage),
-    Stage("genai", genai_stage),  # ONNX Runtime GenAI exports (ffbuild.build_genai)
-    Stage("adapters", adapters_stage),
-    Stage("verify", verify_stage),
+    Stage("convert", convert_stage, ("gguf", "genai")),
+    Stage("quantize", quantize_stage, ("gguf",)),
+    Stage("genai", genai_stage, ("genai",)),  # ONNX Runtime GenAI exports (ffbuild.build_genai)
+    Stage("adapters", adapters_stage, ("gguf",)),
+    Stage("export", export_stage, ("tensor",)),
+    Stage("compile", compile_stage, ("tensor",)),
+    Stage("verify", verify_stage, ("gguf", "genai")),
+    Stage("verify-tensor", verify_tensor_stage, ("tensor",)),
     Stage("package", package_stage),
 )
+
+
+def _family_plan(plan: BuildPlan, families: tuple[Family, ...] | None) -> BuildPlan | None:
+    if families is None:
+        return plan
+    variants = tuple(v for v in plan.variants if family(plan, v) in families)
+    return plan.model_copy(update={"variants": variants}) if variants else None
 
 
 def build(
@@ -145,6 +175,10 @@ def build(
     )
     hits0, misses0 = len(ctx.cache.hits), len(ctx.cache.misses)
     for stage in STAGES:
+        narrowed = _family_plan(plan, stage.families)
+        if narrowed is None:
+            continue
+        ctx.plan = narrowed
         ctx.progress.start(stage.name)
         start = time.perf_counter()
         summary = stage.run(ctx)

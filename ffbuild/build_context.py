@@ -13,8 +13,8 @@ from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.fetch import Fetched, StoredVariant
-from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
-from ffbuild.stages.package import JSONValue, WeightFile
+from ffbuild.stages.gguf_info import read_gguf_info
+from ffbuild.stages.package import ExtraLayer, JSONValue, WeightFile
 from registry.choices import QUANTIZATIONS
 from registry.reference import Reference
 from registry.store import Store
@@ -57,20 +57,39 @@ class BuildOptions:
     threads: int | None = None
 
 
+class WeightInfo(Protocol):
+    """What packaging needs to know of a weight (a :class:`GGUFInfo`, or a tensor graph's facts)."""
+
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def param_count(self) -> int: ...
+    @property
+    def precision(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    architecture: str
+    param_count: int
+    precision: str
+
+
 @dataclass
 class Built:
-    """One GGUF the build has: a conversion, a quantization, the source file or a stored variant."""
+    """One weight the build has: a GGUF conversion, a quantization, the source file or a stored
+    variant; or a tensor variant's graph (ONNX, TVM library, TensorRT engine) with its extra layers."""
 
     quantization: str
     weight: WeightFile
-    info: GGUFInfo
+    info: WeightInfo
     seconds: float = 0.0
     cached: bool = True  # False only when this build made it (a cache miss)
     adapters: tuple[WeightFile, ...] = ()  # inherited from a stored variant
-    # A non-GGUF build (an ONNX Runtime GenAI export): its format and every file by layer path;
-    # ``weight`` is then the graph and ``info`` the GGUF conversion's (same model, same parameters).
     format: str = "gguf"
-    files: tuple[tuple[str, WeightFile], ...] = ()
+    weight_name: str = "model.gguf"
+    extra: tuple[ExtraLayer, ...] = ()
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def bits(self) -> float:
@@ -85,6 +104,7 @@ class VariantOutput:
     report: dict[str, JSONValue] | None = None
     verify_seconds: float = 0.0
     verified_now: bool = False  # the verify stage ran (not a cache hit, not skipped)
+    runtime: str | None = None  # what verify ran it with, when not llama.cpp (io.ferrousforge.runtime)
     manifest: str = ""
     size: int = 0
 
@@ -115,6 +135,7 @@ class BuildContext:
     outputs: list[VariantOutput] = field(default_factory=list)
     adapters: list[WeightFile] = field(default_factory=list)
     reference: Built | None = None  # the verify reference
+    graphs: dict[str, Built] = field(default_factory=dict)  # tensor family: ONNX graphs by quantization
     index_digest: str = ""
     tags: list[str] = field(default_factory=list)
     timings: list[StageTiming] = field(default_factory=list)
@@ -151,6 +172,7 @@ class BuildResult:
                     "size": v.size,
                     "agreement": (v.report or {}).get("agreement"),
                     "perplexity_ratio": (v.report or {}).get("perplexity_ratio"),
+                    "cosine": (v.report or {}).get("cosine"),
                     "seconds": round(v.built.seconds + v.verify_seconds, 3),
                     "work_done": v.did_work,
                 }

@@ -10,12 +10,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ffbuild.build_context import BuildContext, BuildError, Built, VariantOutput
+from ffbuild.build_context import BuildContext, BuildError, Built, TensorInfo, VariantOutput
 from ffbuild.cache import CacheValue, file_digest, folder_digest
 from ffbuild.plan import Variant
 from ffbuild.stages.fetch import FetchedKind
-from ffbuild.stages.genai import BUILDER_PACKAGES, GenAIError, check_device, export, is_genai, output_files
-from ffbuild.stages.package import WeightFile
+from ffbuild.stages.genai import (
+    BUILDER_PACKAGES,
+    GenAIError,
+    check_device,
+    export,
+    is_genai,
+    media_type,
+    output_files,
+)
+from ffbuild.stages.package import ExtraLayer, WeightFile
 from ffbuild.stages.tools import package_version
 
 
@@ -40,10 +48,12 @@ def _built(
     graph = next((w for n, w in out if n.endswith(".onnx")), None)
     if graph is None or ctx.base is None:
         raise BuildError(f"the genai export in {folder} has no .onnx graph")
-    gguf = ctx.base.info.model_copy(
-        update={"quantization": v.quantization, "precision": v.quantization, "file_type": None}
+    base = ctx.base.info
+    facts = TensorInfo(base.architecture, base.param_count, v.quantization)  # the model, at this precision
+    extra = tuple(ExtraLayer(media_type(n), n, w) for n, w in out if w is not graph)
+    return Built(
+        v.quantization, graph, facts, secs, hit, format="onnx", weight_name=graph.path.name, extra=extra
     )
-    return Built(v.quantization, graph, gguf, secs, hit, format="onnx", files=tuple(out))
 
 
 def genai_stage(ctx: BuildContext) -> str:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ffbuild.cache import CacheValue
+from ffbuild.stages.genai import is_genai
 from ffbuild.stages.package import JSONValue
+from ffbuild.stages.tools import package_version
 
 if TYPE_CHECKING:
     from ffbuild.stages.verify import VerifyReport
@@ -32,14 +34,16 @@ def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     from ffbuild.stages.verify import verify_gguf
 
-    genai = out.built.format == "onnx"  # an ONNX Runtime GenAI export (ffbuild.build_genai)
+    genai = is_genai(ctx.plan.task, out.variant.backend)  # an ONNX Runtime GenAI export (build_genai)
     adapters = [] if genai else [*out.built.adapters, *ctx.adapters]
     is_ref = out.built.weight.digest == ref.weight.digest
     policy = ctx.plan.verify
     stage = "genai_verify" if genai else "verify"
     key = ctx.cache_key(
         stage,
-        weight=[w.digest for _, w in out.built.files] if genai else out.built.weight.digest,
+        weight=[out.built.weight.digest, *(x.file.digest for x in out.built.extra)]
+        if genai
+        else out.built.weight.digest,
         reference=None if is_ref else ref.weight.digest,
         adapters=[a.digest for a in adapters],
         prompt=policy.prompt,
@@ -81,6 +85,8 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     if adapters:
         report["adapters"] = [a.digest for a in adapters]
     out.report = report
+    if genai:
+        out.runtime = f"onnxruntime-genai {package_version('onnxruntime-genai') or 'unknown'}"
     secs = entry.meta.get("seconds")
     out.verify_seconds = float(secs) if isinstance(secs, int | float) and not hit else 0.0
     out.verified_now = not hit
@@ -89,7 +95,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
 def _check_policy(ctx: BuildContext) -> None:
     policy = ctx.plan.verify
     failures: list[str] = []
-    for out in ctx.outputs:
+    for out in llm_outputs(ctx):
         r = out.report or {}
         name = out.variant.name
         if r.get("loads") is False:
@@ -118,17 +124,27 @@ def _check_policy(ctx: BuildContext) -> None:
         raise VerifyPolicyError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
 
 
+def gguf_outputs(ctx: BuildContext) -> list[VariantOutput]:
+    return [o for o in ctx.outputs if o.built.format == "gguf"]
+
+
+def llm_outputs(ctx: BuildContext) -> list[VariantOutput]:
+    """The variants this stage verifies: GGUF ones and ONNX Runtime GenAI exports (tensor variants
+    have their own stage, ``ffbuild.build_tensor.verify_tensor_stage``)."""
+    return [o for o in ctx.outputs if o.built.format == "gguf" or is_genai(ctx.plan.task, o.variant.backend)]
+
+
 def verify_stage(ctx: BuildContext) -> str:
     if not ctx.options.verify:
         return "skipped (--no-verify)"
-    candidates = [o.built for o in ctx.outputs if o.built.format == "gguf"]  # llama.cpp runs the reference
+    candidates = [o.built for o in gguf_outputs(ctx)]
     if ctx.base is not None:
         candidates.append(ctx.base)
     ref = max(candidates, key=lambda b: b.bits)
     ctx.reference = ref
-    for out in ctx.outputs:
+    for out in llm_outputs(ctx):
         _verify_one(ctx, out, ref)
     _check_policy(ctx)
     return f"reference {ref.quantization}; " + ", ".join(
-        f"{o.variant.name} {as_number(o.report.get('agreement')):.3f}" for o in ctx.outputs if o.report
+        f"{o.variant.name} {as_number(o.report.get('agreement')):.3f}" for o in llm_outputs(ctx) if o.report
     )

@@ -24,18 +24,15 @@ from ffbuild.stages.gguf_info import read_gguf_info
 
 
 def fetch_stage(ctx: BuildContext) -> str:
-    for v in ctx.plan.variants:
-        genai = is_genai(ctx.plan.task, v.backend)
-        if genai and ctx.plan.source.kind not in (SourceKind.HF_FOLDER, SourceKind.HF_REPO):
+    for v in ctx.plan.variants:  # refused before anything is fetched
+        if is_genai(ctx.plan.task, v.backend) and ctx.plan.source.kind not in (
+            SourceKind.HF_FOLDER,
+            SourceKind.HF_REPO,
+        ):
             raise BuildError(
                 f"variant {v.name}: {v.backend} chat/generate variants are exported by ONNX Runtime "
                 "GenAI from Hugging Face weights (FROM a model folder or hf://org/repo), "
                 f"not a {ctx.plan.source.kind}"
-            )
-        if v.backend != "llamacpp" and not genai:
-            raise BuildError(
-                f"variant {v.name}: backend {v.backend!r} — its build stages (export, compile) are not "
-                "available in this version; only the llamacpp backend (GGUF) can be built"
             )
     ctx.fetched = fetch(ctx.plan.source, ctx.store)
     return ctx.fetched.description

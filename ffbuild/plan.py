@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.choices import default_backend
+
 if TYPE_CHECKING:
     pass
 
@@ -60,8 +62,12 @@ class Variant(BaseModel):
 
     @property
     def name(self) -> str:
-        """``<quant>-<target>``, safe as part of an OCI tag (``q4_k_m-cpu``, ``fp16-cuda-sm_90``)."""
-        return f"{self.quantization}-{self.target.replace(':', '-')}"
+        """``<quant>-<target>``, safe as part of an OCI tag (``q4_k_m-cpu``, ``fp16-cuda-sm_90``); the
+        compiled backends add their name (``fp32-cpu-tvm``, ``fp16-cuda-tensorrt``), so one tag holds
+        the same graph for onnxruntime and for them (a backend other than the device's default)."""
+        family = "gguf" if self.backend == "llamacpp" else "onnx"
+        suffix = f"-{self.backend}" if self.backend != default_backend(family, self.device) else ""
+        return f"{self.quantization}-{self.target.replace(':', '-')}{suffix}"
 
 
 class Message(BaseModel):
@@ -77,6 +83,7 @@ class VerifyPolicy(BaseModel):
     min_agreement: float | None = None  # greedy next-token agreement with the reference variant, 0..1
     max_perplexity_ratio: float | None = None  # perplexity / reference perplexity
     prompt: str | None = None  # a prompt the variant must complete
+    min_cosine: float | None = None  # tensor variants: cosine to the source model (default by precision)
 
 
 class BuildPlan(BaseModel):

@@ -29,7 +29,7 @@ _SEMVER: Final = re.compile(
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?)?)?"
 )
 _LABEL_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
-VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt")
+VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt", "min_cosine")
 
 # Where a quantization type or a target came from: (instruction, word index), or None for the CLI.
 _Origin = tuple[Instruction, int] | None
@@ -376,8 +376,8 @@ def _verify(words: Sequence[str], verify: dict[str, float | str]) -> None:
             number = parse_float32(value)
         except Problem as exc:
             raise Problem(f"VERIFY {key}: {exc.message}", arg=i) from None
-        if key == "min_agreement" and not 0 <= number <= 1:
-            raise Problem(f"VERIFY min_agreement={value} is outside 0..1", arg=i)
+        if key in ("min_agreement", "min_cosine") and not 0 <= number <= 1:
+            raise Problem(f"VERIFY {key}={value} is outside 0..1", arg=i)
         if key == "max_perplexity_ratio" and number < 1:
             raise Problem(f"VERIFY max_perplexity_ratio={value} is below 1 (1 means no loss)", arg=i)
         verify[key] = number

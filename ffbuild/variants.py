@@ -8,11 +8,9 @@ quantizations, and reject the combinations that cannot work, saying why.
   GGUF (or stored) source's own precision (``source``) and makes f16 from weights; ONNX backends fp32.
 - A GGUF source only runs on llamacpp; a .onnx source never does; a backend runs only its devices and
   its quantizations; types that need an importance matrix are refused (ff does not compute one).
-- Several TARGETs with explicit BACKENDs of different families (``QUANTIZE q4_0 int4`` with
-  ``TARGET cpu BACKEND llamacpp`` and ``TARGET cpu BACKEND onnxruntime``): a pair whose type belongs to
-  the other family (q4_0 on onnxruntime, int4 on llamacpp) is skipped rather than refused, as long as
-  every type is taken by some TARGET and every TARGET takes some type; otherwise the skipped pairs'
-  problems are reported as before.
+- With several TARGETs, each type goes to the targets whose backend runs it: ``QUANTIZE fp32 int8`` with
+  ``TARGET cpu BACKEND onnxruntime`` and ``TARGET cpu BACKEND tvm`` is fp32+int8 on onnxruntime and fp32
+  on tvm. A type no target runs, or a target that gets no type, is still an error.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from typing import Final
 from ffbuild.errors import Problem, did_you_mean
 from ffbuild.params import parse_bool
 from ffbuild.plan import SourceKind, Variant
-from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS
+from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS, default_backend
 
 # Allowed ``device:detail`` details, and aliases mapped to the canonical spelling.
 DEVICE_DETAILS: Final[dict[str, tuple[re.Pattern[str], str]]] = {
@@ -66,6 +64,7 @@ class VariantProblem:
     quant: int | None  # index into the quantization list
     target: int  # index into the target list
     blame: str  # the word to point at: "quant" (the type), "backend" (TARGET's BACKEND) or "target"
+    unsupported_type: bool = False  # the backend does not run the type (dropped if others build it)
 
 
 def parse_quantize(words: Sequence[str]) -> QuantizeSpec:
@@ -166,12 +165,6 @@ def source_family(kind: SourceKind) -> str | None:
     return _FAMILY_BY_SOURCE.get(kind)
 
 
-def default_backend(family: str, device: str) -> str:
-    if family == "gguf":
-        return "llamacpp"
-    return "onnxruntime" if device in BACKENDS["onnxruntime"]["devices"] else "tvm"
-
-
 def default_quantization(backend: str, kind: SourceKind) -> str:
     if BACKENDS[backend]["format"] == "gguf":
         return "source" if kind in (SourceKind.GGUF_FILE, SourceKind.OCI) else "f16"
@@ -184,9 +177,8 @@ def expand(
     """Every (quantization, target) pair as a variant, and the problems of the pairs that cannot be."""
     variants: list[Variant] = []
     problems: list[VariantProblem] = []
-    skipped: list[VariantProblem] = []  # a type of the other family on an explicit BACKEND
-    made: set[tuple[str, int]] = set()  # ("q", quant index) and ("t", target index) that made a variant
     seen: dict[str, str] = {}
+    built: set[tuple[int | None, int]] = set()  # (type index, target index) pairs that make a variant
     fixed = source_family(kind)
     for ti, t in enumerate(targets):
         pairs: list[tuple[int | None, str, str]] = []
@@ -202,9 +194,8 @@ def expand(
             if checked is not None:
                 problem, on_quant = checked
                 blame = "quant" if on_quant and qi is not None else "backend" if t.backend else "target"
-                other_family = _family(q) != _family_of_backend(backend)
-                pile = skipped if qi is not None and t.backend and other_family else problems
-                pile.append(VariantProblem(problem, qi, ti, blame))
+                unsupported = q != "source" and q not in BACKENDS[backend]["quantizations"]
+                problems.append(VariantProblem(problem, qi, ti, blame, unsupported and t.backend is not None))
                 continue
             v = Variant(
                 quantization=q, device=t.device, device_detail=t.detail, backend=backend, options=t.options
@@ -224,9 +215,15 @@ def expand(
                 continue
             seen[v.name] = backend
             variants.append(v)
-            made.update({("q", qi if qi is not None else -1), ("t", ti)})
-    problems += [
-        vp for vp in skipped if ("q", vp.quant) not in made or ("t", vp.target) not in made
+            built.add((qi, ti))
+    problems = [
+        p
+        for p in problems
+        if not (
+            p.unsupported_type
+            and any(q == p.quant for q, _ in built)
+            and any(t == p.target for _, t in built)
+        )
     ]
     return variants, problems
 

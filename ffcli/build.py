@@ -94,11 +94,12 @@ def build_command(
                 v.variant.quantization,
                 figure(report.get("agreement")),
                 figure(report.get("perplexity_ratio")),
+                figure(report.get("cosine")),
                 f"{v.built.seconds + v.verify_seconds:.1f}s" if v.did_work else "cached",
             ]
         )
     print_table(
-        ["VARIANT", "SIZE", "QUANTIZATION", "AGREEMENT", "PPL RATIO", "TIME"],
+        ["VARIANT", "SIZE", "QUANTIZATION", "AGREEMENT", "PPL RATIO", "COSINE", "TIME"],
         rows,
         title=f"{result.reference}  {result.index_digest[:19]}",
     )

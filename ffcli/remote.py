@@ -130,8 +130,8 @@ def push(
 @click.argument("ref")
 @click.option("--target", help="the variant's target (cpu, cuda, cuda:sm_90, …)")
 @click.option("--quantize", help="the variant's quantization (q8_0, f16, int8, …)")
+@click.option("--backend", help="the variant's backend (llamacpp, onnxruntime, tvm, tensorrt)")
 @click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
-@click.option("--backend", help="the variant's backend (llamacpp, onnxruntime, …)")
 @click.option("--all-variants", is_flag=True, help="pull every variant of the model")
 @click.option("--as", "local_name", metavar="NAME:TAG", help="also store the model under this local name")
 @click.option(
@@ -144,8 +144,8 @@ def pull(
     ref: str,
     target: str | None,
     quantize: str | None,
-    variant: str | None,
     backend: str | None,
+    variant: str | None,
     all_variants: bool,
     local_name: str | None,
     verify_key: str | None,

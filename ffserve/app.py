@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics
 from ffserve.middleware import Guard
-from ffserve.routes import ollama, ollama_models, openai, ops
+from ffserve.routes import ollama, ollama_models, openai, ops, v2
 from ffserve.scheduler import Scheduler
 from ffserve.settings import Settings
 from ffserve.state import Engine
@@ -48,7 +48,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             await engine.scheduler.close()
 
     app = Starlette(
-        routes=[*ops.ROUTES, *ollama_models.ROUTES, *ollama.ROUTES, *openai.ROUTES],
+        routes=[*ops.ROUTES, *ollama_models.ROUTES, *ollama.ROUTES, *openai.ROUTES, *v2.ROUTES],
         middleware=[
             Middleware(
                 Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes, log=settings.access_log

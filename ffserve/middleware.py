@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ffserve.errors import BodyTooLarge
 
 access_log = logging.getLogger("ffserve.access")
-OPEN_PATHS = ("/health/",)
+OPEN_PATHS = ("/health/", "/v2/health/")
 
 
 async def _reject(

@@ -56,12 +56,13 @@ def resolve(
     store: Store, name: str, *, target: str | None, quantize: str | None, backend: str | None = None
 ) -> Resolved:
     ref = canonical(name)
+    target, quantize, backend = target or None, quantize or None, backend or None  # "" (unset) is none
     try:
         variants = present_variants(store, variants_of(store, ref))
         try:
             chosen = select_variant(variants, target=target, quantize=quantize, backend=backend)
         except SelectionError:
-            if target is None and quantize is None:
+            if target is None and quantize is None and backend is None:
                 raise
             # target and quantize are preferences, not requirements; --backend is one
             chosen = select_variant(variants, backend=backend)

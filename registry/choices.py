@@ -153,6 +153,13 @@ GENERATORS: Final[dict[str, tuple[str, str]]] = {"onnxruntime": ("onnxruntime_ge
 """Backends whose chat/generate variants run on a separate generator package: backend → (the Python
 module it needs, the pip extra). ONNX Runtime runs LLMs through ONNX Runtime GenAI (its KV cache and
 search loop); on CUDA the same module comes from ``onnxruntime-genai-cuda``."""
+def default_backend(family: str, device: str) -> str:
+    """The backend a TARGET without BACKEND gets: llamacpp for GGUF; for ONNX-family types onnxruntime
+    where it runs, else tvm."""
+    if family == "gguf":
+        return "llamacpp"
+    return "onnxruntime" if device in BACKENDS["onnxruntime"]["devices"] else "tvm"
+
 
 DEVICE_PREFERENCE: Final[dict[str, int]] = {"cuda": 3, "rocm": 3, "metal": 3, "vulkan": 2, "cpu": 1}
 """An accelerator beats the CPU when several variants fit."""

@@ -37,6 +37,7 @@ FF_MESSAGES: Final = "application/vnd.ferrousforge.messages.v1+json"
 FF_MODELFILE: Final = "application/vnd.ferrousforge.modelfile.v1+text"
 FF_ADAPTER: Final = "application/vnd.ferrousforge.adapter.v1.raw"
 FF_VERIFY: Final = "application/vnd.ferrousforge.verify.v1+json"
+FF_GRAPH: Final = "application/vnd.ferrousforge.graph.v1+json"  # a tensor variant's graph.json
 
 FF_ANNOTATION_PREFIX: Final = "io.ferrousforge."
 ANN_TARGET: Final = "io.ferrousforge.target"
@@ -50,6 +51,7 @@ ANN_TASK: Final = "io.ferrousforge.task"
 ANN_VARIANT: Final = "io.ferrousforge.variant"
 ANN_AGREEMENT: Final = "io.ferrousforge.verify.agreement"
 ANN_PPL_RATIO: Final = "io.ferrousforge.verify.perplexity-ratio"
+ANN_COSINE: Final = "io.ferrousforge.verify.cosine"  # tensor variants: min cosine to the source model
 
 # --- Ollama (read by `ff pull` for interop) ------------------------------------------------------------
 OLLAMA_MODEL: Final = "application/vnd.ollama.image.model"

@@ -37,6 +37,7 @@ class FetchError(StageError):
 
 class FetchedKind(StrEnum):
     GGUF = "gguf"
+    ONNX = "onnx"
     HF_FOLDER = "hf-folder"
     STORE = "store"
 
@@ -186,8 +187,8 @@ def fetch(source: Source, store: Store) -> Fetched:
             "folder that holds it with its config.json and tokenizer"
         )
     if kind == SourceKind.ONNX_FILE:
-        raise FetchError(
-            f"FROM {source.raw}: ONNX sources build with the onnxruntime/tvm/tensorrt backends, whose "
-            "build stages are not available in this version"
-        )
+        assert source.path is not None
+        if not source.path.is_file():
+            raise FetchError(f"FROM {source.path}: no such file")
+        return Fetched(FetchedKind.ONNX, str(source.path), path=source.path)
     raise FetchError(f"FROM {source.raw}: unsupported source kind {kind}")

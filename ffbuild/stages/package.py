@@ -28,6 +28,7 @@ from registry.modelpack import (
 from registry.oci import (
     ANN_AGREEMENT,
     ANN_BACKEND,
+    ANN_COSINE,
     ANN_FORMAT,
     ANN_MIN_MEMORY,
     ANN_PPL_RATIO,
@@ -87,6 +88,15 @@ class WeightFile:
 
 
 @dataclass(frozen=True)
+class ExtraLayer:
+    """A file beside the weight (tokenizer, graph spec, TVM parameters), stored as its own layer."""
+
+    media_type: str
+    filepath: str
+    file: WeightFile
+
+
+@dataclass(frozen=True)
 class VariantPayload:
     """Everything one variant's manifest is made from."""
 
@@ -99,14 +109,9 @@ class VariantPayload:
     verify: Mapping[str, JSONValue] | None = None  # the verify report, None when verify was skipped
     runtime: str | None = None  # the runtime version verify ran with
     format: str = "gguf"  # io.ferrousforge.format and the ModelPack config's format
-    files: tuple[tuple[str, str, WeightFile], ...] = ()  # (filepath, media type, file): a non-GGUF
-    # variant's files (an ONNX Runtime GenAI folder), in place of the one model.gguf layer
-
-    @property
-    def size(self) -> int:
-        if self.files:
-            return sum(f.size for _, _, f in self.files)
-        return self.weight.size + sum(a.size for a in self.adapters)
+    weight_name: str = "model.gguf"  # the weight layer's filepath
+    extra: tuple[ExtraLayer, ...] = ()  # layers after the weight (tensor variants)
+    annotations: Mapping[str, str] | None = None  # backend facts (e.g. the TensorRT version)
 
 
 @dataclass(frozen=True)
@@ -163,10 +168,8 @@ def _figure(value: JSONValue) -> str | None:
 
 def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Descriptor]:
     """The layers of one variant, in the fixed order of docs/artifact-format.md."""
-    if p.files:
-        layers = [_file_layer(store, mt, filepath, f) for filepath, mt, f in p.files]
-    else:
-        layers = [_file_layer(store, MODEL_WEIGHT, "model.gguf", p.weight)]
+    layers = [_file_layer(store, MODEL_WEIGHT, p.weight_name, p.weight)]
+    layers += [_file_layer(store, x.media_type, x.filepath, x.file) for x in p.extra]
     layers += [_file_layer(store, FF_ADAPTER, f"adapters/{i}.gguf", a) for i, a in enumerate(p.adapters)]
     for i, text in enumerate(meta.licenses):
         layers.append(
@@ -216,19 +219,25 @@ def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
         ANN_FORMAT: p.format,
         ANN_QUANTIZATION: v.quantization,
         ANN_TASK: meta.task,
-        ANN_MIN_MEMORY: str(p.size),
+        ANN_MIN_MEMORY: str(
+            p.weight.size + sum(x.file.size for x in p.extra) + sum(a.size for a in p.adapters)
+        ),
     }
     if p.precision:
         ann[ANN_PRECISION] = p.precision
     if p.runtime:
         ann[ANN_RUNTIME] = p.runtime
     if p.verify is not None:
+        cosine = _figure(p.verify.get("cosine"))
+        if cosine is not None:
+            ann[ANN_COSINE] = cosine
         agreement = _figure(p.verify.get("agreement"))
         ratio = _figure(p.verify.get("perplexity_ratio"))
         if agreement is not None:
             ann[ANN_AGREEMENT] = agreement
         if ratio is not None:
             ann[ANN_PPL_RATIO] = ratio
+    ann.update(p.annotations or {})
     ann.update(label_annotations(meta.labels or {}))
     return ann
 

@@ -28,6 +28,10 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "genai_verify": (
         "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp_eval", "ffruntime/settings"
     ),
+    "onnx_export": ("onnx_export", "ffruntime/graph_spec"),
+    "verify_tensor": (
+        "verify_tensor", "onnx_export", "ffruntime/graph_runtime", "ffruntime/onnxruntime", "ffruntime/tvm"
+    ),
 }
 """The modules whose code shapes each stage's output (a change to any of them is a cache miss): a stage
 module's name, or a path under the source root for the runtime modules the stages load through."""
@@ -64,7 +68,11 @@ def stage_tools(stage: str) -> dict[str, str | None]:
     return out
 
 
-def runtime_version(fmt: str = "gguf") -> str:
-    """The runtime the verify stage ran a variant of format ``fmt`` with (io.ferrousforge.runtime)."""
-    dist = "onnxruntime-genai" if fmt == "onnx" else "llama-cpp-python"
-    return f"{dist} {package_version(dist) or 'unknown'}"
+def tensor_tools() -> dict[str, str | None]:
+    """The packages the tensor stages (export, quantize, compile) run: part of their cache keys."""
+    return {p: package_version(p) for p in ("torch", "transformers", "onnx", "onnxruntime", "apache-tvm")}
+
+
+def runtime_version() -> str:
+    """The runtime the verify stage ran variants with (the io.ferrousforge.runtime annotation)."""
+    return f"llama-cpp-python {package_version('llama_cpp_python') or 'unknown'}"

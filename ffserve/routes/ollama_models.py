@@ -62,6 +62,8 @@ def _details(v: VariantRef, files: ModelFiles | None) -> dict[str, object]:
 def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     if v.task == "embed":
         return ["embedding"]
+    if v.task in ("tensor", "classify"):
+        return []  # no Ollama capability: these answer the Open Inference Protocol (/v2) only
     caps = ["completion"]
     if v.format == "gguf":
         caps += ["chat", "embedding"]  # llama.cpp serves all three from a GGUF

@@ -32,20 +32,34 @@ def _v(q: str, backend: str = "llamacpp", device: str = "cpu") -> Variant:
 
 def test_the_stages_in_order() -> None:
     assert [s.name for s in STAGES] == [
-        "fetch", "convert", "quantize", "genai", "adapters", "verify", "package"
+        "fetch",
+        "convert",
+        "quantize",
+        "genai",
+        "adapters",
+        "export",
+        "compile",
+        "verify",
+        "verify-tensor",
+        "package",
     ]
+    families = {s.name: s.families for s in STAGES}
+    assert families["export"] == ("tensor",) and families["genai"] == ("genai",)
 
 
 @pytest.mark.parametrize(
     ("backend", "quant", "device"),
     [("onnxruntime", "int8", "cpu"), ("tvm", "fp32", "cpu"), ("tensorrt", "fp16", "cuda")],
 )
-def test_other_backends_are_refused_by_name(
+def test_tensor_backends_from_a_gguf_source_are_refused(
     backend: str, quant: str, device: str, smollm2_gguf: Path, tmp_path: Path
 ) -> None:
+    """A plan made without the planner (which refuses it earlier) still stores nothing."""
     plan = _plan(_gguf(smollm2_gguf), _v("q4_1"), _v(quant, backend, device), task="embed")
     store = Store(tmp_path / "s")
-    with pytest.raises(BuildError, match=rf"backend '{backend}'.*not available in this version"):
+    with pytest.raises(
+        BuildError, match=r"ONNX-family variants are built from a Hugging Face folder or a \.onnx"
+    ):
         build(plan, parse_reference("m:1"), store=store, cache=BuildCache(tmp_path / "c"))
     assert store.tags() == [] and list(store.blobs.iterdir()) == []
 

@@ -55,10 +55,7 @@ def _bad_cases(tmp: Path) -> list[tuple[Source, str]]:
             "not in the local store",
         ),
         (Source(kind=SourceKind.SAFETENSORS_FILE, raw="w.safetensors", path=tmp / "w.safetensors"), "config"),
-        (
-            Source(kind=SourceKind.ONNX_FILE, raw="m.onnx", path=tmp / "m.onnx"),
-            "not available in this version",
-        ),
+        (Source(kind=SourceKind.ONNX_FILE, raw="m.onnx", path=tmp / "m.onnx"), "no such file"),
     ]
 
 

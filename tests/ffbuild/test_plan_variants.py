@@ -9,7 +9,7 @@ import pytest
 from ffbuild.errors import ModelfileError
 from ffbuild.plan import BuildPlan
 from ffbuild.planner import plan_file
-from registry.choices import BACKENDS, QUANTIZATIONS
+from registry.choices import BACKENDS, QUANTIZATIONS, default_backend
 
 
 @pytest.fixture
@@ -79,16 +79,16 @@ EXPANSIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
             ("fp16-rocm-gfx90a", "onnxruntime"),
         ],
     ),
-    ("hf", "TARGET cuda BACKEND tensorrt", [("fp32-cuda", "tensorrt")]),
+    ("hf", "TARGET cuda BACKEND tensorrt", [("fp32-cuda-tensorrt", "tensorrt")]),
     (
         "hf",
         "TARGET cpu BACKEND tvm\nTARGET cuda backend OnnxRuntime",
-        [("fp32-cpu", "tvm"), ("fp32-cuda", "onnxruntime")],
+        [("fp32-cpu-tvm", "tvm"), ("fp32-cuda", "onnxruntime")],
     ),
     (
         "hf",
         "QUANTIZE int8 fp16\nTARGET cuda:sm_89 BACKEND tensorrt",
-        [("int8-cuda-sm_89", "tensorrt"), ("fp16-cuda-sm_89", "tensorrt")],
+        [("int8-cuda-sm_89-tensorrt", "tensorrt"), ("fp16-cuda-sm_89-tensorrt", "tensorrt")],
     ),
     (
         "gguf",
@@ -120,7 +120,7 @@ def test_target_options_and_variant_fields(folder: Path) -> None:
         "sm_90",
         "tensorrt",
         "cuda:sm_90",
-        "fp16-cuda-sm_90",
+        "fp16-cuda-sm_90-tensorrt",
     )
     assert v.options == {"workspace": "4G", "opt.level": "3", "empty": ""}
 
@@ -195,9 +195,9 @@ REJECTIONS: list[tuple[str, str, str, tuple[int, int] | None]] = [
     ("hf", "TARGET cpu 1x=2", 'invalid option name "1x"', (3, 12)),
     (
         "hf",
-        "TARGET cpu BACKEND tvm\nTARGET cpu BACKEND onnxruntime",
-        "two variants would be named fp32-cpu (tvm and onnxruntime)",
-        (4, 8),
+        "QUANTIZE fp32\nTARGET cpu\nTARGET cpu BACKEND onnxruntime",
+        "two variants would be named fp32-cpu (onnxruntime and onnxruntime)",
+        (5, 8),
     ),
     ("hf", "", "--quantize: unknown quantization", None),
 ]
@@ -249,4 +249,18 @@ def test_every_backend_and_type_in_the_tables_is_reachable(folder: Path) -> None
                 if QUANTIZATIONS[q]["needs_imatrix"]:
                     continue
                 p = plan(folder, "hf", f"QUANTIZE {q}\nTARGET {device} BACKEND {backend}")
-                assert names(p) == [(f"{q}-{device}", backend)]
+                family = "gguf" if spec["format"] == "gguf" else "onnx"
+                suffix = "" if backend == default_backend(family, device) else f"-{backend}"
+                assert names(p) == [(f"{q}-{device}{suffix}", backend)]
+
+
+def test_each_type_goes_to_the_targets_that_run_it(folder: Path) -> None:
+    """fp32+int8 for onnxruntime and tvm in one Modelfile: tvm gets fp32 only (it does not run int8)."""
+    body = "QUANTIZE fp32 int8\nTARGET cpu BACKEND onnxruntime\nTARGET cpu BACKEND tvm"
+    assert names(plan(folder, "hf", body)) == [
+        ("fp32-cpu", "onnxruntime"),
+        ("int8-cpu", "onnxruntime"),
+        ("fp32-cpu-tvm", "tvm"),
+    ]
+    with pytest.raises(ModelfileError, match="tvm cannot run int8"):
+        plan(folder, "hf", "QUANTIZE int8\nTARGET cpu BACKEND onnxruntime\nTARGET cpu BACKEND tvm")

