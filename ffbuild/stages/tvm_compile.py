@@ -219,7 +219,10 @@ def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
             shutil.rmtree(out / "work", ignore_errors=True)
             return {"trials": trials}
 
-        ctx.progress.step("compile", f"{v.name}: MetaSchedule records, {trials} trials per bucket (the build cache's, or tuned now)")
+        ctx.progress.step(
+            "compile",
+            f"{v.name}: MetaSchedule records, {trials} trials per bucket (the build cache's, or tuned now)",
+        )
         entry, _ = ctx.cache.run("tvm_tune", tune_key, make_tuning)
         database = entry.path
     key = ctx.cache_key(
