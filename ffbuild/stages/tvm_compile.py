@@ -15,6 +15,7 @@ database as a build-cache entry, so a rebuild never tunes twice.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -107,7 +108,7 @@ def make_target(target: str) -> Any:
     spec: dict[str, object] = {"kind": kind}
     for word in rest:
         key, _, value = word.lstrip("-").partition("=")
-        spec[key.replace("-", "_") if key != "mcpu" else key] = int(value) if value.isdigit() else value
+        spec[key] = int(value) if value.isdigit() else value
     return tvm.target.Target(spec)
 
 
@@ -117,12 +118,12 @@ def _build(mod: Any, target: str, database: Path | None) -> Any:
 
     tgt = make_target(target)
     if tgt.kind.name != "llvm":
-        from tvm import dlight
+        from tvm.s_tir import dlight
 
         mod = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())(relax.transform.LegalizeOps()(mod))
     with tvm.transform.PassContext(opt_level=3):
         if database is not None:
-            from tvm import meta_schedule as ms
+            from tvm.s_tir import meta_schedule as ms
 
             db = ms.database.JSONDatabase(work_dir=str(database))
             with db, tgt:
@@ -132,17 +133,23 @@ def _build(mod: Any, target: str, database: Path | None) -> Any:
 
 def tune(onnx_path: Path, target: str, bucket: tuple[int, int], trials: int, work_dir: Path) -> None:
     """MetaSchedule tuning of one bucket; the database (JSON records) is written into ``work_dir``."""
-    from tvm import meta_schedule as ms
     from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from ffruntime.settings import available_cores
 
     mod, _ = _import(onnx_path, *bucket)
     mod = relax.transform.LegalizeOps()(mod)
     ms.relax_integration.tune_relax(
         mod=mod,
         params={},
-        target=make_target(target + " -num-cores=1" if target.startswith("llvm") else target),
+        target=make_target(
+            target + f" -num-cores={available_cores()}" if target.startswith("llvm") else target
+        ),
         work_dir=str(work_dir),
         max_trials_global=trials,
+        num_trials_per_iter=min(64, trials),
+        cost_model="xgb" if importlib.util.find_spec("xgboost") else "random",
     )
 
 
@@ -212,7 +219,10 @@ def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
             shutil.rmtree(out / "work", ignore_errors=True)
             return {"trials": trials}
 
-        ctx.progress.step("compile", f"{v.name}: tuning {trials} trials per bucket (cached afterwards)")
+        ctx.progress.step(
+            "compile",
+            f"{v.name}: MetaSchedule records, {trials} trials per bucket (the build cache's, or tuned now)",
+        )
         entry, _ = ctx.cache.run("tvm_tune", tune_key, make_tuning)
         database = entry.path
     key = ctx.cache_key(
