@@ -1,0 +1,253 @@
+"""The llama.cpp batching engine on the real SmolLM2 (Q4_1): sequences in one batch behave as alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ffruntime
+from ffruntime.llamacpp import LlamaCppRuntime
+from ffruntime.runtime import (
+    CancelFlag,
+    ChatMessage,
+    Done,
+    GenerationRequest,
+    PromptTooLong,
+    RequestRejected,
+    Token,
+)
+from ffruntime.settings import LoadSettings
+from registry.artifact import ModelFiles, VariantRef, open_variant, variants_of
+from registry.store import Store
+from tests.ffserve.conftest import add_model
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Tell me a joke.",
+    "Count to five.",
+    "What is 2+2?",
+    "Name a colour.",
+    "Write a haiku about the sea.",
+    "What do cats eat?",
+    "Say hello in Spanish.",
+    "Why is the sky blue?",
+]
+
+
+def stored(tmp: Path, gguf: Path, name: str = "tiny") -> tuple[VariantRef, ModelFiles]:
+    store = Store(tmp / "store")
+    add_model(store, f"{name}:latest", {"q4_1": gguf})
+    v = variants_of(store, f"{name}:latest")[0]
+    return v, open_variant(store, v.descriptor.digest)
+
+
+def open_runtime(tmp: Path, gguf: Path, **settings: Any) -> LlamaCppRuntime:
+    v, files = stored(tmp, gguf)
+    rt = asyncio.run(ffruntime.load(v, files, LoadSettings(**settings)))
+    assert isinstance(rt, LlamaCppRuntime)
+    return rt
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[LlamaCppRuntime]:
+    runtime = open_runtime(tmp_path_factory.mktemp("engine"), smollm2_gguf, num_parallel=9, num_ctx=512)
+    yield runtime
+    asyncio.run(runtime.close())
+
+
+def chat(text: str, **options: Any) -> GenerationRequest:
+    return GenerationRequest(messages=[ChatMessage("user", text)], options={"temperature": 0, **options})
+
+
+Result = tuple[list[Token], Done | None]
+
+
+async def run(rt: LlamaCppRuntime, req: GenerationRequest, stop_after: int = 0) -> Result:
+    tokens: list[Token] = []
+    done = None
+    gen = rt.generate(req)
+    async for ev in gen:
+        if isinstance(ev, Token):
+            tokens.append(ev)
+            if stop_after and len(tokens) >= stop_after:
+                break  # the client went away
+        else:
+            done = ev
+    await gen.aclose()  # type: ignore[attr-defined]
+    return tokens, done
+
+
+def text_of(result: tuple[list[Token], Done | None]) -> str:
+    return "".join(t.text for t in result[0])
+
+
+def alone(rt: LlamaCppRuntime, req: GenerationRequest) -> tuple[list[Token], Done | None]:
+    return asyncio.run(run(rt, req))
+
+
+def together(rt: LlamaCppRuntime, reqs: list[GenerationRequest]) -> list[tuple[list[Token], Done | None]]:
+    async def main() -> list[tuple[list[Token], Done | None]]:
+        return list(await asyncio.gather(*(run(rt, r) for r in reqs)))
+
+    return asyncio.run(main())
+
+
+def test_greedy_alone_equals_among_eight_others(rt: LlamaCppRuntime) -> None:
+    solo = [text_of(alone(rt, chat(p, num_predict=32))) for p in PROMPTS]
+    steps0 = rt.stats()["max_batch_sequences"]
+    both = together(rt, [chat(p, num_predict=32) for p in PROMPTS])
+    assert [text_of(r) for r in both] == solo
+    assert all(r[1] is not None and r[1].completion_tokens > 0 for r in both)
+    assert rt.stats()["max_batch_sequences"] >= max(steps0, 5)  # they really ran in shared batches
+
+
+def test_cancel_and_errors_leave_the_others_alone(rt: LlamaCppRuntime) -> None:
+    reqs = [chat(p, num_predict=24) for p in PROMPTS[:3]]
+    solo = [text_of(alone(rt, r)) for r in [chat(p, num_predict=24) for p in PROMPTS[:3]]]
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        good = [asyncio.ensure_future(run(rt, r)) for r in reqs]
+        cut = asyncio.ensure_future(run(rt, chat(PROMPTS[3], num_predict=200), stop_after=3))
+        bad = [
+            asyncio.ensure_future(run(rt, GenerationRequest(prompt="x", grammar="root ::= nonsense ("))),
+            asyncio.ensure_future(run(rt, GenerationRequest(prompt="x", context=[10**9]))),
+            asyncio.ensure_future(run(rt, chat("y" * 3000))),
+        ]
+        errors = await asyncio.gather(*bad, return_exceptions=True)
+        return list(await asyncio.gather(*good, cut)), list(errors)
+
+    results, errors = asyncio.run(main())
+    assert [text_of(r) for r in results[:3]] == solo
+    assert len(results[3][0]) == 3
+    assert all(isinstance(e, RequestRejected) for e in errors), errors
+    assert isinstance(errors[2], PromptTooLong)
+    assert rt.stats()["running"] == 0
+
+
+def test_stop_strings_end_the_text_before_them(rt: LlamaCppRuntime) -> None:
+    full = text_of(alone(rt, chat(PROMPTS[1], num_predict=40)))
+    words = full.split()
+    assert len(words) > 4
+    stop = " " + words[3]
+    tokens, done = alone(rt, chat(PROMPTS[1], num_predict=40, stop=[stop, "never-there"]))
+    assert done is not None and done.reason == "stop"
+    assert "".join(t.text for t in tokens) == full[: full.index(stop)]
+
+
+def test_text_is_whole_characters(rt: LlamaCppRuntime) -> None:
+    req = GenerationRequest(prompt="Écris en français : « Où est la bibliothèque ? » Réponse :", raw=True,
+                            options={"temperature": 0, "num_predict": 40})
+    tokens, done = alone(rt, req)
+    text = "".join(t.text for t in tokens)
+    assert done is not None and "\ufffd" not in text
+    assert any(ord(c) > 127 for c in text), text  # multi-byte characters came out whole
+    assert rt.llama.vocab.tokenize(text, add_special=False) != []
+
+
+def test_seed_reproduces_sampling_alone_or_batched(rt: LlamaCppRuntime) -> None:
+    def sampled(seed: int) -> GenerationRequest:
+        return chat(PROMPTS[5], temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed, num_predict=24)
+
+    a = text_of(alone(rt, sampled(42)))
+    b, c, _ = (text_of(r) for r in together(rt, [sampled(42), sampled(7), chat(PROMPTS[0], num_predict=24)]))
+    assert a == b
+    assert a != c
+
+
+def test_json_format_and_schema_give_valid_json(rt: LlamaCppRuntime) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    r1 = GenerationRequest(messages=[ChatMessage("user", "Capital of France as JSON")], format="json",
+                           options={"temperature": 0, "num_predict": 60})
+    r2 = GenerationRequest(messages=[ChatMessage("user", "Capital of France as JSON")], format=schema,
+                           options={"temperature": 0, "num_predict": 60})
+    out1, out2 = together(rt, [r1, r2])
+    assert isinstance(json.loads(text_of(out1)), dict | list)
+    assert isinstance(json.loads(text_of(out2))["city"], str)
+
+
+def test_logprobs_are_log_probabilities_sorted(rt: LlamaCppRuntime) -> None:
+    req = chat(PROMPTS[0], num_predict=12)
+    req.logprobs, req.top_logprobs = True, 3
+    tokens, done = alone(rt, req)
+    lps = [lp for t in tokens for lp in t.logprobs]
+    assert (done is not None and len(lps) == done.completion_tokens) or (done and done.reason == "stop")
+    assert lps and all(lp.logprob <= 0 for lp in lps)
+    for lp in lps:
+        assert len(lp.top) == 3
+        assert [a.logprob for a in lp.top] == sorted((a.logprob for a in lp.top), reverse=True)
+        assert lp.top[0].token == lp.token and abs(lp.top[0].logprob - lp.logprob) < 1e-9  # greedy
+        assert bytes(lp.bytes).decode("utf-8", "replace") or lp.token == ""
+    assert "".join(t.text for t in tokens) == b"".join(bytes(lp.bytes) for lp in lps).decode()
+    assert all(not t.logprobs for t in alone(rt, chat(PROMPTS[0], num_predict=4))[0])
+
+
+def test_no_limit_generates_until_the_end_of_generation(rt: LlamaCppRuntime) -> None:
+    _, done = alone(rt, chat(PROMPTS[1]))
+    assert done is not None and done.reason == "stop"
+    assert done.completion_tokens > 16
+    assert len(done.context) == done.prompt_tokens + done.completion_tokens
+
+
+def test_prefix_reuse_is_counted_and_changes_nothing(rt: LlamaCppRuntime) -> None:
+    system = "You are a helpful assistant who answers briefly. " * 12
+    first = GenerationRequest(messages=[ChatMessage("system", system), ChatMessage("user", PROMPTS[6])],
+                              options={"temperature": 0, "num_predict": 16})
+    again = GenerationRequest(messages=[ChatMessage("system", system), ChatMessage("user", PROMPTS[6])],
+                              options={"temperature": 0, "num_predict": 16})
+    other = GenerationRequest(messages=[ChatMessage("system", system), ChatMessage("user", PROMPTS[2])],
+                              options={"temperature": 0, "num_predict": 16})
+    a = alone(rt, first)
+    before = rt.stats()
+    b = alone(rt, again)
+    c = alone(rt, other)
+    after = rt.stats()
+    assert text_of(a) == text_of(b)
+    assert after["prefix_hits"] - before["prefix_hits"] == 2
+    assert after["prefix_tokens"] - before["prefix_tokens"] > 2 * 100  # the system prompt, twice
+    assert c[1] is not None and c[1].completion_tokens > 0
+
+
+def test_full_context_ends_with_length_never_a_crash(tmp_path: Path, smollm2_gguf: Path) -> None:
+    small = open_runtime(tmp_path, smollm2_gguf, num_parallel=3, num_ctx=96)
+    try:
+        opts: dict[str, Any] = {"temperature": 1.0, "num_ctx": 80}
+        starts = ["Once upon a time", "The history of Rome", "A list of numbers: 1, 2,"]
+        reqs = [GenerationRequest(prompt=p, raw=True, options={**opts, "seed": i}) for i, p in enumerate(starts)]
+        reqs.append(GenerationRequest(prompt="The", raw=True, options={"temperature": 0}))
+        results = together(small, reqs)
+        for (_, done), limit in zip(results, [80, 80, 80, 96], strict=True):
+            assert done is not None
+            if done.reason == "length":
+                assert done.prompt_tokens + done.completion_tokens == limit
+        with pytest.raises(PromptTooLong):
+            alone(small, GenerationRequest(prompt="word " * 200, raw=True))
+    finally:
+        asyncio.run(small.close())
+
+
+def test_embeddings_in_one_batch_equal_one_by_one(rt: LlamaCppRuntime) -> None:
+    texts = ["hello world", "The capital of France is Paris.", "cats and dogs"]
+    cancel = CancelFlag()
+
+    async def main() -> tuple[Any, list[Any]]:
+        batch = await rt.embed(texts, truncate=True, cancel=cancel)
+        singles = [await rt.embed([t], truncate=True, cancel=CancelFlag()) for t in texts]
+        return batch, singles
+
+    before = rt.stats()
+    batch, singles = asyncio.run(main())
+    after = rt.stats()
+    assert after["embed_batches"] - before["embed_batches"] == 4  # 1 for the three, then 1 each
+    for vec, one in zip(batch.vectors, singles, strict=True):
+        assert np.allclose(vec, one.vectors[0], atol=1e-4)
+        assert abs(np.linalg.norm(vec) - 1.0) < 1e-6
+    assert batch.prompt_tokens == sum(s.prompt_tokens for s in singles)
+    ids = rt.llama.vocab.tokenize(texts[1], add_special=True)
+    by_ids = asyncio.run(rt.embed([ids], truncate=True, cancel=CancelFlag()))
+    assert np.allclose(by_ids.vectors[0], batch.vectors[1], atol=1e-4)
