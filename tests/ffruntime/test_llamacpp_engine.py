@@ -218,7 +218,8 @@ def test_full_context_ends_with_length_never_a_crash(tmp_path: Path, smollm2_ggu
     try:
         opts: dict[str, Any] = {"temperature": 1.0, "num_ctx": 80}
         starts = ["Once upon a time", "The history of Rome", "A list of numbers: 1, 2,"]
-        reqs = [GenerationRequest(prompt=p, raw=True, options={**opts, "seed": i}) for i, p in enumerate(starts)]
+        reqs = [GenerationRequest(prompt=p, raw=True, options={**opts, "seed": i})
+                for i, p in enumerate(starts)]
         reqs.append(GenerationRequest(prompt="The", raw=True, options={"temperature": 0}))
         results = together(small, reqs)
         for (_, done), limit in zip(results, [80, 80, 80, 96], strict=True):
