@@ -49,6 +49,7 @@ from ffruntime.settings import LoadSettings
 from registry.artifact import ModelFiles, VariantRef
 
 N_BATCH = 512
+EMBED_PARALLEL = 8  # requests an embedding-only model takes at once (their inputs share batches)
 PREFILL_CHUNK = 256  # prompt tokens per sequence per step: a long prompt never stalls the other streams
 
 
@@ -115,7 +116,8 @@ class LlamaCppRuntime:
 
     @property
     def parallel(self) -> int:
-        return len(self.engine.slots) if self.llama.ctx else 1
+        """Sequence slots of a text model; an embedding model batches this many requests together."""
+        return len(self.engine.slots) if self.llama.ctx else max(self.settings.num_parallel, EMBED_PARALLEL)
 
     def stats(self) -> dict[str, int]:
         """Engine counters since load: batches, batch sizes, prefix reuse, embedding batches."""

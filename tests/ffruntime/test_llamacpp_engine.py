@@ -15,6 +15,7 @@ import ffruntime
 from ffruntime.llamacpp import LlamaCppRuntime
 from ffruntime.runtime import (
     CancelFlag,
+    Capability,
     ChatMessage,
     Done,
     GenerationRequest,
@@ -252,3 +253,32 @@ def test_embeddings_in_one_batch_equal_one_by_one(rt: LlamaCppRuntime) -> None:
     ids = rt.llama.vocab.tokenize(texts[1], add_special=True)
     by_ids = asyncio.run(rt.embed([ids], truncate=True, cancel=CancelFlag()))
     assert np.allclose(by_ids.vectors[0], batch.vectors[1], atol=1e-4)
+
+
+def test_embedding_model_batches_requests_and_matches_verify(
+    tmp_path: Path, minilm_folder: Path
+) -> None:
+    """An embedding-only GGUF (MiniLM, its own pooling): concurrent requests, vectors as LlamaEval's."""
+    from ffbuild.stages.convert import convert_hf_to_gguf
+    from ffruntime.llamacpp_eval import LlamaEval
+
+    gguf = tmp_path / "minilm.gguf"
+    convert_hf_to_gguf(minilm_folder, gguf, "f16")
+    store = Store(tmp_path / "store")
+    add_model(store, "mini:latest", {"f16": gguf}, task="embed")
+    v = variants_of(store, "mini:latest")[0]
+    emb = asyncio.run(ffruntime.load(v, open_variant(store, v.descriptor.digest), LoadSettings()))
+    texts = ["A man is eating food.", "A cat sleeps.", "Der Himmel ist blau.", "hello"]
+    try:
+        assert emb.parallel > 1 and emb.capabilities == {Capability.EMBED}
+
+        async def main() -> list[Any]:
+            return list(await asyncio.gather(*(emb.embed([t], truncate=True, cancel=CancelFlag())
+                                               for t in texts)))
+
+        results = asyncio.run(main())
+    finally:
+        asyncio.run(emb.close())
+    with LlamaEval(gguf, embedding=True) as m:
+        for t, r in zip(texts, results, strict=True):
+            assert np.allclose(r.vectors[0], m.embed(t), atol=1e-4)
