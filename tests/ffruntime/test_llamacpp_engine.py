@@ -282,3 +282,29 @@ def test_embedding_model_batches_requests_and_matches_verify(
     with LlamaEval(gguf, embedding=True) as m:
         for t, r in zip(texts, results, strict=True):
             assert np.allclose(r.vectors[0], m.embed(t), atol=1e-4)
+
+
+def test_lora_adapter_serves_as_verify_measures(
+    tmp_path: Path, smollm2_gguf: Path, smollm2_lora: Path, smollm2_hf: Path
+) -> None:
+    """``files.adapters[0]`` is applied to the served context exactly as the verify stage applies it."""
+    import dataclasses
+
+    from ffbuild.stages.lora import convert_peft_lora
+    from ffruntime.llamacpp_eval import LlamaEval
+
+    adapter = tmp_path / "adapter.gguf"
+    convert_peft_lora(smollm2_lora, adapter, base=smollm2_hf)
+    v, files = stored(tmp_path, smollm2_gguf)
+    files = dataclasses.replace(files, adapters=[adapter])
+    rt = asyncio.run(ffruntime.load(v, files, LoadSettings(num_parallel=2, num_ctx=256)))
+    prompt = "The capital of France is"
+    try:
+        assert isinstance(rt, LlamaCppRuntime) and rt.llama.lora
+        opts: dict[str, Any] = {"temperature": 0, "num_predict": 16}
+        got = alone(rt, GenerationRequest(prompt=prompt, raw=True, options=opts))
+    finally:
+        asyncio.run(rt.close())
+    with LlamaEval(smollm2_gguf, lora=adapter) as m:
+        want = m.generate(m.tokenize(prompt), 16)
+    assert got[1] is not None and list(got[1].context[got[1].prompt_tokens :]) == want
