@@ -14,8 +14,11 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 
+from ffruntime.grammar import tool_call_grammar
 from ffruntime.prompting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from ffruntime.runtime import ToolCall
+from ffserve.errors import BadRequest
+from ffserve.wire.tools import Tool
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.DOTALL)
@@ -122,3 +125,21 @@ def tool_names(tools: Iterable[Mapping[str, object]] | None) -> list[str]:
         if isinstance(fn, Mapping) and isinstance(fn.get("name"), str):
             out.append(str(fn["name"]))
     return out
+
+
+def plan(tools: list[Tool] | None, choice: str | None) -> tuple[list[dict[str, object]] | None, str | None]:
+    """The tool specs the template is given and the grammar a forced choice needs. ``choice``:
+    ``None``/``"auto"`` (the model decides), ``"none"`` (no tools), ``"required"`` (some call), or a
+    tool's name (that call)."""
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise BadRequest("tool_choice needs tools")
+        return None, None
+    specs = [t.spec() for t in tools]
+    if choice == "none":
+        return None, None
+    if choice in (None, "auto"):
+        return specs, None
+    if choice != "required" and choice not in tool_names(specs):
+        raise BadRequest(f"tool_choice names {choice!r}, which is not one of the tools")
+    return specs, tool_call_grammar(specs, None if choice == "required" else choice)

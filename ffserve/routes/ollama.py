@@ -202,12 +202,13 @@ async def chat(request: Request) -> Response:
     if any(m.images for m in body.messages):
         raise NotSupported("images are not supported by this model's runtime")
     fmt = _format(body.format)
+    tools, tool_grammar = toolcalls.plan(body.tools, body.tool_choice or body.options.tool_choice)
     req = GenerationRequest(
         messages=[_message(m) for m in body.messages],
         options=body.options.params(),
         format=fmt,
-        grammar=format_grammar(fmt),
-        tools=[t.spec() for t in body.tools] if body.tools else None,
+        grammar=tool_grammar or format_grammar(fmt),
+        tools=tools,
         **_logprobs(body),
     )
     gen = Generation(

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ffruntime.grammar import format_grammar, tool_call_grammar
+from ffruntime.grammar import format_grammar
 from ffruntime.runtime import (
     Capability,
     ChatMessage,
@@ -216,28 +216,14 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
     return out
 
 
-def _tools(body: ChatCompletionRequest) -> tuple[list[dict[str, object]] | None, str | None]:
-    """The tools the template is given and the grammar a forced ``tool_choice`` needs."""
-    choice = body.tool_choice
-    if not body.tools:
-        if choice not in (None, "none", "auto"):
-            raise BadRequest("tool_choice needs tools")
-        return None, None
-    specs = [t.spec() for t in body.tools]
-    if choice == "none":
-        return None, None
-    if choice == "required":
-        return specs, tool_call_grammar(specs)
-    if isinstance(choice, NamedToolChoice):
-        return specs, tool_call_grammar(specs, choice.function.name)
-    return specs, None
-
-
 async def chat_completions(request: Request) -> Response:
     e = engine(request)
     body = await parse_body(request, ChatCompletionRequest)
     fmt = _format(body.response_format)
-    tools, tool_grammar = _tools(body)
+    choice = body.tool_choice
+    tools, tool_grammar = toolcalls.plan(
+        body.tools, choice.function.name if isinstance(choice, NamedToolChoice) else choice
+    )
     req = GenerationRequest(
         messages=_messages(body),
         options=body.options(body.max_completion_tokens).params(),

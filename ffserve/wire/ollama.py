@@ -85,6 +85,7 @@ class GenerateRequest(_Generation):
 class ChatRequest(_Generation):
     messages: list[Message] = Field(default_factory=list)
     tools: Tools = None
+    tool_choice: str | None = Field(default=None, max_length=64, description="ff extension, as OpenAI's")
 
 
 class EmbedRequest(_ModelReq):

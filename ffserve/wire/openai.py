@@ -84,6 +84,10 @@ class _Sampling(_Req):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: str | list[str] | None = Field(default=None, max_length=64)
     n: int = Field(default=1, ge=1, le=1)
+    # extensions (as vLLM and llama.cpp's server take them): Ollama's samplers of the same names
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, ge=0, le=100)
 
     def options(self, max_tokens: int | None = None) -> Options:
         return openai_options(
@@ -94,6 +98,9 @@ class _Sampling(_Req):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             seed=self.seed,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
         )
 
 

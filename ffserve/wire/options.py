@@ -56,6 +56,9 @@ _I, _F, _FINITE = BeforeValidator(_integer), BeforeValidator(_number), AllowInfN
 Prob = Annotated[float, Interval(ge=0, le=1), _F]
 
 
+SERVER_ONLY = frozenset({"tool_choice"})
+
+
 class Options(BaseModel):
     """Every option Ollama documents; each one ``None`` (unset) unless the client sent it."""
 
@@ -95,6 +98,9 @@ class Options(BaseModel):
     mirostat_eta: Annotated[float, Interval(ge=0), _FINITE, _F] | None = None
     penalize_newline: Flag | None = None
     stop: Stops | None = None
+    # ff extension for Ollama clients, which pass only ``options`` through: /api/chat's tool_choice
+    # ("auto", "none", "required" or a tool's name); never sent to the runtime.
+    tool_choice: Annotated[str, MaxLen(64)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -109,7 +115,7 @@ class Options(BaseModel):
         """The options the client set, typed, for ``GenerationRequest.options``."""
         out: dict[str, ParamValue] = {}
         for key, value in self:
-            if value is not None:
+            if value is not None and key not in SERVER_ONLY:
                 out[key] = list(value) if isinstance(value, list) else value
         return out
 
