@@ -82,7 +82,7 @@ class Sampler:
             if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
                 last_n = s.repeat_last_n if s.repeat_last_n >= 0 else 2**31 - 1
                 self._add(lc.llama_sampler_init_penalties(
-                    last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                    n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
                 ))
             seed = s.seed if s.seed >= 0 else _DEFAULT_SEED
             if s.temperature <= 0:

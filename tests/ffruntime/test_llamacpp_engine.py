@@ -308,3 +308,25 @@ def test_lora_adapter_serves_as_verify_measures(
     with LlamaEval(smollm2_gguf, lora=adapter) as m:
         want = m.generate(m.tokenize(prompt), 16)
     assert got[1] is not None and list(got[1].context[got[1].prompt_tokens :]) == want
+
+
+def test_every_sampling_option_builds_a_chain_and_acts(rt: LlamaCppRuntime) -> None:
+    base = {"num_predict": 48, "temperature": 0}
+    plain = text_of(alone(rt, chat(PROMPTS[5], **base)))
+    penalised = [
+        {"repeat_penalty": 1.8, "repeat_last_n": 32},
+        {"presence_penalty": 1.5},
+        {"frequency_penalty": 1.5},
+    ]
+    for opts in penalised:
+        assert text_of(alone(rt, chat(PROMPTS[5], **{**base, **opts}))) != plain, opts
+    sampled = [
+        {"temperature": 0.7, "top_k": 20, "top_p": 0.8, "min_p": 0.1, "typical_p": 0.9, "seed": 1},
+        {"temperature": 0.7, "mirostat": 1, "mirostat_tau": 4.0, "mirostat_eta": 0.2, "seed": 1},
+        {"temperature": 0.7, "mirostat": 2, "seed": 1},
+    ]
+    outs = together(rt, [chat(PROMPTS[5], **{**base, **opts}) for opts in sampled])
+    assert all(r[1] is not None and r[1].completion_tokens > 0 for r in outs)
+    for bad in ({"temperature": "hot"}, {"top_k": 1.5}, {"mirostat": 3}, {"num_ctx": -1}):
+        with pytest.raises(RequestRejected):
+            alone(rt, chat(PROMPTS[5], **bad))
