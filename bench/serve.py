@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8, help="parallel slots of both servers (--concurrent)")
     args = ap.parse_args()
     if args.threads is None:
-        from ffserve.settings import default_threads
+        from ffruntime.settings import default_threads
 
         args.threads = default_threads()
     os.environ["OMP_WAIT_POLICY"] = args.wait_policy  # before llama_cpp is imported, on both sides

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_lib import binding, captured_log, log_tail
+from ffruntime.llamacpp_lib import binding
 from ffruntime.llamacpp_sampling import Sampler, log_softmax, top_alternatives
 from ffruntime.llamacpp_text import TextStream
 from ffruntime.llamacpp_vocab import Vocab
@@ -262,8 +262,7 @@ class Engine:
             if n > 1 or not seq.generated:
                 prompt += n
         batch.n_tokens = i
-        with captured_log() as log:
-            rc = int(self.lc.llama_decode(self.ctx, batch))
+        rc = int(self.lc.llama_decode(self.ctx, batch))  # no captured_log here: 0.2 ms a step
         st = self.stats
         st.steps += 1
         st.batch_tokens += i
@@ -271,7 +270,7 @@ class Engine:
         st.last_batch_sequences = len(entries)
         st.max_batch_sequences = max(st.max_batch_sequences, len(entries))
         st.prompt_tokens += prompt
-        return rc, log_tail(log) if rc not in (0, 1) else ""
+        return rc, "see llama.cpp's log" if rc not in (0, 1) else ""
 
     # --- sequences -----------------------------------------------------------------------------------
     def _admit(self, seq: _Seq, free: list[_Slot]) -> None:
