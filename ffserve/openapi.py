@@ -84,7 +84,10 @@ def _responses(path: str, op: Operation, stream_default: bool) -> dict[str, obje
         ok["content"] = {TEXT: {"schema": {"type": "string"}}}
     elif op.answer is not None:
         content: dict[str, object] = {JSON: {"schema": _ref(op.answer)}}
-        if op.stream:
+        if op.stream == SSE:  # each event: a JSON chunk as its data, the last one "[DONE]"
+            event = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+            content[SSE] = {"schema": event}
+        elif op.stream:
             content[op.stream] = {"schema": {"type": "string"}}
         ok["content"] = content
     elif not op.empty:

@@ -231,7 +231,7 @@ async def chat_completions(request: Request) -> Response:
         grammar=tool_grammar or format_grammar(fmt, "response_format.json_schema.schema"),
         tools=tools,
         logprobs=bool(body.logprobs),
-        top_logprobs=body.top_logprobs or 0 if body.logprobs else 0,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
     )
     gen = Generation(e.scheduler, e.metrics, body.model, req, keep_alive=None, need=Capability.CHAT)
     include = bool(body.stream_options and body.stream_options.include_usage)

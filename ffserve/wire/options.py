@@ -13,7 +13,15 @@ import logging
 from typing import Annotated, Any
 
 from annotated_types import Interval, MaxLen
-from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from ffruntime.runtime import ParamValue
 
@@ -48,7 +56,13 @@ def _stop(v: object) -> object:
 
 _INT_MAX = 2**31 - 1
 Flag = Annotated[bool, BeforeValidator(_flag)]
-Stops = Annotated[list[Annotated[str, MaxLen(4096)]], MaxLen(64), BeforeValidator(_stop)]
+_STOP = {"type": "string", "maxLength": 4096}
+Stops = Annotated[
+    list[Annotated[str, MaxLen(4096)]],
+    MaxLen(64),
+    BeforeValidator(_stop),
+    WithJsonSchema({"anyOf": [_STOP, {"type": "array", "items": _STOP, "maxItems": 64}]}),
+]
 
 
 # Constraints before the type check, so that the JSON schema shows them as minimum/maximum.
@@ -120,7 +134,15 @@ class Options(BaseModel):
         return out
 
 
-OptionsField = Annotated[Options, BeforeValidator(lambda v: {} if v is None else v)]
+def _nullable(schema: dict[str, Any]) -> None:
+    ref = schema.pop("$ref", None)
+    if ref is not None:
+        schema["anyOf"] = [{"$ref": ref}, {"type": "null"}]
+
+
+OptionsField = Annotated[
+    Options, BeforeValidator(lambda v: {} if v is None else v), Field(json_schema_extra=_nullable)
+]
 """An ``options`` object in a request body; ``null`` is no options."""
 
 

@@ -2,13 +2,15 @@
 
 A server of its own (the fuzzer deletes and copies models), with the shipped SmolLM2 as ``tiny``.
 /api/pull and /api/push are left out: they would send the fuzzer's names to registries on the network
-(their error mapping has its own tests). Examples per operation are bounded (FUZZ_EXAMPLES, default
-12), so the run takes well under two minutes on two cores.
+(their error mapping has its own tests). Half the bodies of the model routes name the real model, so
+the fuzzer's options, formats and tools reach the engine; answers are short (FF_NUM_CTX=256).
+Examples per operation are bounded (FUZZ_EXAMPLES, default 8): well under two minutes on two cores.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +29,17 @@ from schemathesis.specs.openapi.checks import (
 
 from registry.store import Store
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
+MODEL_ROUTES = {
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/show",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +51,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) ->
         {"q4_1": smollm2_gguf},
         params={"temperature": 0.0, "num_predict": 8, "stop": ["<|im_end|>"]},
     )
-    with start_server(home, tmp_path_factory.mktemp("fuzzlogs"), FF_QUANTIZE="q4_1") as s:
+    logs = tmp_path_factory.mktemp("fuzzlogs")
+    with start_server(home, logs, FF_QUANTIZE="q4_1", FF_NUM_CTX="256") as s:  # short answers
         yield s
 
 
@@ -60,6 +73,11 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     phases=[Phase.explicit, Phase.generate],
 )
 def test_no_500_and_answers_match_the_schema(case: schemathesis.Case, fuzz_server: Server) -> None:
+    body = case.body
+    model = body.get("model") if isinstance(body, dict) else None
+    valid_name = isinstance(model, str) and 0 < len(model) <= 512  # a negative case keeps its bad name
+    if case.path in MODEL_ROUTES and valid_name and zlib.crc32(repr(body).encode()) % 2:
+        body["model"] = "tiny"  # type: ignore[index]  # half the bodies reach the real model
     response = case.call(timeout=120)
     assert response.status_code < 500 or response.status_code == 503, (
         f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}\n{fuzz_server.logs()}"

@@ -393,3 +393,19 @@ def test_openai_token_array_embeddings(ai: openai.OpenAI, server: Server) -> Non
     two = ai.embeddings.create(model="smollm2", input=[ids, ids[1:]])
     assert len(by_ids) == 576 and len(two.data) == 2
     assert sum(a * b for a, b in zip(by_text, by_ids, strict=True)) > 0.999
+
+
+# --- engine statistics in /metrics --------------------------------------------------------------------
+def test_engine_stats_are_in_metrics(server: Server, oc: ollama.Client) -> None:
+    before = server.metric("ff:runtime_steps_total", model_name="smollm2:latest")
+    system = "You are a helpful assistant who answers in one short sentence. " * 8
+    for _ in range(2):  # the second request reuses the first one's prompt prefix
+        oc.chat(
+            model="smollm2",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": "Say hi."}],
+            options={"num_predict": 4},
+        )
+    assert server.metric("ff:runtime_steps_total", model_name="smollm2:latest") >= before + 8
+    assert server.metric("ff:runtime_batch_sequences_total", model_name="smollm2:latest") >= 8
+    assert server.metric("ff:runtime_prefix_hits_total", model_name="smollm2:latest") >= 1
+    assert server.metric("ff:runtime_slots", model_name="smollm2:latest") >= 1
