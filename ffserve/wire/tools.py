@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
+from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field
 
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -37,4 +38,4 @@ class Tool(_Wire):
         return {"type": "function", "function": fn}
 
 
-Tools = list[Tool] | None
+Tools = Annotated[list[Tool], MaxLen(128)] | None
