@@ -37,12 +37,31 @@ log = logging.getLogger("ffruntime.llamacpp")
 
 
 def binding() -> ModuleType:
-    """The ``llama_cpp`` module (llama-cpp-python)."""
+    """The ``llama_cpp`` module (llama-cpp-python), with llama.cpp's log sent to :data:`log`."""
     try:
         import llama_cpp
     except ImportError as e:
         raise BackendUnavailable.missing("llama-cpp-python", "gguf", "Running llama.cpp") from e
+    _quiet_log(llama_cpp)
     return llama_cpp
+
+
+_LOG_CALLBACK: list[Any] = []  # the installed callback, kept alive while llama.cpp may call it
+
+
+def _quiet_log(llama_cpp: ModuleType) -> None:
+    """llama.cpp's warnings and errors go to the ``ffruntime.llamacpp`` logger (debug level, as the
+    callers report failures themselves); its info and debug lines (per batch, per KV copy) nowhere."""
+    if _LOG_CALLBACK:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def _forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level in (2, 3):
+            log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    _LOG_CALLBACK.append(_forward)
+    llama_cpp.llama_log_set(_forward, ctypes.c_void_p(0))
 
 
 @contextlib.contextmanager
@@ -60,9 +79,7 @@ def captured_log(min_level: int = 2) -> Iterator[list[str]]:
     try:
         yield lines
     finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
 
 
 def log_tail(lines: list[str], n: int = 5) -> str:

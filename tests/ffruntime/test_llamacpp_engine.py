@@ -100,12 +100,29 @@ def together(rt: LlamaCppRuntime, reqs: list[GenerationRequest]) -> list[tuple[l
 
 
 def test_greedy_alone_equals_among_eight_others(rt: LlamaCppRuntime) -> None:
-    solo = [text_of(alone(rt, chat(p, num_predict=32))) for p in PROMPTS]
-    steps0 = rt.stats()["max_batch_sequences"]
-    both = together(rt, [chat(p, num_predict=32) for p in PROMPTS])
-    assert [text_of(r) for r in both] == solo
-    assert all(r[1] is not None and r[1].completion_tokens > 0 for r in both)
-    assert rt.stats()["max_batch_sequences"] >= max(steps0, 5)  # they really ran in shared batches
+    """Batched greedy answers are the solo answers, except where llama.cpp's kernels, which round
+    differently for other batch shapes, meet a near-tie: then the two likeliest tokens of the solo run
+    were within rounding noise of each other (and the answers may part from there)."""
+
+    def req(p: str) -> GenerationRequest:
+        r = chat(p, num_predict=32)
+        r.logprobs, r.top_logprobs = True, 2
+        return r
+
+    solo = [alone(rt, req(p)) for p in PROMPTS]
+    both = together(rt, [req(p) for p in PROMPTS])
+    assert rt.stats()["max_batch_sequences"] >= 5  # they really ran in shared batches
+    identical = 0
+    for (s_tokens, s_done), (_, b_done) in zip(solo, both, strict=True):
+        assert s_done is not None and b_done is not None and b_done.completion_tokens > 0
+        a, b = s_done.context[s_done.prompt_tokens :], b_done.context[b_done.prompt_tokens :]
+        if a == b:
+            identical += 1
+            continue
+        i = next(k for k in range(min(len(a), len(b))) if a[k] != b[k])
+        top = [lp for t in s_tokens for lp in t.logprobs][i].top
+        assert top[0].logprob - top[1].logprob < 0.05, (i, top)  # a near-tie, not a wrong computation
+    assert identical >= len(PROMPTS) - 2
 
 
 def test_cancel_and_errors_leave_the_others_alone(rt: LlamaCppRuntime) -> None:
