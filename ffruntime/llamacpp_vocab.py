@@ -36,6 +36,10 @@ class Vocab:
         self.model = model
         self.ptr = self.lc.llama_model_get_vocab(model)
         self.n_tokens = int(self.lc.llama_vocab_n_tokens(self.ptr))
+        # Per-token answers the engine needs at every step, kept: each ctypes call releases the GIL,
+        # and getting it back behind a busy event loop costs up to the 5 ms switch interval.
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         raw = text.encode("utf-8")
@@ -51,6 +55,14 @@ class Vocab:
         return list(out[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
+        if special:
+            return self._piece(token, special=True)
+        out = self._pieces.get(token)
+        if out is None:
+            out = self._pieces[token] = self._piece(token, special=False)
+        return out
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(256)
         n = self.lc.llama_token_to_piece(self.ptr, token, buf, len(buf), 0, special)
         if n < 0:  # a piece longer than the buffer: -n is its length
@@ -87,7 +99,10 @@ class Vocab:
         return bool(self.lc.llama_vocab_get_add_bos(self.ptr))
 
     def is_eog(self, token: int) -> bool:
-        return bool(self.lc.llama_vocab_is_eog(self.ptr, token))
+        out = self._eog.get(token)
+        if out is None:
+            out = self._eog[token] = bool(self.lc.llama_vocab_is_eog(self.ptr, token))
+        return out
 
     def fim(self) -> tuple[int, int, int] | None:
         """The fill-in-the-middle tokens (prefix, suffix, middle), or None when the model has none."""
