@@ -66,34 +66,37 @@ def llama_source() -> Path:
     return src
 
 
-def quantize_tool() -> Path:
-    """llama.cpp's ``llama-quantize`` built from the sdist's vendored sources (CPU, Release)."""
-    src = llama_source() / "vendor" / "llama.cpp"
-    build = BENCH_CACHE / "build-quantize"
-    exe = build / "bin" / "llama-quantize"
+TOOLS_BUILD = BENCH_CACHE / "build-server"  # llama.cpp's tools, configured with our library's flags
+
+
+def library_flags() -> list[str]:
+    """The CMake flags the installed llama-cpp-python was built with (``.ci/setup`` records them)."""
+    import json
+
+    import llama_cpp
+
+    recorded = Path(llama_cpp.__file__).parent / "ff-build.json"
+    return list(json.loads(recorded.read_text(encoding="utf-8"))["cmake_args"])
+
+
+def llama_tool(target: str) -> Path:
+    """A llama.cpp tool (``llama-quantize``, ``llama-server``) built from the sdist's vendored sources
+    with the same compiler and flags as our llama-cpp-python (for benchmarks only, never installed)."""
+    exe = TOOLS_BUILD / "bin" / target
     if exe.is_file():
         return exe
-    _run(
-        [
-            "cmake",
-            "-S",
-            str(src),
-            "-B",
-            str(build),
-            "-G",
-            "Ninja",
-            "-DCMAKE_BUILD_TYPE=Release",
-            "-DLLAMA_CURL=OFF",
-            "-DGGML_NATIVE=ON",
-            "-DLLAMA_BUILD_TESTS=OFF",
-            "-DLLAMA_BUILD_EXAMPLES=OFF",
-            "-DLLAMA_BUILD_SERVER=OFF",
-        ]
-    )
-    _run(["cmake", "--build", str(build), "--target", "llama-quantize", "-j", str(os.cpu_count() or 2)])
+    src = llama_source() / "vendor" / "llama.cpp"
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+             "-DLLAMA_BUILD_SERVER=ON", "-DBUILD_SHARED_LIBS=OFF"]
+    _run(["cmake", "-S", str(src), "-B", str(TOOLS_BUILD), *library_flags(), *flags])
+    _run(["cmake", "--build", str(TOOLS_BUILD), "--target", target, "-j", str(os.cpu_count() or 2)])
     if not exe.is_file():
-        raise SystemExit(f"llama-quantize was not built at {exe}")
+        raise SystemExit(f"{target} was not built at {exe}")
     return exe
+
+
+def quantize_tool() -> Path:
+    return llama_tool("llama-quantize")
 
 
 def baseline(hf_folder: Path, work: Path) -> float:

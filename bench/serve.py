@@ -1,4 +1,6 @@
-"""Single-stream decode speed and time to first token: ``ff serve`` against llama-cpp-python directly.
+"""Serving speed: ``ff serve`` against llama-cpp-python directly, or against llama.cpp's ``llama-server``.
+
+Default mode: single-stream decode speed and time to first token against llama-cpp-python directly.
 
 Same GGUF, same thread count, same OMP_WAIT_POLICY, same raw prompt, greedy, in one run. The baseline
 calls ``Llama.create_completion(stream=True)`` in this process; ours streams ``/api/generate`` (NDJSON)
@@ -6,6 +8,11 @@ from a ``python -m ffcli serve`` subprocess with httpx and times the chunks as t
 Rounds alternate (direct, server, direct, …) so drifting load on the shared machine hits both.
 
     python bench/serve.py [--gguf PATH] [--threads N] [--tokens 128] [--rounds 7]
+    python bench/serve.py --concurrent [--gguf PATH] [--threads N] [--parallel 8] [--rounds 5]
+
+``--concurrent``: see :mod:`bench.serve_concurrent` (llama-server is built once from the
+llama-cpp-python source distribution with the flags of our own build, under
+``~/.cache/ferrousforge-bench``).
 
 ``--threads`` defaults to what ``ff serve`` picks (``ffserve.settings.default_threads``).
 
@@ -39,7 +46,7 @@ def _default_gguf() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _store_model(home: Path, gguf: Path) -> None:
+def store_model(home: Path, gguf: Path) -> None:
     from registry.artifact import layer, tag_model, write_index, write_variant
     from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
     from registry.oci import ANN_BACKEND, ANN_FORMAT, ANN_QUANTIZATION, ANN_TARGET, ANN_VARIANT, MODEL_WEIGHT
@@ -116,24 +123,31 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY for both sides")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="aggregate tok/s at 1, 4, 8 streams and shared-prefix TTFT against llama-server")
+    ap.add_argument("--parallel", type=int, default=8, help="parallel slots of both servers (--concurrent)")
     args = ap.parse_args()
     if args.threads is None:
-        from ffserve.settings import default_threads
+        from ffruntime.settings import default_threads
 
         args.threads = default_threads()
     os.environ["OMP_WAIT_POLICY"] = args.wait_policy  # before llama_cpp is imported, on both sides
     gguf = args.gguf or _default_gguf()
 
+    if args.concurrent:
+        from bench.serve_concurrent import run_concurrent
+
+        run_concurrent(gguf, args.threads, args.tokens, args.rounds, args.wait_policy, args.parallel)
+        return
+
     import httpx
     import llama_cpp
-
-    import ffruntime.llamacpp  # noqa: F401  (the same llama.cpp buffer settings as the server)
 
     llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
                           verbose=False)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         home = Path(tmp)
-        _store_model(home, gguf)
+        store_model(home, gguf)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()

@@ -1,21 +1,43 @@
 """The subset of Go's text/template that Ollama Modelfile TEMPLATEs use.
 
-Supported: ``{{ .Field }}``, ``{{ if X }}…{{ else if Y }}…{{ else }}…{{ end }}`` where X is ``.Field``,
-``not .Field`` or ``eq .Field "text"``, ``{{ range .Messages }}…{{ end }}`` (``.Role``, ``.Content``
-inside, ``$.System`` for the top level), and the ``{{-`` / ``-}}`` whitespace trims. Anything else is a
-:class:`TemplateError` naming the action, never silently wrong output.
+Supported: ``{{ .Field }}`` and nested ``{{ .Function.Name }}``, ``{{ . }}``, ``{{ json .Field }}``,
+``{{ if X }}…{{ else if Y }}…{{ else }}…{{ end }}`` where X is ``.Field``, ``not .Field`` or
+``eq .Field "text"``, ``{{ range .Messages }}…{{ end }}`` (``.Role``, ``.Content``, ``.ToolCalls``
+inside, ``$.System`` / ``$.Tools`` for the top level), and the ``{{-`` / ``-}}`` whitespace trims. A
+mapping or list prints as JSON, as Ollama's tool types do. Anything else is a :class:`TemplateError`
+naming the action, never silently wrong output.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
-Value = str | bool | Sequence[Mapping[str, str]] | None
+Value = object
 Scope = Mapping[str, Value]
+
+
+class Struct(dict[str, object]):
+    """A Go struct for a template: fields by their Go names (``.Function.Name``), printed as JSON in its
+    wire form (lowercase keys), as Ollama's tool types print."""
+
+    def __init__(self, fields: Mapping[str, object], wire: object) -> None:
+        super().__init__(fields)
+        self.wire = wire
+
+
+def _plain(v: Value) -> Value:
+    if isinstance(v, Struct):
+        return v.wire
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
 
 
 class TemplateError(ValueError):
@@ -80,8 +102,10 @@ def _parse(tokens: list[tuple[str, str]], i: int, stops: tuple[str, ...]) -> tup
         elif word == "range":
             body, i, end = _parse(tokens, i, ("end",))
             nodes.append(_Node("range", val[5:].strip(), body=body))
-        elif val.startswith(".") or val.startswith("$."):
+        elif val.startswith(".") or val.startswith("$"):
             nodes.append(_Node("var", val))
+        elif word == "json" and len(val.split()) == 2:
+            nodes.append(_Node("json", val.split()[1]))
         else:
             raise TemplateError(f"unsupported template action {{{{ {val} }}}}")
     if stops:
@@ -89,15 +113,26 @@ def _parse(tokens: list[tuple[str, str]], i: int, stops: tuple[str, ...]) -> tup
     return nodes, i, ""
 
 
-def _lookup(name: str, scope: Scope, top: Scope) -> Value:
-    src = top if name.startswith("$.") else scope
-    key = name.split(".", 1)[1] if "." in name else name
-    if not re.fullmatch(r"[A-Za-z_]\w*", key):
+def _lookup(name: str, scope: Value, top: Value) -> Value:
+    if name in (".", "$"):
+        return scope if name == "." else top
+    if not re.fullmatch(r"\$?(\.[A-Za-z_]\w*)+", name):
         raise TemplateError(f"unsupported field {name!r}")
-    return src.get(key)
+    value: Value = top if name.startswith("$") else scope
+    for key in name.lstrip("$").split(".")[1:]:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
 
 
-def _truth(cond: str, scope: Scope, top: Scope) -> bool:
+def _text(v: Value) -> str:
+    if v is None or isinstance(v, bool):
+        return ""
+    if isinstance(v, Mapping | list | tuple):
+        return json.dumps(_plain(v), ensure_ascii=False)
+    return str(v)
+
+
+def _truth(cond: str, scope: Value, top: Value) -> bool:
     parts = shlex.split(cond)
     if len(parts) == 1:
         return bool(_lookup(parts[0], scope, top))
@@ -108,14 +143,15 @@ def _truth(cond: str, scope: Scope, top: Scope) -> bool:
     raise TemplateError(f"unsupported condition {cond!r}")
 
 
-def _render(nodes: list[_Node], scope: Scope, top: Scope) -> str:
+def _render(nodes: list[_Node], scope: Value, top: Value) -> str:
     out: list[str] = []
     for n in nodes:
         if n.kind == "text":
             out.append(n.text)
         elif n.kind == "var":
-            v = _lookup(n.text, scope, top)
-            out.append("" if v is None or isinstance(v, bool) else str(v))
+            out.append(_text(_lookup(n.text, scope, top)))
+        elif n.kind == "json":
+            out.append(json.dumps(_plain(_lookup(n.text, scope, top)), ensure_ascii=False))
         elif n.kind == "if":
             for cond, body in n.branches:
                 if cond is None or _truth(cond, scope, top):
@@ -123,6 +159,8 @@ def _render(nodes: list[_Node], scope: Scope, top: Scope) -> str:
                     break
         elif n.kind == "range":
             items = _lookup(n.text, scope, top)
+            if items is None:  # Go ranges over a nil slice without a word
+                continue
             if not isinstance(items, list | tuple):
                 raise TemplateError(f"range over {n.text!r}, which is not a list")
             for item in items:
@@ -137,3 +175,7 @@ def render(template: str, values: Scope) -> str:
 
 def uses_messages(template: str) -> bool:
     return ".Messages" in template
+
+
+def uses_tools(template: str) -> bool:
+    return ".Tools" in template

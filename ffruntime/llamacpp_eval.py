@@ -14,7 +14,6 @@ difference it makes is enough to flip a q8_0 greedy answer, so verify measures w
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,7 +22,17 @@ import numpy as np
 import numpy.typing as npt
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_lib import binding, captured_log, context_params, load_model, log_tail
+from ffruntime.llamacpp_lib import (
+    attach_lora,
+    binding,
+    captured_log,
+    context_params,
+    load_model,
+    log_tail,
+    lora_adapter,
+    model_params,
+)
+from ffruntime.llamacpp_vocab import Vocab
 from ffruntime.settings import LoadSettings
 
 FloatArray = npt.NDArray[np.float32]
@@ -51,17 +60,15 @@ class LlamaEval:
         self._model: Any = None
         self._ctx: Any = None
         self._lora: Any = None
-        self._model = load_model(path, self.settings)
+        self.model_params = model_params(self.settings)  # what was loaded with, for comparison
+        self.context_params: Any = None
+        self._model = load_model(path, self.model_params)
         try:
-            self.vocab = lc.llama_model_get_vocab(self._model)
-            self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+            self.vocab = Vocab(self._model)
+            self.n_vocab = self.vocab.n_tokens
             self.n_embd = int(lc.llama_model_n_embd(self._model))
             if lora is not None:
-                with captured_log() as log:
-                    self._lora = lc.llama_adapter_lora_init(self._model, str(lora).encode())
-                if not self._lora:
-                    raise RuntimeFailure(f"llama.cpp cannot apply the LoRA adapter {lora} to {path}: "
-                                      + log_tail(log))
+                self._lora = lora_adapter(self._model, lora, path)
         except BaseException:
             self.close()
             raise
@@ -79,16 +86,14 @@ class LlamaEval:
         cparams = context_params(
             self.settings, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embeddings=self.embedding
         )
+        self.context_params = cparams
         with captured_log() as log:
             self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise RuntimeFailure(f"llama.cpp cannot create a context for {self.path}: {log_tail(log)}")
         self.n_ctx = n_ctx
         if self._lora:
-            adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._lora)
-            scales = (ctypes.c_float * 1)(1.0)
-            if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
-                raise RuntimeFailure(f"llama.cpp refused to attach the LoRA adapter to {self.path}")
+            attach_lora(self._ctx, self._lora, self.path)
         return self._ctx
 
     def __enter__(self) -> LlamaEval:
@@ -112,50 +117,33 @@ class LlamaEval:
                 lc.llama_model_free(self._model)
                 self._model = None
 
-    # -- vocabulary ----------------------------------------------------------------------------
+    # -- vocabulary (see :class:`~ffruntime.llamacpp_vocab.Vocab`) ----------------------------
     def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = self.lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+        return self.vocab.meta(key)
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        raw = text.encode("utf-8")
-        cap = len(raw) + 16
-        out = (self.lc.llama_token * cap)()
-        n = self.lc.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
-        if n < 0:  # the buffer was too small: -n is the size needed
-            cap = -n
-            out = (self.lc.llama_token * cap)()
-            n = self.lc.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
-        if n < 0:
-            raise RuntimeFailure(f"cannot tokenize {len(raw)} bytes with {self.path}")
-        return list(out[:n])
+        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
-        buf = ctypes.create_string_buffer(256)
-        n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:  # a piece longer than the buffer: -n is its length
-            buf = ctypes.create_string_buffer(-n)
-            n = self.lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[: max(n, 0)]
+        return self.vocab.piece(token, special=special)
 
     def token_text(self, token: int) -> str:
-        return self.piece(token, special=True).decode("utf-8", "replace")
+        return self.vocab.text(token)
 
     @property
     def bos(self) -> int:
-        return int(self.lc.llama_vocab_bos(self.vocab))
+        return self.vocab.bos
 
     @property
     def eos(self) -> int:
-        return int(self.lc.llama_vocab_eos(self.vocab))
+        return self.vocab.eos
 
     @property
     def adds_bos(self) -> bool:
-        return bool(self.lc.llama_vocab_get_add_bos(self.vocab))
+        return self.vocab.adds_bos
 
     def is_eog(self, token: int) -> bool:
-        return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
+        return self.vocab.is_eog(token)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _decode(self, tokens: list[int], start: int, all_logits: bool) -> None:

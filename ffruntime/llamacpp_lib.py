@@ -37,12 +37,31 @@ log = logging.getLogger("ffruntime.llamacpp")
 
 
 def binding() -> ModuleType:
-    """The ``llama_cpp`` module (llama-cpp-python)."""
+    """The ``llama_cpp`` module (llama-cpp-python), with llama.cpp's log sent to :data:`log`."""
     try:
         import llama_cpp
     except ImportError as e:
         raise BackendUnavailable.missing("llama-cpp-python", "gguf", "Running llama.cpp") from e
+    _quiet_log(llama_cpp)
     return llama_cpp
+
+
+_LOG_CALLBACK: list[Any] = []  # the installed callback, kept alive while llama.cpp may call it
+
+
+def _quiet_log(llama_cpp: ModuleType) -> None:
+    """llama.cpp's warnings and errors go to the ``ffruntime.llamacpp`` logger (debug level, as the
+    callers report failures themselves); its info and debug lines (per batch, per KV copy) nowhere."""
+    if _LOG_CALLBACK:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def _forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level in (2, 3):
+            log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    _LOG_CALLBACK.append(_forward)
+    llama_cpp.llama_log_set(_forward, ctypes.c_void_p(0))
 
 
 @contextlib.contextmanager
@@ -60,9 +79,7 @@ def captured_log(min_level: int = 2) -> Iterator[list[str]]:
     try:
         yield lines
     finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
 
 
 def log_tail(lines: list[str], n: int = 5) -> str:
@@ -163,6 +180,7 @@ def context_params(
     n_seq_max: int = 1,
     embeddings: bool = False,
     pooling: int | None = None,
+    kv_unified: bool = False,
 ) -> Any:
     """``llama_context_params`` for ``settings``: threads, flash attention, sizes."""
     lc = binding()
@@ -174,6 +192,7 @@ def context_params(
     params.n_threads = settings.n_threads
     params.n_threads_batch = settings.n_threads
     params.embeddings = embeddings
+    params.kv_unified = kv_unified  # False: each sequence its own KV stream of n_ctx / n_seq_max cells
     if pooling is not None:
         params.pooling_type = pooling
     params.flash_attn_type = 1 if settings.flash_attn else 0
@@ -181,13 +200,37 @@ def context_params(
     return params
 
 
-def load_model(path: Path, settings: LoadSettings) -> Any:
-    """A ``llama_model`` pointer for ``path``, or :class:`RuntimeFailure` with llama.cpp's reason."""
+def load_model(path: Path, params: Any) -> Any:
+    """A ``llama_model`` pointer for ``path`` loaded with ``params`` (from :func:`model_params`), or
+    :class:`RuntimeFailure` with llama.cpp's reason."""
     from ffruntime.errors import RuntimeFailure
 
     lc = binding()
     with captured_log() as lines:
-        model = lc.llama_model_load_from_file(str(path).encode(), model_params(settings))
+        model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise RuntimeFailure(f"llama.cpp cannot load {path}: {log_tail(lines)}")
     return model
+
+
+def lora_adapter(model: Any, lora: Path, path: Path) -> Any:
+    """A LoRA adapter for ``model`` (the GGUF at ``path``), or :class:`RuntimeFailure` saying why not."""
+    from ffruntime.errors import RuntimeFailure
+
+    lc = binding()
+    with captured_log() as lines:
+        adapter = lc.llama_adapter_lora_init(model, str(lora).encode())
+    if not adapter:
+        raise RuntimeFailure(f"llama.cpp cannot apply the LoRA adapter {lora} to {path}: {log_tail(lines)}")
+    return adapter
+
+
+def attach_lora(ctx: Any, adapter: Any, path: Path) -> None:
+    """Use ``adapter`` (scale 1) in the context ``ctx``."""
+    from ffruntime.errors import RuntimeFailure
+
+    lc = binding()
+    adapters = (lc.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(1.0)
+    if lc.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
+        raise RuntimeFailure(f"llama.cpp refused to attach the LoRA adapter to {path}")

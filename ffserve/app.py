@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from ffserve.errors import EXCEPTION_HANDLERS
-from ffserve.metrics import Metrics
+from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
 from ffserve.routes import ollama, ollama_models, openai, ops, v2
 from ffserve.scheduler import Scheduler
@@ -32,6 +32,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         settings = settings.model_copy(update={"models": [*settings.models, folder_model]})
     metrics = Metrics()
     engine = Engine(settings, store, Scheduler(settings, store, metrics), metrics)
+    metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in engine.scheduler.loaded()]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

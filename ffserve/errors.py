@@ -68,6 +68,12 @@ class NotAvailable(ServeError):
     status, kind = 501, "not_implemented_error"
 
 
+class BadGateway(ServeError):
+    """An upstream (an OCI registry) failed or could not be reached; the message says why."""
+
+    status, kind = 502, "upstream_error"
+
+
 class InsufficientMemory(ServeError):
     status, kind = 507, "insufficient_memory_error"
 
@@ -75,6 +81,7 @@ class InsufficientMemory(ServeError):
 def error_response(
     request: Request, status: int, message: str, kind: str, headers: dict[str, str]
 ) -> Response:
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's lone surrogates
     if request.url.path.startswith("/v1/"):
         body: dict[str, object] = {"error": {"message": message, "type": kind, "code": status}}
     else:

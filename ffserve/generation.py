@@ -12,11 +12,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from starlette.requests import Request
 
-from ffruntime.runtime import Capability, Done, Event, GenerationRequest, TextRuntime, Token, model_options
+from ffruntime.runtime import (
+    Capability,
+    Done,
+    Event,
+    GenerationRequest,
+    TextRuntime,
+    Token,
+    TokenLogprob,
+    model_options,
+)
 from ffserve.errors import NotSupported
 from ffserve.metrics import Metrics
 from ffserve.scheduler import Loaded, Scheduler
@@ -26,6 +36,15 @@ T = TypeVar("T")
 
 class ClientGone(Exception):
     """The client disconnected before the answer was ready."""
+
+
+@dataclass
+class Answer:
+    """A whole generation: its text, each token's logprobs (when asked for) and how it ended."""
+
+    text: str
+    done: Done
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class Generation:
@@ -105,10 +124,15 @@ class Generation:
             raise StopAsyncIteration
         return await self._next()
 
-    async def collect(self) -> tuple[str, Done]:
-        parts = [ev.text async for ev in self if isinstance(ev, Token)]
+    async def collect(self) -> Answer:
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        async for ev in self:
+            if isinstance(ev, Token):
+                parts.append(ev.text)
+                logprobs.extend(ev.logprobs)
         assert self.done is not None
-        return "".join(parts), self.done
+        return Answer("".join(parts), self.done, logprobs)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -154,10 +178,10 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def run_to_end(request: Request, gen: Generation) -> tuple[str, Done]:
+async def run_to_end(request: Request, gen: Generation) -> Answer:
     """Start and collect a generation, stopping it if the client goes away (non-streaming answers)."""
 
-    async def work() -> tuple[str, Done]:
+    async def work() -> Answer:
         try:
             await gen.start()
             return await gen.collect()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
@@ -49,3 +53,29 @@ class Metrics:
         )
         self.loaded = Gauge("ff:models_loaded", "Models loaded", registry=r)
         self.memory = Gauge("ff:models_memory_bytes", "Memory budgeted for loaded models", registry=r)
+
+
+RUNTIME_GAUGES = frozenset({"last_batch_sequences", "max_batch_sequences", "running", "slots"})
+"""Keys of a runtime's ``stats()`` that are levels; every other key is a monotonic count."""
+
+
+class RuntimeStats(Collector):
+    """At each scrape, the ``stats()`` of every loaded runtime that has them (the llama.cpp engine:
+    decode steps, batch sizes, prefix-cache hits…) as ``ff:runtime_<key>`` by model. Counts restart
+    when a model is reloaded, which Prometheus reads as a counter reset."""
+
+    def __init__(self, runtimes: Callable[[], Iterable[tuple[str, object]]]) -> None:
+        self.runtimes = runtimes
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for name, runtime in self.runtimes():
+            stats = getattr(runtime, "stats", None)
+            if not callable(stats):
+                continue
+            for key, value in stats().items():
+                if key not in families:
+                    kind = GaugeMetricFamily if key in RUNTIME_GAUGES else CounterMetricFamily
+                    families[key] = kind(f"ff:runtime_{key}", f"runtime stats: {key}", labels=["model_name"])
+                families[key].add_metric([name], float(value))
+        yield from families.values()

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ffruntime.grammar import format_grammar
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
     ChatMessage,
     Done,
     Embeddings,
+    EmbedInput,
     EmbedRuntime,
     Format,
     GenerationRequest,
     Token,
+    TokenLogprob,
+    ToolCall,
 )
-from ffserve.errors import NotSupported
+from ffserve import logprobs, toolcalls
+from ffserve.errors import BadRequest, NotSupported
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.state import Engine, engine
 from ffserve.streaming import EventStream, ndjson
@@ -31,6 +38,7 @@ from ffserve.wire.ollama import (
     EmbedRequest,
     FormatField,
     GenerateRequest,
+    Message,
     now,
 )
 
@@ -69,24 +77,43 @@ async def _load_only(e: Engine, model: str, keep_alive: float | None, body: dict
     return JSONResponse({"model": model, "created_at": now(), **body, "done": True, "done_reason": "load"})
 
 
+def _wire_calls(calls: list[ToolCall]) -> list[dict[str, object]]:
+    return [
+        {"id": c.id, "function": {"index": i, "name": c.name, "arguments": dict(c.arguments)}}
+        for i, c in enumerate(calls)
+    ]
+
+
 async def _answer(
     request: Request, e: Engine, gen: Generation, stream: bool, shape: str, model: str
 ) -> Response:
     t0 = time.perf_counter_ns()
     was_loaded = e.scheduler.is_loaded(model)
+    want_logprobs = gen.request.logprobs
+    names = toolcalls.tool_names(gen.request.tools)
 
-    def piece(text: str) -> dict[str, object]:
+    def piece(
+        text: str, calls: list[ToolCall] | None = None, lps: Sequence[TokenLogprob] = ()
+    ) -> dict[str, object]:
+        out: dict[str, object]
         if shape == "chat":
-            return {"message": {"role": "assistant", "content": text}}
-        return {"response": text}
+            message: dict[str, object] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = _wire_calls(calls)
+            out = {"message": message}
+        else:
+            out = {"response": text}
+        if want_logprobs and lps:
+            out["logprobs"] = logprobs.ollama(lps)
+        return out
 
-    def final(done: Done, text: str) -> dict[str, object]:
+    def final(done: Done, body: dict[str, object]) -> dict[str, object]:
         load_ns = 0 if was_loaded or gen.model is None else gen.model.load_ns
         extra: dict[str, object] = {} if shape == "chat" else {"context": list(done.context)}
         return {
             "model": model,
             "created_at": now(),
-            **piece(text),
+            **body,
             "done": True,
             **extra,
             **_durations(gen, done, t0, load_ns),
@@ -94,27 +121,42 @@ async def _answer(
 
     if not stream:
         try:
-            text, done = await run_to_end(request, gen)
+            answer = await run_to_end(request, gen)
         except ClientGone:
             return GONE
-        return JSONResponse(final(done, text))
+        content, calls = toolcalls.parse(answer.text, names) if names else (answer.text, [])
+        return JSONResponse(final(answer.done, piece(content, calls, answer.logprobs)))
     try:
         await until_disconnected(request, gen.start())
     except ClientGone:
         await gen.aclose()
         return GONE
+    parser = toolcalls.StreamParser(names) if names else None
+
+    def chunk(body: dict[str, object]) -> bytes:
+        return ndjson({"model": model, "created_at": now(), **body, "done": False})
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
             async for ev in gen:
                 if isinstance(ev, Token):
-                    yield ndjson({"model": model, "created_at": now(), **piece(ev.text), "done": False})
-                else:
-                    yield ndjson(final(ev, ""))
+                    text = parser.feed(ev.text) if parser else ev.text
+                    if text or (want_logprobs and ev.logprobs):
+                        yield chunk(piece(text, None, ev.logprobs))
+                    continue
+                if parser is not None:
+                    content, calls = parser.finish()
+                    if content or calls:
+                        yield chunk(piece(content, calls))
+                yield ndjson(final(ev, piece("")))
         except Exception as exc:  # headers are sent: report in the stream, as Ollama does
             yield ndjson({"error": str(exc)})
 
     return EventStream(chunks(), gen.aclose, "application/x-ndjson")  # type: ignore[return-value]
+
+
+def _logprobs(body: GenerateRequest | ChatRequest) -> dict[str, Any]:
+    return {"logprobs": body.logprobs or body.top_logprobs > 0, "top_logprobs": body.top_logprobs}
 
 
 async def generate(request: Request) -> Response:
@@ -124,6 +166,7 @@ async def generate(request: Request) -> Response:
         return await _load_only(e, body.model, body.keep_alive, {"response": ""})
     if body.images:
         raise NotSupported("images are not supported by this model's runtime")
+    fmt = _format(body.format)
     req = GenerationRequest(
         prompt=body.prompt,
         system=body.system,
@@ -131,13 +174,22 @@ async def generate(request: Request) -> Response:
         raw=body.raw,
         suffix=body.suffix,
         context=body.context or (),
-        options=dict(body.options),
-        format=_format(body.format),
+        options=body.options.params(),
+        format=fmt,
+        grammar=format_grammar(fmt),
+        **_logprobs(body),
     )
     gen = Generation(
         e.scheduler, e.metrics, body.model, req, keep_alive=body.keep_alive, need=Capability.GENERATE
     )
     return await _answer(request, e, gen, body.stream, "generate", body.model)
+
+
+def _message(m: Message) -> ChatMessage:
+    calls = tuple(ToolCall(c.function.name, c.function.arguments, c.id or "") for c in m.tool_calls or ())
+    return ChatMessage(
+        m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name, tool_call_id=m.tool_call_id
+    )
 
 
 async def chat(request: Request) -> Response:
@@ -149,12 +201,15 @@ async def chat(request: Request) -> Response:
         )
     if any(m.images for m in body.messages):
         raise NotSupported("images are not supported by this model's runtime")
-    if body.tools:
-        raise NotSupported("tools (function calling) are not supported by ff serve yet")
+    fmt = _format(body.format)
+    tools, tool_grammar = toolcalls.plan(body.tools, body.tool_choice or body.options.tool_choice)
     req = GenerationRequest(
-        messages=[ChatMessage(m.role, m.content) for m in body.messages],
-        options=dict(body.options),
-        format=_format(body.format),
+        messages=[_message(m) for m in body.messages],
+        options=body.options.params(),
+        format=fmt,
+        grammar=tool_grammar or format_grammar(fmt),
+        tools=tools,
+        **_logprobs(body),
     )
     gen = Generation(
         e.scheduler, e.metrics, body.model, req, keep_alive=body.keep_alive, need=Capability.CHAT
@@ -162,10 +217,30 @@ async def chat(request: Request) -> Response:
     return await _answer(request, e, gen, body.stream, "chat", body.model)
 
 
+def shorten(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
+    """The first ``dimensions`` components of each vector, renormalised to unit length (Matryoshka)."""
+    if dimensions is None:
+        return vectors
+    out = []
+    for vec in vectors:
+        if dimensions > len(vec):
+            raise BadRequest(f"dimensions {dimensions} is more than the model's {len(vec)}")
+        head = vec[:dimensions]
+        norm = math.sqrt(sum(x * x for x in head))
+        out.append([x / norm for x in head] if norm > 0 else head)
+    return out
+
+
 async def embed_texts(
-    request: Request, e: Engine, model: str, texts: list[str], truncate: bool, keep_alive: float | None
+    request: Request,
+    e: Engine,
+    model: str,
+    texts: Sequence[EmbedInput],
+    truncate: bool,
+    keep_alive: float | None,
+    dimensions: int | None = None,
 ) -> tuple[Embeddings, int]:
-    """Embeddings of ``texts`` through the scheduler; shared with the OpenAI route."""
+    """Embeddings of ``texts`` (``dimensions`` long) through the scheduler; shared with the OpenAI route."""
     was_loaded = e.scheduler.is_loaded(model)
     cancel = CancelFlag()
 
@@ -176,6 +251,7 @@ async def embed_texts(
                 raise NotSupported(f"{loaded.name} does not produce embeddings")
             result = await rt.embed(texts, truncate=truncate, cancel=cancel)
             e.metrics.prompt_tokens.labels(loaded.name).inc(result.prompt_tokens)
+            result = Embeddings(shorten(result.vectors, dimensions), result.prompt_tokens)
             return result, 0 if was_loaded else loaded.load_ns
 
     try:
@@ -192,7 +268,9 @@ async def embed(request: Request) -> Response:
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     t0 = time.perf_counter_ns()
     try:
-        result, load_ns = await embed_texts(request, e, body.model, texts, body.truncate, body.keep_alive)
+        result, load_ns = await embed_texts(
+            request, e, body.model, texts, body.truncate, body.keep_alive, body.dimensions
+        )
     except ClientGone:
         return GONE
     return JSONResponse(

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ffserve import __version__
-from ffserve.errors import BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
+from ffserve.errors import BadGateway, BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
 from ffserve.models import canonical, remote_module
 from ffserve.state import Engine, engine
 from ffserve.streaming import EventStream, ndjson
@@ -206,7 +206,7 @@ async def _transfer(request: Request, push: bool) -> Response:
     def failure(exc: BaseException) -> ServeError:
         if isinstance(exc, ServeError):
             return exc
-        from registry.http import AuthError  # registry.remote (and oras) load only when used
+        from registry.http import AuthError, RegistryError  # registry.remote (and oras) load only when used
         from registry.remote import RemoteError
         from registry.signing import SignatureError
 
@@ -219,6 +219,10 @@ async def _transfer(request: Request, push: bool) -> Response:
             return ModelNotFound(message)
         if isinstance(exc, ValueError | LookupError | RemoteError):  # bad reference, no fitting variant
             return BadRequest(message)
+        import requests
+
+        if isinstance(exc, RegistryError | ArtifactError | requests.RequestException):
+            return BadGateway(message)  # an unreachable, failing or misbehaving registry
         return ServeError(message)
 
     if not body.stream:

@@ -4,24 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ffruntime.runtime import Capability, ChatMessage, Done, Format, GenerationRequest, Token
-from ffserve.errors import ModelNotFound, NotSupported
+from ffruntime.grammar import format_grammar
+from ffruntime.runtime import (
+    Capability,
+    ChatMessage,
+    Done,
+    EmbedInput,
+    Format,
+    GenerationRequest,
+    Token,
+    TokenLogprob,
+    ToolCall,
+)
+from ffserve import logprobs, toolcalls
+from ffserve.errors import BadRequest, ModelNotFound
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
 from ffserve.state import Engine, engine
 from ffserve.streaming import SSE_DONE, EventStream, sse
 from ffserve.wire import parse_body
-from ffserve.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponseFormat
+from ffserve.wire.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    NamedToolChoice,
+    ResponseFormat,
+)
 from registry.store import NotFoundError
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -43,43 +62,67 @@ def _usage(done: Done) -> dict[str, int]:
     }
 
 
+def _wire_calls(calls: list[ToolCall]) -> list[dict[str, object]]:
+    return [
+        {
+            "index": i,
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(dict(c.arguments), ensure_ascii=False)},
+        }
+        for i, c in enumerate(calls)
+    ]
+
+
 async def _respond(
     request: Request, gen: Generation, *, model: str, chat: bool, stream: bool, include_usage: bool
 ) -> Response:
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
+    want_logprobs = gen.request.logprobs
+    names = toolcalls.tool_names(gen.request.tools)
 
-    def choice(text: str | None, finish: str | None, delta: bool) -> dict[str, object]:
-        if not chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        if delta:
-            return {
-                "index": 0,
-                "delta": {} if text is None else {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        return {
-            "index": 0,
-            "message": {"role": "assistant", "content": text or ""},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
+    def lp(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, object] | None:
+        if not want_logprobs:
+            return None
+        return logprobs.chat(tokens) if chat else logprobs.completion(tokens, offset)
+
+    def finish_reason(done: Done, calls: list[ToolCall]) -> str:
+        return "tool_calls" if calls else FINISH[done.reason]
 
     if not stream:
         try:
-            text, done = await run_to_end(request, gen)
+            answer = await run_to_end(request, gen)
         except ClientGone:
             return GONE
+        if not chat:
+            choice: dict[str, object] = {
+                "index": 0,
+                "text": answer.text,
+                "logprobs": lp(answer.logprobs),
+                "finish_reason": FINISH[answer.done.reason],
+            }
+        else:
+            content, calls = toolcalls.parse(answer.text, names) if names else (answer.text, [])
+            message: dict[str, object] = {"role": "assistant", "content": content or (None if calls else "")}
+            if calls:
+                wire = _wire_calls(calls)
+                message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in wire]
+            choice = {
+                "index": 0,
+                "message": message,
+                "logprobs": lp(answer.logprobs),
+                "finish_reason": finish_reason(answer.done, calls),
+            }
         return JSONResponse(
             {
                 "id": rid,
                 "object": obj,
                 "created": created,
                 "model": model,
-                "choices": [choice(text, FINISH[done.reason], False)],
-                "usage": _usage(done),
+                "choices": [choice],
+                "usage": _usage(answer.done),
             }
         )
     try:
@@ -88,6 +131,7 @@ async def _respond(
         await gen.aclose()
         return GONE
     chunk_obj = "chat.completion.chunk" if chat else "text_completion"
+    parser = toolcalls.StreamParser(names) if names and chat else None
 
     def frame(choices: list[dict[str, object]], usage: dict[str, int] | None = None) -> bytes:
         body: dict[str, object] = {
@@ -101,15 +145,48 @@ async def _respond(
             body["usage"] = usage
         return sse(body)
 
+    def delta(d: dict[str, object], finish: str | None = None, lps: Sequence[TokenLogprob] = ()) -> bytes:
+        choice = {"index": 0, "delta": d, "logprobs": lp(lps) if lps else None, "finish_reason": finish}
+        return frame([choice])
+
     async def chunks() -> AsyncIterator[bytes]:
+        offset = 0
         try:
+            if chat:
+                yield delta({"role": "assistant", "content": ""})
             async for ev in gen:
                 if isinstance(ev, Token):
-                    yield frame([choice(ev.text, None, True)])
+                    if not chat:
+                        yield frame(
+                            [
+                                {
+                                    "index": 0,
+                                    "text": ev.text,
+                                    "logprobs": lp(ev.logprobs, offset),
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                        offset += len(ev.text)
+                        continue
+                    text = parser.feed(ev.text) if parser else ev.text
+                    if text or (want_logprobs and ev.logprobs):
+                        yield delta({"content": text}, None, ev.logprobs)
+                    continue
+                calls: list[ToolCall] = []
+                if parser is not None:
+                    content, calls = parser.finish()
+                    if content:
+                        yield delta({"content": content})
+                    if calls:
+                        yield delta({"tool_calls": _wire_calls(calls)})
+                if chat:
+                    yield delta({}, finish_reason(ev, calls))
                 else:
-                    yield frame([choice(None if chat else "", FINISH[ev.reason], True)])
-                    if include_usage:
-                        yield frame([], _usage(ev))
+                    end = {"index": 0, "text": "", "logprobs": None, "finish_reason": FINISH[ev.reason]}
+                    yield frame([end])
+                if include_usage:
+                    yield frame([], _usage(ev))
         except Exception as exc:  # headers are sent: report in the stream
             yield sse({"error": {"message": str(exc), "type": "server_error", "code": 500}})
         yield SSE_DONE
@@ -117,20 +194,44 @@ async def _respond(
     return EventStream(chunks(), gen.aclose, "text/event-stream")  # type: ignore[return-value]
 
 
+def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+    """OpenAI messages as runtime messages: ``developer`` is ``system``; a tool result is named by the
+    call it answers."""
+    names: dict[str, str] = {}
+    out: list[ChatMessage] = []
+    for i, m in enumerate(body.messages):
+        calls: list[ToolCall] = []
+        for c in m.tool_calls or ():
+            try:
+                args = json.loads(c.function.arguments) if c.function.arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise BadRequest(f"messages.{i}.tool_calls: arguments are not JSON: {exc}") from None
+            if not isinstance(args, dict):
+                raise BadRequest(f"messages.{i}.tool_calls: arguments must be a JSON object")
+            calls.append(ToolCall(c.function.name, args, c.id))
+            names[c.id] = c.function.name
+        role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
+        tool_name = (names.get(m.tool_call_id or "") or m.name) if role == "tool" else None
+        out.append(ChatMessage(role, m.text(), tuple(calls), tool_name, m.tool_call_id))
+    return out
+
+
 async def chat_completions(request: Request) -> Response:
     e = engine(request)
     body = await parse_body(request, ChatCompletionRequest)
-    if body.tools:
-        raise NotSupported("tools (function calling) are not supported by ff serve yet")
-    options = body.options()
-    if body.max_completion_tokens is not None:
-        options["num_predict"] = body.max_completion_tokens
+    fmt = _format(body.response_format)
+    choice = body.tool_choice
+    tools, tool_grammar = toolcalls.plan(
+        body.tools, choice.function.name if isinstance(choice, NamedToolChoice) else choice
+    )
     req = GenerationRequest(
-        messages=[
-            ChatMessage(m.role if m.role != "developer" else "system", m.text()) for m in body.messages
-        ],
-        options=options,
-        format=_format(body.response_format),
+        messages=_messages(body),
+        options=body.options(body.max_completion_tokens).params(),
+        format=fmt,
+        grammar=tool_grammar or format_grammar(fmt, "response_format.json_schema.schema"),
+        tools=tools,
+        logprobs=bool(body.logprobs),
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
     )
     gen = Generation(e.scheduler, e.metrics, body.model, req, keep_alive=None, need=Capability.CHAT)
     include = bool(body.stream_options and body.stream_options.include_usage)
@@ -139,11 +240,44 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
+def _inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[EmbedInput]:
+    """A string, strings, token ids, or lists of token ids: one input each."""
+    if isinstance(value, str):
+        return [value]
+    out: list[EmbedInput] = []
+    ids: list[int] = []
+    for x in value:
+        if isinstance(x, int):
+            ids.append(x)
+        else:
+            out.append(x)
+    if ids and out:
+        raise BadRequest("input: a list holds either texts, token ids or lists of token ids, not a mix")
+    return [ids] if ids else out
+
+
+def _prompt(body: CompletionRequest) -> tuple[str, list[int]]:
+    inputs = _inputs(body.prompt)
+    if all(isinstance(x, str) for x in inputs):
+        return "".join(x for x in inputs if isinstance(x, str)), []
+    if len(inputs) == 1 and not isinstance(inputs[0], str):
+        return "", list(inputs[0])
+    raise BadRequest("prompt: one prompt per request (n=1): a string, a list of strings or of token ids")
+
+
 async def completions(request: Request) -> Response:
     e = engine(request)
     body = await parse_body(request, CompletionRequest)
-    prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
-    req = GenerationRequest(prompt=prompt, raw=True, suffix=body.suffix, options=body.options())
+    prompt, ids = _prompt(body)
+    req = GenerationRequest(
+        prompt=prompt,
+        raw=True,
+        suffix=body.suffix,
+        context=ids,
+        options=body.options().params(),
+        logprobs=body.logprobs is not None,
+        top_logprobs=body.logprobs or 0,
+    )
     gen = Generation(e.scheduler, e.metrics, body.model, req, keep_alive=None, need=Capability.GENERATE)
     include = bool(body.stream_options and body.stream_options.include_usage)
     return await _respond(
@@ -154,15 +288,15 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     e = engine(request)
     body = await parse_body(request, EmbeddingRequest)
-    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    texts = _inputs(body.input)
+    if not texts:
+        raise BadRequest("input: at least one input is needed")
     try:
-        result, _ = await embed_texts(request, e, body.model, texts, True, None)
+        result, _ = await embed_texts(request, e, body.model, texts, True, None, body.dimensions)
     except ClientGone:
         return GONE
     data = []
     for i, vec in enumerate(result.vectors):
-        if body.dimensions:
-            vec = vec[: body.dimensions]
         value: object = (
             base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
             if body.encoding_format == "base64"

@@ -1,4 +1,5 @@
-"""Probes and metrics: /health/live, /health/ready (never load a model), /metrics (Prometheus)."""
+"""Probes, metrics and the API's description: /health/live, /health/ready (never load a model),
+/metrics (Prometheus), /openapi.json."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ffserve.openapi import document
 from ffserve.state import engine
 
 
@@ -27,8 +29,16 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(engine(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi(request: Request) -> Response:
+    doc = getattr(request.app.state, "openapi", None)
+    if doc is None:
+        doc = request.app.state.openapi = document(request.app.routes)
+    return JSONResponse(doc)
+
+
 ROUTES = [
     Route("/health/live", live, methods=["GET"]),
     Route("/health/ready", ready, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]

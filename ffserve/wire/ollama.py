@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from ffruntime.runtime import ParamValue
 from ffserve.settings import parse_duration
+from ffserve.wire.options import Options, OptionsField
+from ffserve.wire.tools import NAME, Tools
 
-Options = dict[str, ParamValue]
 KEEP_ALIVE_FOREVER_AFTER = 10 * 365 * 24 * 3600.0
 """A keep_alive longer than ten years means forever (and keeps expiry times representable)."""
 FormatField = Literal["", "json"] | dict[str, object] | None
+_DURATION: dict[str, object] = {
+    "anyOf": [{"type": "number"}, {"type": "string", "examples": ["5m", "1h30m", "-1"]}, {"type": "null"}]
+}
 
 
 class _Req(BaseModel):
@@ -23,7 +26,7 @@ class _Req(BaseModel):
 
 class _ModelReq(_Req):
     model: str = Field(min_length=1, max_length=512)
-    keep_alive: float | None = None
+    keep_alive: Annotated[float | None, WithJsonSchema(_DURATION)] = None
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -42,42 +45,59 @@ class _ModelReq(_Req):
         return -1.0 if v > KEEP_ALIVE_FOREVER_AFTER else v
 
 
+class FunctionCall(_Req):
+    name: str = Field(min_length=1, max_length=64, pattern=NAME.pattern)
+    arguments: dict[str, object] = Field(default_factory=dict)
+
+
+class ToolCall(_Req):
+    function: FunctionCall
+    id: str | None = Field(default=None, max_length=128)
+
+
 class Message(_Req):
     role: str = Field(min_length=1, max_length=64)
-    content: str = ""
+    content: str | None = ""
     images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = Field(default=None, max_length=64)
+    tool_call_id: str | None = Field(default=None, max_length=128)
 
 
-class GenerateRequest(_ModelReq):
+class _Generation(_ModelReq):
+    stream: bool = True
+    format: FormatField = None
+    options: OptionsField = Field(default_factory=Options)
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+
+
+class GenerateRequest(_Generation):
     prompt: str = ""
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    context: list[int] | None = None
+    context: list[int] | None = Field(default=None, max_length=1 << 20)
     raw: bool = False
-    stream: bool = True
-    format: FormatField = None
-    options: Options = Field(default_factory=dict)
     images: list[str] | None = None
 
 
-class ChatRequest(_ModelReq):
+class ChatRequest(_Generation):
     messages: list[Message] = Field(default_factory=list)
-    stream: bool = True
-    format: FormatField = None
-    options: Options = Field(default_factory=dict)
-    tools: list[dict[str, object]] | None = None
+    tools: Tools = None
+    tool_choice: str | None = Field(default=None, max_length=64, description="ff extension, as OpenAI's")
 
 
 class EmbedRequest(_ModelReq):
     input: str | list[str] = ""
     truncate: bool = True
-    options: Options = Field(default_factory=dict)
+    dimensions: int | None = Field(default=None, ge=1, le=1 << 16)
+    options: OptionsField = Field(default_factory=Options)
 
 
 class EmbeddingsRequest(_ModelReq):
     prompt: str = ""
-    options: Options = Field(default_factory=dict)
+    options: OptionsField = Field(default_factory=Options)
 
 
 class NameRequest(_Req):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ffserve.wire.options import Options, openai_options
+from ffserve.wire.tools import NAME, Tools
+
+TokenIds = list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
 
 
 class _Req(BaseModel):
@@ -12,13 +17,27 @@ class _Req(BaseModel):
 
 
 class ContentPart(_Req):
-    type: str
+    type: str = Field(max_length=64)
     text: str = ""
 
 
+class FunctionCall(_Req):
+    name: str = Field(min_length=1, max_length=64, pattern=NAME.pattern)
+    arguments: str = Field(default="{}", description="the arguments as a JSON text")
+
+
+class ToolCall(_Req):
+    id: str = Field(default="", max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Req):
-    role: str = Field(min_length=1, max_length=64)
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    name: str | None = Field(default=None, max_length=64)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=128)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -27,8 +46,9 @@ class ChatMessage(_Req):
 
 
 class JsonSchemaSpec(_Req):
-    name: str = "response"
+    name: str = Field(default="response", max_length=64)
     schema_: dict[str, object] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
 
 
 class ResponseFormat(_Req):
@@ -40,47 +60,71 @@ class StreamOptions(_Req):
     include_usage: bool = False
 
 
+class NamedFunction(_Req):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Req):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class _Sampling(_Req):
     model: str = Field(min_length=1, max_length=512)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0, le=2**31 - 1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    stop: str | list[str] | None = Field(default=None, max_length=64)
     n: int = Field(default=1, ge=1, le=1)
+    # extensions (as vLLM and llama.cpp's server take them): Ollama's samplers of the same names
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, ge=0, le=100)
 
-    def options(self) -> dict[str, float | int | list[str]]:
-        out: dict[str, float | int | list[str]] = {}
-        for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        if self.max_tokens is not None:
-            out["num_predict"] = self.max_tokens
-        if self.stop is not None:
-            out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        return out
+    def options(self, max_tokens: int | None = None) -> Options:
+        return openai_options(
+            max_tokens=self.max_tokens if max_tokens is None else max_tokens,
+            stop=self.stop,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+        )
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[dict[str, object]] | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    tools: Tools = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=0, le=2**31 - 1)
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | TokenIds | list[TokenIds]
     suffix: str | None = None
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
 
 class EmbeddingRequest(_Req):
     model: str = Field(min_length=1, max_length=512)
-    input: str | list[str]
+    input: str | list[str] | TokenIds | list[TokenIds]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=1 << 16)
+    user: str | None = None

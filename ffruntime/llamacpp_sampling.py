@@ -1,0 +1,137 @@
+"""A request's sampling options → one llama.cpp sampler chain per sequence, and token logprobs.
+
+:func:`sampling` reads the Ollama options (the Modelfile ``PARAMETER``s ∪ the request's), rejecting a
+wrong type as a 400; :class:`Sampler` owns the ``llama_sampler`` chain (grammar, penalties,
+top-k/typical/top-p/min-p, temperature, mirostat, seeded distribution, or greedy at temperature 0)
+that llama.cpp samples each step with.
+
+The defaults are llama-cpp-python's (what this server used before this engine), so a request without
+options samples as it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ffruntime.llamacpp_lib import binding, captured_log, log_tail
+from ffruntime.runtime import ParamValue, RequestRejected
+
+_DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int = -1
+    num_predict: int = -1  # < 0: until an end-of-generation token, a stop string or the context is full
+    num_ctx: int = 0  # 0: the loaded context per sequence
+
+
+_INTS = {"top_k", "repeat_last_n", "mirostat", "seed", "num_predict", "num_ctx"}
+
+
+def sampling(options: Mapping[str, ParamValue]) -> Sampling:
+    """The sampling fields of ``options`` (other options are left to other readers)."""
+    values: dict[str, Any] = {}
+    for key in Sampling.__dataclass_fields__:
+        if key not in options:
+            continue
+        value = options[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not np.isfinite(float(value)) or (key in _INTS and value != int(value)):  # type: ignore[arg-type]
+            raise RequestRejected(f"option {key} must be {'an integer' if key in _INTS else 'a number'}")
+        values[key] = int(value) if key in _INTS else float(value)  # type: ignore[arg-type]
+    s = Sampling(**values)
+    if s.mirostat not in (0, 1, 2):
+        raise RequestRejected("option mirostat must be 0, 1 or 2")
+    if s.num_ctx < 0:
+        raise RequestRejected("option num_ctx must not be negative")
+    return s
+
+
+class Sampler:
+    """A ``llama_sampler`` chain; :meth:`sample` picks (and accepts) the token of one batch output."""
+
+    def __init__(self, vocab: Any, n_vocab: int, s: Sampling, grammar: str | None) -> None:
+        lc = binding()
+        self._lc = lc
+        self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        try:
+            if grammar:
+                with captured_log() as log:
+                    g = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+                if not g:
+                    raise RequestRejected(f"invalid grammar: {log_tail(log)}")
+                self._add(g)
+            if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+                last_n = s.repeat_last_n if s.repeat_last_n >= 0 else 2**31 - 1
+                self._add(lc.llama_sampler_init_penalties(
+                    n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                ))
+            seed = s.seed if s.seed >= 0 else _DEFAULT_SEED
+            if s.temperature <= 0:
+                self._add(lc.llama_sampler_init_greedy())
+            elif s.mirostat == 1:
+                self._add(lc.llama_sampler_init_temp(s.temperature))
+                self._add(lc.llama_sampler_init_mirostat(n_vocab, seed, s.mirostat_tau, s.mirostat_eta, 100))
+            elif s.mirostat == 2:
+                self._add(lc.llama_sampler_init_temp(s.temperature))
+                self._add(lc.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta))
+            else:
+                if s.top_k > 0:
+                    self._add(lc.llama_sampler_init_top_k(s.top_k))
+                if s.typical_p < 1.0:
+                    self._add(lc.llama_sampler_init_typical(s.typical_p, 1))
+                if s.top_p < 1.0:
+                    self._add(lc.llama_sampler_init_top_p(s.top_p, 1))
+                if s.min_p > 0.0:
+                    self._add(lc.llama_sampler_init_min_p(s.min_p, 1))
+                self._add(lc.llama_sampler_init_temp(s.temperature))
+                self._add(lc.llama_sampler_init_dist(seed))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, smpl: Any) -> None:
+        self._lc.llama_sampler_chain_add(self.chain, smpl)  # the chain owns it from now on
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        return int(self._lc.llama_sampler_sample(self.chain, ctx, idx))
+
+    def close(self) -> None:
+        if self.chain:
+            self._lc.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    x = logits.astype(np.float64)
+    x -= x.max()
+    out: npt.NDArray[np.float64] = x - np.log(np.exp(x).sum())
+    return out
+
+
+def top_alternatives(logp: npt.NDArray[np.float64], n: int) -> list[tuple[int, float]]:
+    """The ``n`` likeliest tokens, most likely first (ties by token id)."""
+    if n <= 0:
+        return []
+    n = min(n, logp.shape[0])
+    idx = np.argpartition(-logp, n - 1)[:n]
+    order = sorted(idx.tolist(), key=lambda i: (-logp[i], i))
+    return [(int(i), float(logp[i])) for i in order]
