@@ -170,7 +170,7 @@ def test_server_pulls_obey_the_signature_policy(
 ) -> None:
     """The server's own pulls (/api/pull, and pull-on-demand with FF_PULL=1) verify FF_VERIFY_KEY too:
     a model signed by another key is a 403 with nothing stored; the right key pulls and answers."""
-    from tests.ffserve.conftest import start_server
+    from tests.ffserve.serve_testkit import start_server
 
     ref, pub, other = signed_model
     env = {k: v for k, v in pod_env.items() if k.startswith(("FF_REGISTRY_", "FF_REQUIRE"))}

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from registry.store import Store
-from tests.ffserve.conftest import ROOT, Server, start_server
+from tests.ffserve.serve_testkit import ROOT, Server, start_server
 
 pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of France?"

@@ -26,7 +26,7 @@ from ffruntime.runtime import (
 from ffruntime.settings import LoadSettings
 from registry.artifact import ModelFiles, VariantRef, open_variant, variants_of
 from registry.store import Store
-from tests.ffserve.conftest import add_model
+from tests.models import add_model
 
 PROMPTS = [
     "What is the capital of France?",

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_testkit import Server, start_server
 
 from registry.store import Store
+from tests.ffserve.serve_testkit import Server, start_server
 from tests.models import add_model
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_testkit import ROOT, Server
+
+from tests.ffserve.serve_testkit import ROOT, Server
 
 PROMPT = "Name three colours of the rainbow."
 

@@ -13,7 +13,8 @@ import jsonschema
 import ollama
 import openai
 import pytest
-from conftest import Server, free_port
+
+from tests.ffserve.serve_testkit import Server, free_port
 
 PERSON = {
     "type": "object",

@@ -12,7 +12,8 @@ import httpx
 import ollama
 import openai
 import pytest
-from serve_testkit import Server
+
+from tests.ffserve.serve_testkit import Server
 
 QUESTION = "What is the capital of France?"
 

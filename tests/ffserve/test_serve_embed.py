@@ -11,9 +11,9 @@ import httpx
 import ollama
 import openai
 import pytest
-from serve_testkit import CACHE, Server
 
 from registry.store import Store
+from tests.ffserve.serve_testkit import CACHE, Server
 from tests.models import add_model
 
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply."]

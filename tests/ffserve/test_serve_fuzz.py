@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import Server, add_model, start_server
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -28,6 +27,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from registry.store import Store
+from tests.ffserve.serve_testkit import Server, start_server
+from tests.models import add_model
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
 MODEL_ROUTES = {

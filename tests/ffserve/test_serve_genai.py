@@ -14,7 +14,7 @@ import pytest
 
 from registry.artifact import variants_of
 from registry.store import Store
-from tests.ffserve.conftest import Server, start_server
+from tests.ffserve.serve_testkit import Server, start_server
 from tests.genai_home import TAG, build_multi
 
 QUESTION = "What is the capital of France?"

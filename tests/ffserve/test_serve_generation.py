@@ -14,9 +14,10 @@ import jsonschema
 import ollama
 import openai
 import pytest
-from conftest import Server, add_model, start_server
 
 from registry.store import Store
+from tests.ffserve.serve_testkit import Server, start_server
+from tests.models import add_model
 
 STORY = "Write a long story about a dragon."
 LONG = "Write a story about a dragon in about 200 words."

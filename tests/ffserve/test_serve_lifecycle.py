@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
-from serve_testkit import ROOT, Server, free_port
+
+from tests.ffserve.serve_testkit import ROOT, Server, free_port
 
 
 def test_sigterm_drains_the_stream_in_flight(ff_home: Path, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import contextlib
 import time
 
 import httpx
-from serve_testkit import Server
+
+from tests.ffserve.serve_testkit import Server
 
 LONG = {"model": "smollm2", "prompt": "Once upon a time", "raw": True,
         "options": {"num_predict": 4000, "temperature": 1.0, "seed": 7}}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_testkit import ROOT, Server, start_server
 from starlette.routing import Route
 
 from ffserve.app import create_app
 from ffserve.settings import Settings
+from tests.ffserve.serve_testkit import ROOT, Server, start_server
 
 KEY = "s3cret-key"
 

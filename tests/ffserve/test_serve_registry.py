@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from serve_testkit import ROOT, Server, start_server
+
+from tests.ffserve.serve_testkit import ROOT, Server, start_server
 
 sys.path.insert(0, str(ROOT / "tests" / "registry"))
 from remote_testkit import RegistryServer, ollama_manifest, push_raw, start_registry, stop_registry

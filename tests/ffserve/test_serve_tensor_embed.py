@@ -16,8 +16,9 @@ import ollama
 import openai
 import pytest
 import tritonclient.http as triton
-from serve_testkit import ROOT, Server, start_server
 from tensor_models import build_minilm_all, ff_build, prepare_home
+
+from tests.ffserve.serve_testkit import ROOT, Server, start_server
 
 SENTENCES = [
     "A man is eating food.",

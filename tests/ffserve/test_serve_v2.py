@@ -10,9 +10,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_testkit import Server, start_server
 from tensor_models import DTYPES, dtypes_model, iris_model, prepare_home
 from tritonclient.utils import InferenceServerException
+
+from tests.ffserve.serve_testkit import Server, start_server
 
 
 @pytest.fixture(scope="module")
