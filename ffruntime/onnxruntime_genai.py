@@ -209,12 +209,21 @@ class GenAIRuntime:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # --- requests -------------------------------------------------------------------------------------
+    @staticmethod
+    def _grammar_of_format(request: GenerationRequest) -> bool:
+        """Whether ``request.grammar`` is only the server's GBNF form of ``request.format`` (GenAI then
+        uses the format itself, through its JSON-schema guidance)."""
+        from ffruntime.grammar import format_grammar
+
+        return request.format is not None and request.grammar == format_grammar(request.format)
+
     def _plan(self, request: GenerationRequest) -> _Plan:
         if request.suffix:
             raise RequestRejected("suffix (fill-in-the-middle) is not available on ONNX Runtime GenAI")
-        if request.grammar is not None:
+        if request.grammar is not None and not self._grammar_of_format(request):
             raise RequestRejected(
-                "GBNF grammars are llama.cpp's; ONNX Runtime GenAI variants take format (a JSON schema)"
+                "GBNF grammars (e.g. a forced tool call) are llama.cpp's; ONNX Runtime GenAI variants take "
+                "format (a JSON schema)"
             )
         if request.logprobs:
             raise RequestRejected("logprobs are not available on ONNX Runtime GenAI variants")

@@ -19,6 +19,7 @@ from ffserve import __version__
 from ffserve.wire import ollama as ow
 from ffserve.wire import openai as aw
 from ffserve.wire import responses as rw
+from ffserve.wire import v2 as v2w
 
 NDJSON, SSE, JSON, TEXT = "application/x-ndjson", "text/event-stream", "application/json", "text/plain"
 
@@ -63,6 +64,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/health/live", "GET"): Operation("Liveness probe", answer=rw.Health),
     ("/health/ready", "GET"): Operation(
         "Readiness probe (503 until the FF_MODELS are loaded)", answer=rw.Health
+    ),
+    ("/v2", "GET"): Operation("Open Inference Protocol v2: server metadata"),
+    ("/v2/health/live", "GET"): Operation("OIP v2 liveness (no API key needed)"),
+    ("/v2/health/ready", "GET"): Operation("OIP v2 readiness (no API key needed)"),
+    ("/v2/models/{rest}", "GET"): Operation(
+        "OIP v2 model metadata ({m}, {m}/versions/{v}) and readiness ({m}/ready)"
+    ),
+    ("/v2/models/{rest}", "POST"): Operation(
+        "OIP v2 inference ({m}/infer): JSON tensors, or the binary tensor extension", v2w.InferRequest
     ),
     ("/metrics", "GET"): Operation("Prometheus metrics", text=True),
     ("/openapi.json", "GET"): Operation("This document"),

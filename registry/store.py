@@ -244,10 +244,17 @@ class Store:
             tmp.unlink(missing_ok=True)
 
     def add_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store ``data`` as a blob (written in ``ingest/`` under a temp name, so a killed writer
+        leaves nothing among the blobs and :meth:`clean_ingest` removes what it left)."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         final = self.blob_path(digest)
         if not final.exists():
-            atomic_write_bytes(final, data)
+            tmp = self.temp_file("bytes")
+            try:
+                tmp.write_bytes(data)
+                self.commit_file(tmp, digest, len(data))
+            finally:
+                tmp.unlink(missing_ok=True)
         return digest, len(data)
 
     def add_stream(

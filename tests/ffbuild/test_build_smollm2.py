@@ -196,7 +196,7 @@ def test_verify_policy_failure_fails_the_build(
         home=home,
         check=False,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 3  # ffcli.exitcodes: a VERIFY threshold failed
     assert "verify failed" in proc.stderr and "q4_k_m-cpu" in proc.stderr and "min_agreement" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "strict:latest" not in {n for n, _ in Store(home / "store").tags()}
