@@ -26,6 +26,7 @@ from ffruntime.llamacpp_lib import (
     binding,
     captured_log,
     context_params,
+    free_handles,
     load_model,
     log_tail,
     lora_adapter,
@@ -67,17 +68,8 @@ class _Loaded:
     n_ctx_seq: int = 0
 
     def free(self) -> None:
-        lc = binding()
-        with captured_log():
-            if self.ctx:
-                lc.llama_free(self.ctx)
-                self.ctx = None
-            if self.lora:
-                lc.llama_adapter_lora_free(self.lora)
-                self.lora = None
-            if self.model:
-                lc.llama_model_free(self.model)
-                self.model = None
+        free_handles(self.ctx, self.lora, self.model)
+        self.ctx = self.lora = self.model = None
 
 
 class LlamaCppRuntime:

@@ -27,6 +27,7 @@ from ffruntime.llamacpp_lib import (
     binding,
     captured_log,
     context_params,
+    free_handles,
     load_model,
     log_tail,
     lora_adapter,
@@ -105,17 +106,8 @@ class LlamaEval:
         self.close()
 
     def close(self) -> None:
-        lc = self.lc
-        with captured_log():  # llama.cpp reports its freed buffers on stderr otherwise
-            if self._ctx:
-                lc.llama_free(self._ctx)
-                self._ctx = None
-            if self._lora:
-                lc.llama_adapter_lora_free(self._lora)
-                self._lora = None
-            if self._model:
-                lc.llama_model_free(self._model)
-                self._model = None
+        free_handles(self._ctx, self._lora, self._model)
+        self._ctx = self._lora = self._model = None
 
     # -- vocabulary (see :class:`~ffruntime.llamacpp_vocab.Vocab`) ----------------------------
     def meta(self, key: str) -> str | None:

@@ -234,3 +234,16 @@ def attach_lora(ctx: Any, adapter: Any, path: Path) -> None:
     scales = (ctypes.c_float * 1)(1.0)
     if lc.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
         raise RuntimeFailure(f"llama.cpp refused to attach the LoRA adapter to {path}")
+
+
+def free_handles(ctx: Any, lora: Any, model: Any) -> None:
+    """Free a context, a LoRA adapter and a model (any may be null), in that order, quietly
+    (llama.cpp reports its freed buffers on stderr otherwise)."""
+    lc = binding()
+    with captured_log():
+        if ctx:
+            lc.llama_free(ctx)
+        if lora:
+            lc.llama_adapter_lora_free(lora)
+        if model:
+            lc.llama_model_free(model)
