@@ -38,7 +38,7 @@ from registry.oci import (
 )
 from registry.smallblobs import fetch_bytes, upload_bytes
 from registry.store import Store
-from registry.transfer import get_manifest, put_manifest, sha256_digest
+from registry.transfer import find_manifest, get_manifest, put_manifest, sha256_digest
 
 SPDX_JSON = "application/spdx+json"
 ANN_REVISION = "org.opencontainers.image.revision"
@@ -291,13 +291,10 @@ def attach(client: RegistryClient, repo: str, subject: Descriptor, sbom: bytes, 
 
 
 def _tag_index(client: RegistryClient, repo: str, tag: str) -> list[dict[str, object]]:
-    try:
-        data, _, _ = get_manifest(client, repo, tag)
-    except RegistryError as exc:
-        if "HTTP 404" in str(exc) or "MANIFEST_UNKNOWN" in str(exc):
-            return []
-        raise
-    doc = parse_manifest(data)
+    found = find_manifest(client, repo, tag)
+    if found is None:
+        return []
+    doc = parse_manifest(found[0])
     if not isinstance(doc, Index):
         raise SBOMError(f"{repo}:{tag} is not a referrers index; refusing to overwrite it")
     return [d.wire() for d in doc.manifests]

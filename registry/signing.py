@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from registry.http import RegistryClient, RegistryError
 from registry.oci import OCI_MANIFEST, canonical_json
 from registry.smallblobs import fetch_bytes, upload_bytes
-from registry.transfer import get_manifest, put_manifest, sha256_digest
+from registry.transfer import find_manifest, put_manifest, sha256_digest
 
 SIMPLESIGNING: str = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION: str = "dev.cosignproject.cosign/signature"
@@ -176,14 +176,11 @@ def _config_blob(layer_digests: list[str]) -> bytes:
 
 
 def _existing_layers(client: RegistryClient, repo: str, tag: str) -> list[dict[str, object]]:
+    found = find_manifest(client, repo, tag)
+    if found is None:
+        return []
     try:
-        data, _, _ = get_manifest(client, repo, tag)
-    except RegistryError as exc:
-        if "HTTP 404" in str(exc) or "MANIFEST_UNKNOWN" in str(exc):
-            return []
-        raise
-    try:
-        layers = json.loads(data).get("layers")
+        layers = json.loads(found[0]).get("layers")
     except (ValueError, AttributeError):
         return []
     return [d for d in layers if isinstance(d, dict)] if isinstance(layers, list) else []

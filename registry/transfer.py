@@ -73,9 +73,21 @@ def sha256_digest(data: bytes) -> str:
 
 def get_manifest(client: RegistryClient, repo: str, reference: str) -> tuple[bytes, str, str]:
     """Fetch a manifest or index by tag or digest; return (bytes, media type, verified digest)."""
+    found = find_manifest(client, repo, reference, missing_ok=False)
+    assert found is not None
+    return found
+
+
+def find_manifest(
+    client: RegistryClient, repo: str, reference: str, *, missing_ok: bool = True
+) -> tuple[bytes, str, str] | None:
+    """:func:`get_manifest`, or ``None`` when the registry answers 404 (and ``missing_ok``)."""
     resp = client.do_request(
         client.url(f"/v2/{repo}/manifests/{reference}"), "GET", headers={"Accept": ACCEPT}, stream=True
     )
+    if missing_ok and resp.status_code == 404:
+        resp.close()
+        return None
     client.check(resp, 200, what=f"GET manifest {repo}:{reference}")
     data = client.read_bounded(resp, MAX_MANIFEST_BYTES)
     digest = sha256_digest(data)
