@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import sys
@@ -59,33 +60,45 @@ def _options(temperature: float | None, seed: int | None, max_tokens: int | None
     return opts
 
 
-def _post(url: str, path: str, body: dict[str, object]) -> object:
+class _Refused(Exception):
+    """The server answered with an HTTP error: its status and the ``error`` text."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def _post(url: str, path: str, body: dict[str, object]) -> http.client.HTTPResponse:
     req = urllib.request.Request(
         f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        return urllib.request.urlopen(req, timeout=600)
+        resp: http.client.HTTPResponse = urllib.request.urlopen(req, timeout=600)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
         with contextlib.suppress(json.JSONDecodeError, AttributeError):
             detail = str(json.loads(detail).get("error", detail))
-        return (exc.code, detail)
+        raise _Refused(exc.code, detail) from None
+    return resp
 
 
 def stream_server(url: str, model: str, prompt: str, options: dict[str, object]) -> Iterator[str]:
     """The server's chat answer (its generate answer for a model without chat), streamed."""
     common = {"model": model, "stream": True, "options": options}
     try:
-        resp = _post(url, "/api/chat", {**common, "messages": [{"role": "user", "content": prompt}]})
-        if isinstance(resp, tuple) and resp[0] == 400 and "does not support chat" in resp[1]:
+        try:
+            resp = _post(url, "/api/chat", {**common, "messages": [{"role": "user", "content": prompt}]})
+        except _Refused as exc:
+            if exc.status != 400 or "does not support chat" not in exc.detail:
+                raise
             resp = _post(url, "/api/generate", {**common, "prompt": prompt})
+    except _Refused as exc:
+        raise click.ClickException(f"the server at {url} answered {exc.status}: {exc.detail}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach the server at {url}: {exc}") from None
-    if isinstance(resp, tuple):
-        raise click.ClickException(f"the server at {url} answered {resp[0]}: {resp[1]}")
     try:
-        with resp:  # type: ignore[attr-defined]
-            for line in resp:  # type: ignore[attr-defined]
+        with resp:
+            for line in resp:
                 if not line.strip():
                     continue
                 msg = json.loads(line)
