@@ -88,6 +88,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+def id_runs(ids: set[int]) -> int:
+    """Runs of consecutive integers in ``ids``: {0, 1, 3} has two."""
+    return sum(1 for i in ids if i - 1 not in ids)
+
+
+def pick_slot(free: list[_Slot], busy: set[int], tokens: list[int]) -> _Slot:
+    """The free slot for a new sequence: one whose cached prefix is worth keeping, else the one that leaves
+    the running sequences in the fewest runs of consecutive ids (llama.cpp decodes each run as its own
+    forward pass), else the least recently used (its cache is the least likely to be wanted)."""
+
+    def worth(s: _Slot) -> tuple[int, int, float]:
+        own = common_prefix(s.cached, tokens)
+        return (own if own >= MIN_SHARED else 0, -id_runs(busy | {s.seq_id}), -s.last_used)
+
+    return max(free, key=worth)
+
+
 @dataclass
 class Stats:
     """Counters since load (the server exports them as metrics)."""
@@ -228,22 +245,27 @@ class Engine:
                     self._fail(seq, exc)
 
     def _plan(self) -> list[tuple[_Seq, int, int]]:
-        """(sequence, tokens to decode now, batch index of its logits or -1) for this step."""
-        entries: list[tuple[_Seq, int, int]] = []
+        """(sequence, tokens to decode now, batch index of its logits or -1) for this step, in sequence id
+        order: llama.cpp splits a batch over per-sequence KV streams into one forward pass per run of
+        consecutive ids in increasing order (``split_equal``), so any other order costs extra passes."""
+        picked: list[tuple[_Seq, int]] = []
         budget = self.n_batch
         generating = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         reading = [s for s in self._active if len(s.tokens) - s.n_past > 1]
-        pos = 0
         for seq, held in [*((s, 0) for s in generating), *((s, 1) for s in reading)]:
             # A prompt is read up to its last token, which is then decoded alone, as after a reused
             # prefix: the logits of a sequence never depend on how much of its prompt was cached.
             n = min(len(seq.tokens) - seq.n_past - held, budget, self.chunk)
             if n <= 0:
                 break
-            last = seq.n_past + n == len(seq.tokens)
-            pos += n
-            entries.append((seq, n, pos - 1 if last else -1))
+            picked.append((seq, n))
             budget -= n
+        picked.sort(key=lambda e: e[0].slot.seq_id if e[0].slot is not None else -1)
+        entries: list[tuple[_Seq, int, int]] = []
+        pos = 0
+        for seq, n in picked:
+            pos += n
+            entries.append((seq, n, pos - 1 if seq.n_past + n == len(seq.tokens) else -1))
         return entries
 
     def _decode(self, batch: Any, entries: list[tuple[_Seq, int, int]]) -> tuple[int, str]:
@@ -275,7 +297,7 @@ class Engine:
     # --- sequences -----------------------------------------------------------------------------------
     def _admit(self, seq: _Seq, free: list[_Slot]) -> None:
         tokens = seq.tokens
-        slot = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
+        slot = pick_slot(free, {s.seq_id for s in self.slots if s.seq is not None}, tokens)
         own = common_prefix(slot.cached, tokens)
         donor, shared = None, own
         for other in self.slots:

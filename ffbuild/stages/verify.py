@@ -17,6 +17,7 @@ models are never loaded at once and a build with many variants evaluates its ref
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import time
@@ -137,10 +138,27 @@ def _sample(m: LlamaEval, info: GGUFInfo, prompt: str, report: VerifyReport) -> 
     report.sample = m.detokenize(m.generate(tokens, SAMPLE_TOKENS)).strip()
 
 
-@functools.lru_cache(maxsize=16)
+_TextKey = tuple[Path, int, int, str, int | None]  # file (path, size, mtime), text, threads
+_TEXT_EVALS: collections.OrderedDict[_TextKey, _TextEval] = collections.OrderedDict()
+
+
+def _remember_text(key: _TextKey, result: _TextEval) -> None:
+    _TEXT_EVALS[key] = result
+    _TEXT_EVALS.move_to_end(key)
+    while len(_TEXT_EVALS) > 16:
+        _TEXT_EVALS.popitem(last=False)
+
+
 def _reference_text(path: Path, size: int, mtime_ns: int, text: str, threads: int | None) -> _TextEval:
+    """The pass over ``text`` of a file, from the cache when the file was verified or used as a reference
+    already (a build verifies its f16 first, then measures every quantization against it)."""
+    key = (path, size, mtime_ns, text, threads)
+    if (hit := _TEXT_EVALS.get(key)) is not None:
+        return hit
     with LlamaEval(path, threads=threads) as m:
-        return _eval_text(m, text)
+        result = _eval_text(m, text)
+    _remember_text(key, result)
+    return result
 
 
 @functools.lru_cache(maxsize=16)
@@ -208,6 +226,8 @@ def _verify_text(
     with LlamaEval(path, lora=lora, threads=threads) as m:
         report.loads = True
         own = _eval_text(m, text)
+        if lora is None:  # the same pass this file would give as another variant's reference
+            _remember_text((*_file_key(path), text, threads), own)
         report.prompt = prompt
         _sample(m, info, prompt, report)
     report.perplexity = round(own.perplexity, 4)

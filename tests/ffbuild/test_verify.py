@@ -110,3 +110,24 @@ def test_logits_are_one_pass_and_match_step_by_step(smollm2_f16: Path) -> None:
         whole = m.logits(tokens)
         steps = np.stack([m.logits(tokens[: i + 1])[-1] for i in range(len(tokens))])
     assert np.abs(whole - steps).max() < 1e-2 * np.abs(steps).max()
+
+
+@pytest.mark.slow
+def test_a_verified_file_is_not_evaluated_again_as_the_reference(
+    smollm2_f16: Path, smollm2_q8_0: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ffbuild.stages.verify as verify
+
+    opened: list[Path] = []
+
+    class Counting(LlamaEval):
+        def __init__(self, path: Path, **kw: object) -> None:
+            opened.append(Path(path))
+            super().__init__(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify, "LlamaEval", Counting)
+    text = "A short text that no other test verifies, so the cache starts without it."
+    f16 = verify_gguf(smollm2_f16, text=text)
+    q8 = verify_gguf(smollm2_q8_0, reference=smollm2_f16, text=text)
+    assert opened == [smollm2_f16, smollm2_q8_0]  # the f16's own pass served as the reference
+    assert q8.reference_perplexity == f16.perplexity and q8.agreement is not None
