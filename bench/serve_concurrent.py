@@ -180,7 +180,8 @@ def run_concurrent(gguf: Path, threads: int, tokens: int, rounds: int, policy: s
                 proc.wait(timeout=60)
     print(f"model {gguf.name}, threads {threads}, {parallel} slots × {NUM_CTX} ctx, "
           f"OMP_WAIT_POLICY={policy}, "
-          f"{tokens} tokens per stream, {rounds} paired rounds (medians); llama-server {VERSION} with "
+          + (f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}, " if "GOMP_SPINCOUNT" in os.environ else "")
+          + f"{tokens} tokens per stream, {rounds} paired rounds (medians); llama-server {VERSION} with "
           + " ".join(library_flags()))
     for streams in STREAMS:
         ff, ls = rows[("ff", streams)], rows[("ls", streams)]

@@ -29,6 +29,8 @@ class LoadSettings:
     """How to load one variant.
 
     - ``threads``: compute threads (0: :func:`default_threads`).
+    - ``threads_batch``: llama.cpp's threads for batches of more than one token (0: ``threads``); the
+      verify stage reads its text on every core, as nothing else runs beside a build.
     - ``num_ctx``: context length per sequence (text models).
     - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime).
     - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
@@ -39,6 +41,7 @@ class LoadSettings:
     """
 
     threads: int = 0
+    threads_batch: int = 0
     num_ctx: int = 2048
     num_parallel: int = 1
     device: str = "cpu"
@@ -49,6 +52,10 @@ class LoadSettings:
     @property
     def n_threads(self) -> int:
         return self.threads if self.threads > 0 else default_threads()
+
+    @property
+    def n_threads_batch(self) -> int:
+        return self.threads_batch if self.threads_batch > 0 else self.n_threads
 
     def with_(self, **changes: object) -> LoadSettings:
         return replace(self, **changes)  # type: ignore[arg-type]

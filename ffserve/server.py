@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
+from ffruntime.llamacpp_lib import prepare_openmp
 from ffserve.settings import Settings
-
-DEFAULT_WAIT_POLICY = "PASSIVE"
-"""llama.cpp's OpenMP threads sleep instead of spinning between steps (docs/serving.md has the numbers)."""
 
 
 def prepare_environment() -> None:
     """Set what llama.cpp's OpenMP runtime reads once, before llama_cpp is first imported."""
-    if "llama_cpp" in sys.modules:
+    if not prepare_openmp():
         logging.getLogger("ffserve").warning("llama_cpp was imported before ff serve set OMP_WAIT_POLICY")
-    os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_WAIT_POLICY)
 
 
 def serve(settings: Settings) -> None:

@@ -103,6 +103,9 @@ class GGUFHeader:
     file_size: int
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     def __init__(self, buf: mmap.mmap, path: Path) -> None:
         self.buf = buf
@@ -168,9 +171,17 @@ class _Cursor:
         return self.unpack(fmt)
 
     def skip_array(self, etype: GGUFValueType, n: int) -> None:
-        if etype == GGUFValueType.STRING:
+        if etype == GGUFValueType.STRING:  # a vocabulary: ~100k strings, in one tight loop
+            buf, pos, end, length = self.buf, self.pos, len(self.buf), _U64.unpack_from
             for _ in range(n):
-                self.skip_string()
+                if pos + 8 > end:
+                    self.pos = pos
+                    raise self.fail("truncated")
+                pos += 8 + length(buf, pos)[0]
+                if pos > end:
+                    self.pos = pos
+                    raise self.fail("truncated string")
+            self.pos = pos
             return
         size = struct.calcsize(_SCALAR[etype]) * n
         if self.pos + size > len(self.buf):

@@ -31,7 +31,7 @@ from ffbuild.stages.errors import StageError, VerifyError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp_eval import FloatArray, LlamaEval
-from ffruntime.settings import default_threads
+from ffruntime.settings import LoadSettings, available_cores, default_threads
 
 DEFAULT_TEXT = (
     "The river rises in the hills to the north of the town and runs south through a wide valley of farms "
@@ -56,10 +56,21 @@ SAMPLE_TOKENS = 32
 
 
 def verify_threads() -> int:
-    """The server's thread count (:func:`ffruntime.settings.default_threads`), so verify measures what is
-    served. Measured on a 2-core machine with one other busy process, SmolLM2's 120-token pass took
-    1.3 s on 1 thread and 3.5 s on 2 (llama.cpp's spinning threads collapse under contention)."""
+    """The server's thread count (:func:`ffruntime.settings.default_threads`) for decoding one token at a
+    time (the sample). Measured on a 2-core machine with one other busy process, SmolLM2's 120-token pass
+    took 1.3 s on 1 thread and 3.5 s on 2 spinning ones (they collapse under contention)."""
     return default_threads()
+
+
+def eval_settings(threads: int | None) -> LoadSettings:
+    """How verify loads a model: ``threads`` for everything when given; else the server's thread count
+    for single tokens and every core for the text pass and prompts (nothing else runs beside a build;
+    the threads sleep at barriers, ``ffruntime.llamacpp_lib.WAIT_POLICY``). Three SmolLM2 variants,
+    2 cores: 4.47 s on 1 thread, 3.68 s so, and the same 4.6 s either way beside a busy process
+    (docs/benchmarks.md). The figures do not depend on the thread count."""
+    if threads is not None:
+        return LoadSettings(threads=threads, threads_batch=threads)
+    return LoadSettings(threads=verify_threads(), threads_batch=available_cores())
 
 
 class VerifyReport(BaseModel):
@@ -155,7 +166,7 @@ def _reference_text(path: Path, size: int, mtime_ns: int, text: str, threads: in
     key = (path, size, mtime_ns, text, threads)
     if (hit := _TEXT_EVALS.get(key)) is not None:
         return hit
-    with LlamaEval(path, threads=threads) as m:
+    with LlamaEval(path, settings=eval_settings(threads)) as m:
         result = _eval_text(m, text)
     _remember_text(key, result)
     return result
@@ -165,7 +176,7 @@ def _reference_text(path: Path, size: int, mtime_ns: int, text: str, threads: in
 def _reference_embeddings(
     path: Path, size: int, mtime_ns: int, threads: int | None
 ) -> tuple[FloatArray, ...]:
-    with LlamaEval(path, embedding=True, threads=threads) as m:
+    with LlamaEval(path, embedding=True, settings=eval_settings(threads)) as m:
         return tuple(m.embed(s) for s in EMBED_SENTENCES)
 
 
@@ -186,7 +197,6 @@ def verify_gguf(
     """Load ``path`` in llama.cpp and measure it (see the module doc); never raises for a bad model:
     a model that does not load gives ``loads=False`` and the reason in ``error``."""
     start = time.perf_counter()
-    threads = threads if threads is not None else verify_threads()
     try:
         info = read_gguf_info(path)
     except StageError as e:
@@ -223,7 +233,7 @@ def _verify_text(
     report: VerifyReport,
 ) -> None:
     ref = _reference_text(*_file_key(reference), text, threads) if reference is not None else None
-    with LlamaEval(path, lora=lora, threads=threads) as m:
+    with LlamaEval(path, lora=lora, settings=eval_settings(threads)) as m:
         report.loads = True
         own = _eval_text(m, text)
         if lora is None:  # the same pass this file would give as another variant's reference
@@ -246,7 +256,7 @@ def _verify_embedding(
     path: Path, reference: Path | None, lora: Path | None, threads: int | None, report: VerifyReport
 ) -> None:
     ref = _reference_embeddings(*_file_key(reference), threads) if reference is not None else None
-    with LlamaEval(path, embedding=True, lora=lora, threads=threads) as m:
+    with LlamaEval(path, embedding=True, lora=lora, settings=eval_settings(threads)) as m:
         report.loads = True
         own = [m.embed(s) for s in EMBED_SENTENCES]
     report.tokens_evaluated = len(own)
@@ -268,9 +278,10 @@ def reference_text(path: Path, text: str, threads: int | None) -> TextEval:
 
 def text_eval(tokens: list[int], logits: FloatArray) -> TextEval:
     """Greedy next tokens and perplexity from per-position logits (any backend's)."""
-    shifted = logits.astype(np.float64)
-    shifted = shifted[:-1] - shifted[:-1].max(axis=1, keepdims=True)
-    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    nll = -logprobs[np.arange(len(tokens) - 1), tokens[1:]]
+    head = np.asarray(logits[:-1], dtype=np.float32)
+    top = head.max(axis=1)
+    # log-sum-exp per position: exp in float32 (5× faster than float64 over 120 × 49k), sums in float64
+    lse = np.log(np.exp(head - top[:, None]).sum(axis=1, dtype=np.float64)) + top
+    nll = lse - head[np.arange(len(tokens) - 1), tokens[1:]]
     argmax = tuple(int(i) for i in logits.argmax(axis=1))
     return _TextEval(tuple(tokens), argmax, float(math.exp(nll.mean())))

@@ -131,3 +131,13 @@ def test_a_verified_file_is_not_evaluated_again_as_the_reference(
     q8 = verify_gguf(smollm2_q8_0, reference=smollm2_f16, text=text)
     assert opened == [smollm2_f16, smollm2_q8_0]  # the f16's own pass served as the reference
     assert q8.reference_perplexity == f16.perplexity and q8.agreement is not None
+
+
+def test_verify_reads_text_on_every_core_and_decodes_as_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffruntime.settings as settings
+    from ffbuild.stages.verify import eval_settings
+
+    monkeypatch.setattr(settings.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    s = eval_settings(None)
+    assert (s.n_threads, s.n_threads_batch) == (3, 4)
+    assert (eval_settings(2).n_threads, eval_settings(2).n_threads_batch) == (2, 2)  # ff build --threads 2

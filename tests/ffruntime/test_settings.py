@@ -24,3 +24,27 @@ def test_default_threads_leave_a_core_to_the_caller(
 def test_server_settings_map_onto_load_settings() -> None:
     ls = Settings(num_ctx=4096, num_parallel=3, num_threads=2).load_settings()
     assert (ls.num_ctx, ls.num_parallel, ls.threads) == (4096, 3, 2)
+
+
+def test_batch_threads_default_to_the_threads() -> None:
+    from ffruntime.llamacpp_lib import context_params
+
+    assert LoadSettings(threads=3).n_threads_batch == 3
+    p = context_params(LoadSettings(threads=1, threads_batch=2), n_ctx=64)
+    assert (p.n_threads, p.n_threads_batch) == (1, 2)
+
+
+@pytest.mark.parametrize(("preset", "seen"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_told_otherwise(preset: str | None, seen: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from ffruntime.llamacpp_lib import binding; binding(); "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip().splitlines()[-1] == seen
