@@ -95,6 +95,27 @@ def llama_tool(target: str) -> Path:
     return exe
 
 
+NATIVE_BUILD = BENCH_CACHE / "build-native"  # the library as built before issue 10 (GCC, -march=native)
+
+
+def native_library() -> Path:
+    """The folder of a llama.cpp shared library built the way llama-cpp-python was before issue 10 (plain
+    ``pip install``: ``GGML_NATIVE=ON``, the machine's GCC), for ``LLAMA_CPP_LIB_PATH``; benchmarks only.
+    On an AMX CPU with GCC 12 it crashes unless extra buffers are off (``FF_LLAMA_EXTRA_BUFFERS=0``)."""
+    lib = NATIVE_BUILD / "bin"
+    if (lib / "libllama.so").is_file():
+        return lib
+    src = llama_source() / "vendor" / "llama.cpp"
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=ON",
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+             "-DLLAMA_BUILD_SERVER=OFF"]
+    _run(["cmake", "-S", str(src), "-B", str(NATIVE_BUILD), *flags])
+    _run(["cmake", "--build", str(NATIVE_BUILD), "--target", "llama", "-j", str(os.cpu_count() or 2)])
+    if not (lib / "libllama.so").is_file():
+        raise SystemExit(f"libllama.so was not built in {lib}")
+    return lib
+
+
 def quantize_tool() -> Path:
     return llama_tool("llama-quantize")
 

@@ -6,7 +6,9 @@ tokens/s (all completion tokens / wall time from the first request to the last t
 ff, llama-server, ff, … so the shared machine's drifting load hits both. Then (first two rounds) time
 to first token with a ~1,500-token shared system prompt: a cold request, then a second one with the
 same system prompt and another question (prefix reuse), per server. Medians of paired rounds and
-their ratios are printed.
+their ratios are printed. A third server, ``ff serve`` on the library as built before issue 10
+(``GGML_NATIVE=ON`` with the machine's GCC, extra buffers off; ``bench.build.native_library``, loaded
+through ``LLAMA_CPP_LIB_PATH``), runs the single-stream rounds: the fast-kernel build's gain.
 
 ``llama-server`` is built (once, for this benchmark only, never installed) from the llama-cpp-python
 source distribution pinned by ``.ci/setup``, with the CMake flags recorded in the installed library's
@@ -33,7 +35,6 @@ from bench.build import VERSION
 REPO = Path(__file__).resolve().parent.parent
 NUM_CTX = 2048
 STREAMS = (1, 4, 8)
-OLD_SINGLE = {"Q4_1": 53.0, "Q8_0": 48.0, "Q4_0": 55.0}  # ff serve before this engine (design.md §6)
 STORY = [f"Story number {i}: once upon a time, in a land far away, there" for i in range(8)]
 
 
@@ -63,10 +64,13 @@ def _wait(url: str, path: str, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"{url}: not ready")
 
 
-def start_ff(home: Path, threads: int, parallel: int) -> tuple[str, subprocess.Popen[bytes]]:
+def start_ff(
+    home: Path, threads: int, parallel: int, extra_env: dict[str, str] | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = _port()
     env = {**os.environ, "FF_HOME": str(home), "FF_NUM_THREADS": str(threads), "FF_NUM_CTX": str(NUM_CTX),
-           "FF_NUM_PARALLEL": str(parallel), "FF_ACCESS_LOG": "false", "PYTHONPATH": str(REPO)}
+           "FF_NUM_PARALLEL": str(parallel), "FF_ACCESS_LOG": "false", "PYTHONPATH": str(REPO),
+           **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "ffcli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -152,28 +156,32 @@ def _prompt_tokens(gguf: Path) -> int:
 
 
 def run_concurrent(gguf: Path, threads: int, tokens: int, rounds: int, policy: str, parallel: int) -> None:
-    from bench.build import library_flags
+    from bench.build import library_flags, native_library
     from bench.serve import store_model
 
     os.environ["OMP_WAIT_POLICY"] = policy
-    quant = gguf.stem.rsplit(".", 1)[-1].upper()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         store_model(home, gguf)
-        servers = {"ff": start_ff(home, threads, parallel), "ls": start_llama_server(gguf, threads, parallel)}
+        # ff serve on the library as it was built before issue 10 (native GCC, extra buffers off)
+        before = {"LLAMA_CPP_LIB_PATH": str(native_library()), "FF_LLAMA_EXTRA_BUFFERS": "0"}
+        servers = {"ff": start_ff(home, threads, parallel), "ls": start_llama_server(gguf, threads, parallel),
+                   "before": start_ff(home, threads, parallel, before)}
         try:
             for kind, (url, _) in servers.items():  # load and warm
-                asyncio.run(burst(kind, url, 2, 8))
+                asyncio.run(burst("ls" if kind == "ls" else "ff", url, 2, 8))
             rows: dict[tuple[str, int], list[float]] = {}
             ttft: dict[str, list[tuple[float, float]]] = {"ff": [], "ls": []}
             for r in range(rounds):
                 for streams in STREAMS:
                     for kind, (url, _) in servers.items():
-                        speed = asyncio.run(burst(kind, url, streams, tokens))
+                        if kind == "before" and streams != 1:
+                            continue
+                        speed = asyncio.run(burst("ls" if kind == "ls" else "ff", url, streams, tokens))
                         rows.setdefault((kind, streams), []).append(speed)
                 if r < 2:  # each cold long prompt takes seconds: two rounds are enough for TTFT
-                    for kind, (url, _) in servers.items():
-                        ttft[kind].append(asyncio.run(shared_prefix(kind, url, r + 1)))
+                    for kind in ("ff", "ls"):
+                        ttft[kind].append(asyncio.run(shared_prefix(kind, servers[kind][0], r + 1)))
         finally:
             for _, proc in servers.values():
                 proc.terminate()
@@ -189,9 +197,11 @@ def run_concurrent(gguf: Path, threads: int, tokens: int, rounds: int, policy: s
         print(f"  {streams} streams: ff serve {statistics.median(ff):6.1f} tok/s   llama-server "
               f"{statistics.median(ls):6.1f} tok/s   ratio {ratio:.2f}   (rounds ff/ls: "
               + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(ff, ls, strict=True)) + ")")
-    if quant in OLD_SINGLE:
-        print(f"  single stream vs ff serve before this engine ({OLD_SINGLE[quant]:.0f} tok/s, design.md §6, "
-              f"not re-measured): {statistics.median(rows[('ff', 1)]) / OLD_SINGLE[quant]:.2f}×")
+    fast, slow = rows[("ff", 1)], rows[("before", 1)]
+    gain = statistics.median(a / b for a, b in zip(fast, slow, strict=True))
+    print(f"  single stream, this build / the library built before issue 10 (GGML_NATIVE=ON, GCC, extra "
+          f"buffers off), both through ff serve: {statistics.median(fast):.1f} / "
+          f"{statistics.median(slow):.1f} tok/s, ratio {gain:.2f}")
     n_sys = _prompt_tokens(gguf)
     for kind, name in (("ff", "ff serve"), ("ls", "llama-server")):
         cold = statistics.median(a for a, _ in ttft[kind])

@@ -18,8 +18,9 @@ def available_cores() -> int:
 def default_threads() -> int:
     """One compute thread per core but one, which is left to the caller's own Python work.
 
-    On 2 cores, 1 thread decoded 2× faster than 2 passive threads and 25× faster than 2 spinning ones
-    once anything else ran (docs/serving.md, ``bench/serve_threads.py``).
+    On 2 cores, 1 thread decoded 2× faster than 2 sleeping threads at one stream, and 10× faster than 2
+    spinning ones once another process ran; 2 spinning threads are 1.6× faster only on an otherwise idle
+    machine (docs/serving.md, "Threads and OMP_WAIT_POLICY").
     """
     return max(1, available_cores() - 1)
 
