@@ -38,6 +38,7 @@ Feeds = dict[str, Array]
 TEXT_INPUT: Final = "text"
 MAX_BATCH: Final = int(os.environ.get("FF_MAX_BATCH", "32"))
 MAX_WAIT: Final = float(os.environ.get("FF_BATCH_WAIT_MS", "0")) / 1000
+INLINE_SECONDS: Final = 0.003  # a lone request that ran faster than this runs on the event loop (batching.py)
 MAX_TEXTS: Final = 2048  # texts in one request
 
 
@@ -70,10 +71,11 @@ class GraphRuntime:
             self._tokenizer.no_padding()
             self._tokenizer.no_truncation()
         self._rows: Batcher[list[list[int]], Array] = Batcher(
-            self._run_rows, max_batch=MAX_BATCH, max_wait=MAX_WAIT, size=len
+            self._run_rows, max_batch=MAX_BATCH, max_wait=MAX_WAIT, size=len, inline_seconds=INLINE_SECONDS
         )
         self._tensors: Batcher[Feeds, Feeds] = Batcher(
-            self._run_feeds, max_batch=MAX_BATCH, max_wait=MAX_WAIT, size=self._batch_size, key=self._key
+            self._run_feeds, max_batch=MAX_BATCH, max_wait=MAX_WAIT, size=self._batch_size, key=self._key,
+            inline_seconds=INLINE_SECONDS,
         )
 
     # --- what a backend implements ----------------------------------------------------------------

@@ -107,3 +107,32 @@ def test_items_that_are_arrays_batch_too() -> None:
             await b.close()
 
     assert asyncio.run(main()) == [3.0 * i for i in range(6)]
+
+
+def test_a_quick_lone_item_runs_on_the_loop_and_anything_else_in_a_thread() -> None:
+    threads: list[tuple[int, bool]] = []
+    slow = threading.Event()
+
+    def run(items: Sequence[int]) -> list[int]:
+        threads.append((len(items), threading.get_ident() == loop_thread))
+        if slow.is_set():
+            threading.Event().wait(0.02)  # longer than inline_seconds
+        return list(items)
+
+    async def main() -> None:
+        b: Batcher[int, int] = Batcher(run, max_batch=8, max_wait=0, inline_seconds=0.01)
+        try:
+            assert await b.submit(1) == 1  # first lone run: its time is unknown, so a thread
+            assert await b.submit(2) == 2  # measured quick: the loop
+            await asyncio.gather(*(b.submit(i) for i in range(3, 7)))  # batches: always a thread
+            slow.set()
+            await b.submit(7)  # the loop (the last lone run was quick), measured slow
+            await b.submit(8)  # so a thread again
+        finally:
+            await b.close()
+
+    loop_thread = threading.get_ident()
+    asyncio.run(main())
+    lone = [on_loop for n, on_loop in threads if n == 1]
+    assert lone[:2] == [False, True] and lone[-2:] == [True, False]
+    assert all(not on_loop for n, on_loop in threads if n > 1)
