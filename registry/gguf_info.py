@@ -140,12 +140,6 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise self.fail("string is not UTF-8") from e
 
-    def skip_string(self) -> None:
-        n = int(self.unpack("<Q"))
-        if self.pos + n > len(self.buf):
-            raise self.fail("truncated string")
-        self.pos += n
-
     def value_type(self) -> GGUFValueType:
         raw = int(self.unpack("<I"))
         try:

@@ -102,6 +102,18 @@ def _header(n_tensors: int, n_kv: int, version: int = 3) -> bytes:
         ("version 1", _header(0, 0, version=1), "unsupported GGUF version"),
         ("huge tensor count", _header(1 << 40, 0), "implausible tensor count"),
         ("truncated kv", _header(0, 1) + struct.pack("<Q", 1000) + b"abc", "truncated"),
+        (  # a vocabulary-sized string array (skipped, not decoded) that ends early
+            "string array cut short",
+            _header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 8, 100)
+            + (struct.pack("<Q", 1) + b"a") * 99,
+            "truncated",
+        ),
+        (
+            "string in an array past the end",
+            _header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 8, 100)
+            + (struct.pack("<Q", 1) + b"a") * 99 + struct.pack("<Q", 1 << 30),
+            "truncated string",
+        ),
         (
             "bad value type",
             _header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<I", 99),
