@@ -167,9 +167,10 @@ def run_concurrent(gguf: Path, threads: int, tokens: int, rounds: int, policy: s
         before = {"LLAMA_CPP_LIB_PATH": str(native_library()), "FF_LLAMA_EXTRA_BUFFERS": "0"}
         servers = {"ff": start_ff(home, threads, parallel), "ls": start_llama_server(gguf, threads, parallel),
                    "before": start_ff(home, threads, parallel, before)}
+        api = {"ff": "ff", "ls": "ls", "before": "ff"}  # which request shape each server takes
         try:
             for kind, (url, _) in servers.items():  # load and warm
-                asyncio.run(burst("ls" if kind == "ls" else "ff", url, 2, 8))
+                asyncio.run(burst(api[kind], url, 2, 8))
             rows: dict[tuple[str, int], list[float]] = {}
             ttft: dict[str, list[tuple[float, float]]] = {"ff": [], "ls": []}
             for r in range(rounds):
@@ -177,7 +178,7 @@ def run_concurrent(gguf: Path, threads: int, tokens: int, rounds: int, policy: s
                     for kind, (url, _) in servers.items():
                         if kind == "before" and streams != 1:
                             continue
-                        speed = asyncio.run(burst("ls" if kind == "ls" else "ff", url, streams, tokens))
+                        speed = asyncio.run(burst(api[kind], url, streams, tokens))
                         rows.setdefault((kind, streams), []).append(speed)
                 if r < 2:  # each cold long prompt takes seconds: two rounds are enough for TTFT
                     for kind in ("ff", "ls"):
