@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import ollama
+import openai
 import pytest
 
 from registry.store import Store
@@ -67,3 +69,15 @@ def curl() -> str:
     if exe is None:
         pytest.fail("curl is not installed (apt-get install curl)")
     return exe
+
+
+@pytest.fixture(scope="module")
+def oc(server: Server) -> ollama.Client:
+    """The unmodified ollama client on the module's ``server`` (a module may start its own)."""
+    return ollama.Client(host=server.url)
+
+
+@pytest.fixture(scope="module")
+def ai(server: Server) -> openai.OpenAI:
+    """The unmodified openai client on the module's ``server``."""
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)

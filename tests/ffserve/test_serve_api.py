@@ -28,16 +28,6 @@ PERSON = {
 }
 
 
-@pytest.fixture(scope="module")
-def oc(server: Server) -> ollama.Client:
-    return ollama.Client(host=server.url)
-
-
-@pytest.fixture(scope="module")
-def ai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
 def _post(server: Server, path: str, body: dict[str, object] | bytes) -> httpx.Response:
     if isinstance(body, bytes):
         return httpx.post(

@@ -18,16 +18,6 @@ from tests.ffserve.serve_testkit import Server
 QUESTION = "What is the capital of France?"
 
 
-@pytest.fixture(scope="module")
-def oc(server: Server) -> ollama.Client:
-    return ollama.Client(host=server.url)
-
-
-@pytest.fixture(scope="module")
-def ai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
 # --- Ollama ------------------------------------------------------------------------------------------
 def test_ollama_chat_says_paris(oc: ollama.Client) -> None:
     r = oc.chat(model="smollm2", messages=[{"role": "user", "content": QUESTION}])

@@ -54,16 +54,6 @@ ASK = "What is the weather in Paris right now? Use the tool."
 RESULT = json.dumps({"city": "Paris", "temperature": 18, "unit": "celsius", "sky": "sunny"})
 
 
-@pytest.fixture(scope="module")
-def oc(server: Server) -> ollama.Client:
-    return ollama.Client(host=server.url)
-
-
-@pytest.fixture(scope="module")
-def ai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
 # --- lengths ------------------------------------------------------------------------------------------
 def test_long_answers_without_a_limit(oc: ollama.Client, ai: openai.OpenAI) -> None:
     """No limit asked: every API generates until the model stops, far past llama-cpp-python's 16.
