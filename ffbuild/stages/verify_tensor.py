@@ -91,6 +91,14 @@ def tensor_inputs(spec: GraphSpec, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def _compared(cosines: list[float], reference: str) -> TensorVerifyReport:
+    """The report of a variant that loaded: its worst and mean cosine against ``reference``."""
+    return TensorVerifyReport(
+        loads=True, cosine=min(cosines), cosine_mean=float(np.mean(cosines)), inputs=len(cosines),
+        reference=reference,
+    )
+
+
 def verify_tensor(
     backend: str,
     files: Mapping[str, Path],
@@ -115,13 +123,7 @@ def verify_tensor(
                 got, _ = await rt.run_text(list(SENTENCES), True, CancelFlag())
                 ref = await asyncio.to_thread(_text_reference, source_folder, spec, rt)
                 cosines = [_cosine(a, b) for a, b in zip(got, ref, strict=True)]
-                return TensorVerifyReport(
-                    loads=True,
-                    cosine=min(cosines),
-                    cosine_mean=float(np.mean(cosines)),
-                    inputs=len(cosines),
-                    reference="pytorch",
-                )
+                return _compared(cosines, "pytorch")
             if source_graph is None:
                 raise RuntimeFailure("a tensor graph needs its source graph to verify against")
             feeds = tensor_inputs(spec)
@@ -132,13 +134,7 @@ def verify_tensor(
             ref = dict(zip(names, ref_sess.run(names, string_feeds(feeds)), strict=True))
             got = await asyncio.to_thread(rt.run_graph, feeds)
             cosines = [_cosine(got[n], ref[n]) for n in names]
-            return TensorVerifyReport(
-                loads=True,
-                cosine=min(cosines),
-                cosine_mean=float(np.mean(cosines)),
-                inputs=len(cosines),
-                reference="source-graph",
-            )
+            return _compared(cosines, "source-graph")
         finally:
             await rt.close()
 
