@@ -33,19 +33,10 @@ def digests(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def onnx_server(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """This module's server serves the ONNX Runtime GenAI variant (conftest's ``oc``/``ai`` talk to it)."""
     with start_server(home, tmp_path_factory.mktemp("logs"), FF_BACKEND="onnxruntime") as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def oc(onnx_server: Server) -> ollama.Client:
-    return ollama.Client(host=onnx_server.url)
-
-
-@pytest.fixture(scope="module")
-def ai(onnx_server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=onnx_server.url + "/v1", api_key="unused", max_retries=0)
 
 
 def msgs() -> list[dict[str, str]]:
@@ -116,9 +107,9 @@ def test_openai_chat_stream(ai: openai.OpenAI) -> None:
     assert finish == ["stop"] and chunks[-1].usage is not None
 
 
-def test_the_server_loaded_no_torch(onnx_server: Server, oc: ollama.Client) -> None:
+def test_the_server_loaded_no_torch(server: Server, oc: ollama.Client) -> None:
     oc.generate(model=MODEL, prompt=QUESTION, options={"num_predict": 2})
-    maps = Path(f"/proc/{onnx_server.proc.pid}/maps").read_text()
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
     assert "onnxruntime" in maps  # the model is loaded in this process …
     assert "libtorch" not in maps and "libc10" not in maps  # … and torch is not
 
