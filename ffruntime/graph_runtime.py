@@ -1,9 +1,16 @@
 """What the tensor backends share: tokenizing, batching, the Embed and Tensor protocols over one graph.
 
 A backend (``ffruntime.onnxruntime``, ``.tvm``, ``.tensorrt``) subclasses :class:`GraphRuntime` and
-implements :meth:`GraphRuntime.run_graph` (numpy feeds → numpy outputs, called from one worker
-thread); everything else — the tokenizer (``tokenizers``, from the variant's ``tokenizer.json``),
-padding, batching of concurrent requests (:mod:`ffruntime.batching`), OIP tensors — is here once.
+implements :meth:`GraphRuntime.run_graph` (numpy feeds → numpy outputs); everything else — the
+tokenizer (``tokenizers``, from the variant's ``tokenizer.json``), padding, batching of concurrent
+requests (:mod:`ffruntime.batching`), OIP tensors — is here once.
+
+**Lanes.** A backend whose ``run_graph`` may be called from several threads at once (ONNX Runtime on
+the CPU) is given ``lanes`` > 1: a batch is then cut into up to ``lanes`` pieces that run at the same
+time, each on one thread. Text rows are sorted by length first, so each piece is padded only to its own
+longest row. On 2 cores, MiniLM int8 ran 32 sentences in 18 ms as two one-thread pieces against 27 ms
+as one two-thread run, and one sentence in 1.4 ms on one thread against 1.9 ms on two: small ops
+spend more time waking a second thread than they save (docs/benchmarks.md, "Embeddings").
 
 Text models (``embed``, ``classify``) take ``input_ids`` and ``attention_mask`` (INT64, batch ×
 sequence); over the Open Inference Protocol they show one ``text`` input (BYTES, one string per row).
@@ -11,8 +18,11 @@ sequence); over the Open Inference Protocol they show one ``text`` input (BYTES,
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Hashable, Mapping, Sequence
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,6 +52,9 @@ INLINE_SECONDS: Final = 0.003  # a lone request that ran faster than this runs o
 MAX_TEXTS: Final = 2048  # texts in one request
 
 
+SPLIT_SECONDS: Final = 0.001  # a tensor batch is cut over the lanes only when one run of it takes longer
+
+
 def pad_rows(rows: Sequence[Sequence[int]], length: int) -> tuple[Array, Array]:
     ids = np.zeros((len(rows), length), dtype=np.int64)
     mask = np.zeros((len(rows), length), dtype=np.int64)
@@ -51,12 +64,47 @@ def pad_rows(rows: Sequence[Sequence[int]], length: int) -> tuple[Array, Array]:
     return ids, mask
 
 
+def length_pieces(lengths: Sequence[int], pieces: int) -> list[list[int]]:
+    """Row indices in at most ``pieces`` groups of similar length, balanced by padded tokens.
+
+    The rows are sorted by length and cut into contiguous runs; the cost of a run is its row count times
+    its longest row (what it is padded to). The smallest largest cost is found by bisection over what a
+    greedy cut (longest rows first) can achieve.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    if pieces <= 1 or len(order) <= 1:
+        return [order] if order else []
+
+    def cut(limit: int) -> list[list[int]]:
+        groups: list[list[int]] = []
+        for i in order:  # longest first: a group's first row is its longest
+            if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= limit:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    lo, hi = lengths[order[0]], len(order) * lengths[order[0]]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(cut(mid)) <= pieces:
+            hi = mid
+        else:
+            lo = mid + 1
+    return cut(lo)
+
+
 class GraphRuntime:
     """One loaded graph; subclasses provide :meth:`run_graph` and ``memory_bytes``."""
 
-    def __init__(self, spec: GraphSpec, files: Mapping[str, Path], *, memory_bytes: int) -> None:
+    def __init__(
+        self, spec: GraphSpec, files: Mapping[str, Path], *, memory_bytes: int, lanes: int = 1
+    ) -> None:
         self.spec = spec
         self._memory = memory_bytes
+        self.lanes = max(1, lanes)
+        self._lane_pool = ThreadPoolExecutor(self.lanes - 1, "ff-lane") if self.lanes > 1 else None
+        self._row_seconds = 0.0  # the last unsplit tensor run's seconds per batch row (0: not measured)
         self._tokenizer = None
         if spec.text:
             tok = files.get(TOKENIZER_FILE)
@@ -74,7 +122,11 @@ class GraphRuntime:
             self._run_rows, max_batch=MAX_BATCH, max_wait=MAX_WAIT, size=len, inline_seconds=INLINE_SECONDS
         )
         self._tensors: Batcher[Feeds, Feeds] = Batcher(
-            self._run_feeds, max_batch=MAX_BATCH, max_wait=MAX_WAIT, size=self._batch_size, key=self._key,
+            self._run_feeds,
+            max_batch=MAX_BATCH,
+            max_wait=MAX_WAIT,
+            size=self._batch_size,
+            key=self._key,
             inline_seconds=INLINE_SECONDS,
         )
 
@@ -105,6 +157,16 @@ class GraphRuntime:
     async def close(self) -> None:
         await self._rows.close()
         await self._tensors.close()
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=False)
+
+    def _on_lanes(self, fn: Callable[[Feeds], Feeds], pieces: Sequence[Feeds]) -> list[Feeds]:
+        """``fn`` of every piece, the first on this thread and the others on the lane threads at once."""
+        if self._lane_pool is None or len(pieces) == 1:
+            return [fn(p) for p in pieces]
+        futures = [self._lane_pool.submit(fn, p) for p in pieces[1:]]
+        first = fn(pieces[0])
+        return [first, *(f.result() for f in futures)]
 
     # --- text -----------------------------------------------------------------------------------------
     def _output(self) -> str:
@@ -117,7 +179,10 @@ class GraphRuntime:
             raise RequestRejected(f"{len(texts)} inputs in one request; at most {MAX_TEXTS}")
         limit = self.spec.max_length or 512
         strings = [t for t in texts if isinstance(t, str)]
-        encoded = iter(self._tokenizer.encode_batch(strings)) if strings else iter(())
+        # One text is encoded on this thread: encode_batch wakes tokenizers' thread pool even for one,
+        # which cost 0.2 ms a request under load beside the lanes; without offsets it is 1.6× faster.
+        tok = self._tokenizer
+        encoded = iter([tok.encode(strings[0])] if len(strings) == 1 else tok.encode_batch_fast(strings))
         rows: list[list[int]] = []
         for t in texts:
             ids = list(next(encoded).ids) if isinstance(t, str) else [int(x) for x in t]
@@ -132,9 +197,21 @@ class GraphRuntime:
 
     def _run_rows(self, requests: Sequence[list[list[int]]]) -> list[Array]:
         rows = [r for req in requests for r in req]
-        length = max(len(r) for r in rows)
-        ids, mask = pad_rows(rows, length)
-        out = self.run_graph({"input_ids": ids, "attention_mask": mask})[self._output()]
+        name = self._output()
+        groups = length_pieces([len(r) for r in rows], self.lanes)
+
+        def feeds(group: list[int]) -> Feeds:
+            ids, mask = pad_rows([rows[i] for i in group], max(len(rows[i]) for i in group))
+            return {"input_ids": ids, "attention_mask": mask}
+
+        if len(groups) == 1:
+            out = self.run_graph(feeds(list(range(len(rows)))))[name]
+        else:
+            parts = self._on_lanes(self.run_graph, [feeds(g) for g in groups])
+            first = parts[0][name]
+            out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+            for g, part in zip(groups, parts, strict=True):
+                out[g] = part[name]
         result: list[Array] = []
         start = 0
         for req in requests:
@@ -155,7 +232,7 @@ class GraphRuntime:
         if self.spec.task != "embed":
             raise RequestRejected("this model does not produce embeddings")
         vectors, tokens = await self.run_text(texts, truncate, cancel)
-        return Embeddings([v.astype(float).tolist() for v in vectors], tokens)
+        return Embeddings(np.ascontiguousarray(vectors, dtype=np.float32), tokens)
 
     # --- tensors ----------------------------------------------------------------------------------------
     @property
@@ -180,16 +257,35 @@ class GraphRuntime:
         return tuple((k, str(v.dtype), v.shape[1:]) for k, v in sorted(feeds.items()))
 
     def _run_feeds(self, requests: Sequence[Feeds]) -> list[Feeds]:
+        merged = (
+            requests[0]
+            if len(requests) == 1
+            else {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
+        )
+        out = self._run_merged(merged)
         if len(requests) == 1:
-            return [self.run_graph(requests[0])]
-        merged = {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
-        out = self.run_graph(merged)
+            return [out]
         result, start = [], 0
         for r in requests:
             n = int(next(iter(r.values())).shape[0])
             result.append({k: v[start : start + n] for k, v in out.items()})
             start += n
         return result
+
+    def _run_merged(self, feeds: Feeds) -> Feeds:
+        """One batch of tensors, cut over the lanes when it is batchable and one run of it is slow."""
+        rows = int(next(iter(feeds.values())).shape[0]) if feeds and self._batchable() else 1
+        pieces = min(self.lanes, rows)
+        if pieces <= 1 or rows * self._row_seconds < SPLIT_SECONDS:
+            start = time.perf_counter()
+            out = self.run_graph(feeds)
+            self._row_seconds = (time.perf_counter() - start) / max(rows, 1)
+            return out
+        bounds = np.linspace(0, rows, pieces + 1).astype(int)
+        parts = self._on_lanes(
+            self.run_graph, [{k: v[a:b] for k, v in feeds.items()} for a, b in itertools.pairwise(bounds)]
+        )
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _check(self, name: str, array: Array, spec: TensorSpec) -> None:
         from ffruntime.tensors import datatype_of

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp_lib import attach_lora, binding, captured_log, context_params, log_tail
@@ -115,9 +116,9 @@ class Embedder:
             job.result.set_result(Embeddings(vectors[at : at + n], sum(len(t) for t in job.inputs)))
             at += n
 
-    def _embed_all(self, inputs: list[list[int]]) -> list[list[float]]:
+    def _embed_all(self, inputs: list[list[int]]) -> npt.NDArray[np.float32]:
         ctx = self._context()
-        out: list[list[float]] = []
+        out: list[npt.NDArray[np.float32]] = []
         group: list[list[int]] = []
         for toks in inputs:
             if group and (len(group) == MAX_SEQS or sum(map(len, group)) + len(toks) > self.n_ctx):
@@ -126,9 +127,9 @@ class Embedder:
             group.append(toks)
         if group:
             out += self._batch(ctx, group)
-        return out
+        return np.stack(out) if out else np.zeros((0, self.n_embd), dtype=np.float32)
 
-    def _batch(self, ctx: Any, group: list[list[int]]) -> list[list[float]]:
+    def _batch(self, ctx: Any, group: list[list[int]]) -> list[npt.NDArray[np.float32]]:
         lc = self.lc
         total = sum(map(len, group))
         batch = lc.llama_batch_init(total, 0, 1)
@@ -154,7 +155,7 @@ class Embedder:
                     raise RuntimeFailure(f"{self.path} produced no pooled embedding")
                 vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
                 norm = float(np.linalg.norm(vec))
-                vectors.append([float(x) for x in (vec / norm if norm > 0 else vec)])
+                vectors.append((vec / norm if norm > 0 else vec).astype(np.float32))
         finally:
             lc.llama_batch_free(batch)
         self.batches += 1

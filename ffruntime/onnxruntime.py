@@ -3,8 +3,11 @@
 Chat models made by ONNX Runtime GenAI share the backend name; their variants hold a
 ``genai_config.json`` and are handed to :mod:`ffruntime.onnxruntime_genai`. Everything else is a
 :class:`~ffruntime.graph_runtime.GraphRuntime`: embeddings, classifiers and plain tensor graphs,
-batched across concurrent requests. ``TARGET cuda`` uses the CUDA execution provider, which must be
-present (onnxruntime-gpu); it never falls back to the CPU silently.
+batched across concurrent requests. On the CPU up to ``lanes`` pieces of a batch run in one session at
+once (``InferenceSession.run`` may be called from several threads), each on ``threads / lanes``
+threads: by default one lane of one thread per core (:mod:`ffruntime.graph_runtime`). ``TARGET cuda``
+uses the CUDA execution provider, which must be present (onnxruntime-gpu); it never falls back to the
+CPU silently.
 """
 
 from __future__ import annotations
@@ -73,9 +76,9 @@ def _strings(array: Any) -> Any:
 
 
 class OnnxRuntime(GraphRuntime):
-    def __init__(self, spec: GraphSpec, files: dict[str, Path], sess: Any) -> None:
+    def __init__(self, spec: GraphSpec, files: dict[str, Path], sess: Any, lanes: int = 1) -> None:
         size = sum(p.stat().st_size for p in files.values())
-        super().__init__(spec, files, memory_bytes=2 * size)
+        super().__init__(spec, files, memory_bytes=2 * size, lanes=lanes)
         self._session = sess
         self._outputs = [o.name for o in sess.get_outputs()]
 
@@ -98,8 +101,10 @@ async def load_files(files: dict[str, Path], settings: LoadSettings) -> Runtime:
         spec = read_graph_spec(files)
     except ValueError as exc:
         raise RuntimeFailure(str(exc)) from None
-    sess = await asyncio.to_thread(session, model, settings.device, settings.n_threads)
-    return OnnxRuntime(spec, files, sess)
+    cpu = settings.device == "cpu"
+    threads = settings.n_lane_threads if cpu else settings.n_threads
+    sess = await asyncio.to_thread(session, model, settings.device, threads)
+    return OnnxRuntime(spec, files, sess, settings.n_lanes if cpu else 1)
 
 
 async def load(variant: VariantRef, files: ModelFiles, settings: LoadSettings) -> Runtime:

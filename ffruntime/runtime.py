@@ -11,7 +11,11 @@ import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class Capability(StrEnum):
@@ -151,7 +155,9 @@ Event = Token | Done
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: list[list[float]]
+    """One float32 row per input (``vectors[i]`` is input ``i``'s), and the tokens they took."""
+
+    vectors: npt.NDArray[np.float32]
     prompt_tokens: int
 
 

@@ -32,6 +32,10 @@ class LoadSettings:
     - ``threads``: compute threads (0: :func:`default_threads`).
     - ``threads_batch``: llama.cpp's threads for batches of more than one token (0: ``threads``); the
       verify stage reads its text on every core, as nothing else runs beside a build.
+    - ``lanes``: graph backends that can run several batches at once on the CPU (ONNX Runtime) cut a
+      batch into this many pieces run side by side, each on ``threads / lanes`` threads (0: one lane
+      per thread, and when ``threads`` is 0 too, one per core: a lane's single thread never waits at
+      a barrier, so the llama.cpp reason to leave a core free does not hold; docs/serving.md).
     - ``num_ctx``: context length per sequence (text models).
     - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime).
     - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
@@ -43,6 +47,7 @@ class LoadSettings:
 
     threads: int = 0
     threads_batch: int = 0
+    lanes: int = 0
     num_ctx: int = 2048
     num_parallel: int = 1
     device: str = "cpu"
@@ -53,6 +58,17 @@ class LoadSettings:
     @property
     def n_threads(self) -> int:
         return self.threads if self.threads > 0 else default_threads()
+
+    @property
+    def n_lanes(self) -> int:
+        if self.lanes > 0:
+            return self.lanes
+        return self.threads if self.threads > 0 else available_cores()
+
+    @property
+    def n_lane_threads(self) -> int:
+        """Threads of each lane: ``threads`` shared out (one each when ``threads`` is 0)."""
+        return max(1, self.threads // self.n_lanes) if self.threads > 0 else 1
 
     @property
     def n_threads_batch(self) -> int:

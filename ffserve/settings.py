@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=64, ge=1)
     num_parallel: int = Field(default=1, ge=1, le=64)
     num_threads: int = Field(default=0, ge=0)  # 0: default_threads() (docs/serving.md)
+    graph_lanes: int = Field(default=0, ge=0)  # 0: one lane per thread (ffruntime.settings.LoadSettings)
     num_ctx: int = Field(default=2048, ge=16)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
@@ -130,4 +131,9 @@ class Settings(BaseSettings):
 
     def load_settings(self) -> LoadSettings:
         """How this server loads every model (``ffruntime``'s one settings type; 0 threads: its default)."""
-        return LoadSettings(threads=self.num_threads, num_ctx=self.num_ctx, num_parallel=self.num_parallel)
+        return LoadSettings(
+            threads=self.num_threads,
+            lanes=self.graph_lanes,
+            num_ctx=self.num_ctx,
+            num_parallel=self.num_parallel,
+        )

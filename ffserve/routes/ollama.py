@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ffruntime.grammar import format_grammar
@@ -27,6 +26,7 @@ from ffruntime.runtime import (
     ToolCall,
 )
 from ffserve import logprobs, toolcalls
+from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, NotSupported
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.state import Engine, engine
@@ -43,6 +43,10 @@ from ffserve.wire.ollama import (
 )
 
 GONE = Response(status_code=499)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 def _format(fmt: FormatField) -> Format:
@@ -217,18 +221,17 @@ async def chat(request: Request) -> Response:
     return await _answer(request, e, gen, body.stream, "chat", body.model)
 
 
-def shorten(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
+def shorten(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDArray[np.float32]:
     """The first ``dimensions`` components of each vector, renormalised to unit length (Matryoshka)."""
     if dimensions is None:
         return vectors
-    out = []
-    for vec in vectors:
-        if dimensions > len(vec):
-            raise BadRequest(f"dimensions {dimensions} is more than the model's {len(vec)}")
-        head = vec[:dimensions]
-        norm = math.sqrt(sum(x * x for x in head))
-        out.append([x / norm for x in head] if norm > 0 else head)
-    return out
+    import numpy as np
+
+    if dimensions > vectors.shape[1]:
+        raise BadRequest(f"dimensions {dimensions} is more than the model's {vectors.shape[1]}")
+    head = vectors[:, :dimensions].astype(np.float64)
+    norms = np.linalg.norm(head, axis=1, keepdims=True)
+    return np.ascontiguousarray(np.where(norms > 0, head / np.where(norms > 0, norms, 1), head), np.float32)
 
 
 async def embed_texts(

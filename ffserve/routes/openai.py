@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ffruntime.grammar import format_grammar
@@ -27,6 +26,7 @@ from ffruntime.runtime import (
     ToolCall,
 )
 from ffserve import logprobs, toolcalls
+from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, ModelNotFound
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
@@ -298,7 +298,7 @@ async def embeddings(request: Request) -> Response:
     data = []
     for i, vec in enumerate(result.vectors):
         value: object = (
-            base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            base64.b64encode(vec.astype("<f4").tobytes()).decode()
             if body.encoding_format == "base64"
             else vec
         )
