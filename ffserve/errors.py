@@ -10,9 +10,10 @@ import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ffruntime.runtime import RequestRejected
+from ffserve.encoding import JSONResponse
 
 log = logging.getLogger("ffserve")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ffserve.encoding import dumps
 from ffserve.errors import BodyTooLarge
 
 access_log = logging.getLogger("ffserve.access")
@@ -21,9 +21,9 @@ async def _reject(
     path = str(scope.get("path", ""))
     if path.startswith("/v1/"):
         kind = "authentication_error" if status == 401 else "invalid_request_error"
-        body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+        body = dumps({"error": {"message": message, "type": kind, "code": status}})
     else:
-        body = json.dumps({"error": message}).encode()
+        body = dumps({"error": message})
     await send(
         {
             "type": "http.response.start",

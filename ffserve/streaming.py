@@ -8,11 +8,12 @@ stops within one token and its slot is freed.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from starlette.types import Receive, Scope, Send
+
+from ffserve.encoding import dumps
 
 
 class EventStream:
@@ -51,11 +52,11 @@ class EventStream:
 
 
 def ndjson(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    return dumps(obj) + b"\n"
 
 
 def sse(obj: object) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"

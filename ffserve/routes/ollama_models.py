@@ -7,10 +7,11 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from ffserve import __version__
+from ffserve.encoding import JSONResponse
 from ffserve.errors import BadGateway, BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
 from ffserve.models import canonical, remote_module
 from ffserve.state import Engine, engine

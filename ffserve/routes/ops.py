@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from ffserve.encoding import JSONResponse
 from ffserve.openapi import document
 from ffserve.state import engine
 

@@ -14,11 +14,12 @@ import time
 from typing import Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ffruntime.runtime import CancelFlag, Capability, TensorRuntime
 from ffserve import __version__
+from ffserve.encoding import JSONResponse
 from ffserve.errors import ModelNotFound, NotSupported
 from ffserve.generation import ClientGone, until_disconnected
 from ffserve.routes.ollama import GONE
