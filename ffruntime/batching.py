@@ -10,6 +10,11 @@ the next batch) until ``max_batch`` units are gathered, and runs them in a threa
 A lone item (one unit) whose last lone run took less than ``inline_seconds`` runs on the event loop
 itself: the hand-off to a thread and back cost 0.5 ms of a 2.3 ms MiniLM int8 sentence here, more than
 the loop loses by waiting that long.
+
+Before it takes a batch that is not full, the worker lets the event loop run ``GATHER_TURNS`` times
+(no timer, no wait when nothing else is ready): requests whose bytes have already arrived get parsed
+and join the batch. Without that, 16 clients whose requests came in a burst ran one by one on the
+loop (MiniLM int8 served 287 sentences/s where the runtime alone did 1,459).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ffruntime.runtime import CancelFlag
 
 I = TypeVar("I")  # noqa: E741 - item
 O = TypeVar("O")  # noqa: E741 - output
+GATHER_TURNS = 4  # event-loop turns a worker yields before it takes a batch that is not full
 
 
 @dataclass(eq=False)  # jobs are compared by identity (items may be numpy arrays)
@@ -100,12 +106,17 @@ class Batcher(Generic[I, O]):
         self._queue = [j for j in self._queue if id(j) not in taken]
         return batch
 
+    def _units(self) -> int:
+        key = self._queue[0].key
+        return sum(j.size for j in self._queue if j.key == key)
+
+    def _full(self) -> bool:
+        return bool(self._queue) and self._units() >= self.max_batch
+
     def _ready(self) -> bool:
         if not self._queue:
             return False
-        key = self._queue[0].key
-        units = sum(j.size for j in self._queue if j.key == key)
-        return units >= self.max_batch or time.monotonic() - self._queue[0].arrived >= self.max_wait
+        return self._units() >= self.max_batch or time.monotonic() - self._queue[0].arrived >= self.max_wait
 
     async def _work(self) -> None:
         assert self._wake is not None
@@ -119,6 +130,10 @@ class Batcher(Generic[I, O]):
                 left = self.max_wait - (time.monotonic() - self._queue[0].arrived)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(left, 0.0))
+            for _ in range(GATHER_TURNS):
+                if self._full():
+                    break
+                await asyncio.sleep(0)
             batch = self._take()
             if not batch:
                 continue

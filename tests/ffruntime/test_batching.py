@@ -136,3 +136,30 @@ def test_a_quick_lone_item_runs_on_the_loop_and_anything_else_in_a_thread() -> N
     lone = [on_loop for n, on_loop in threads if n == 1]
     assert lone[:2] == [False, True] and lone[-2:] == [True, False]
     assert all(not on_loop for n, on_loop in threads if n > 1)
+
+
+def test_requests_that_need_a_few_loop_turns_to_arrive_join_the_batch() -> None:
+    """A burst whose items reach ``submit`` a few event-loop turns apart (as parsed HTTP requests do)
+    runs as one batch, not one by one, with no wait configured."""
+    sizes: list[int] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        sizes.append(len(items))
+        return list(items)
+
+    async def main() -> None:
+        b: Batcher[int, int] = Batcher(run, max_batch=8, max_wait=0)
+
+        async def late(i: int, turns: int) -> int:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await b.submit(i)
+
+        try:
+            got = await asyncio.gather(*(late(i, i % 3) for i in range(6)))
+            assert list(got) == list(range(6))
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+    assert sizes == [6]
