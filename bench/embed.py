@@ -6,15 +6,21 @@ against sentence-transformers, at batch 1, batch 32 and with 16 concurrent clien
   sentence at a time (what a plain server around the library does).
 - **direct**: the variant loaded with ``ffruntime`` in this process (``rt.embed``): a loop of single
   calls, calls of 32, and 16 concurrent asyncio tasks of one sentence (the runtime batches them).
-- **served**: ``POST /v1/embeddings`` to a ``python -m ffcli serve`` subprocess with httpx: the same
-  three shapes (16 concurrent clients = 16 async httpx requests in flight).
+- **served**: ``POST /v1/embeddings`` to a ``python -m ffcli serve`` subprocess: the same three shapes
+  (16 concurrent clients = 16 requests in flight on 16 connections). The client runs on the same
+  cores as the server, so it is a light one: ``aiohttp`` (0.2–0.3 ms of CPU a request here). ``httpx``
+  (``--client httpx``, what the ``openai`` package uses) spent 1.3 ms a request, which on 2 cores
+  measured the client more than the server. Embeddings come back as ``encoding_format: base64``
+  and are decoded with numpy, as the ``openai`` client asks for and reads them when it is not told
+  otherwise (``--encoding float``: JSON numbers, parsed by ``json``).
 
 Every path uses the same thread count (``--threads``, default: all cores; torch and ff both get it).
 Each figure is the median of ``--rounds`` timings of ``--seconds`` each. The cosine column is each
 variant's smallest cosine to sentence-transformers over the sentences. Prints ratios: each variant /
 sentence-transformers, and served / direct.
 
-    python bench/embed.py [--home FF_HOME] [--threads N] [--seconds 3] [--rounds 3]
+    python bench/embed.py [--home FF_HOME] [--threads N] [--seconds 3] [--rounds 3] [--client aiohttp|httpx]
+        [--encoding base64|float]
 
 Without ``--home`` it builds ``modelfiles/minilm-all`` from the MiniLM test package into a temp FF_HOME.
 """
@@ -29,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,13 +169,9 @@ def direct_paths(
 
     store = Store(home / "store")
     ref = next(v for v in variants_of(store, "minilm-all:latest") if v.name == variant)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def run(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-    rt = run(load(ref, open_variant(store, ref.descriptor.digest), LoadSettings(threads=threads)))
+    loop = asyncio.new_event_loop()  # in this thread, as a program that embeds with ffruntime runs it
+    run = loop.run_until_complete
+    rt: Any = run(load(ref, open_variant(store, ref.descriptor.digest), LoadSettings(threads=threads)))
 
     def single(batch: list[str]) -> Any:
         return run(rt.embed(batch, truncate=True, cancel=CancelFlag())).vectors
@@ -188,31 +189,60 @@ def direct_paths(
     return _shapes(single, texts, lambda b: run(many(b))), single
 
 
-def served_paths(url: str, variant: str, texts: list[str]) -> tuple[dict[str, Callable[[], int]], Any]:
-    import httpx
+def served_paths(
+    url: str, variant: str, texts: list[str], client: str, encoding: str
+) -> tuple[dict[str, Callable[[], int]], Any]:
+    import base64
+
+    import numpy as np
 
     name = f"minilm-all:latest-{variant}"
-    client = httpx.Client(timeout=120)
-    aclient: dict[str, httpx.AsyncClient] = {}
+    loop = asyncio.new_event_loop()
+
+    def body(batch: list[str]) -> dict[str, Any]:
+        return {"model": name, "input": batch, "encoding_format": encoding}
+
+    def vectors(answer: Any) -> list[Any]:
+        data = [d["embedding"] for d in answer["data"]]
+        if encoding == "base64":
+            return [np.frombuffer(base64.b64decode(d), dtype=np.float32) for d in data]
+        return data
+
+    if client == "httpx":
+        import httpx
+
+        ac: Any = httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16))
+
+        async def post(batch: list[str]) -> Any:
+            r = await ac.post(url + "/v1/embeddings", json=body(batch))
+            r.raise_for_status()
+            return vectors(r.json())
+
+    else:
+        import aiohttp
+
+        async def open_session() -> Any:
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+
+        ac = loop.run_until_complete(open_session())
+
+        async def post(batch: list[str]) -> Any:
+            async with ac.post(url + "/v1/embeddings", json=body(batch)) as r:
+                r.raise_for_status()
+                return vectors(await r.json())
 
     def single(batch: list[str]) -> Any:
-        r = client.post(url + "/v1/embeddings", json={"model": name, "input": batch})
-        r.raise_for_status()
-        return [d["embedding"] for d in r.json()["data"]]
+        return loop.run_until_complete(post(batch))
 
     async def many(batch: list[str]) -> int:
-        ac = aclient.setdefault("c", httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)))
-        sem = asyncio.Semaphore(16)
-
-        async def one(s: str) -> None:
-            async with sem:
-                (await ac.post(url + "/v1/embeddings", json={"model": name, "input": [s]})).raise_for_status()
-
-        await asyncio.gather(*(one(s) for s in batch))
+        await asyncio.gather(*(post([s]) for s in batch))
         return len(batch)
 
-    loop = asyncio.new_event_loop()
-    return _shapes(single, texts, lambda b: loop.run_until_complete(many(b))), single
+    def close() -> None:
+        loop.run_until_complete(ac.aclose() if client == "httpx" else ac.close())
+        loop.close()
+
+    return _shapes(single, texts, lambda b: loop.run_until_complete(many(b))), close
 
 
 def _free_port() -> int:
@@ -228,6 +258,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    ap.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the served path's")
+    ap.add_argument("--encoding", choices=("base64", "float"), default="base64", help="encoding_format")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     import numpy as np
@@ -271,15 +303,17 @@ def main() -> None:
                 ((got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))).min()
             )
             results[f"{v} direct"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
-            paths, _ = served_paths(url, v, texts)
+            paths, close = served_paths(url, v, texts, args.client, args.encoding)
             results[f"{v} served"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
+            close()
             del paths, embed
     finally:
         server.terminate()
         server.wait(30)
     shapes = list(st)
     base = results["sentence-transformers"]
-    print(f"\nsentences/s, {args.threads} threads, median of {args.rounds}×{args.seconds}s")
+    timing = f"median of {args.rounds}×{args.seconds}s, client {args.client}, {args.encoding}"
+    print(f"\nsentences/s, {args.threads} threads, {timing}")
     print(f"{'path':<26}{'cosine':>8}" + "".join(f"{s:>24}" for s in shapes))
     for name, row in results.items():
         v = name.split()[0]
