@@ -54,6 +54,13 @@ def test_flags_beat_environment_beat_toml(tmp_path: Path, monkeypatch: pytest.Mo
         Settings()
 
 
+def test_threads_and_graph_lanes_reach_the_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FF_NUM_THREADS", "8")
+    monkeypatch.setenv("FF_GRAPH_LANES", "2")
+    load = Settings().load_settings()
+    assert (load.n_threads, load.n_lanes, load.n_lane_threads) == (8, 2, 4)
+
+
 @pytest.mark.parametrize(
     ("template", "values", "expected"),
     [
