@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ffruntime.runtime import RequestRejected, Tensor
 from ffruntime.tensors import DATATYPES, element_count, encode_bytes, to_array
+from ffserve.encoding import dumps
 from ffserve.errors import BadRequest
 
 HEADER_LENGTH: Final = "inference-header-content-length"
@@ -186,7 +187,7 @@ def infer_response(
     doc: dict[str, Any] = {"model_name": model, "outputs": entries}
     if req.id is not None:
         doc["id"] = req.id
-    head = json.dumps(doc).encode()
+    head = dumps(doc)
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
