@@ -49,10 +49,8 @@ TEXT_INPUT: Final = "text"
 MAX_BATCH: Final = int(os.environ.get("FF_MAX_BATCH", "32"))
 MAX_WAIT: Final = float(os.environ.get("FF_BATCH_WAIT_MS", "0")) / 1000
 INLINE_SECONDS: Final = 0.003  # a lone request that ran faster than this runs on the event loop (batching.py)
-MAX_TEXTS: Final = 2048  # texts in one request
-
-
 SPLIT_SECONDS: Final = 0.001  # a tensor batch is cut over the lanes only when one run of it takes longer
+MAX_TEXTS: Final = 2048  # texts in one request
 
 
 def pad_rows(rows: Sequence[Sequence[int]], length: int) -> tuple[Array, Array]:

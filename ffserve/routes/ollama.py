@@ -231,7 +231,7 @@ def shorten(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDA
         raise BadRequest(f"dimensions {dimensions} is more than the model's {vectors.shape[1]}")
     head = vectors[:, :dimensions].astype(np.float64)
     norms = np.linalg.norm(head, axis=1, keepdims=True)
-    return np.ascontiguousarray(np.where(norms > 0, head / np.where(norms > 0, norms, 1), head), np.float32)
+    return np.ascontiguousarray(head / np.where(norms > 0, norms, 1), np.float32)  # a zero vector stays zero
 
 
 async def embed_texts(
