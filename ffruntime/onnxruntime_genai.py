@@ -68,6 +68,9 @@ _NEUTRAL: dict[str, float] = {  # sampling options GenAI lacks, and the values t
     "mirostat": 0.0,
 }
 JSON_ANY_OBJECT = {"type": "object"}
+# How many tokens a generator may run ahead of its reader: a slow client or a busy event loop makes the
+# worker wait instead of decoding on, so a cancel takes effect within this many steps.
+LOOKAHEAD = 8
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,12 @@ class GenAIRuntime:
         out: asyncio.Queue[object] = asyncio.Queue()
         end = object()
 
+        ahead = threading.Semaphore(LOOKAHEAD)
+
         def emit(item: object) -> None:
+            if isinstance(item, Token):
+                while not ahead.acquire(timeout=0.05) and not cancel.is_set:
+                    pass
             loop.call_soon_threadsafe(out.put_nowait, item)
 
         self._jobs.put(_Job(run, emit, lambda: emit(end), cancel))
@@ -317,6 +325,8 @@ class GenAIRuntime:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, Token | Done)
+                if isinstance(item, Token):
+                    ahead.release()
                 yield item
         finally:
             cancel.set()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ffruntime
-from ffruntime.onnxruntime_genai import GenAIRuntime, _StopScanner
+from ffruntime.onnxruntime_genai import LOOKAHEAD, GenAIRuntime, _StopScanner
 from ffruntime.runtime import ChatMessage, Done, GenerationRequest, RequestRejected, Token
 from ffruntime.settings import LoadSettings
 from registry.artifact import VariantRef, open_variant, variants_of
@@ -110,6 +110,24 @@ def test_cancellation_between_steps(loop: asyncio.AbstractEventLoop, rt: GenAIRu
     _, done = run(loop, rt, chat("Write a long story about the sea.", temperature=0), cancel_after=3)
     # the worker may be a few steps ahead of the consumer when the flag is set (a loaded machine)
     assert done.reason == "cancelled" and done.completion_tokens < 20
+
+
+def test_worker_waits_for_a_slow_reader(loop: asyncio.AbstractEventLoop, rt: GenAIRuntime) -> None:
+    req = chat("Write a long story about the sea.", temperature=0)
+
+    async def go() -> Done:
+        read = 0
+        async for ev in rt.generate(req):
+            if isinstance(ev, Done):
+                return ev
+            read += 1
+            if read == 2:
+                await asyncio.sleep(1.0)  # time for ~100 more tokens if the worker ran on unchecked
+                req.cancel.set()
+        raise AssertionError("no Done")
+
+    done = loop.run_until_complete(go())
+    assert done.reason == "cancelled" and done.completion_tokens <= 2 + LOOKAHEAD + 3
 
 
 def test_concurrent_requests(loop: asyncio.AbstractEventLoop, rt: GenAIRuntime) -> None:
