@@ -2,8 +2,8 @@
 
 A loaded variant is one ``og.Model`` (weights and sessions shared) and ``num_parallel`` worker threads;
 each request runs on its own ``og.Generator`` (its own KV cache) in one worker, so requests run
-concurrently, and the event loop never runs model code. Tokens come back through an ``asyncio.Queue``;
-the job checks its :class:`CancelFlag` between decoding steps.
+concurrently, and the event loop never runs model code. Tokens come back through an ``asyncio.Queue``,
+at most ``LOOKAHEAD`` ahead of the reader; the job checks its :class:`CancelFlag` between decoding steps.
 
 Why not batched: GenAI 0.18's continuous batching (``og.Engine`` with ``engine.dynamic_batching``) needs
 a paged-attention model, which its builder makes only for CUDA fp16/bf16 (and WebGPU); on the CPU the
