@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+import ffruntime
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
 from ffserve.routes import ollama, ollama_models, openai, ops, v2
-from ffserve.scheduler import Scheduler
+from ffserve.scheduler import Loader, Scheduler
 from ffserve.settings import Settings
 from ffserve.state import Engine
 from registry.folder import folder_model_name, import_folder
@@ -24,14 +25,17 @@ from registry.store import Store
 log = logging.getLogger("ffserve")
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+def create_app(
+    settings: Settings, store: Store | None = None, *, loader: Loader = ffruntime.load
+) -> Starlette:
+    """The server for ``settings``; ``loader`` turns a stored variant into a runtime (the scheduler's)."""
     store = store or Store(store_dir())
     folder, folder_model = settings.models_dir, None
     if folder is not None:  # a plain model folder (KServe /mnt/models): imported at start, then served
         folder_model = folder_model_name(folder, settings.model_name)
         settings = settings.model_copy(update={"models": [*settings.models, folder_model]})
     metrics = Metrics()
-    engine = Engine(settings, store, Scheduler(settings, store, metrics), metrics)
+    engine = Engine(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
     metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in engine.scheduler.loaded()]))
 
     @contextlib.asynccontextmanager
@@ -49,7 +53,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             await engine.scheduler.close()
 
     app = Starlette(
-        routes=[*ops.ROUTES, *ollama_models.ROUTES, *ollama.ROUTES, *openai.ROUTES, *v2.ROUTES],
+        # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
+        # (no two of these lists match the same path, so the order changes nothing else).
+        routes=[*openai.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ops.ROUTES],
         middleware=[
             Middleware(
                 Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes, log=settings.access_log

@@ -22,7 +22,6 @@ from ffruntime.runtime import (
     Done,
     Event,
     GenerationRequest,
-    TextRuntime,
     Token,
     TokenLogprob,
     model_options,
@@ -75,9 +74,9 @@ class Generation:
         self.model = await slot.__aenter__()
         self._slot = slot
         try:
-            runtime = self.model.runtime
+            runtime = self.model.text_runtime
             self.request.options = model_options(self.model.resolved.files.params, self.request.options)
-            if self.need not in runtime.capabilities or not isinstance(runtime, TextRuntime):
+            if runtime is None or self.need not in runtime.capabilities:
                 raise NotSupported(f"{self.model.name} does not support {self.need.value}")
             self._events = runtime.generate(self.request)
             self._first = await self._next()
@@ -162,20 +161,31 @@ async def _disconnected(request: Request) -> None:
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; when the client disconnects first, cancel it and raise :class:`ClientGone`."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Run ``work``; when the client disconnects first, cancel it and raise :class:`ClientGone`.
+
+    ``work`` runs in the calling task and one watcher task waits for the disconnect (it cancels the
+    caller): one task a request instead of two and an ``asyncio.wait`` (30 µs of a 2 ms embedding).
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        current.uncancel()  # the cancel was ours: the caller goes on to answer ClientGone
+        raise ClientGone() from None
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            watcher.cancel()
-            raise ClientGone()
         watcher.cancel()
-    return task.result()
 
 
 async def run_to_end(request: Request, gen: Generation) -> Answer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,6 +54,29 @@ class Metrics:
         )
         self.loaded = Gauge("ff:models_loaded", "Models loaded", registry=r)
         self.memory = Gauge("ff:models_memory_bytes", "Memory budgeted for loaded models", registry=r)
+        self._models: dict[str, ModelMetrics] = {}
+
+    def of(self, model: str) -> ModelMetrics:
+        """``model``'s children of the metrics every request touches, looked up once per model name."""
+        found = self._models.get(model)
+        if found is None:
+            found = self._models[model] = ModelMetrics(
+                self.running.labels(model),
+                self.waiting.labels(model),
+                self.queue_time.labels(model),
+                self.prompt_tokens.labels(model),
+            )
+        return found
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's labelled children (``labels()`` costs a few µs a call: a request made five)."""
+
+    running: Gauge
+    waiting: Gauge
+    queue_time: Histogram
+    prompt_tokens: Counter
 
 
 RUNTIME_GAUGES = frozenset({"last_batch_sequences", "max_batch_sequences", "running", "slots"})

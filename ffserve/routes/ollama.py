@@ -18,7 +18,6 @@ from ffruntime.runtime import (
     Done,
     Embeddings,
     EmbedInput,
-    EmbedRuntime,
     Format,
     GenerationRequest,
     Token,
@@ -249,11 +248,11 @@ async def embed_texts(
 
     async def work() -> tuple[Embeddings, int]:
         async with e.scheduler.slot(model, keep_alive) as loaded:
-            rt = loaded.runtime
-            if Capability.EMBED not in rt.capabilities or not isinstance(rt, EmbedRuntime):
+            rt = loaded.embed_runtime
+            if rt is None:
                 raise NotSupported(f"{loaded.name} does not produce embeddings")
             result = await rt.embed(texts, truncate=truncate, cancel=cancel)
-            e.metrics.prompt_tokens.labels(loaded.name).inc(result.prompt_tokens)
+            e.metrics.of(loaded.name).prompt_tokens.inc(result.prompt_tokens)
             result = Embeddings(shorten(result.vectors, dimensions), result.prompt_tokens)
             return result, 0 if was_loaded else loaded.load_ns
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ffruntime.runtime import CancelFlag, Capability, TensorRuntime
+from ffruntime.runtime import CancelFlag, TensorRuntime
 from ffserve import __version__
 from ffserve.encoding import JSONResponse
 from ffserve.errors import ModelNotFound, NotSupported
@@ -62,8 +62,8 @@ def _split(rest: str) -> tuple[str, str]:
 
 
 def _tensor_runtime(model: Loaded) -> TensorRuntime:
-    rt = model.runtime
-    if Capability.TENSOR not in rt.capabilities or not isinstance(rt, TensorRuntime):
+    rt = model.tensor_runtime
+    if rt is None:
         raise NotSupported(
             f"{model.name} is not a tensor model (it has no Open Inference Protocol interface)"
         )

@@ -212,3 +212,25 @@ def test_the_loader_gets_the_servers_load_settings(tmp_path: Path) -> None:
         await sched.close()
 
     asyncio.run(scenario())
+
+
+def test_keep_alive_zero_unloads_when_the_last_request_ends(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sched = _scheduler(tmp_path, FakeLoader(parallel=2))
+        async with sched.slot("m", keep_alive=0) as model:
+            async with sched.slot("m", keep_alive=0):
+                pass
+            await asyncio.sleep(0.02)
+            assert sched.is_loaded("m")  # one request still holds it
+        for _ in range(50):
+            if not sched.is_loaded("m"):
+                break
+            await asyncio.sleep(0.01)
+        assert not sched.is_loaded("m") and model.runtime.closed  # type: ignore[attr-defined]
+        async with sched.slot("kept"):
+            pass
+        await asyncio.sleep(0.02)
+        assert sched.is_loaded("kept")  # the default keep-alive (5m) keeps it
+        await sched.close()
+
+    asyncio.run(scenario())
