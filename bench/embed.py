@@ -8,19 +8,20 @@ against sentence-transformers, at batch 1, batch 32 and with 16 concurrent clien
   calls, calls of 32, and 16 concurrent asyncio tasks of one sentence (the runtime batches them).
 - **served**: ``POST /v1/embeddings`` to a ``python -m ffcli serve`` subprocess: the same three shapes
   (16 concurrent clients = 16 requests in flight on 16 connections). The client runs on the same
-  cores as the server, so it is a light one: ``aiohttp`` (0.2–0.3 ms of CPU a request here). ``httpx``
-  (``--client httpx``, what the ``openai`` package uses) spent 1.3 ms a request, which on 2 cores
-  measured the client more than the server. Embeddings come back as ``encoding_format: base64``
-  and are decoded with numpy, as the ``openai`` client asks for and reads them when it is not told
-  otherwise (``--encoding float``: JSON numbers, parsed by ``json``).
+  cores as the server, so it is a light one. ``wrk`` (the default where it is installed,
+  ``bench/loadgen.py``: a C load generator, ~0.03 ms of CPU a request) measures the server;
+  ``--client aiohttp`` (0.24 ms a request here, decoding every answer with numpy) and ``--client
+  httpx`` (1.3 ms, what the ``openai`` package uses) measure a Python client too, which on 2 cores
+  is a large part of a 1.5 ms model run. Embeddings come back as ``encoding_format: base64``, as the
+  ``openai`` client asks for them when it is not told otherwise (``--encoding float``: JSON numbers).
 
 Every path uses the same thread count (``--threads``, default: all cores; torch and ff both get it).
 Each figure is the median of ``--rounds`` timings of ``--seconds`` each. The cosine column is each
 variant's smallest cosine to sentence-transformers over the sentences. Prints ratios: each variant /
 sentence-transformers, and served / direct.
 
-    python bench/embed.py [--home FF_HOME] [--threads N] [--seconds 3] [--rounds 3] [--client aiohttp|httpx]
-        [--encoding base64|float]
+    python bench/embed.py [--home FF_HOME] [--threads N] [--seconds 3] [--rounds 3]
+        [--client wrk|aiohttp|httpx] [--encoding base64|float]
 
 Without ``--home`` it builds ``modelfiles/minilm-all`` from the MiniLM test package into a temp FF_HOME.
 """
@@ -245,6 +246,35 @@ def served_paths(
     return _shapes(single, texts, lambda b: loop.run_until_complete(many(b))), close
 
 
+def wrk_rates(
+    url: str, variant: str, texts: list[str], args: argparse.Namespace, direct: dict[str, float]
+) -> dict[str, float]:
+    """The served shapes from ``wrk``: median sentences/s of ``rounds`` runs of ``seconds`` each, or of
+    three times a request's latency at the ``direct`` rate where that is longer (untuned TVM: 13 s for
+    32 sentences)."""
+    import json
+
+    from bench import loadgen
+
+    def bodies(n: int) -> list[str]:
+        name = f"minilm-all:latest-{variant}"
+        return [
+            json.dumps({"model": name, "input": texts[i : i + n], "encoding_format": args.encoding})
+            for i in range(0, len(texts) - n + 1, n)
+        ]
+
+    target = url + "/v1/embeddings"
+    shapes = {"batch 1": (bodies(1), 1, 1), "batch 32": (bodies(32), 1, 32), "16 clients": (bodies(1), 16, 1)}
+    loadgen.rate(target, bodies(1), 1, max(1.0, 3 / direct["batch 1"]), 10 + 10 / direct["batch 1"])
+    out = {}
+    for shape, (b, conns, per) in shapes.items():
+        latency = conns * per / direct[shape]
+        duration, timeout = max(args.seconds, 3 * latency), 10 + 10 * latency
+        run = [loadgen.rate(target, b, conns, duration, timeout) for _ in range(args.rounds)]
+        out[shape] = statistics.median(run) * per
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -258,7 +288,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
-    ap.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the served path's")
+    from bench import loadgen
+
+    ap.add_argument(
+        "--client",
+        choices=("wrk", "aiohttp", "httpx"),
+        default="wrk" if loadgen.available() else "aiohttp",
+        help="the served path's load generator",
+    )
     ap.add_argument("--encoding", choices=("base64", "float"), default="base64", help="encoding_format")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
@@ -303,9 +340,12 @@ def main() -> None:
                 ((got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))).min()
             )
             results[f"{v} direct"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
-            paths, close = served_paths(url, v, texts, args.client, args.encoding)
-            results[f"{v} served"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
-            close()
+            if args.client == "wrk":
+                results[f"{v} served"] = wrk_rates(url, v, texts, args, results[f"{v} direct"])
+            else:
+                paths, close = served_paths(url, v, texts, args.client, args.encoding)
+                results[f"{v} served"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
+                close()
             del paths, embed
     finally:
         server.terminate()
