@@ -37,8 +37,7 @@ def available() -> bool:
 
 def rate(url: str, bodies: Sequence[str], connections: int, seconds: float, timeout: float = 10.0) -> float:
     """Requests/s that ``wrk`` got from ``POST url`` with ``connections`` connections for ``seconds``
-    (wrk counts the requests that finished in that time: give a slow model seconds for several, and a
-    ``timeout`` above one request's latency)."""
+    (wrk counts the requests that ended in that time: a request must take a small part of it)."""
     if not available():
         raise SystemExit("wrk is not installed: apt-get install wrk (or pick --client aiohttp)")
     for b in bodies:
