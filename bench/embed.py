@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -121,9 +120,10 @@ def _minilm_folder() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-def _build(home: Path) -> None:
+def build_minilm(home: Path, modelfile: str = "minilm-all") -> None:
+    """``modelfiles/<modelfile>`` from the MiniLM test package, tagged ``minilm-all:latest``."""
     env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(REPO / "modelfiles" / "minilm-all")]
+    cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(REPO / "modelfiles" / modelfile)]
     cmd += ["-t", "minilm-all:latest", "--build-arg", f"SOURCE={_minilm_folder()}"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
 
@@ -273,12 +273,6 @@ def wrk_rates(url: str, variant: str, texts: list[str], args: argparse.Namespace
     return rates
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path)
@@ -304,7 +298,7 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="ff-bench-embed-"))
     if not (home / "store").is_dir():
         print(f"building modelfiles/minilm-all into {home} …", flush=True)
-        _build(home)
+        build_minilm(home)
     texts = sentences()
     check = texts[:32]
     results: dict[str, dict[str, float]] = {}
@@ -312,7 +306,7 @@ def main() -> None:
     st, model = st_paths(_minilm_folder(), texts)
     ref = model.encode(check)
     results["sentence-transformers"] = {k: rate(f, args.seconds, args.rounds) for k, f in st.items()}
-    port = _free_port()
+    port = loadgen.free_port()
     env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
     env.update(FF_ACCESS_LOG="false", FF_PORT=str(port))
     server = subprocess.Popen(

