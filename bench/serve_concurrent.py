@@ -149,7 +149,7 @@ async def shared_prefix(kind: str, url: str, round_no: int) -> tuple[float, floa
 
 
 def _prompt_tokens(gguf: Path) -> int:
-    from ffruntime.llamacpp_eval import LlamaEval
+    from ffruntime.llamacpp.eval import LlamaEval
 
     with LlamaEval(gguf, threads=1) as m:
         return len(m.tokenize(system_prompt(0)))

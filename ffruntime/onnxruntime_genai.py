@@ -216,7 +216,7 @@ class GenAIRuntime:
     def _grammar_of_format(request: GenerationRequest) -> bool:
         """Whether ``request.grammar`` is only the server's GBNF form of ``request.format`` (GenAI then
         uses the format itself, through its JSON-schema guidance)."""
-        from ffruntime.grammar import format_grammar
+        from ffruntime.constraints import format_grammar
 
         return request.format is not None and request.grammar == format_grammar(request.format)
 

@@ -40,7 +40,7 @@ class LoadSettings:
     - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime).
     - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
     - ``extra_buffers``: llama.cpp's extra CPU buffer types (repack/AMX); ``None`` decides per library
-      (:func:`ffruntime.llamacpp_lib.extra_buffers_safe`).
+      (:func:`ffruntime.llamacpp.library.extra_buffers_safe`).
     - ``flash_attn``: llama.cpp flash attention (off, as the verify figures were measured).
     - ``options``: backend options from the variant's ``TARGET … key=value`` and the operator.
     """

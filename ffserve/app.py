@@ -1,4 +1,4 @@
-"""The Starlette application: routes, the guard middleware, error mapping and the engine's lifespan."""
+"""The Starlette application: routes, the guard middleware, error mapping and the lifespan."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ffserve.middleware import Guard
 from ffserve.routes import ollama, ollama_models, openai, ops, v2
 from ffserve.scheduler import Loader, Scheduler
 from ffserve.settings import Settings
-from ffserve.state import Engine
+from ffserve.state import AppState
 from registry.folder import folder_model_name, import_folder
 from registry.home import store_dir
 from registry.store import Store
@@ -35,22 +35,22 @@ def create_app(
         folder_model = folder_model_name(folder, settings.model_name)
         settings = settings.model_copy(update={"models": [*settings.models, folder_model]})
     metrics = Metrics()
-    engine = Engine(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
-    metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in engine.scheduler.loaded()]))
+    app_state = AppState(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
+    metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in app_state.scheduler.loaded()]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine.scheduler.start()
+        app_state.scheduler.start()
         if folder is not None and folder_model is not None:
             await asyncio.to_thread(import_folder, store, folder, folder_model)
-        preload = asyncio.get_running_loop().create_task(engine.scheduler.preload(settings.models))
+        preload = asyncio.get_running_loop().create_task(app_state.scheduler.preload(settings.models))
         try:
             yield
         finally:
             preload.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await preload
-            await engine.scheduler.close()
+            await app_state.scheduler.close()
 
     app = Starlette(
         # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
@@ -64,6 +64,6 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.engine = engine
+    app.state.ff = app_state
     app.state.draining = False
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ffruntime.llamacpp_lib import prepare_openmp
+from ffruntime.llamacpp.library import prepare_openmp
 from ffserve.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""What every handler needs, kept on ``app.state.engine``."""
+"""What every handler needs, kept on ``app.state.ff``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from registry.store import Store
 
 
 @dataclass
-class Engine:
+class AppState:
     settings: Settings
     store: Store
     scheduler: Scheduler
@@ -22,6 +22,6 @@ class Engine:
     started: float = field(default_factory=time.time)
 
 
-def engine(request: Request) -> Engine:
-    e: Engine = request.app.state.engine
+def app_state(request: Request) -> AppState:
+    e: AppState = request.app.state.ff
     return e

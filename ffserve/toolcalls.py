@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 
-from ffruntime.grammar import tool_call_grammar
+from ffruntime.constraints import tool_call_grammar
 from ffruntime.prompting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from ffruntime.runtime import ToolCall
 from ffserve.errors import BadRequest

@@ -15,7 +15,7 @@ from pathlib import Path
 from ffbuild.stages.atomic import atomic_output
 from ffbuild.stages.errors import QuantizeError, RequantizeError
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
-from ffruntime.llamacpp_lib import binding, captured_log, log_tail
+from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.settings import available_cores
 from registry.choices import QUANTIZATIONS
 

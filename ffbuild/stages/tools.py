@@ -18,15 +18,15 @@ _ROOT = _STAGES_DIR.parents[1]  # the directory holding the ffbuild and ffruntim
 _PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors")
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "convert": ("convert",),
-    "quantize": ("quantize", "ffruntime/llamacpp_lib"),
+    "quantize": ("quantize", "ffruntime/llamacpp/library"),
     "lora": ("lora", "convert"),
     "verify": (
-        "verify", "registry/gguf_info", "ffruntime/llamacpp_eval", "ffruntime/llamacpp_lib",
+        "verify", "registry/gguf_info", "ffruntime/llamacpp/eval", "ffruntime/llamacpp/library",
         "ffruntime/settings",
     ),
     "genai": ("genai",),
     "genai_verify": (
-        "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp_eval", "ffruntime/settings"
+        "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp/eval", "ffruntime/settings"
     ),
     "onnx_export": ("onnx_export", "ffruntime/graph_spec"),
     "verify_tensor": (

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from ffbuild.stages.errors import StageError, VerifyError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_eval import FloatArray, LlamaEval
+from ffruntime.llamacpp.eval import FloatArray, LlamaEval
 from ffruntime.settings import LoadSettings, available_cores, default_threads
 
 DEFAULT_TEXT = (
@@ -65,7 +65,7 @@ def verify_threads() -> int:
 def eval_settings(threads: int | None) -> LoadSettings:
     """How verify loads a model: ``threads`` for everything when given; else the server's thread count
     for single tokens and every core for the text pass and prompts (nothing else runs beside a build;
-    the threads sleep at barriers, ``ffruntime.llamacpp_lib.WAIT_POLICY``). Three SmolLM2 variants,
+    the threads sleep at barriers, ``ffruntime.llamacpp.library.WAIT_POLICY``). Three SmolLM2 variants,
     2 cores: 4.47 s on 1 thread, 3.68 s so, and the same 4.6 s either way beside a busy process
     (docs/benchmarks.md). The figures do not depend on the thread count."""
     if threads is not None:

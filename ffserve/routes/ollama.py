@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ffruntime.grammar import format_grammar
+from ffruntime.constraints import format_grammar
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
@@ -28,7 +28,7 @@ from ffserve import logprobs, toolcalls
 from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, NotSupported
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
-from ffserve.state import Engine, engine
+from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body
 from ffserve.wire.ollama import (
@@ -69,7 +69,7 @@ def _durations(gen: Generation, done: Done, t0: int, load_ns: int) -> dict[str, 
     }
 
 
-async def _load_only(e: Engine, model: str, keep_alive: float | None, body: dict[str, object]) -> Response:
+async def _load_only(e: AppState, model: str, keep_alive: float | None, body: dict[str, object]) -> Response:
     """An empty prompt loads the model (or, with keep_alive 0, unloads it), as Ollama does."""
     if keep_alive == 0:
         await e.scheduler.unload(model)
@@ -88,7 +88,7 @@ def _wire_calls(calls: list[ToolCall]) -> list[dict[str, object]]:
 
 
 async def _answer(
-    request: Request, e: Engine, gen: Generation, stream: bool, shape: str, model: str
+    request: Request, e: AppState, gen: Generation, stream: bool, shape: str, model: str
 ) -> Response:
     t0 = time.perf_counter_ns()
     was_loaded = e.scheduler.is_loaded(model)
@@ -163,7 +163,7 @@ def _logprobs(body: GenerateRequest | ChatRequest) -> dict[str, Any]:
 
 
 async def generate(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, GenerateRequest)
     if not body.prompt and not body.raw:
         return await _load_only(e, body.model, body.keep_alive, {"response": ""})
@@ -196,7 +196,7 @@ def _message(m: Message) -> ChatMessage:
 
 
 async def chat(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, ChatRequest)
     if not body.messages:
         return await _load_only(
@@ -235,7 +235,7 @@ def shorten(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDA
 
 async def embed_texts(
     request: Request,
-    e: Engine,
+    e: AppState,
     model: str,
     texts: Sequence[EmbedInput],
     truncate: bool,
@@ -265,7 +265,7 @@ async def embed_texts(
 
 
 async def embed(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, EmbedRequest)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     t0 = time.perf_counter_ns()
@@ -287,7 +287,7 @@ async def embed(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, EmbeddingsRequest)
     try:
         result, _ = await embed_texts(request, e, body.model, [body.prompt], True, body.keep_alive)

@@ -14,7 +14,7 @@ from ffserve import __version__
 from ffserve.encoding import JSONResponse
 from ffserve.errors import BadGateway, BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
 from ffserve.models import canonical, remote_module
-from ffserve.state import Engine, engine
+from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body
 from ffserve.wire.ollama import CopyRequest, NameRequest, rfc3339
@@ -32,7 +32,7 @@ from registry.select import SelectionError, select_variant
 from registry.store import NotFoundError, StoreError
 
 
-def _pick(e: Engine, name: str) -> tuple[VariantRef, ModelFiles | None]:
+def _pick(e: AppState, name: str) -> tuple[VariantRef, ModelFiles | None]:
     """The variant ``name`` serves here (or the first present one when none fits this machine)."""
     vs = variants_of(e.store, name)
     try:
@@ -73,7 +73,7 @@ def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     return caps
 
 
-def _model_entry(e: Engine, name: str, digest: str) -> dict[str, object]:
+def _model_entry(e: AppState, name: str, digest: str) -> dict[str, object]:
     v, files = _pick(e, name)
     return {
         "name": name,
@@ -86,7 +86,7 @@ def _model_entry(e: Engine, name: str, digest: str) -> dict[str, object]:
 
 
 async def tags(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
 
     def listing() -> list[dict[str, object]]:
         out = []
@@ -109,7 +109,7 @@ def _parameters(params: dict[str, object]) -> str:
 
 
 async def show(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, NameRequest)
     name = canonical(body.ref or "")
 
@@ -145,7 +145,7 @@ async def show(request: Request) -> Response:
 
 
 async def ps(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     out = []
     for m in e.scheduler.loaded():
         v, files = m.resolved.variant, m.resolved.files
@@ -167,7 +167,7 @@ async def ps(request: Request) -> Response:
 
 
 async def _transfer(request: Request, push: bool) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, NameRequest)
     name = canonical(body.ref or "")
     remote = remote_module()
@@ -255,7 +255,7 @@ async def push(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, NameRequest)
     name = canonical(body.ref or "")
 
@@ -273,7 +273,7 @@ async def delete(request: Request) -> Response:
 
 
 async def copy(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, CopyRequest)
     src, dst = canonical(body.source), canonical(body.destination)
 

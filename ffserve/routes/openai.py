@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ffruntime.grammar import format_grammar
+from ffruntime.constraints import format_grammar
 from ffruntime.runtime import (
     Capability,
     ChatMessage,
@@ -31,7 +31,7 @@ from ffserve.errors import BadRequest, ModelNotFound
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
-from ffserve.state import Engine, engine
+from ffserve.state import AppState, app_state
 from ffserve.streaming import SSE_DONE, EventStream, sse
 from ffserve.wire import parse_body
 from ffserve.wire.openai import (
@@ -217,7 +217,7 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
 
 
 async def chat_completions(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, ChatCompletionRequest)
     fmt = _format(body.response_format)
     choice = body.tool_choice
@@ -266,7 +266,7 @@ def _prompt(body: CompletionRequest) -> tuple[str, list[int]]:
 
 
 async def completions(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, CompletionRequest)
     prompt, ids = _prompt(body)
     req = GenerationRequest(
@@ -286,7 +286,7 @@ async def completions(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     body = await parse_body(request, EmbeddingRequest)
     texts = _inputs(body.input)
     if not texts:
@@ -307,19 +307,19 @@ async def embeddings(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
 
 
-def _model_obj(e: Engine, name: str, digest: str) -> dict[str, object]:
+def _model_obj(e: AppState, name: str, digest: str) -> dict[str, object]:
     mtime = e.store.blob_path(digest).stat().st_mtime if e.store.has_blob(digest) else e.started
     return {"id": name, "object": "model", "created": int(mtime), "owned_by": "ferrousforge"}
 
 
 async def list_models(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     tags = await asyncio.to_thread(e.store.tags)
     return JSONResponse({"object": "list", "data": [_model_obj(e, n, d.digest) for n, d in tags]})
 
 
 async def get_model(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     name = canonical(request.path_params["model"])
     try:
         desc = await asyncio.to_thread(e.store.resolve, name)

@@ -18,7 +18,7 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     missing = [n for n in e.settings.models if not e.scheduler.is_loaded(n)]
     if missing or getattr(request.app.state, "draining", False):
         reason = "shutting down" if not missing else "loading " + ", ".join(missing)
@@ -27,7 +27,7 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(engine(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(app_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:

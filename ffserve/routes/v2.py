@@ -25,7 +25,7 @@ from ffserve.generation import ClientGone, until_disconnected
 from ffserve.routes.ollama import GONE
 from ffserve.routes.ops import ready as server_ready
 from ffserve.scheduler import Loaded
-from ffserve.state import Engine, engine
+from ffserve.state import AppState, app_state
 from ffserve.wire.v2 import HEADER_LENGTH, infer_response, parse_infer
 
 PLATFORMS: Final = {"onnxruntime": "onnxruntime_onnx", "tvm": "tvm", "tensorrt": "tensorrt_plan"}
@@ -86,7 +86,7 @@ def _metadata(name: str, model: Loaded) -> dict[str, object]:
     }
 
 
-async def _infer(request: Request, e: Engine, name: str) -> Response:
+async def _infer(request: Request, e: AppState, name: str) -> Response:
     body = await request.body()
     req, inputs = parse_infer(body, request.headers.get(HEADER_LENGTH))
     wanted = [o.name for o in req.outputs] if req.outputs else None
@@ -117,7 +117,7 @@ async def _infer(request: Request, e: Engine, name: str) -> Response:
 
 
 async def model_route(request: Request) -> Response:
-    e = engine(request)
+    e = app_state(request)
     name, action = _split(request.path_params["rest"])
     if action == "infer":
         if request.method != "POST":

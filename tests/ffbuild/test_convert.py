@@ -14,7 +14,7 @@ import pytest
 from ffbuild.stages.convert import SUPPORTED_ARCHITECTURES, convert_hf_to_gguf
 from ffbuild.stages.errors import ConvertError, UnsupportedArchitectureError
 from ffbuild.stages.gguf_info import read_gguf_header
-from ffruntime.llamacpp_eval import LlamaEval
+from ffruntime.llamacpp.eval import LlamaEval
 
 TEXTS = [
     "Hello world",

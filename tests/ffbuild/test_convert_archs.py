@@ -13,7 +13,7 @@ import pytest
 
 from ffbuild.stages.convert import convert_hf_to_gguf
 from ffbuild.stages.gguf_info import read_gguf_header
-from ffruntime.llamacpp_eval import LlamaEval
+from ffruntime.llamacpp.eval import LlamaEval
 
 IDS = [1, 19556, 905, 28, 614, 1462, 314, 260, 3575, 282, 4649, 47, 2, 198, 33, 34]
 COMMON: dict[str, Any] = {

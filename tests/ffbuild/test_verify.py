@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ffbuild.stages.verify import DEFAULT_PROMPT, VerifyReport, verify_gguf
-from ffruntime.llamacpp_eval import LlamaEval
+from ffruntime.llamacpp.eval import LlamaEval
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def test_server_settings_map_onto_load_settings() -> None:
 
 
 def test_batch_threads_default_to_the_threads() -> None:
-    from ffruntime.llamacpp_lib import context_params
+    from ffruntime.llamacpp.library import context_params
 
     assert LoadSettings(threads=3).n_threads_batch == 3
     p = context_params(LoadSettings(threads=1, threads_batch=2), n_ctx=64)
@@ -40,7 +40,7 @@ def test_openmp_threads_sleep_unless_told_otherwise(preset: str | None, seen: st
     import subprocess
     import sys
 
-    code = ("import os; from ffruntime.llamacpp_lib import binding; binding(); "
+    code = ("import os; from ffruntime.llamacpp.library import binding; binding(); "
             "print(os.environ['OMP_WAIT_POLICY'])")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if preset:

@@ -90,7 +90,7 @@ from ffserve.app import create_app
 from ffserve.settings import Settings
 from ffruntime.runtime import GenerationRequest, Token
 app = create_app(Settings(num_threads=2, quantize="q8_0"))
-sched = app.state.engine.scheduler
+sched = app.state.ff.scheduler
 async def main():
     model = await sched.get("smollm2")
     req = GenerationRequest(prompt="Hi", options={"num_predict": 2})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ffruntime.grammar import format_grammar, tool_call_grammar, tool_call_schema
+from ffruntime.constraints import format_grammar, tool_call_grammar, tool_call_schema
 from ffruntime.runtime import RequestRejected
 from ffserve.toolcalls import StreamParser, parse
 

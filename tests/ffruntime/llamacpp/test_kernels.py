@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from ffruntime import llamacpp_lib
-from ffruntime.llamacpp_eval import LlamaEval
-from ffruntime.llamacpp_lib import extra_buffers_safe, use_extra_buffers
+from ffruntime.llamacpp import library as llamacpp_lib
+from ffruntime.llamacpp.eval import LlamaEval
+from ffruntime.llamacpp.library import extra_buffers_safe, use_extra_buffers
 from ffruntime.runtime import GenerationRequest
 from ffruntime.settings import LoadSettings
-from tests.ffruntime.test_llamacpp_engine import open_runtime, text_of, together
+from tests.ffruntime.llamacpp.test_engine import open_runtime, text_of, together
 
 AMX_CPU = frozenset({"avx512f", "amx_int8", "amx_tile"})
 PLAIN_CPU = frozenset({"avx512f", "avx2"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ffruntime.llamacpp_text import TextStream, held_tail
+from ffruntime.llamacpp.text import TextStream, held_tail
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> str:

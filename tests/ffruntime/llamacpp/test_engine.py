@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ffruntime
-from ffruntime.llamacpp import LlamaCppRuntime
+from ffruntime.llamacpp.runtime import LlamaCppRuntime
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
@@ -278,7 +278,7 @@ def test_embedding_model_batches_requests_and_matches_verify(
 ) -> None:
     """An embedding-only GGUF (MiniLM, its own pooling): concurrent requests, vectors as LlamaEval's."""
     from ffbuild.stages.convert import convert_hf_to_gguf
-    from ffruntime.llamacpp_eval import LlamaEval
+    from ffruntime.llamacpp.eval import LlamaEval
 
     gguf = tmp_path / "minilm.gguf"
     convert_hf_to_gguf(minilm_folder, gguf, "f16")
@@ -309,7 +309,7 @@ def test_lora_adapter_serves_as_verify_measures(
     import dataclasses
 
     from ffbuild.stages.lora import convert_peft_lora
-    from ffruntime.llamacpp_eval import LlamaEval
+    from ffruntime.llamacpp.eval import LlamaEval
 
     adapter = tmp_path / "adapter.gguf"
     convert_peft_lora(smollm2_lora, adapter, base=smollm2_hf)

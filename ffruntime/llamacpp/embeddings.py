@@ -1,7 +1,7 @@
 """Embeddings on llama.cpp: every input of the requests waiting together goes into as few
 ``llama_decode`` batches as fit, one sequence id per input, pooled by llama.cpp.
 
-Runs as the engine thread's side work (:class:`~ffruntime.llamacpp_engine.SideWork`), so embedding and
+Runs as the engine thread's side work (:class:`~ffruntime.llamacpp.engine.SideWork`), so embedding and
 generation never compete for the cores. Pooling is the GGUF's own when it declares one, else the mean.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_lib import attach_lora, binding, captured_log, context_params, log_tail
+from ffruntime.llamacpp.library import attach_lora, binding, captured_log, context_params, log_tail
 from ffruntime.runtime import CancelFlag, Embeddings
 from ffruntime.settings import LoadSettings
 

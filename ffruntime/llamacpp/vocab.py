@@ -1,6 +1,6 @@
 """A llama.cpp vocabulary: tokenize, token pieces, special tokens and model metadata.
 
-Shared by the verify stage's :class:`~ffruntime.llamacpp_eval.LlamaEval` and the serving engine, so both
+Shared by the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval` and the serving engine, so both
 turn text into the same tokens. Tokenizing only reads the vocabulary, so any thread may do it while
 another decodes (llama.cpp's own server tokenizes in its HTTP threads).
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_lib import binding
+from ffruntime.llamacpp.library import binding
 
 
 def _read(call: Callable[[Any], int]) -> str | None:

@@ -3,7 +3,7 @@ sentence embeddings. The verify stage's measuring instrument.
 
 :class:`LlamaEval` opens the model (and optionally a LoRA adapter) through llama-cpp-python's C API,
 so it controls what the high-level ``Llama`` class does not expose: the CPU buffer types (see
-:mod:`ffruntime.llamacpp_lib`), one decode call for all positions of a text, and freeing the model
+:mod:`ffruntime.llamacpp.library`), one decode call for all positions of a text, and freeing the model
 as soon as the caller is done (``with LlamaEval(...) as m:``).
 
 The context is created on first use and re-created larger only when a text needs it (its size sets
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_lib import (
+from ffruntime.llamacpp.library import (
     attach_lora,
     binding,
     captured_log,
@@ -33,7 +33,7 @@ from ffruntime.llamacpp_lib import (
     lora_adapter,
     model_params,
 )
-from ffruntime.llamacpp_vocab import Vocab
+from ffruntime.llamacpp.vocab import Vocab
 from ffruntime.settings import LoadSettings
 
 FloatArray = npt.NDArray[np.float32]
@@ -109,7 +109,7 @@ class LlamaEval:
         free_handles(self._ctx, self._lora, self._model)
         self._ctx = self._lora = self._model = None
 
-    # -- vocabulary (see :class:`~ffruntime.llamacpp_vocab.Vocab`) ----------------------------
+    # -- vocabulary (see :class:`~ffruntime.llamacpp.vocab.Vocab`) ----------------------------
     def meta(self, key: str) -> str | None:
         return self.vocab.meta(key)
 

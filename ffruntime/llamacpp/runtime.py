@@ -1,11 +1,11 @@
 """The llama.cpp runtime: chat, completion and embeddings from GGUF weights, on llama.cpp's C API.
 
 One model, one context with ``num_parallel`` sequence slots of ``num_ctx`` tokens each, driven by one
-:class:`~ffruntime.llamacpp_engine.Engine` thread that decodes every running sequence in one batch
+:class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running sequence in one batch
 (continuous batching, prefix reuse, chunked prefill; see that module). The event loop never runs model
 code: requests are prepared (prompt rendered, tokenized, sampler built) in a worker thread, events come
 back through an ``asyncio.Queue``. Model and context parameters come from
-:mod:`ffruntime.llamacpp_lib`, as for the verify stage's :class:`~ffruntime.llamacpp_eval.LlamaEval`.
+:mod:`ffruntime.llamacpp.library`, as for the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
-from ffruntime.grammar import format_grammar
-from ffruntime.llamacpp_embed import Embedder, EmbedJob
-from ffruntime.llamacpp_engine import END, Engine, Job
-from ffruntime.llamacpp_lib import (
+from ffruntime.constraints import format_grammar
+from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
+from ffruntime.llamacpp.engine import END, Engine, Job
+from ffruntime.llamacpp.library import (
     attach_lora,
     binding,
     captured_log,
@@ -32,8 +32,8 @@ from ffruntime.llamacpp_lib import (
     lora_adapter,
     model_params,
 )
-from ffruntime.llamacpp_sampling import Sampler, sampling
-from ffruntime.llamacpp_vocab import Vocab
+from ffruntime.llamacpp.sampling import Sampler, sampling
+from ffruntime.llamacpp.vocab import Vocab
 from ffruntime.prompting import ModelPrompting, build_prompt
 from ffruntime.runtime import (
     CancelFlag,

@@ -1,6 +1,6 @@
 """llama.cpp as every part of ff drives it: the binding, its log, and the model and context parameters.
 
-The verify stage (:mod:`ffruntime.llamacpp_eval`), ``ff run`` and the server's runtime
+The verify stage (:mod:`ffruntime.llamacpp.eval`), ``ff run`` and the server's runtime
 (:mod:`ffruntime.llamacpp`) all load models through :func:`model_params` and :func:`context_params`,
 so what verify measures runs on the same kernels as what is served. Nothing here patches
 ``llama_cpp``: parameters are built and passed explicitly.

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.llamacpp_lib import binding
-from ffruntime.llamacpp_sampling import Sampler, log_softmax, top_alternatives
-from ffruntime.llamacpp_text import TextStream
-from ffruntime.llamacpp_vocab import Vocab
+from ffruntime.llamacpp.library import binding
+from ffruntime.llamacpp.sampling import Sampler, log_softmax, top_alternatives
+from ffruntime.llamacpp.text import TextStream
+from ffruntime.llamacpp.vocab import Vocab
 from ffruntime.runtime import CancelFlag, Done, DoneReason, Token, TokenLogprob, TopLogprob
 
 END = object()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ffruntime.llamacpp_lib import binding, captured_log, log_tail
+from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.runtime import ParamValue, RequestRejected
 
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed

@@ -7,8 +7,8 @@ step in id order, 104 ms in the order [3, 4, 0, 1, 2, 5, 7, 6] (docs/benchmarks.
 
 from __future__ import annotations
 
-from ffruntime.llamacpp_engine import MIN_SHARED, Engine, Job, _Seq, _Slot, id_runs, pick_slot
-from ffruntime.llamacpp_text import TextStream
+from ffruntime.llamacpp.engine import MIN_SHARED, Engine, Job, _Seq, _Slot, id_runs, pick_slot
+from ffruntime.llamacpp.text import TextStream
 from ffruntime.runtime import CancelFlag
 
 
