@@ -35,22 +35,22 @@ def create_app(
         folder_model = folder_model_name(folder, settings.model_name)
         settings = settings.model_copy(update={"models": [*settings.models, folder_model]})
     metrics = Metrics()
-    app_state = AppState(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
-    metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in app_state.scheduler.loaded()]))
+    state = AppState(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
+    metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in state.scheduler.loaded()]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app_state.scheduler.start()
+        state.scheduler.start()
         if folder is not None and folder_model is not None:
             await asyncio.to_thread(import_folder, store, folder, folder_model)
-        preload = asyncio.get_running_loop().create_task(app_state.scheduler.preload(settings.models))
+        preload = asyncio.get_running_loop().create_task(state.scheduler.preload(settings.models))
         try:
             yield
         finally:
             preload.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await preload
-            await app_state.scheduler.close()
+            await state.scheduler.close()
 
     app = Starlette(
         # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
@@ -64,6 +64,6 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.ff = app_state
+    app.state.ff = state
     app.state.draining = False
     return app

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from ffserve.encoding import JSONResponse
 from ffserve.openapi import document
-from ffserve.state import engine
+from ffserve.state import app_state
 
 
 async def live(request: Request) -> Response:
