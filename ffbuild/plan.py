@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.choices import default_backend
+from registry.choices import Family, default_backend
 
 if TYPE_CHECKING:
     pass
@@ -55,6 +55,7 @@ class Variant(BaseModel):
     device_detail: str | None = None  # e.g. "sm_90" for "cuda:sm_90"
     backend: str  # a key of choices.BACKENDS
     options: dict[str, str] = Field(default_factory=dict)  # TARGET key=value
+    family: Family  # what builds it (registry.choices.variant_family), set once by the planner
 
     @property
     def target(self) -> str:
@@ -65,8 +66,7 @@ class Variant(BaseModel):
         """``<quant>-<target>``, safe as part of an OCI tag (``q4_k_m-cpu``, ``fp16-cuda-sm_90``); the
         compiled backends add their name (``fp32-cpu-tvm``, ``fp16-cuda-tensorrt``), so one tag holds
         the same graph for onnxruntime and for them (a backend other than the device's default)."""
-        family = "gguf" if self.backend == "llamacpp" else "onnx"
-        suffix = f"-{self.backend}" if self.backend != default_backend(family, self.device) else ""
+        suffix = f"-{self.backend}" if self.backend != default_backend(self.family, self.device) else ""
         return f"{self.quantization}-{self.target.replace(':', '-')}{suffix}"
 
 

@@ -22,7 +22,7 @@ from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_flo
 from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
 from ffbuild.sources import SourceFacts, inspect_source, resolve_adapter, resolve_source
 from ffbuild.variants import QuantizeSpec, TargetSpec, expand, parse_quantize, parse_target
-from registry.choices import BACKENDS, TASKS, TEXT_TASKS
+from registry.choices import TASKS, TEXT_TASKS
 
 _SEMVER: Final = re.compile(
     r"v(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)"
@@ -180,14 +180,14 @@ class _Planner:
                     0,
                     Problem("this GGUF is a LoRA adapter, not a model", hint="name it with ADAPTER"),
                 )
-        variants = self._variants(source, quants, target_specs)
         task_inferred = task is None
         if task is None:
             task = self._infer_task(source, facts, template)
+        variants = self._variants(source, quants, target_specs, task)
         if task not in TEXT_TASKS and any(v.quantization == "int4" for v in variants):
             int4 = Problem(f"int4 is for chat/generate models (ONNX Runtime GenAI), not TASK {task}")
             self.fail(task_ins or source_ins, 0, int4)
-        if task == "tensor" and any(BACKENDS[v.backend]["format"] == "gguf" for v in variants):
+        if task == "tensor" and any(v.family == "gguf" for v in variants):
             needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
             self.fail(task_ins, 0, needs)
         if facts.quantized and not requantize:
@@ -289,10 +289,11 @@ class _Planner:
         source: Source | None,
         quants: list[tuple[str, _Origin]],
         targets: list[tuple[TargetSpec, _Origin]],
+        task: str,
     ) -> list[Variant]:
         if source is None:
             return []
-        variants, problems = expand([q for q, _ in quants], [t for t, _ in targets], source.kind)
+        variants, problems = expand([q for q, _ in quants], [t for t, _ in targets], source.kind, task)
         for vp in problems:
             on_quant = vp.quant is not None and vp.blame == "quant"
             origin = quants[vp.quant][1] if vp.quant is not None and on_quant else targets[vp.target][1]

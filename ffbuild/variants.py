@@ -6,6 +6,8 @@ quantizations, and reject the combinations that cannot work, saying why.
   metal/vulkan where onnxruntime does not run. Without QUANTIZE: the source's family decides (a .onnx
   file → the ONNX family, anything else → llamacpp) and each backend gets its default: llamacpp keeps a
   GGUF (or stored) source's own precision (``source``) and makes f16 from weights; ONNX backends fp32.
+- Each variant's ``family`` (gguf, genai or tensor: which stages build it) is set here, once, by
+  ``registry.choices.variant_family`` from the TASK and the backend.
 - A GGUF source only runs on llamacpp; a .onnx source never does; a backend runs only its devices and
   its quantizations; types that need an importance matrix are refused (ff does not compute one).
 - With several TARGETs, each type goes to the targets whose backend runs it: ``QUANTIZE fp32 int8`` with
@@ -23,7 +25,7 @@ from typing import Final
 from ffbuild.errors import Problem, did_you_mean
 from ffbuild.params import parse_bool
 from ffbuild.plan import SourceKind, Variant
-from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS, default_backend
+from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS, default_backend, variant_family
 
 # Allowed ``device:detail`` details, and aliases mapped to the canonical spelling.
 DEVICE_DETAILS: Final[dict[str, tuple[re.Pattern[str], str]]] = {
@@ -172,9 +174,10 @@ def default_quantization(backend: str, kind: SourceKind) -> str:
 
 
 def expand(
-    quants: Sequence[str], targets: Sequence[TargetSpec], kind: SourceKind
+    quants: Sequence[str], targets: Sequence[TargetSpec], kind: SourceKind, task: str
 ) -> tuple[list[Variant], list[VariantProblem]]:
-    """Every (quantization, target) pair as a variant, and the problems of the pairs that cannot be."""
+    """Every (quantization, target) pair as a variant of a ``task`` model, and the problems of the pairs
+    that cannot be."""
     variants: list[Variant] = []
     problems: list[VariantProblem] = []
     seen: dict[str, str] = {}
@@ -184,8 +187,7 @@ def expand(
         pairs: list[tuple[int | None, str, str]] = []
         if quants:
             for index, q in enumerate(quants):
-                family = "gguf" if QUANTIZATIONS[q]["format"] == "gguf" else "onnx"
-                pairs.append((index, q, t.backend or default_backend(family, t.device)))
+                pairs.append((index, q, t.backend or default_backend(QUANTIZATIONS[q]["format"], t.device)))
         else:
             backend = t.backend or default_backend(fixed or "gguf", t.device)
             pairs.append((None, default_quantization(backend, kind), backend))
@@ -198,7 +200,12 @@ def expand(
                 problems.append(VariantProblem(problem, qi, ti, blame, unsupported and t.backend is not None))
                 continue
             v = Variant(
-                quantization=q, device=t.device, device_detail=t.detail, backend=backend, options=t.options
+                quantization=q,
+                device=t.device,
+                device_detail=t.detail,
+                backend=backend,
+                options=t.options,
+                family=variant_family(task, backend),
             )
             if v.name in seen:
                 problems.append(
@@ -226,15 +233,6 @@ def expand(
         )
     ]
     return variants, problems
-
-
-def _family(q: str) -> str:
-    """ "gguf" for llama.cpp's types, "onnx" for the ONNX family's (fp32/fp16/int8/int4)."""
-    return "gguf" if q == "source" or QUANTIZATIONS[q]["format"] == "gguf" else "onnx"
-
-
-def _family_of_backend(backend: str) -> str:
-    return "gguf" if BACKENDS[backend]["format"] == "gguf" else "onnx"
 
 
 def _check(q: str, t: TargetSpec, backend: str, kind: SourceKind) -> tuple[Problem, bool] | None:

@@ -77,7 +77,7 @@ def build_command(
     except (StageError, StoreError, CacheError, BackendUnavailable, RuntimeFailure) as exc:
         if isinstance(progress, RichProgress):
             progress.close()
-        from ffbuild.build_context import VerifyPolicyError
+        from ffbuild.build import VerifyPolicyError
         from ffcli.exitcodes import VERIFY_FAILED, Failure
 
         raise Failure(str(exc), VERIFY_FAILED if isinstance(exc, VerifyPolicyError) else 1) from None

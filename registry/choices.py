@@ -8,7 +8,7 @@ row here and the rest follows.
 
 from __future__ import annotations
 
-from typing import Final, TypedDict
+from typing import Final, Literal, TypedDict
 
 
 class Quantization(TypedDict):
@@ -153,9 +153,23 @@ GENERATORS: Final[dict[str, tuple[str, str]]] = {"onnxruntime": ("onnxruntime_ge
 """Backends whose chat/generate variants run on a separate generator package: backend → (the Python
 module it needs, the pip extra). ONNX Runtime runs LLMs through ONNX Runtime GenAI (its KV cache and
 search loop); on CUDA the same module comes from ``onnxruntime-genai-cuda``."""
+
+Family = Literal["gguf", "genai", "tensor"]
+"""What builds a variant: ``gguf`` (llama.cpp), ``genai`` (an LLM exported by ONNX Runtime GenAI; its GGUF
+conversion is the verify reference), ``tensor`` (ONNX export, then onnxruntime/TVM/TensorRT)."""
+
+
+def variant_family(task: str, backend: str) -> Family:
+    """The family of a variant of a ``task`` model on ``backend``: the planner sets it once per variant
+    (``Variant.family``) and the build's stages are chosen by it."""
+    if BACKENDS[backend]["format"] == "gguf":
+        return "gguf"
+    return "genai" if task in TEXT_TASKS and backend in GENERATORS else "tensor"
+
+
 def default_backend(family: str, device: str) -> str:
-    """The backend a TARGET without BACKEND gets: llamacpp for GGUF; for ONNX-family types onnxruntime
-    where it runs, else tvm."""
+    """The backend a TARGET without BACKEND gets: llamacpp for ``gguf``; for the ONNX family (a type's
+    format ``onnx``, a variant's family ``genai`` or ``tensor``) onnxruntime where it runs, else tvm."""
     if family == "gguf":
         return "llamacpp"
     return "onnxruntime" if device in BACKENDS["onnxruntime"]["devices"] else "tvm"

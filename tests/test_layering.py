@@ -2,7 +2,8 @@
 
 ffcli → {ffbuild, ffserve} → ffruntime → registry; ffbuild and ffserve never import each other; only
 registry imports oras; no package has an import cycle among its own modules (type-only imports under
-``if TYPE_CHECKING:`` aside).
+``if TYPE_CHECKING:`` aside); the build's stages (``ffbuild/stages/``) never import the pipeline that
+runs them (``ffbuild/*.py``), type-only imports included, but for the plan's types and the cache.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """Absolute module names imported by ``path`` (relative imports resolved), with line numbers."""
+def _imports(path: Path, *, type_only: bool = False) -> list[tuple[str, int]]:
+    """Absolute module names imported by ``path`` (relative imports resolved), with line numbers;
+    ``type_only``: with the imports under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    skip = _type_checking_lines(tree)
+    skip = set() if type_only else _type_checking_lines(tree)
     here = _module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     out: list[tuple[str, int]] = []
@@ -126,3 +128,45 @@ def test_no_utils_modules() -> None:
         if f.stem in {"utils", "util", "helpers"}
     ]
     assert not bad, bad
+
+
+STAGE_FOUNDATIONS = {"ffbuild", "ffbuild.plan", "ffbuild.cache"}
+"""What ``ffbuild/stages/`` may import from the rest of ffbuild: the package itself (its version), the
+plan's types and the build cache. They import nothing of ffbuild (checked below), so no stage reaches
+the pipeline (``ffbuild.build``, the planner, ...) through them either."""
+
+
+def _module_of(name: str) -> str:
+    """The module an imported name lies in: ``ffbuild.plan.Variant`` → ``ffbuild.plan``."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:end])
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return ".".join(parts[:end])
+    return name
+
+
+def test_stages_do_not_import_the_pipeline() -> None:
+    bad = sorted(
+        {
+            f"{f.relative_to(ROOT)}:{line}: imports {module}"
+            for f in _files("ffbuild/stages")
+            for name, line in _imports(f, type_only=True)
+            if name.split(".")[0] == "ffbuild"
+            and not (module := _module_of(name)).startswith("ffbuild.stages")
+            and module not in STAGE_FOUNDATIONS
+        }
+    )
+    assert not bad, "ffbuild/stages/ imports the pipeline above it:\n" + "\n".join(bad)
+
+
+def test_what_the_stages_import_of_ffbuild_imports_nothing_of_ffbuild() -> None:
+    bad = [
+        f"{module}:{line}: imports {name}"
+        for module in sorted(STAGE_FOUNDATIONS - {"ffbuild"})
+        for name, line in _imports(ROOT.joinpath(*module.split(".")).with_suffix(".py"), type_only=True)
+        if name.split(".")[0] == "ffbuild" and _module_of(name) != "ffbuild"
+    ]
+    init = _imports(ROOT / "ffbuild" / "__init__.py", type_only=True)
+    bad += [f"ffbuild/__init__.py:{line}: imports {n}" for n, line in init if n.startswith("ffbuild")]
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,9 @@
-"""The build's shared types: options, progress, the context every stage works on, and its result."""
+"""The build's shared types: options, progress, the files a build has, the context every stage works on
+(:class:`BuildContext`, the argument of each stage module's ``run``) and the build's result.
+
+It sits below the stage modules (each imports it; it imports none of them but for types), so a stage
+never reaches up into the pipeline (:mod:`ffbuild.build`) that runs it.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ffbuild.cache import BuildCache, CacheValue, file_digest, stage_key
 from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.errors import StageError
-from ffbuild.stages.fetch import Fetched, StoredVariant
-from ffbuild.stages.gguf_info import read_gguf_info
-from ffbuild.stages.package import ExtraLayer, JSONValue, WeightFile
 from registry.choices import QUANTIZATIONS
 from registry.reference import Reference
 from registry.store import Store
+
+if TYPE_CHECKING:
+    from ffbuild.stages.fetch import Fetched
+
+JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 
 FLOAT_TYPES: tuple[str, ...] = ("f32", "f16", "bf16")
 """Unquantized GGUF types, in the order the convert stage prefers them as the quantization source."""
@@ -55,6 +62,30 @@ class BuildOptions:
     allow_requantize: bool = False  # `--allow-requantize`: quantize an already quantized GGUF
     verify: bool = True  # `--no-verify` turns the verify stage off (no figures are written)
     threads: int | None = None
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A file going into the store as a layer, with the digest its producer computed.
+
+    ``build_owned`` marks files the build made (cache entries, never modified in place), which may be
+    hard-linked into the store; a user's own file is always copied, so editing it later cannot
+    change a stored blob under its digest.
+    """
+
+    path: Path
+    digest: str
+    size: int
+    build_owned: bool = False
+
+
+@dataclass(frozen=True)
+class ExtraLayer:
+    """A file beside the weight (tokenizer, graph spec, TVM parameters), stored as its own layer."""
+
+    media_type: str
+    filepath: str
+    file: WeightFile
 
 
 class WeightInfo(Protocol):
@@ -189,31 +220,8 @@ def as_number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def run_convert(fn: Callable[..., object], folder: Path, outtype: str, name: str, out: Path) -> object:
-    return fn(folder, out, outtype=outtype, name=name)
-
-
-def run_convert_lora(fn: Callable[..., object], adapter: Path, base: Path | None, out: Path) -> object:
-    return fn(adapter, out, base=base)
-
-
 def weight_file(path: Path) -> WeightFile:
     return WeightFile(path, file_digest(path), path.stat().st_size)
-
-
-def blob_file(path: Path) -> WeightFile:
-    """A store blob: its name is its digest (checked when it was stored), so it is not hashed again."""
-    return WeightFile(path, "sha256:" + path.name, path.stat().st_size)
-
-
-def stored_built(sv: StoredVariant) -> Built:
-    weight = sv.files.weights[0]
-    return Built(
-        sv.ref.quantization,
-        blob_file(weight),
-        read_gguf_info(weight),
-        adapters=tuple(blob_file(a) for a in sv.files.adapters),
-    )
 
 
 def cached_gguf(

@@ -1,4 +1,4 @@
-"""The fetch stage: make a BuildPlan's source available locally.
+"""The fetch stage: make a BuildPlan's source available locally (:func:`run`).
 
 Sources (the README's Modelfile language): a local ``.gguf``; a local Hugging Face model folder;
 ``hf://org/repo[@rev]`` through ``huggingface_hub.snapshot_download`` (which honours HF_HOME,
@@ -15,7 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from ffbuild.plan import Source, SourceKind
+from ffbuild.stages.context import BuildContext, BuildError, Built, WeightFile
 from ffbuild.stages.errors import StageError
+from ffbuild.stages.gguf_info import read_gguf_info
 from registry.artifact import ModelFiles, VariantRef, open_variant, variants_of
 from registry.reference import ReferenceError, parse_reference
 from registry.store import NotFoundError, Store, StoreError
@@ -192,3 +194,32 @@ def fetch(source: Source, store: Store) -> Fetched:
             raise FetchError(f"FROM {source.path}: no such file")
         return Fetched(FetchedKind.ONNX, str(source.path), path=source.path)
     raise FetchError(f"FROM {source.raw}: unsupported source kind {kind}")
+
+
+def blob_file(path: Path) -> WeightFile:
+    """A store blob: its name is its digest (checked when it was stored), so it is not hashed again."""
+    return WeightFile(path, "sha256:" + path.name, path.stat().st_size)
+
+
+def stored_built(sv: StoredVariant) -> Built:
+    """A stored GGUF variant as a weight the build has (its blobs, reused as they are)."""
+    weight = sv.files.weights[0]
+    return Built(
+        sv.ref.quantization,
+        blob_file(weight),
+        read_gguf_info(weight),
+        adapters=tuple(blob_file(a) for a in sv.files.adapters),
+    )
+
+
+def run(ctx: BuildContext) -> str:
+    """The fetch stage: the plan's source into ``ctx.fetched``."""
+    for v in ctx.plan.variants:  # refused before anything is fetched
+        if v.family == "genai" and ctx.plan.source.kind not in (SourceKind.HF_FOLDER, SourceKind.HF_REPO):
+            raise BuildError(
+                f"variant {v.name}: {v.backend} chat/generate variants are exported by ONNX Runtime "
+                "GenAI from Hugging Face weights (FROM a model folder or hf://org/repo), "
+                f"not a {ctx.plan.source.kind}"
+            )
+    ctx.fetched = fetch(ctx.plan.source, ctx.store)
+    return ctx.fetched.description

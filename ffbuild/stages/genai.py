@@ -6,6 +6,11 @@ in a subprocess. Its output folder — ``model.onnx``, its external weights ``mo
 ``genai_config.json``, the tokenizer files and the chat template — becomes the variant's layers.
 QUANTIZE ``int4 | int8 | fp16 | fp32`` are the builder's precisions of the same names.
 
+:func:`run` (the genai stage) exports each variant through the build cache: each (precision, device)
+export is one entry keyed by the source folder's digest, the precision, the execution provider and the
+versions of the builder's packages, so a rebuild with nothing changed runs no builder. The GGUF
+conversion (the verify reference) still runs in the convert stage.
+
 Measured on the SmolLM2-135M folder (2 cores): ``-p int4 -e cpu`` took 8–17 s and wrote 86 MB of
 weights (design.md §6).
 """
@@ -17,11 +22,24 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Final
 
+from ffbuild.cache import CacheValue, file_digest, folder_digest
+from ffbuild.plan import Variant
+from ffbuild.stages.context import (
+    BuildContext,
+    BuildError,
+    Built,
+    ExtraLayer,
+    TensorInfo,
+    VariantOutput,
+    WeightFile,
+)
 from ffbuild.stages.errors import StageError
-from registry.choices import GENERATORS, TEXT_TASKS
+from ffbuild.stages.fetch import FetchedKind
+from ffbuild.stages.tools import package_version
 from registry.oci import MODEL_WEIGHT, MODEL_WEIGHT_CONFIG
 
 PRECISIONS: Final[dict[str, str]] = {"int4": "int4", "int8": "int8", "fp16": "fp16", "fp32": "fp32"}
@@ -36,11 +54,6 @@ _WEIGHT_SUFFIXES: Final = (".onnx", ".onnx.data", ".data")
 
 class GenAIError(StageError):
     """The GenAI export cannot run here (missing packages, no GPU) or the builder failed."""
-
-
-def is_genai(task: str, backend: str) -> bool:
-    """Whether a variant of a ``task`` model on ``backend`` is built by ONNX Runtime GenAI."""
-    return task in TEXT_TASKS and backend in GENERATORS
 
 
 def media_type(filename: str) -> str:
@@ -112,3 +125,71 @@ def export(folder: Path, out: Path, *, precision: str, device: str, threads: int
 def output_files(folder: Path) -> list[Path]:
     """The files of an export, sorted by name (the layer order)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _built(
+    ctx: BuildContext, v: Variant, folder: Path, meta: dict[str, CacheValue], secs: float, hit: bool
+) -> Built:
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BuildError(f"the genai cache entry {folder.parent} is damaged; delete it and build again")
+    out: list[tuple[str, WeightFile]] = []
+    for name, info in sorted(files.items()):
+        path = folder / name
+        if not isinstance(info, list) or len(info) != 2 or not path.is_file():
+            raise BuildError(f"the genai cache entry {folder.parent} is damaged; delete it and build again")
+        digest, size = info
+        assert isinstance(digest, str) and isinstance(size, int)
+        out.append((name, WeightFile(path, digest, size, build_owned=True)))
+    graph = next((w for n, w in out if n.endswith(".onnx")), None)
+    if graph is None or ctx.base is None:
+        raise BuildError(f"the genai export in {folder} has no .onnx graph")
+    base = ctx.base.info
+    facts = TensorInfo(base.architecture, base.param_count, v.quantization)  # the model, at this precision
+    extra = tuple(ExtraLayer(media_type(n), n, w) for n, w in out if w is not graph)
+    return Built(
+        v.quantization, graph, facts, secs, hit, format="onnx", weight_name=graph.path.name, extra=extra
+    )
+
+
+def run(ctx: BuildContext) -> str:
+    """The genai stage: each ``genai`` variant exported from the Hugging Face folder (cached)."""
+    todo = ctx.plan.variants
+    f = ctx.fetched
+    if f is None or f.kind != FetchedKind.HF_FOLDER or f.path is None:
+        raise BuildError(
+            "ONNX Runtime GenAI variants are exported from Hugging Face weights: FROM a model folder or "
+            f"hf://org/repo, not {f.description if f else 'nothing'}"
+        )
+    source = f.path
+    source_digest = folder_digest(source)
+    packages: dict[str, CacheValue] = {p: package_version(p) for p in BUILDER_PACKAGES}
+    made = 0
+    for v in todo:
+        try:
+            if ctx.options.verify:
+                check_device(v.device)
+        except GenAIError as exc:
+            raise BuildError(f"variant {v.name}: {exc}") from None
+        key = ctx.cache_key(
+            "genai", source=source_digest, precision=v.quantization, device=v.device, packages=packages
+        )
+        ctx.progress.step("genai", f"{f.description} → {v.quantization} ONNX ({v.device})")
+
+        def produce(folder: Path, v: Variant = v) -> dict[str, CacheValue]:
+            out = folder  # flat: the cache fsyncs the entry's files, not folders
+            try:
+                export(source, out, precision=v.quantization, device=v.device, threads=ctx.options.threads)
+            except GenAIError as exc:
+                raise BuildError(f"variant {v.name}: {exc}") from None
+            files: dict[str, CacheValue] = {
+                p.name: [file_digest(p), p.stat().st_size] for p in output_files(out)
+            }
+            return {"files": files}
+
+        start = time.perf_counter()
+        entry, hit = ctx.cache.run("genai", key, produce)
+        made += not hit
+        built = _built(ctx, v, entry.path, entry.meta, time.perf_counter() - start, hit)
+        ctx.outputs.append(VariantOutput(v, built))
+    return f"{len(todo)} GenAI variant(s); {made} exported, {len(todo) - made} from the cache"

@@ -10,12 +10,15 @@ are permuted exactly like the base weights (W = B·A, so permuting W's rows perm
 The base model (a Hugging Face folder or a GGUF) gives the architecture, head counts and the shapes
 every adapted tensor must match; a mismatch is an error here rather than a crash at serve time.
 A GGUF LoRA given as ``ADAPTER`` is validated with :func:`check_gguf_lora` and used as it is.
+:func:`run` is the build's ``adapters`` stage: every ADAPTER of the plan, converted through the cache.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,9 @@ from typing import Any
 import gguf
 import numpy as np
 
+from ffbuild.cache import folder_digest, path_digest
 from ffbuild.stages.atomic import atomic_output
+from ffbuild.stages.context import BuildContext, BuildError, cached_gguf, weight_file
 from ffbuild.stages.convert.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -33,6 +38,7 @@ from ffbuild.stages.convert.architectures import (
 )
 from ffbuild.stages.convert.safetensors_reader import BF16, SafetensorsFolder
 from ffbuild.stages.errors import ConvertError, GGUFError, LoraError
+from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_header, read_gguf_info
 
 _PREFIX = "base_model.model."
@@ -265,3 +271,30 @@ def check_gguf_lora(path: Path, *, base: Path | None = None) -> GGUFInfo:
             if expected is None or (b_shapes[name][1], a[0]) != expected:
                 raise LoraError(f"{path}: {name} does not fit the base model {base}")
     return info
+
+
+def _run_convert_lora(fn: Callable[..., object], adapter: Path, base: Path | None, out: Path) -> object:
+    return fn(adapter, out, base=base)
+
+
+def run(ctx: BuildContext) -> str:
+    """The adapters stage: GGUF LoRAs are checked against the base; PEFT folders are converted (cached)."""
+    if not ctx.plan.adapters:
+        return "no adapters"
+    if ctx.base is None:
+        raise BuildError("adapters ran before convert")
+    f = ctx.fetched
+    base = f.path if f is not None and f.kind == FetchedKind.HF_FOLDER and f.path else ctx.base.weight.path
+    base_digest = folder_digest(base) if base.is_dir() else ctx.base.weight.digest
+    for a in ctx.plan.adapters:
+        ctx.progress.step("adapters", a.raw)
+        if a.kind == "gguf":
+            check_gguf_lora(a.path, base=ctx.base.weight.path)
+            ctx.adapters.append(weight_file(a.path))
+            continue
+        key = ctx.cache_key("lora", adapter=path_digest(a.path), base=base_digest)
+        w, _, _ = cached_gguf(
+            ctx, "lora", key, functools.partial(_run_convert_lora, convert_peft_lora, a.path, base)
+        )
+        ctx.adapters.append(w)
+    return f"{len(ctx.adapters)} adapter(s)"

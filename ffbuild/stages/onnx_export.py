@@ -12,18 +12,34 @@ Token type ids are zeros (one segment), as sentence-transformers feeds single te
 
 :func:`reference_outputs` runs the same wrapper in PyTorch eager mode: the source model the verify
 stage measures every variant against.
+
+:func:`run` is the build's ``export`` stage (the tensor family): the fp32 graph — exported from the
+Hugging Face folder, or the ``FROM model.onnx`` graph as it is — then the fp16/int8 graphs the variants
+ask for (:mod:`ffbuild.stages.onnx_quantize`), each through the build cache. onnxruntime variants are
+these graphs; the compile stage (:mod:`ffbuild.stages.compile`) builds the others from them. Each
+graph's layers: the weight ``model.onnx``, ``graph.json`` (what it takes and gives) and, for text
+models, the tokenizer files.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ffbuild.cache import CacheValue, file_digest, folder_digest
+from ffbuild.plan import Variant
+from ffbuild.stages import tools
+from ffbuild.stages.context import BuildContext, BuildError, Built, TensorInfo, VariantOutput, as_number
 from ffbuild.stages.errors import StageError
-from ffruntime.graph_spec import TOKENIZER_FILE, GraphSpec, IOSpec
+from ffbuild.stages.fetch import FetchedKind
+from ffbuild.stages.onnx_quantize import convert_fp16, graph_params, graph_signature, quantize_int8
+from ffbuild.stages.tensor_layers import entry_layers, owned
+from ffruntime.graph_spec import GRAPH_SPEC_FILE, TOKENIZER_FILE, GraphSpec, IOSpec
 
 OPSET = 17
 MASK_FILL = -10000.0  # the additive mask of padded positions (finite, so fp16 graphs stay finite)
@@ -194,3 +210,135 @@ def reference_outputs(folder: Path, task: str, ids: Any, mask: Any) -> Any:
     wrapper, _, _ = _wrapper(folder, task)
     with torch.no_grad():
         return wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+
+_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
+
+
+def cached_folder(
+    ctx: BuildContext, stage: str, key: str, make: Callable[[Path], dict[str, CacheValue]]
+) -> tuple[Path, dict[str, CacheValue], float, bool]:
+    """Run ``make(folder)`` through the cache; the folder, its metadata, seconds spent and hit flag."""
+    start = time.perf_counter()
+    entry, hit = ctx.cache.run(stage, key, make)
+    if not entry.file(GRAPH_SPEC_FILE).is_file():
+        raise BuildError(f"the {stage} cache entry {entry.path} is damaged; delete it and build again")
+    return entry.path, entry.meta, time.perf_counter() - start, hit
+
+
+def _graph_built(quant: str, folder: Path, meta: dict[str, CacheValue], secs: float, hit: bool) -> Built:
+    files = meta.get("files")
+    if not isinstance(files, list):
+        raise BuildError(f"the cache entry {folder} is damaged; delete it and build again")
+    info = TensorInfo(
+        str(meta.get("architecture") or "onnx"), int(as_number(meta.get("params"))), _PRECISION[quant]
+    )
+    return Built(
+        quant,
+        owned(folder / "model.onnx"),
+        info,
+        secs,
+        hit,
+        format="onnx",
+        weight_name="model.onnx",
+        extra=entry_layers(folder, [str(f) for f in files if f != "model.onnx"], set()),
+    )
+
+
+def _base_graph(ctx: BuildContext) -> Built:
+    """The fp32 ONNX graph: exported from the HF folder, or the source graph (copied into the cache)."""
+    f = ctx.fetched
+    assert f is not None
+    versions: dict[str, CacheValue] = dict(tools.tensor_tools())
+    if f.kind == FetchedKind.HF_FOLDER:
+        assert f.path is not None
+        folder_src = f.path
+        task = ctx.plan.task
+        key = ctx.cache_key("onnx_export", source=folder_digest(folder_src), task=task, versions=versions)
+
+        def make(out: Path) -> dict[str, CacheValue]:
+            info = export_hf(folder_src, out, task)
+            (out / GRAPH_SPEC_FILE).write_text(info.spec.model_dump_json(), encoding="utf-8")
+            files: list[CacheValue] = [p.name for p in sorted(out.iterdir())]
+            return {"architecture": info.architecture, "params": info.param_count, "files": files}
+
+        ctx.progress.step("export", f"{f.description} → ONNX ({task})")
+    elif f.kind == FetchedKind.ONNX:
+        assert f.path is not None
+        graph_src = f.path
+        if ctx.plan.task != "tensor":
+            raise BuildError(
+                f"FROM {graph_src.name}: an ONNX graph is served as TASK tensor, not {ctx.plan.task}"
+            )
+        key = ctx.cache_key("onnx_source", source=file_digest(graph_src), versions=versions)
+
+        def make(out: Path) -> dict[str, CacheValue]:
+            spec = graph_signature(graph_src)
+            shutil.copyfile(graph_src, out / "model.onnx")
+            (out / GRAPH_SPEC_FILE).write_text(spec.model_dump_json(), encoding="utf-8")
+            return {
+                "architecture": "onnx",
+                "params": graph_params(graph_src),
+                "files": ["graph.json", "model.onnx"],
+            }
+
+        ctx.progress.step("export", f"{f.description}: the graph as it is")
+    else:
+        raise BuildError(
+            f"FROM {f.description}: ONNX-family variants are built from a Hugging Face folder or a .onnx file"
+        )
+    folder, meta, secs, hit = cached_folder(ctx, "onnx_export", key, make)
+    return _graph_built("fp32", folder, meta, secs, hit)
+
+
+def _derived_graph(ctx: BuildContext, base: Built, quant: str, per_channel: bool) -> Built:
+    key = ctx.cache_key(
+        "onnx_quantize",
+        source=base.weight.digest,
+        quantization=quant,
+        per_channel=per_channel,
+        versions=dict(tools.tensor_tools()),
+    )
+
+    def make(out: Path) -> dict[str, CacheValue]:
+        if quant == "int8":
+            quantize_int8(base.weight.path, out / "model.onnx", per_channel=per_channel)
+        else:
+            convert_fp16(base.weight.path, out / "model.onnx")
+        for x in base.extra:
+            shutil.copyfile(x.file.path, out / x.filepath)
+        files: list[CacheValue] = [p.name for p in sorted(out.iterdir())]
+        return {"architecture": base.info.architecture, "params": base.info.param_count, "files": files}
+
+    ctx.progress.step("export", f"fp32 → {quant}")
+    folder, meta, secs, hit = cached_folder(ctx, "onnx_quantize", key, make)
+    return _graph_built(quant, folder, meta, secs, hit)
+
+
+def _per_channel(v: Variant) -> bool:
+    return v.options.get("per_channel", "true").lower() not in ("false", "0", "no")
+
+
+def _graph_name(v: Variant) -> str:
+    quant = v.quantization if v.quantization != "source" else "fp32"
+    return f"{quant}{'' if _per_channel(v) else '-per-tensor'}"
+
+
+def run(ctx: BuildContext) -> str:
+    """The export stage: ``ctx.graphs`` (the ONNX graphs by precision) and the onnxruntime outputs."""
+    base = _base_graph(ctx)
+    ctx.graphs["fp32"] = base
+    for v in ctx.plan.variants:
+        quant = v.quantization if v.quantization != "source" else "fp32"
+        name = _graph_name(v)
+        if name not in ctx.graphs:
+            ctx.graphs[name] = _derived_graph(ctx, base, quant, _per_channel(v))
+        if v.backend == "onnxruntime":
+            ctx.outputs.append(VariantOutput(v.model_copy(update={"quantization": quant}), ctx.graphs[name]))
+    made = sum(not b.cached for b in ctx.graphs.values())
+    return f"{', '.join(ctx.graphs)}; {made} made, {len(ctx.graphs) - made} from the cache"
+
+
+def graph_for(ctx: BuildContext, v: Variant) -> Built:
+    """The graph the export stage made for ``v`` (what the compile stage builds it from)."""
+    return ctx.graphs[_graph_name(v)]

@@ -1,4 +1,4 @@
-"""The package stage: verified GGUF variants → ModelPack manifests, one OCI index, tags.
+"""The package stage: verified variants → ModelPack manifests, one OCI index, tags (:func:`run`).
 
 Layout and annotations follow docs/artifact-format.md. Everything written is content-addressed and
 canonical (sorted keys, no timestamps), so the same inputs give the same digests; blobs get their final
@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ffbuild.plan import Message, Variant
+from ffbuild.stages import tools
+from ffbuild.stages.context import BuildContext, ExtraLayer, JSONValue, WeightFile
 from ffbuild.stages.errors import StageError
+from ffbuild.stages.fetch import FetchedKind
 from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
 from registry.modelpack import (
     Modality,
@@ -56,8 +58,6 @@ from registry.oci import (
 from registry.reference import Reference
 from registry.store import DigestMismatchError, Store, StoreError
 
-JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
-
 CAPABILITIES: dict[str, tuple[list[Modality], list[Modality]]] = {
     "chat": (["text"], ["text"]),
     "generate": (["text"], ["text"]),
@@ -70,30 +70,6 @@ CAPABILITIES: dict[str, tuple[list[Modality], list[Modality]]] = {
 
 class PackageError(StageError):
     """A variant cannot be packaged (a blob that does not match its digest, a bad config value)."""
-
-
-@dataclass(frozen=True)
-class WeightFile:
-    """A file going into the store as a layer, with the digest its producer computed.
-
-    ``build_owned`` marks files the build made (cache entries, never modified in place), which may be
-    hard-linked into the store; a user's own file is always copied, so editing it later cannot
-    change a stored blob under its digest.
-    """
-
-    path: Path
-    digest: str
-    size: int
-    build_owned: bool = False
-
-
-@dataclass(frozen=True)
-class ExtraLayer:
-    """A file beside the weight (tokenizer, graph spec, TVM parameters), stored as its own layer."""
-
-    media_type: str
-    filepath: str
-    file: WeightFile
 
 
 @dataclass(frozen=True)
@@ -273,3 +249,61 @@ def package_model(
                     store.untag(ref.with_tag(variant_tag(ref.tag, old.name)))
         tags = tag_model(store, ref, index)
         return index, variants, tags
+
+
+def _meta(ctx: BuildContext) -> ModelMeta:
+    plan, f = ctx.plan, ctx.fetched
+    template, system = plan.template, plan.system
+    params: dict[str, object] = dict(plan.parameters)
+    messages, licenses, task = list(plan.messages), list(plan.licenses), plan.task
+    if f is not None and f.kind == FetchedKind.STORE and f.variants:
+        src = f.variants[0]
+        template = template if template is not None else src.files.template
+        system = system if system is not None else src.files.system
+        params = {**src.files.params, **params}
+        if not messages:
+            messages = [Message(role=m["role"], content=m["content"]) for m in src.files.messages]
+        licenses = licenses or list(src.files.licenses)
+        if plan.task_inferred and src.ref.task:
+            task = src.ref.task
+    return ModelMeta(
+        name=ctx.ref.repository,
+        task=task,
+        template=template,
+        system=system,
+        parameters=params,
+        messages=messages,
+        licenses=licenses,
+        labels=plan.labels,
+        modelfile=plan.text,
+    )
+
+
+def run(ctx: BuildContext) -> str:
+    """The package stage: every output of the build into the store as ``ctx.ref``."""
+    meta = _meta(ctx)
+    runtime = tools.runtime_version() if ctx.options.verify else None
+    payloads = [
+        VariantPayload(
+            variant=o.variant,
+            weight=o.built.weight,
+            architecture=o.built.info.architecture,
+            param_count=o.built.info.param_count,
+            precision=o.built.info.precision,
+            adapters=() if o.variant.family == "genai" else (*o.built.adapters, *ctx.adapters),
+            verify=o.report,
+            runtime=o.runtime or runtime,
+            format=o.built.format,
+            weight_name=o.built.weight_name,
+            extra=o.built.extra,
+            annotations=o.built.annotations,
+        )
+        for o in ctx.outputs
+    ]
+    index, variants, tags = package_model(ctx.store, ctx.ref, meta, payloads)
+    for o, d in zip(ctx.outputs, variants, strict=True):
+        adapters = 0 if o.variant.family == "genai" else sum(a.size for a in ctx.adapters)
+        extra = sum(x.file.size for x in o.built.extra) + adapters
+        o.manifest, o.size = d.digest, o.built.weight.size + extra
+    ctx.index_digest, ctx.tags = index.digest, tags
+    return f"{ctx.ref} → {index.digest[:19]}"

@@ -1,5 +1,8 @@
 """The quantize stage: a GGUF (f32/f16/bf16) → another GGUF type, through llama.cpp's own quantizer.
 
+:func:`run` makes each GGUF variant's weight from ``ctx.base`` through the build cache (or reuses a
+stored model's variants as they are); :func:`quantize_gguf` is the quantizer.
+
 Every GGUF type in ``choices.QUANTIZATIONS`` is accepted (``f16``/``bf16``/``f32`` too: llama.cpp then
 converts rather than quantizes). Types whose quality depends on an importance matrix are refused:
 ff does not compute one. An already quantized source is refused with :class:`RequantizeError` unless
@@ -12,16 +15,17 @@ import ctypes
 import logging
 from pathlib import Path
 
+from ffbuild.plan import Variant
 from ffbuild.stages.atomic import atomic_output
+from ffbuild.stages.context import FLOAT_TYPES, BuildContext, BuildError, Built, VariantOutput, cached_gguf
 from ffbuild.stages.errors import QuantizeError, RequantizeError
+from ffbuild.stages.fetch import FetchedKind, stored_built
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.settings import available_cores
-from registry.choices import QUANTIZATIONS
+from registry.choices import GGUF_QUANTS, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
-
-GGUF_TYPES: tuple[str, ...] = tuple(k for k, v in QUANTIZATIONS.items() if v["format"] == "gguf")
 
 
 def check_quantization(quantization: str) -> str:
@@ -30,10 +34,10 @@ def check_quantization(quantization: str) -> str:
     spec = QUANTIZATIONS.get(key)
     if spec is None or spec["format"] != "gguf":
         raise QuantizeError(
-            f"unknown GGUF quantization {quantization!r}; choose one of {', '.join(GGUF_TYPES)}"
+            f"unknown GGUF quantization {quantization!r}; choose one of {', '.join(GGUF_QUANTS)}"
         )
     if spec["needs_imatrix"]:
-        usable = [k for k in GGUF_TYPES if not QUANTIZATIONS[k]["needs_imatrix"]]
+        usable = [k for k in GGUF_QUANTS if not QUANTIZATIONS[k]["needs_imatrix"]]
         raise QuantizeError(
             f"{key} needs an importance matrix (imatrix), which ff does not compute; "
             f"choose a type that does not: {', '.join(usable)}"
@@ -80,3 +84,71 @@ def quantize_gguf(
         if rc != 0 or not tmp.is_file():
             raise QuantizeError(f"llama.cpp could not quantize {src} to {key}: {log_tail(log)}")
     return read_gguf_info(dst)
+
+
+def _quantize(ctx: BuildContext, quant: str) -> Built:
+    base = ctx.base
+    assert base is not None
+    if quant == base.quantization:
+        return base
+    if quant in ctx.floats:
+        return ctx.floats[quant]
+    if base.quantization not in FLOAT_TYPES and not (ctx.plan.requantize or ctx.options.allow_requantize):
+        raise BuildError(
+            f"the source is already quantized ({base.quantization}); quantizing it to {quant} loses "
+            "quality twice. Build from an f16/f32 source, or allow it with `QUANTIZE … requantize=true` "
+            "or `ff build --allow-requantize`"
+        )
+    key = ctx.cache_key(
+        "quantize",
+        source=base.weight.digest,
+        quantization=quant,
+        requantize=base.quantization not in FLOAT_TYPES,
+    )
+    ctx.progress.step("quantize", f"{base.quantization} → {quant}")
+    allow = base.quantization not in FLOAT_TYPES
+    w, secs, hit = cached_gguf(
+        ctx,
+        "quantize",
+        key,
+        lambda out: quantize_gguf(
+            base.weight.path, out, quant, allow_requantize=allow, threads=ctx.options.threads
+        ),
+    )
+    return Built(quant, w, read_gguf_info(w.path), secs, hit)
+
+
+def _stored_outputs(ctx: BuildContext, v: Variant) -> None:
+    """``QUANTIZE source`` of a model from the store: each of its GGUF variants, as it is."""
+    assert ctx.fetched is not None
+    for sv in ctx.fetched.variants:
+        if sv.ref.format != "gguf" or not sv.files.weights:
+            continue
+        built = stored_built(sv)
+        device, _, detail = sv.ref.target.partition(":")
+        variant = Variant(
+            quantization=built.quantization,
+            device=device,
+            device_detail=detail or None,
+            backend=sv.ref.backend,
+            family=v.family,
+        )
+        ctx.outputs.append(VariantOutput(variant, built))
+
+
+def run(ctx: BuildContext) -> str:
+    """The quantize stage: one output per GGUF variant of the plan, its weight made from ``ctx.base``."""
+    f = ctx.fetched
+    assert f is not None and ctx.base is not None
+    done: dict[str, Built] = {}
+    for v in ctx.plan.variants:
+        if v.quantization == "source" and f.kind == FetchedKind.STORE:
+            _stored_outputs(ctx, v)
+            continue
+        quant = ctx.base.quantization if v.quantization == "source" else v.quantization.lower()
+        if quant not in done:
+            done[quant] = _quantize(ctx, quant)
+        ctx.outputs.append(VariantOutput(v.model_copy(update={"quantization": quant}), done[quant]))
+    quantized = [b for q, b in done.items() if q not in FLOAT_TYPES and b is not ctx.base]
+    made = sum(not b.cached for b in quantized)
+    return f"{len(ctx.outputs)} variant(s); {made} quantized, {len(quantized) - made} from the cache"

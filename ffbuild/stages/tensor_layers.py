@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffbuild.build_context import BuildError, Built
 from ffbuild.cache import file_digest
-from ffbuild.stages.package import ExtraLayer, WeightFile
+from ffbuild.stages.context import BuildError, Built, ExtraLayer, WeightFile
 from ffruntime.graph_spec import GRAPH_SPEC_FILE, GraphSpec
 from registry.oci import FF_GRAPH, MODEL_WEIGHT, MODEL_WEIGHT_CONFIG
 

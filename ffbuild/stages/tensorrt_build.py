@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ffbuild.cache import CacheValue
+from ffbuild.stages.context import BuildContext, BuildError, Built
 from ffbuild.stages.errors import StageError
+from ffbuild.stages.tensor_layers import entry_layers, owned, spec_of
 from ffruntime.graph_spec import GRAPH_SPEC_FILE, GraphSpec
 
 if TYPE_CHECKING:
-    from ffbuild.build_context import BuildContext, Built
     from ffbuild.plan import Variant
 
 ENGINE_FILE = "model.plan"
@@ -96,10 +98,6 @@ def build_engine(onnx_path: Path, out: Path, spec: GraphSpec, options: dict[str,
 
 def build_engine_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
     """The TensorRT variant of ``graph``, through the build cache (keyed by TensorRT version and GPU)."""
-    from ffbuild.build_context import BuildError, Built
-    from ffbuild.cache import CacheValue
-    from ffbuild.tensor_layers import entry_layers, owned, spec_of
-
     try:
         trt = tensorrt_module()
         cc = compute_capability()

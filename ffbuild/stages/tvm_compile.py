@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ffbuild.cache import CacheValue
+from ffbuild.stages import tools
+from ffbuild.stages.context import BuildContext, BuildError, Built
 from ffbuild.stages.errors import StageError
+from ffbuild.stages.tensor_layers import entry_layers, owned, spec_of
 from ffruntime.graph_spec import GRAPH_SPEC_FILE, GraphSpec
 
 if TYPE_CHECKING:
-    from ffbuild.build_context import BuildContext, Built
     from ffbuild.plan import Variant
 
 DEFAULT_SEQ_LENS: Final = (32, 128)
@@ -176,13 +180,6 @@ def compile_buckets(
 
 def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
     """The TVM variant of ``graph`` for ``v``'s target, through the build cache."""
-    import time
-
-    from ffbuild.build_context import BuildError, Built
-    from ffbuild.cache import CacheValue
-    from ffbuild.stages import tools
-    from ffbuild.tensor_layers import entry_layers, owned, spec_of
-
     spec = spec_of(graph)
     if not spec.text:
         raise BuildError(f"variant {v.name}: TVM builds exported text models (embed, classify) only")

@@ -6,11 +6,15 @@ made from a fixed seed (``TASK tensor`` graphs). The reference is the source mod
 weights in PyTorch (eager, fp32) for exported models, the source graph in onnxruntime for
 ``FROM model.onnx``. The figure is the smallest cosine over the inputs (per row for text models, per
 output tensor for tensor graphs): one bad input is enough to fail.
+
+:func:`run` is the build's ``verify-tensor`` stage: every tensor variant measured (cached) and held to
+the Modelfile's ``VERIFY min_cosine`` (default by precision, :data:`DEFAULT_MIN_COSINE`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -18,6 +22,10 @@ from typing import Any, Final
 import numpy as np
 from pydantic import BaseModel
 
+from ffbuild.cache import CacheValue, file_digest, folder_digest
+from ffbuild.stages import tools
+from ffbuild.stages.context import BuildContext, BuildError, VariantOutput, as_number
+from ffbuild.stages.fetch import FetchedKind
 from ffruntime.graph_spec import GraphSpec, read_graph_spec
 from ffruntime.settings import LoadSettings
 
@@ -142,3 +150,74 @@ def verify_tensor(
         return asyncio.run(run())
     except (BackendUnavailable, RuntimeFailure, RequestRejected) as exc:
         return TensorVerifyReport(loads=False, error=str(exc))
+
+
+def _variant_files(out: VariantOutput) -> dict[str, Path]:
+    files = {out.built.weight_name: out.built.weight.path}
+    files.update({x.filepath: x.file.path for x in out.built.extra})
+    return files
+
+
+def _threshold(ctx: BuildContext, quant: str) -> float:
+    p = ctx.plan.verify.min_cosine
+    return p if p is not None else DEFAULT_MIN_COSINE.get(quant, 0.98)
+
+
+def _runtime_name(backend: str) -> str:
+    dist = {"onnxruntime": "onnxruntime", "tvm": "apache-tvm", "tensorrt": "tensorrt"}.get(backend, backend)
+    return f"{dist} {tools.package_version(dist) or 'unknown'}"
+
+
+def run(ctx: BuildContext) -> str:
+    """The verify-tensor stage: a report for each tensor output; a variant below its threshold fails."""
+    if not ctx.options.verify:
+        return "skipped (--no-verify)"
+    f = ctx.fetched
+    assert f is not None
+    folder = f.path if f.kind == FetchedKind.HF_FOLDER else None
+    source_graph = f.path if f.kind == FetchedKind.ONNX else None
+    failures: list[str] = []
+    names = []
+    for out in [o for o in ctx.outputs if o.built.format != "gguf"]:
+        files = _variant_files(out)
+        key = ctx.cache_key(
+            "verify_tensor",
+            backend=out.variant.backend,
+            files={k: file_digest(p) for k, p in sorted(files.items())},
+            source=folder_digest(folder) if folder else file_digest(source_graph) if source_graph else None,
+            versions=dict(tools.tensor_tools()),
+        )
+
+        def produce(
+            _: Path, out: VariantOutput = out, files: dict[str, Path] = files
+        ) -> dict[str, CacheValue]:
+            start = time.perf_counter()
+            report = verify_tensor(
+                out.variant.backend,
+                files,
+                source_folder=folder,
+                source_graph=source_graph,
+                threads=ctx.options.threads,
+                device=out.variant.target,
+            )
+            return {"report": report.model_dump(mode="json"), "seconds": time.perf_counter() - start}
+
+        ctx.progress.step("verify-tensor", out.variant.name)
+        entry, hit = ctx.cache.run("verify_tensor", key, produce)
+        report = entry.meta.get("report")
+        if not isinstance(report, dict):
+            raise BuildError(f"the verify cache entry {entry.path} is damaged; delete it and build again")
+        out.report = dict(report)
+        out.runtime = _runtime_name(out.variant.backend)
+        out.verify_seconds = as_number(entry.meta.get("seconds")) if not hit else 0.0
+        out.verified_now = not hit
+        threshold = _threshold(ctx, out.built.quantization)
+        cos = report.get("cosine")
+        if report.get("loads") is False:
+            failures.append(f"{out.variant.name}: the model does not load ({report.get('error')})")
+        elif not isinstance(cos, int | float) or cos < threshold:
+            failures.append(f"{out.variant.name}: cosine {cos} to the source is below min_cosine {threshold}")
+        names.append(f"{out.variant.name} {as_number(cos):.4f}")
+    if failures:
+        raise BuildError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
+    return "cosine to the source: " + ", ".join(names)

@@ -10,6 +10,7 @@ from ffbuild.build import STAGES, BuildError, BuildOptions, build
 from ffbuild.cache import BuildCache, file_digest
 from ffbuild.plan import BuildPlan, Source, SourceKind, Variant
 from registry.artifact import open_variant, variants_of
+from registry.choices import variant_family
 from registry.oci import ANN_AGREEMENT, MODEL_WEIGHT
 from registry.reference import parse_reference
 from registry.store import Store
@@ -26,8 +27,8 @@ def _gguf(path: Path) -> Source:
     return Source(kind=SourceKind.GGUF_FILE, raw=str(path), path=path)
 
 
-def _v(q: str, backend: str = "llamacpp", device: str = "cpu") -> Variant:
-    return Variant(quantization=q, device=device, backend=backend)
+def _v(q: str, backend: str = "llamacpp", device: str = "cpu", task: str = "chat") -> Variant:
+    return Variant(quantization=q, device=device, backend=backend, family=variant_family(task, backend))
 
 
 def test_the_stages_in_order() -> None:
@@ -55,7 +56,7 @@ def test_tensor_backends_from_a_gguf_source_are_refused(
     backend: str, quant: str, device: str, smollm2_gguf: Path, tmp_path: Path
 ) -> None:
     """A plan made without the planner (which refuses it earlier) still stores nothing."""
-    plan = _plan(_gguf(smollm2_gguf), _v("q4_1"), _v(quant, backend, device), task="embed")
+    plan = _plan(_gguf(smollm2_gguf), _v("q4_1"), _v(quant, backend, device, "embed"), task="embed")
     store = Store(tmp_path / "s")
     with pytest.raises(
         BuildError, match=r"ONNX-family variants are built from a Hugging Face folder or a \.onnx"

@@ -15,7 +15,7 @@ import pytest
 
 from ffbuild.stages.convert import convert_hf_to_gguf
 from ffbuild.stages.gguf_info import read_gguf_header
-from ffbuild.stages.verify import DEFAULT_TEXT, EMBED_SENTENCES
+from ffbuild.stages.verify.gguf import DEFAULT_TEXT, EMBED_SENTENCES
 from ffruntime.llamacpp.eval import LlamaEval
 
 TEXTS = [

@@ -14,7 +14,7 @@ from ffbuild.stages.convert import convert_hf_to_gguf
 from ffbuild.stages.errors import LoraError
 from ffbuild.stages.gguf_info import read_gguf_header
 from ffbuild.stages.lora import check_gguf_lora, convert_peft_lora
-from ffbuild.stages.verify import verify_gguf
+from ffbuild.stages.verify.gguf import verify_gguf
 from ffruntime.llamacpp.eval import LlamaEval
 
 IDS = [19556, 905, 28, 614, 1462, 314, 260, 3575, 282, 4649, 47]

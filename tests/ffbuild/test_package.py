@@ -71,7 +71,7 @@ META = ModelMeta(
 
 def _payloads(files: dict[str, WeightFile], *, adapters: bool = True) -> list[VariantPayload]:
     def v(q: str) -> Variant:
-        return Variant(quantization=q, device="cpu", backend="llamacpp")
+        return Variant(quantization=q, device="cpu", backend="llamacpp", family="gguf")
 
     return [
         VariantPayload(

@@ -9,18 +9,18 @@ import pytest
 
 from ffbuild.stages.errors import GGUFError, QuantizeError, RequantizeError
 from ffbuild.stages.gguf_info import read_gguf_info
-from ffbuild.stages.quantize import GGUF_TYPES, check_quantization, quantize_gguf
-from ffbuild.stages.verify import verify_gguf
-from registry.choices import QUANTIZATIONS
+from ffbuild.stages.quantize import check_quantization, quantize_gguf
+from ffbuild.stages.verify.gguf import verify_gguf
+from registry.choices import GGUF_QUANTS, QUANTIZATIONS
 
-IMATRIX_TYPES = [k for k in GGUF_TYPES if QUANTIZATIONS[k]["needs_imatrix"]]
-PLAIN_TYPES = [k for k in GGUF_TYPES if not QUANTIZATIONS[k]["needs_imatrix"]]
+IMATRIX_TYPES = [k for k in GGUF_QUANTS if QUANTIZATIONS[k]["needs_imatrix"]]
+PLAIN_TYPES = [k for k in GGUF_QUANTS if not QUANTIZATIONS[k]["needs_imatrix"]]
 
 
 def test_ftype_ids_are_llama_cpp_constants() -> None:
     import llama_cpp
 
-    for key in GGUF_TYPES:
+    for key in GGUF_QUANTS:
         ftype = QUANTIZATIONS[key]["ftype"]
         const = "LLAMA_FTYPE_ALL_F32" if key == "f32" else f"LLAMA_FTYPE_MOSTLY_{key.upper()}"
         assert getattr(llama_cpp, const) == ftype, (key, const)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ffbuild.stages.verify import DEFAULT_PROMPT, VerifyReport, verify_gguf
+from ffbuild.stages.verify.gguf import DEFAULT_PROMPT, VerifyReport, verify_gguf
 from ffruntime.llamacpp.eval import LlamaEval
 
 
@@ -116,7 +116,7 @@ def test_logits_are_one_pass_and_match_step_by_step(smollm2_f16: Path) -> None:
 def test_a_verified_file_is_not_evaluated_again_as_the_reference(
     smollm2_f16: Path, smollm2_q8_0: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ffbuild.stages.verify as verify
+    import ffbuild.stages.verify.gguf as verify
 
     opened: list[Path] = []
 
@@ -135,7 +135,7 @@ def test_a_verified_file_is_not_evaluated_again_as_the_reference(
 
 def test_verify_reads_text_on_every_core_and_decodes_as_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     import ffruntime.settings as settings
-    from ffbuild.stages.verify import eval_settings
+    from ffbuild.stages.verify.gguf import eval_settings
 
     monkeypatch.setattr(settings.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
     s = eval_settings(None)

@@ -30,7 +30,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
         modelfile=None,
         context=Path("/"),
         source=Source(kind=SourceKind.GGUF_FILE, raw=str(smollm2_gguf), path=smollm2_gguf),
-        variants=(Variant(quantization="source", device="cpu", backend="llamacpp"),),
+        variants=(Variant(quantization="source", device="cpu", backend="llamacpp", family="gguf"),),
         task="chat",
         system="You are a helpful assistant.",
     )

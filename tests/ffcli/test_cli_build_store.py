@@ -28,7 +28,7 @@ def home(tmp_path: Path, smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     def payload(q: str, w: WeightFile, agreement: float) -> VariantPayload:
         return VariantPayload(
-            Variant(quantization=q, device="cpu", backend="llamacpp"),
+            Variant(quantization=q, device="cpu", backend="llamacpp", family="gguf"),
             w,
             "llama",
             134_515_008,

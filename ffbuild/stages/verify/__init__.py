@@ -1,26 +1,28 @@
-"""The verify stage: every variant measured against the highest-precision GGUF; VERIFY thresholds."""
+"""The verify stage (:func:`run`): every variant measured against the highest-precision GGUF; VERIFY
+thresholds.
+
+GGUF variants are measured by :mod:`ffbuild.stages.verify.gguf` (llama.cpp), ONNX Runtime GenAI exports
+by :mod:`ffbuild.stages.verify.genai`, each report through the build cache.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ffbuild.cache import CacheValue
-from ffbuild.stages.genai import is_genai
-from ffbuild.stages.package import JSONValue
-from ffbuild.stages.tools import package_version
-
-if TYPE_CHECKING:
-    from ffbuild.stages.verify import VerifyReport
-from ffbuild.build_context import (
+from ffbuild.stages.context import (
     BuildContext,
     BuildError,
     Built,
+    JSONValue,
     VariantOutput,
     VerifyPolicyError,
     as_number,
 )
+from ffbuild.stages.tools import package_version
+from ffbuild.stages.verify.genai import verify_genai
+from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
 
 _MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
 """Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
@@ -32,9 +34,7 @@ def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
 
 
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
-    from ffbuild.stages.verify import verify_gguf
-
-    genai = is_genai(ctx.plan.task, out.variant.backend)  # an ONNX Runtime GenAI export (build_genai)
+    genai = out.variant.family == "genai"  # an ONNX Runtime GenAI export (ffbuild.stages.genai)
     adapters = [] if genai else [*out.built.adapters, *ctx.adapters]
     is_ref = out.built.weight.digest == ref.weight.digest
     policy = ctx.plan.verify
@@ -52,8 +52,6 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     def produce(folder: Path) -> dict[str, CacheValue]:
         start = time.perf_counter()
         if genai:
-            from ffbuild.stages.genai_verify import verify_genai
-
             report = verify_genai(
                 out.built.weight.path.parent,
                 reference=ref.weight.path,
@@ -130,11 +128,11 @@ def gguf_outputs(ctx: BuildContext) -> list[VariantOutput]:
 
 def llm_outputs(ctx: BuildContext) -> list[VariantOutput]:
     """The variants this stage verifies: GGUF ones and ONNX Runtime GenAI exports (tensor variants
-    have their own stage, ``ffbuild.build_tensor.verify_tensor_stage``)."""
-    return [o for o in ctx.outputs if o.built.format == "gguf" or is_genai(ctx.plan.task, o.variant.backend)]
+    have their own stage, :mod:`ffbuild.stages.verify_tensor`)."""
+    return [o for o in ctx.outputs if o.built.format == "gguf" or o.variant.family == "genai"]
 
 
-def verify_stage(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> str:
     if not ctx.options.verify:
         return "skipped (--no-verify)"
     candidates = [o.built for o in gguf_outputs(ctx)]

@@ -1,4 +1,4 @@
-"""Verify an ONNX Runtime GenAI variant with the figures a GGUF variant gets (ffbuild.stages.verify).
+"""Verify an ONNX Runtime GenAI variant with the figures a GGUF variant gets (ffbuild.stages.verify.gguf).
 
 The variant is loaded through :mod:`ffruntime.genai_model` with the server's settings; its logits at
 every position of the fixed text (one generator step per token) give the perplexity, and against the
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ffbuild.stages.errors import StageError, VerifyError
-from ffbuild.stages.verify import (
+from ffbuild.stages.verify.gguf import (
     DEFAULT_PROMPT,
     DEFAULT_TEXT,
     SAMPLE_TOKENS,
