@@ -46,6 +46,10 @@ def test_the_stages_in_order() -> None:
     ]
     families = {s.name: s.families for s in STAGES}
     assert families["export"] == ("tensor",) and families["genai"] == ("genai",)
+    # each stage is the run() of its own module under ffbuild/stages/
+    modules = [s.run.__module__ for s in STAGES]
+    assert all(m.startswith("ffbuild.stages.") for m in modules) and len(set(modules)) == len(STAGES)
+    assert {s.run.__name__ for s in STAGES} == {"run"}
 
 
 @pytest.mark.parametrize(

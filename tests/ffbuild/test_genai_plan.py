@@ -36,6 +36,26 @@ def test_cuda_genai_target(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("task", "families"),
+    [
+        # an inferred task (no chat template in the folder: generate) sets the family like a written one
+        ("", {"fp32-cpu": "genai", "q8_0-cpu": "gguf", "fp32-cpu-tvm": "tensor"}),
+        ("TASK chat\n", {"fp32-cpu": "genai", "q8_0-cpu": "gguf", "fp32-cpu-tvm": "tensor"}),
+        ("TASK embed\n", {"fp32-cpu": "tensor", "q8_0-cpu": "gguf", "fp32-cpu-tvm": "tensor"}),
+    ],
+)
+def test_the_planner_sets_each_variants_family(tmp_path: Path, task: str, families: dict[str, str]) -> None:
+    """gguf for llamacpp, genai for a chat/generate model on onnxruntime, tensor for the rest."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    body = "QUANTIZE q8_0 fp32\nTARGET cpu BACKEND llamacpp\nTARGET cpu BACKEND onnxruntime\n"
+    body += "TARGET cpu BACKEND tvm\n" + task
+    p = make_plan(parse(f"FROM ./model\n{body}"), context=tmp_path)
+    assert {v.name: v.family for v in p.variants} == families
+
+
+@pytest.mark.parametrize(
     ("body", "message"),
     [
         # a type no TARGET takes is still an error
