@@ -13,8 +13,9 @@ import pytest
 
 from ffbuild.cache import file_digest
 from ffbuild.plan import Source, SourceKind, Variant
+from ffbuild.stages.context import WeightFile
 from ffbuild.stages.fetch import FetchedKind, FetchError, fetch
-from ffbuild.stages.package import ModelMeta, VariantPayload, WeightFile, package_model
+from ffbuild.stages.package import ModelMeta, VariantPayload, package_model
 from registry.reference import parse_reference
 from registry.store import Store
 
@@ -117,8 +118,8 @@ def test_hf_repo_missing_offline_is_a_clear_error(tmp_path: Path) -> None:
 def test_store_model(smollm2_gguf: Path, tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     w = WeightFile(smollm2_gguf, file_digest(smollm2_gguf), smollm2_gguf.stat().st_size)
-    v = Variant(quantization="q4_1", device="cpu", backend="llamacpp", family="gguf")
-    payload = VariantPayload(v, w, "llama", 134_515_008, "q4_1")
+    variant = Variant(quantization="q4_1", device="cpu", backend="llamacpp", family="gguf")
+    payload = VariantPayload(variant, w, "llama", 134_515_008, "q4_1")
     index, _, _ = package_model(
         store, parse_reference("base:v1"), ModelMeta(name="base", task="chat", system="hi"), [payload]
     )
@@ -143,8 +144,8 @@ def test_remote_reference_is_pulled_then_derived(smollm2_gguf: Path, tmp_path: P
     try:
         origin = Store(tmp_path / "origin")
         w = WeightFile(smollm2_gguf, file_digest(smollm2_gguf), smollm2_gguf.stat().st_size)
-        v = Variant(quantization="q4_1", device="cpu", backend="llamacpp", family="gguf")
-        payload = VariantPayload(v, w, "llama", 134_515_008, "int4")
+        variant = Variant(quantization="q4_1", device="cpu", backend="llamacpp", family="gguf")
+        payload = VariantPayload(variant, w, "llama", 134_515_008, "int4")
         package_model(origin, parse_reference("smol:1"), ModelMeta(name="smol", task="chat"), [payload])
         remote = f"{server.host}/team/smol:1"
         push("smol:1", store=origin, remote_ref=remote)

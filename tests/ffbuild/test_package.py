@@ -10,11 +10,11 @@ import pytest
 
 from ffbuild.cache import file_digest
 from ffbuild.plan import Message, Variant
+from ffbuild.stages.context import WeightFile
 from ffbuild.stages.package import (
     ModelMeta,
     PackageError,
     VariantPayload,
-    WeightFile,
     add_blob,
     label_annotations,
     package_model,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ffbuild.stages.package import WeightFile, add_blob
+from ffbuild.stages.context import WeightFile
+from ffbuild.stages.package import add_blob
 from registry.store import Store
 
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from ffbuild.cache import file_digest
 from ffbuild.plan import Variant
-from ffbuild.stages.package import ModelMeta, VariantPayload, WeightFile, package_model
+from ffbuild.stages.context import WeightFile
+from ffbuild.stages.package import ModelMeta, VariantPayload, package_model
 from ffcli.store import list_command, prune_command, rm_command, show_command, tag_command
 from registry.reference import parse_reference
 from registry.store import Store
