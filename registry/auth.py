@@ -24,7 +24,7 @@ from registry.credentials import (
     run_helper,
 )
 from registry.http import AuthError, Credentials, RegistryClient, RegistryError
-from registry.store import atomic_write_bytes
+from registry.atomic import atomic_write_bytes
 
 __all__ = ["client_for", "docker_config_path", "load_credentials", "login", "remove_credentials",
            "save_credentials"]

@@ -37,7 +37,8 @@ from registry.oci import (
     Manifest,
     canonical_json,
 )
-from registry.store import Store, atomic_write_bytes
+from registry.atomic import atomic_write_bytes
+from registry.store import Store
 
 OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"

@@ -23,7 +23,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from ffbuild.stages.atomic import atomic_output
+from registry.atomic import atomic_output
 from ffbuild.stages.convert.architectures import (
     ARCHITECTURES,
     Architecture,

@@ -12,7 +12,7 @@ import ctypes
 import logging
 from pathlib import Path
 
-from ffbuild.stages.atomic import atomic_output
+from registry.atomic import atomic_output
 from ffbuild.stages.errors import QuantizeError, RequantizeError
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
 from ffruntime.llamacpp.library import binding, captured_log, log_tail

@@ -16,7 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ffbuild.stages.atomic import atomic_output
+from registry.atomic import atomic_output
 from ffbuild.stages.convert.architectures import SUPPORTED_ARCHITECTURES, HFConfig, architecture_for
 from ffbuild.stages.convert.safetensors_reader import SafetensorsFolder
 from ffbuild.stages.convert.tensors import OUT_TYPES, PlannedTensor, plan_tensors, tensor_chunks
