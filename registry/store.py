@@ -9,8 +9,8 @@ Layout (https://github.com/opencontainers/image-spec/blob/main/image-layout.md):
     store/locks/                file locks
 
 Every write is atomic (temp file in the same folder, fsync, rename: :mod:`registry.atomic`) and every
-blob is verified against its digest before it gets its final name. ``index.json`` is rewritten under a file lock, so concurrent
-builds and pulls are safe.
+blob is verified against its digest before it gets its final name. ``index.json`` is rewritten under a
+file lock, so concurrent builds and pulls are safe.
 """
 
 from __future__ import annotations

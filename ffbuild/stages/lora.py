@@ -23,7 +23,6 @@ from typing import Any
 import gguf
 import numpy as np
 
-from registry.atomic import atomic_output
 from ffbuild.stages.convert.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -34,6 +33,7 @@ from ffbuild.stages.convert.architectures import (
 from ffbuild.stages.convert.safetensors_reader import BF16, SafetensorsFolder
 from ffbuild.stages.errors import ConvertError, GGUFError, LoraError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_header, read_gguf_info
+from registry.atomic import atomic_output
 
 _PREFIX = "base_model.model."
 _A, _B = ".lora_A.weight", ".lora_B.weight"

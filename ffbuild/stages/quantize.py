@@ -12,11 +12,11 @@ import ctypes
 import logging
 from pathlib import Path
 
-from registry.atomic import atomic_output
 from ffbuild.stages.errors import QuantizeError, RequantizeError
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.settings import available_cores
+from registry.atomic import atomic_output
 from registry.choices import QUANTIZATIONS
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,11 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "onnx_source": ("ffbuild.stages.onnx_quantize", _TENSOR),
     "onnx_quantize": ("ffbuild.stages.onnx_quantize", _TENSOR),
     "verify_tensor": (
-        "ffbuild.stages.verify_tensor", _TENSOR, "ffruntime.onnxruntime", "ffruntime.tvm", "ffruntime.tensorrt"
+        "ffbuild.stages.verify_tensor",
+        _TENSOR,
+        "ffruntime.onnxruntime",
+        "ffruntime.tvm",
+        "ffruntime.tensorrt",
     ),
     "tvm_tune": ("ffbuild.stages.tvm_compile",),
     "tvm_compile": ("ffbuild.stages.tvm_compile",),

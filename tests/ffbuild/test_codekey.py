@@ -52,9 +52,10 @@ def test_the_key_of_a_build_holds_the_code_digest() -> None:
 def test_a_missing_module_is_an_error(tmp_path: Path) -> None:
     root = _copy_tree(tmp_path / "src")
     (root / "ffruntime" / "llamacpp" / "vocab.py").unlink()
-    with pytest.raises(CodeKeyError, match=r"ffruntime\.llamacpp\.vocab \(imported by ffruntime/llamacpp/eval\.py"):
+    missing = r"ffruntime\.llamacpp\.vocab \(imported by ffruntime/llamacpp/\w+\.py:\d+\)"
+    with pytest.raises(CodeKeyError, match=missing):
         tools.stage_code_digest("verify", root)
-    with pytest.raises(CodeKeyError, match="ffbuild.stages.nothing"):
+    with pytest.raises(CodeKeyError, match=r"ffbuild\.stages\.nothing"):
         code_digest(["ffbuild.stages.nothing"], root)
     with pytest.raises(CodeKeyError, match="not a module of ff's packages"):
         code_digest(["numpy"], root)
