@@ -9,7 +9,6 @@ Leftover temp folders of dead builds are removed when the cache is opened.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from registry.atomic import replace_durably
 from registry.home import cache_dir
 from registry.oci import canonical_json
 from registry.store import pid_alive, sha256_file
@@ -153,17 +153,10 @@ class BuildCache:
             try:
                 meta = produce(tmp)
                 (tmp / _ENTRY_FILE).write_bytes(canonical_json(meta))
-                for child in tmp.iterdir():
-                    with open(child, "rb") as f:
-                        os.fsync(f.fileno())
-                os.replace(tmp, final)
+                replace_durably(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            with contextlib.suppress(OSError):
-                fd = os.open(final.parent, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
         self.misses.append(stage)
         entry = self.get(stage, key)
         if entry is None:

@@ -5,6 +5,7 @@ is reported (the first error carries the others in ``more``), each at the word t
 Meanings follow Ollama where it has one: SYSTEM, TEMPLATE, RENDERER, PARSER — the last one wins;
 LICENSE and MESSAGE accumulate; ``PARAMETER stop`` accumulates, other parameters the last one wins.
 Differences: one FROM only (Ollama merges the files of several), one DRAFT, and ADAPTERs accumulate.
+DRAFT, RENDERER, PARSER and REQUIRES are checked but not acted on: each gets a warning in the plan.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ _SEMVER: Final = re.compile(
 )
 _LABEL_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
 VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt", "min_cosine")
+
+IGNORED_INSTRUCTIONS: Final = {
+    "DRAFT": "ff does no speculative decoding: the draft model is neither built nor served",
+    "RENDERER": "ff renders prompts with TEMPLATE or the model's own chat template",
+    "PARSER": "ff does not parse tool calls or thinking out of the output by a named parser",
+    "REQUIRES": "ff does not check the version",
+}
+"""Ollama instructions ff parses and checks but does not act on: each one gets a warning saying why."""
 
 # Where a quantization type or a target came from: (instruction, word index), or None for the CLI.
 _Origin = tuple[Instruction, int] | None
@@ -157,6 +166,11 @@ class _Planner:
             except (OSError, ValueError) as exc:  # the filesystem refused a path (too long, bad bytes, …)
                 self.fail(ins, 0, _unusable_path(args[0] if args else "", exc))
 
+        self.warnings += [
+            f"line {i.line}: {i.keyword} is ignored ({IGNORED_INSTRUCTIONS[i.keyword]})"
+            for i in substituted
+            if i.keyword in IGNORED_INSTRUCTIONS
+        ]
         if quantize is not None:
             quants, requantize = self._cli_quants(quantize, requantize)
         if targets is not None:

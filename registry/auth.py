@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from registry.atomic import atomic_write_bytes
 from registry.credentials import (
     _host_keys,
     _load,
@@ -24,7 +25,6 @@ from registry.credentials import (
     run_helper,
 )
 from registry.http import AuthError, Credentials, RegistryClient, RegistryError
-from registry.store import atomic_write_bytes
 
 __all__ = ["client_for", "docker_config_path", "load_credentials", "login", "remove_credentials",
            "save_credentials"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.artifact import ArtifactError, VariantRef, parse_manifest
+from registry.atomic import atomic_write_bytes
 from registry.folder import Entry, layout_entries
 from registry.oci import (
     ANNOTATION_CREATED,
@@ -37,7 +38,7 @@ from registry.oci import (
     Manifest,
     canonical_json,
 )
-from registry.store import Store, atomic_write_bytes
+from registry.store import Store
 
 OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"

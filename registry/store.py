@@ -8,9 +8,9 @@ Layout (https://github.com/opencontainers/image-spec/blob/main/image-layout.md):
     store/ingest/<hex>.partial  downloads in progress (resumable; never under the final name)
     store/locks/                file locks
 
-Every write is atomic (temp file in the same folder, fsync, rename) and every blob is verified against
-its digest before it gets its final name. ``index.json`` is rewritten under a file lock, so concurrent
-builds and pulls are safe.
+Every write is atomic (temp file in the same folder, fsync, rename: :mod:`registry.atomic`) and every
+blob is verified against its digest before it gets its final name. ``index.json`` is rewritten under a
+file lock, so concurrent builds and pulls are safe.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from registry.atomic import atomic_write_bytes, replace_durably
 from registry.home import store_dir
 from registry.oci import (
     ANNOTATION_REF_NAME,
@@ -85,33 +86,6 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return "sha256:" + h.hexdigest(), size
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (best effort where the file system cannot)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 class Store:
@@ -185,10 +159,7 @@ class Store:
         if final.exists():
             tmp.unlink(missing_ok=True)
         else:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            replace_durably(tmp, final)
         return digest, size
 
     def temp_file(self, kind: str) -> Path:

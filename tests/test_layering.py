@@ -8,13 +8,13 @@ runs them (``ffbuild/*.py``), type-only imports included, but for the plan's typ
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
+from ffbuild.stages.codekey import PACKAGES, module_imports
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ffcli", "ffbuild", "ffserve", "ffruntime", "registry")
 ALLOWED = {
     "ffcli": {"ffbuild", "ffserve", "ffruntime", "registry"},
     "ffbuild": {"ffruntime", "registry"},
@@ -22,15 +22,6 @@ ALLOWED = {
     "ffruntime": {"registry"},
     "registry": set(),
 }
-
-
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
 
 
 def _module_name(path: Path) -> str:
@@ -43,24 +34,7 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path, *, type_only: bool = False) -> list[tuple[str, int]]:
     """Absolute module names imported by ``path`` (relative imports resolved), with line numbers;
     ``type_only``: with the imports under ``if TYPE_CHECKING:``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    skip = set() if type_only else _type_checking_lines(tree)
-    here = _module_name(path).split(".")
-    package = here if path.name == "__init__.py" else here[:-1]
-    out: list[tuple[str, int]] = []
-    for node in ast.walk(tree):
-        if getattr(node, "lineno", 0) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            out += [(a.name, node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package[: len(package) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            out.append((base, node.lineno))
-            out += [(f"{base}.{a.name}", node.lineno) for a in node.names]  # `from pkg import module`
-    return out
+    return [(name, line) for name, line, _ in module_imports(path, _module_name(path), type_only=type_only)]
 
 
 def _files(package: str) -> list[Path]:

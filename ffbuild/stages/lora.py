@@ -27,7 +27,6 @@ import gguf
 import numpy as np
 
 from ffbuild.cache import folder_digest, path_digest
-from ffbuild.stages.atomic import atomic_output
 from ffbuild.stages.context import BuildContext, BuildError, cached_gguf, weight_file
 from ffbuild.stages.convert.architectures import (
     ARCHITECTURES,
@@ -40,6 +39,7 @@ from ffbuild.stages.convert.safetensors_reader import BF16, SafetensorsFolder
 from ffbuild.stages.errors import ConvertError, GGUFError, LoraError
 from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_header, read_gguf_info
+from registry.atomic import atomic_output
 
 _PREFIX = "base_model.model."
 _A, _B = ".lora_A.weight", ".lora_B.weight"

@@ -1,40 +1,45 @@
 """Versions of the tools each build stage runs: part of every build-cache key.
 
 A key covers the packages a stage calls (llama-cpp-python, gguf, huggingface_hub) and the digest of
-the stage's own source file, so upgrading a tool or changing a stage's code never reuses stale output.
+the code the stage runs (the import closure of its modules within ff's packages), so upgrading a tool
+or changing any module a stage imports never reuses stale output.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 from pathlib import Path
 
 from ffbuild import __version__
+from ffbuild.stages.codekey import SOURCE_ROOT, CodeKeyError, code_digest
 
-_STAGES_DIR = Path(__file__).resolve().parent
-_ROOT = _STAGES_DIR.parents[1]  # the directory holding the ffbuild and ffruntime packages
 _PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors")
+_ONNX = "ffbuild.stages.onnx_export"
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "convert": ("convert",),
-    "quantize": ("quantize", "ffruntime/llamacpp/library"),
-    "lora": ("lora", "convert"),
-    "verify": (
-        "verify", "registry/gguf_info", "ffruntime/llamacpp/eval", "ffruntime/llamacpp/library",
-        "ffruntime/settings",
-    ),
-    "genai": ("genai",),
-    "genai_verify": (
-        "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp/eval", "ffruntime/settings"
-    ),
-    "onnx_export": ("onnx_export", "ffruntime/graph_spec"),
+    "convert": ("ffbuild.stages.convert.stage",),
+    "quantize": ("ffbuild.stages.quantize",),
+    "lora": ("ffbuild.stages.lora",),
+    "verify": ("ffbuild.stages.verify",),
+    "genai": ("ffbuild.stages.genai",),
+    "genai_verify": ("ffbuild.stages.verify",),
+    "onnx_export": (_ONNX,),
+    "onnx_source": (_ONNX,),
+    "onnx_quantize": (_ONNX,),
     "verify_tensor": (
-        "verify_tensor", "onnx_export", "ffruntime/graph_runtime", "ffruntime/onnxruntime", "ffruntime/tvm"
+        "ffbuild.stages.verify_tensor",
+        "ffruntime.onnxruntime",
+        "ffruntime.tvm",
+        "ffruntime.tensorrt",
     ),
+    "tvm_tune": ("ffbuild.stages.tvm_compile",),
+    "tvm_compile": ("ffbuild.stages.tvm_compile",),
+    "tensorrt_build": ("ffbuild.stages.tensorrt_build",),
 }
-"""The modules whose code shapes each stage's output (a change to any of them is a cache miss): a stage
-module's name, or a path under the source root for the runtime modules the stages load through."""
+"""The modules each stage runs (its ``run`` module, whose closure holds its worker), by
+the name its cache entries go under. A key covers their import closure (:mod:`ffbuild.stages.codekey`),
+so a change to any module they import is a cache miss; besides a stage's modules, list only what the
+closure cannot see (the backends ``ffruntime.local`` loads by name)."""
 
 
 def package_version(dist: str) -> str | None:
@@ -44,18 +49,11 @@ def package_version(dist: str) -> str | None:
         return None
 
 
-@functools.cache
-def _module_digest(module: str) -> str | None:
-    """sha256 over a stage module's source: ``<module>.py``, or every ``.py`` of a ``<module>/`` package."""
-    base = _ROOT if "/" in module else _STAGES_DIR
-    single = base / f"{module}.py"
-    files = [single] if single.is_file() else sorted((base / module).rglob("*.py"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+def stage_code_digest(stage: str, root: Path = SOURCE_ROOT) -> str:
+    """The digest of the code ``stage`` runs: every file in its modules' import closure under ``root``."""
+    if stage not in STAGE_MODULES:
+        raise CodeKeyError(f"no modules are listed for build stage {stage!r} (ffbuild.stages.tools)")
+    return code_digest(STAGE_MODULES[stage], root)
 
 
 @functools.cache
@@ -63,8 +61,7 @@ def stage_tools(stage: str) -> dict[str, str | None]:
     """What a stage's output depends on besides its inputs and options."""
     out: dict[str, str | None] = {"ffbuild": __version__}
     out.update({p: package_version(p) for p in _PACKAGES})
-    for module in STAGE_MODULES.get(stage, (stage,)):
-        out[f"code:{module}"] = _module_digest(module)
+    out["code"] = stage_code_digest(stage)
     return out
 
 

@@ -164,6 +164,23 @@ def test_instructions_in_the_plan(tmp_path: Path) -> None:
         "The capital of France is",
     )
     assert p.task == "chat" and p.task_inferred  # a TEMPLATE makes it a chat model
+    assert p.warnings == (
+        "line 11: RENDERER is ignored (ff renders prompts with TEMPLATE or the model's own chat template)",
+        "line 12: RENDERER is ignored (ff renders prompts with TEMPLATE or the model's own chat template)",
+        "line 13: PARSER is ignored (ff does not parse tool calls or thinking out of the output by a named "
+        "parser)",
+        "line 14: REQUIRES is ignored (ff does not check the version)",
+    )
+
+
+def test_instructions_ff_does_not_act_on_are_named_in_warnings(tmp_path: Path) -> None:
+    p = plan("FROM llama3\ndraft llama3.2:1b\nPARAMETER temperature 0.5\nRequires 0.6.0\n", tmp_path)
+    assert p.warnings == (
+        "line 2: DRAFT is ignored (ff does no speculative decoding: the draft model is neither built nor "
+        "served)",
+        "line 4: REQUIRES is ignored (ff does not check the version)",
+    )
+    assert not plan("FROM llama3\nPARAMETER temperature 0.5\nSYSTEM hi\n", tmp_path).warnings
 
 
 # (body after "FROM llama3", message, (line, column))

@@ -145,6 +145,19 @@ def test_the_plan_table(tmp_path: Path, smollm2_gguf: Path) -> None:
         assert expected in out, (expected, out)
 
 
+def test_ignored_instructions_are_warned_about(tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text("FROM llama3\nRENDERER qwen3-coder\nPARSER qwen3-coder\n")
+    result = CliRunner().invoke(main, ["check", "-f", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: line 2: RENDERER is ignored" in result.stdout
+    assert "warning: line 3: PARSER is ignored" in result.stdout
+    result = CliRunner().invoke(main, ["check", "-f", str(tmp_path), "--json"])
+    assert [w.split(" is ")[0] for w in json.loads(result.stdout)["plan"]["warnings"]] == [
+        "line 2: RENDERER",
+        "line 3: PARSER",
+    ]
+
+
 def test_the_plan_as_json(tmp_path: Path, minilm_folder: Path) -> None:
     result = CliRunner().invoke(
         main,

@@ -116,7 +116,7 @@ def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     for i in range(5):
         store.tag(f"m:{i}", store.add_json({"i": i}, OCI_MANIFEST))
-    leftovers = [p for p in (tmp_path / "s").rglob(".tmp-*")]
+    leftovers = [p for p in (tmp_path / "s").rglob("*.tmp-*")]
     assert leftovers == []
     assert os.listdir(store.ingest) == []
 

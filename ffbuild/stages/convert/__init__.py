@@ -16,13 +16,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ffbuild.stages.atomic import atomic_output
 from ffbuild.stages.convert.architectures import SUPPORTED_ARCHITECTURES, HFConfig, architecture_for
 from ffbuild.stages.convert.safetensors_reader import SafetensorsFolder
 from ffbuild.stages.convert.tensors import OUT_TYPES, PlannedTensor, plan_tensors, tensor_chunks
 from ffbuild.stages.convert.vocab import decoder_vocab, wordpiece_vocab, write_vocab
 from ffbuild.stages.errors import ConvertError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info, size_label
+from registry.atomic import atomic_output
 
 __all__ = ["OUTTYPES", "SUPPORTED_ARCHITECTURES", "convert_hf_to_gguf", "default_model_name"]
 
