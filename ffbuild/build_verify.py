@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 from ffbuild.cache import CacheValue
 from ffbuild.stages.genai import is_genai
 from ffbuild.stages.package import JSONValue
+from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.tools import package_version
+from ffruntime.prompting import ModelfilePrompt
+from ffruntime.runtime import ChatMessage
 
 if TYPE_CHECKING:
     from ffbuild.stages.verify import VerifyReport
@@ -31,6 +34,23 @@ def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
     return {k: v for k, v in raw.items() if k not in _MACHINE_FIELDS}
 
 
+def modelfile_prompt(ctx: BuildContext) -> ModelfilePrompt:
+    """The TEMPLATE, SYSTEM and MESSAGEs the artifact will carry (the Modelfile's, else those of the
+    stored model it is built FROM), so verify prompts the variant as the server will."""
+    plan, f = ctx.plan, ctx.fetched
+    messages = tuple(ChatMessage(m.role, m.content) for m in plan.messages)
+    own = ModelfilePrompt(plan.template, plan.system, messages)
+    if f is None or f.kind != FetchedKind.STORE or not f.variants:
+        return own
+    files = f.variants[0].files
+    src = ModelfilePrompt.of(files.template, files.system, files.messages)
+    return ModelfilePrompt(
+        own.template if own.template is not None else src.template,
+        own.system if own.system is not None else src.system,
+        own.messages or src.messages,
+    )
+
+
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     from ffbuild.stages.verify import verify_gguf
 
@@ -39,6 +59,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     is_ref = out.built.weight.digest == ref.weight.digest
     policy = ctx.plan.verify
     stage = "genai_verify" if genai else "verify"
+    prompts = modelfile_prompt(ctx)
     key = ctx.cache_key(
         stage,
         weight=[out.built.weight.digest, *(x.file.digest for x in out.built.extra)]
@@ -47,6 +68,9 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
         reference=None if is_ref else ref.weight.digest,
         adapters=[a.digest for a in adapters],
         prompt=policy.prompt,
+        template=prompts.template,
+        system=prompts.system,
+        messages=[[m.role, m.content] for m in prompts.messages],
     )
 
     def produce(folder: Path) -> dict[str, CacheValue]:
@@ -60,6 +84,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 prompt=policy.prompt,
                 threads=ctx.options.threads,
                 device=out.variant.device,
+                modelfile=prompts,
             )
         else:
             report = verify_gguf(
@@ -68,6 +93,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 prompt=policy.prompt,
                 lora=adapters[0].path if adapters else None,
                 threads=ctx.options.threads,
+                modelfile=prompts,
             )
         return {"report": _report_dict(report), "seconds": time.perf_counter() - start}
 
@@ -100,6 +126,8 @@ def _check_policy(ctx: BuildContext) -> None:
         name = out.variant.name
         if r.get("loads") is False:
             failures.append(f"{name}: the model does not load ({r.get('error') or 'no reason given'})")
+        elif r.get("error"):
+            failures.append(f"{name}: {r.get('error')}")
         agreement, ratio = r.get("agreement"), r.get("perplexity_ratio")
         if (
             policy.min_agreement is not None

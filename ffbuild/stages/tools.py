@@ -22,11 +22,12 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "lora": ("lora", "convert"),
     "verify": (
         "verify", "registry/gguf_info", "ffruntime/llamacpp/eval", "ffruntime/llamacpp/library",
-        "ffruntime/settings",
+        "ffruntime/llamacpp/vocab", "ffruntime/prompting", "ffruntime/gotemplate", "ffruntime/settings",
     ),
     "genai": ("genai",),
     "genai_verify": (
-        "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp/eval", "ffruntime/settings"
+        "genai_verify", "verify", "ffruntime/genai_model", "ffruntime/llamacpp/eval", "ffruntime/prompting",
+        "ffruntime/gotemplate", "ffruntime/settings",
     ),
     "onnx_export": ("onnx_export", "ffruntime/graph_spec"),
     "verify_tensor": (
