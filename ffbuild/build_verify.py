@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ffbuild.cache import CacheValue
+from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.genai import is_genai
 from ffbuild.stages.package import JSONValue
-from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.tools import package_version
 from ffruntime.prompting import ModelfilePrompt
 from ffruntime.runtime import ChatMessage

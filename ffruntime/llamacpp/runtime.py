@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ffruntime.constraints import format_grammar
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
-from ffruntime.constraints import format_grammar
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
 from ffruntime.llamacpp.library import (

@@ -34,15 +34,19 @@ def test_strftime_now_gives_the_date_of_rendering() -> None:
 
 def test_tojson_is_plain_json_with_transformers_options() -> None:
     content = USER[0].content
-    assert _jinja("{{ messages[0] | tojson }}") == json.dumps({"role": "user", "content": content}, ensure_ascii=False)
+    plain = json.dumps({"role": "user", "content": content}, ensure_ascii=False)
+    assert _jinja("{{ messages[0] | tojson }}") == plain
     assert "&#34;" not in _jinja("{{ messages[0].content | tojson }}")  # Jinja's own filter escapes HTML
-    assert _jinja("{{ {'b': 1, 'a': [2]} | tojson(indent=2, sort_keys=True) }}") == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}'
+    indented = _jinja("{{ {'b': 1, 'a': [2]} | tojson(indent=2, sort_keys=True) }}")
+    assert indented == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}'
     assert _jinja("{{ {'a': 1} | tojson(separators=(',', ':')) }}") == '{"a":1}'
     assert _jinja("{{ 'é' | tojson(ensure_ascii=True) }}") == '"\\u00e9"'
 
 
 def test_raise_exception_refuses_the_messages() -> None:
-    template = "{% if messages[0].role != 'system' %}{{ raise_exception('a system turn comes first') }}{% endif %}"
+    template = (
+        "{% if messages[0].role != 'system' %}{{ raise_exception('a system turn comes first') }}{% endif %}"
+    )
     with pytest.raises(ChatTemplateError, match="a system turn comes first"):
         _jinja(template)
     model = ModelPrompting(None, None, (), chat_template=template)
@@ -87,15 +91,14 @@ def test_a_template_that_does_not_parse_is_a_chat_template_error() -> None:
 
 
 def test_special_tokens_and_generation_prompt() -> None:
-    model = ModelPrompting(
-        None, None, (), chat_template="{{ bos_token }}{{ messages[0].content }}{% if add_generation_prompt %}>{% endif %}",
-        bos_token="<s>", eos_token="</s>",
-    )
+    template = "{{ bos_token }}{{ messages[0].content }}{% if add_generation_prompt %}>{% endif %}"
+    model = ModelPrompting(None, None, (), chat_template=template, bos_token="<s>", eos_token="</s>")
     assert build_prompt(GenerationRequest(messages=USER), model) == (f"<s>{USER[0].content}>", ["</s>"])
 
 
 def test_the_modelfile_template_wins_over_the_model_s_own() -> None:
-    modelfile = ModelfilePrompt.of("Q: {{ .Prompt }} A:", "Be brief.", [{"role": "user", "content": "Earlier"}])
+    earlier = [{"role": "user", "content": "Earlier"}]
+    modelfile = ModelfilePrompt.of("Q: {{ .Prompt }} A:", "Be brief.", earlier)
     assert modelfile.messages == (ChatMessage("user", "Earlier"),)
     model = model_prompting(modelfile, "{{ messages | tojson }}", bos_token="<s>")
     assert model.chats and model.template == "Q: {{ .Prompt }} A:" and model.bos_token == "<s>"
