@@ -82,7 +82,7 @@ class ModelPrompting:
     @property
     def chats(self) -> bool:
         """Whether the model has a template for chats (its own or the artifact's)."""
-        return self.template is not None or self.chat_template is not None
+        return bool(self.template or self.chat_template)
 
 
 def model_prompting(
