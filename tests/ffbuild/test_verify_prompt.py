@@ -148,3 +148,40 @@ def test_a_template_that_refuses_the_verify_prompt_fails_the_build(
     store, cache = Store(tmp_path / "s"), BuildCache(tmp_path / "c")
     with pytest.raises(BuildError, match="only tool calls, please"):
         build(_plan(refusing), parse_reference("m:1"), store=store, cache=cache, options=ONE_THREAD)
+
+
+@pytest.mark.slow
+def test_genai_verify_renders_as_the_genai_runtime_does(
+    tmp_path: Path, smollm2_hf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for an ONNX Runtime GenAI variant (its own chat template replaced by :data:`DATED`)."""
+    pytest.importorskip("onnxruntime_genai")
+    from ffbuild.stages.genai_verify import verify_genai
+    from ffruntime.genai_model import GenAIModel
+    from ffruntime.onnxruntime_genai import GenAIRuntime
+    from tests.genai_home import TAG, build_multi
+
+    build_multi(tmp_path, smollm2_hf)
+    store = Store(tmp_path / "store")
+    v = next(v for v in variants_of(store, TAG) if v.backend == "onnxruntime")
+    monkeypatch.setattr(GenAIModel, "chat_template", lambda self: DATED)
+    fed: list[list[int]] = []
+    greedy = GenAIModel.greedy
+
+    def recording(self: GenAIModel, tokens: list[int], n: int) -> list[int]:
+        fed.append(list(tokens))
+        return greedy(self, tokens, n)
+
+    monkeypatch.setattr(GenAIModel, "greedy", recording)
+    rt = asyncio.run(ffruntime.load(v, open_variant(store, v.descriptor.digest), LoadSettings(threads=1)))
+    assert isinstance(rt, GenAIRuntime)
+    try:
+        served = rt._plan(GenerationRequest(messages=[ChatMessage("user", QUESTION)])).tokens
+        report = verify_genai(rt.folder, reference=None, prompt=QUESTION, threads=1)
+        assert report.loads and report.error is None and report.used_chat_template, report
+        assert fed == [served]
+        text = rt.model.decode(served)
+    finally:
+        asyncio.run(rt.close())
+    assert f"Today is {datetime.now(UTC).strftime('%d %B %Y')}." in text
+    assert f'"content": "{QUESTION}"' in text
