@@ -7,7 +7,6 @@ alone lacks or does otherwise: ``strftime_now`` and transformers' ``tojson`` (Ji
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,18 +58,24 @@ def dated_gguf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return path
 
 
-@pytest.fixture
-def fed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[int]]]:
-    """The prompts (tokens) verify generates from."""
+def record_prompts(monkeypatch: pytest.MonkeyPatch, cls: type, method: str) -> list[list[int]]:
+    """The prompts (tokens) ``cls.method(self, tokens, n)`` generates from, from now on."""
     prompts: list[list[int]] = []
-    generate = LlamaEval.generate
+    generate = getattr(cls, method)
 
-    def recording(self: LlamaEval, prompt: list[int], max_tokens: int) -> list[int]:
-        prompts.append(list(prompt))
-        return generate(self, prompt, max_tokens)
+    def recording(self: object, tokens: list[int], n: int) -> list[int]:
+        prompts.append(list(tokens))
+        result: list[int] = generate(self, tokens, n)
+        return result
 
-    monkeypatch.setattr(LlamaEval, "generate", recording)
-    yield prompts
+    monkeypatch.setattr(cls, method, recording)
+    return prompts
+
+
+@pytest.fixture
+def fed(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The prompts verify generates from (llama.cpp)."""
+    return record_prompts(monkeypatch, LlamaEval, "generate")
 
 
 def served_prompt(v: VariantRef, files: ModelFiles, question: str) -> list[int]:
@@ -165,14 +170,7 @@ def test_genai_verify_renders_as_the_genai_runtime_does(
     store = Store(tmp_path / "store")
     v = next(v for v in variants_of(store, TAG) if v.backend == "onnxruntime")
     monkeypatch.setattr(GenAIModel, "chat_template", lambda self: DATED)
-    fed: list[list[int]] = []
-    greedy = GenAIModel.greedy
-
-    def recording(self: GenAIModel, tokens: list[int], n: int) -> list[int]:
-        fed.append(list(tokens))
-        return greedy(self, tokens, n)
-
-    monkeypatch.setattr(GenAIModel, "greedy", recording)
+    fed = record_prompts(monkeypatch, GenAIModel, "greedy")
     rt = asyncio.run(ffruntime.load(v, open_variant(store, v.descriptor.digest), LoadSettings(threads=1)))
     assert isinstance(rt, GenAIRuntime)
     try:
