@@ -11,8 +11,6 @@ from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.genai import is_genai
 from ffbuild.stages.package import JSONValue
 from ffbuild.stages.tools import package_version
-from ffruntime.prompting import ModelfilePrompt
-from ffruntime.runtime import ChatMessage
 
 if TYPE_CHECKING:
     from ffbuild.stages.verify import VerifyReport
@@ -34,21 +32,14 @@ def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
     return {k: v for k, v in raw.items() if k not in _MACHINE_FIELDS}
 
 
-def modelfile_prompt(ctx: BuildContext) -> ModelfilePrompt:
-    """The TEMPLATE, SYSTEM and MESSAGEs the artifact will carry (the Modelfile's, else those of the
-    stored model it is built FROM), so verify prompts the variant as the server will."""
-    plan, f = ctx.plan, ctx.fetched
-    messages = tuple(ChatMessage(m.role, m.content) for m in plan.messages)
-    own = ModelfilePrompt(plan.template, plan.system, messages)
-    if f is None or f.kind != FetchedKind.STORE or not f.variants:
-        return own
-    files = f.variants[0].files
-    src = ModelfilePrompt.of(files.template, files.system, files.messages)
-    return ModelfilePrompt(
-        own.template if own.template is not None else src.template,
-        own.system if own.system is not None else src.system,
-        own.messages or src.messages,
-    )
+def verify_template(ctx: BuildContext) -> str | None:
+    """The Go TEMPLATE the artifact will carry (the Modelfile's, else the stored model's it is built FROM):
+    verify lays its prompt out with it, as the server will. SYSTEM and MESSAGEs are left out: they are
+    what the model is told, not how its prompt is laid out, and a change of them reuses verify's results."""
+    f = ctx.fetched
+    if ctx.plan.template is not None or f is None or f.kind != FetchedKind.STORE or not f.variants:
+        return ctx.plan.template
+    return f.variants[0].files.template
 
 
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
@@ -59,7 +50,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     is_ref = out.built.weight.digest == ref.weight.digest
     policy = ctx.plan.verify
     stage = "genai_verify" if genai else "verify"
-    prompts = modelfile_prompt(ctx)
+    template = verify_template(ctx)
     key = ctx.cache_key(
         stage,
         weight=[out.built.weight.digest, *(x.file.digest for x in out.built.extra)]
@@ -68,9 +59,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
         reference=None if is_ref else ref.weight.digest,
         adapters=[a.digest for a in adapters],
         prompt=policy.prompt,
-        template=prompts.template,
-        system=prompts.system,
-        messages=[[m.role, m.content] for m in prompts.messages],
+        template=template,
     )
 
     def produce(folder: Path) -> dict[str, CacheValue]:
@@ -84,7 +73,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 prompt=policy.prompt,
                 threads=ctx.options.threads,
                 device=out.variant.device,
-                modelfile=prompts,
+                template=template,
             )
         else:
             report = verify_gguf(
@@ -93,7 +82,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 prompt=policy.prompt,
                 lora=adapters[0].path if adapters else None,
                 threads=ctx.options.threads,
-                modelfile=prompts,
+                template=template,
             )
         return {"report": _report_dict(report), "seconds": time.perf_counter() - start}
 

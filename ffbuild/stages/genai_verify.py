@@ -38,7 +38,7 @@ def verify_genai(
     prompt: str | None = None,
     threads: int | None = None,
     device: str = "cpu",
-    modelfile: ModelfilePrompt | None = None,
+    template: str | None = None,
 ) -> VerifyReport:
     """Measure the GenAI export in ``folder`` (see the module doc); never raises for a bad model."""
     start = time.perf_counter()
@@ -73,7 +73,7 @@ def verify_genai(
             report.reference_perplexity = round(ref.perplexity, 4)
             report.perplexity_ratio = round(own.perplexity / ref.perplexity, 4)
         report.prompt = prompt
-        prompting = m.prompting(modelfile or ModelfilePrompt())
+        prompting = m.prompting(ModelfilePrompt(template=template))
         report.used_chat_template = prompting.chats
         chat, _ = question_prompt(prompting, prompt)  # as the server renders it (a ValueError if it cannot)
         report.sample = m.decode(m.greedy(m.encode(chat), SAMPLE_TOKENS)).strip()

@@ -7,8 +7,8 @@ For a text model it measures, through llama.cpp:
   the reference's, and ``perplexity_ratio`` (variant / reference);
 - ``sample``: the greedy answer to ``prompt`` (default :data:`DEFAULT_PROMPT`), so a human can see at a
   glance whether the variant still talks sense. The prompt is rendered and tokenized by
-  :mod:`ffruntime.prompting` exactly as ``ff serve`` does for that question (the Modelfile's TEMPLATE,
-  SYSTEM and MESSAGEs, else the GGUF's own chat template); a template that cannot render it is an error.
+  :mod:`ffruntime.prompting` exactly as ``ff serve`` does for that question (with the Modelfile's
+  TEMPLATE, else the GGUF's own chat template); a template that cannot render it is an error.
 
 For an embedding model (a GGUF with a pooling type, e.g. BERT) ``agreement`` is the mean cosine
 similarity to the reference's embeddings of :data:`EMBED_SENTENCES`, and there is no perplexity.
@@ -178,7 +178,7 @@ def verify_gguf(
     prompt: str | None = None,
     lora: Path | None = None,
     threads: int | None = None,
-    modelfile: ModelfilePrompt | None = None,
+    template: str | None = None,
 ) -> VerifyReport:
     """Load ``path`` in llama.cpp and measure it (see the module doc); never raises for a bad model:
     a model that does not load gives ``loads=False`` and the reason in ``error``."""
@@ -201,8 +201,8 @@ def verify_gguf(
         if embedding:
             _verify_embedding(path, reference, lora, threads, report)
         else:
-            prompts = modelfile or ModelfilePrompt()
-            _verify_text(path, reference, text, prompts, prompt or DEFAULT_PROMPT, lora, threads, report)
+            modelfile = ModelfilePrompt(template=template)
+            _verify_text(path, reference, text, modelfile, prompt or DEFAULT_PROMPT, lora, threads, report)
     except (StageError, RuntimeFailure) as e:
         report.error = str(e)
     report.seconds = round(time.perf_counter() - start, 3)

@@ -20,7 +20,6 @@ from ffbuild.plan import BuildPlan, Source, SourceKind, Variant
 from ffbuild.stages.verify import verify_gguf
 from ffruntime.llamacpp.eval import LlamaEval
 from ffruntime.llamacpp.runtime import LlamaCppRuntime
-from ffruntime.prompting import ModelfilePrompt
 from ffruntime.runtime import ChatMessage, GenerationRequest
 from ffruntime.settings import LoadSettings
 from registry.artifact import ModelFiles, VariantRef, open_variant, variants_of
@@ -96,22 +95,20 @@ def text_of(gguf: Path, tokens: list[int]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("system", [None, "Answer in one word."])
 def test_verify_renders_strftime_now_and_tojson_as_the_server_does(
-    dated_gguf: Path, fed: list[list[int]], tmp_path: Path, system: str | None
+    dated_gguf: Path, fed: list[list[int]], tmp_path: Path
 ) -> None:
-    report = verify_gguf(dated_gguf, prompt=QUESTION, threads=1, modelfile=ModelfilePrompt(system=system))
+    report = verify_gguf(dated_gguf, prompt=QUESTION, threads=1)
     assert report.loads and report.error is None and report.used_chat_template, report
     assert report.sample
     (verified,) = fed
     store = Store(tmp_path / "store")
-    add_model(store, "dated:latest", {"q4_1": dated_gguf}, system=system)
+    add_model(store, "dated:latest", {"q4_1": dated_gguf})
     (v,) = variants_of(store, "dated:latest")
     assert verified == served_prompt(v, open_variant(store, v.descriptor.digest), QUESTION)
     text = text_of(dated_gguf, verified)
     assert f"Today is {datetime.now(UTC).strftime('%d %B %Y')}." in text
     assert f'"content": "{QUESTION}"' in text  # transformers' tojson: no HTML escapes
-    assert (f"<|im_start|>system\n{system}<|im_end|>" in text) == (system is not None)
     assert text.endswith(f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -131,14 +128,14 @@ def test_the_build_verifies_with_the_modelfile_template(
     """A Go TEMPLATE in the Modelfile is what the server renders, so it is what verify renders too."""
     template = "{{ if .System }}[{{ .System }}] {{ end }}Q: {{ .Prompt }}\nA:"
     store, cache = Store(tmp_path / "s"), BuildCache(tmp_path / "c")
-    plan = _plan(dated_gguf, template=template, system="Be brief.", verify={"prompt": QUESTION})
+    plan = _plan(dated_gguf, template=template, verify={"prompt": QUESTION})
     build(plan, parse_reference("m:1"), store=store, cache=cache, options=ONE_THREAD)
     (verified,) = fed
     (v,) = variants_of(store, "m:1")
     files = open_variant(store, v.descriptor.digest)
     assert files.verify["used_chat_template"] is True and files.verify["error"] is None
     assert verified == served_prompt(v, files, QUESTION)
-    assert text_of(dated_gguf, verified) == f"[Be brief.] Q: {QUESTION}\nA:"
+    assert text_of(dated_gguf, verified) == f"Q: {QUESTION}\nA:"
 
 
 @pytest.mark.slow
