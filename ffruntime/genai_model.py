@@ -2,8 +2,8 @@
 
 :func:`open_model` reads ``genai_config.json`` through ``og.Config`` with the thread count and device
 applied (so verify measures what is served), and gives the tokenizer, the model's chat template
-(``chat_template.jinja`` or ``tokenizer_config.json``'s, rendered in a Jinja sandbox as Hugging Face
-does), per-position logits and greedy decoding. Imports neither torch nor transformers.
+(``chat_template.jinja`` or ``tokenizer_config.json``'s, rendered by :mod:`ffruntime.prompting`),
+per-position logits and greedy decoding. Imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnxruntime_genai as og
 
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
-from ffruntime.prompting import JinjaRender
+from ffruntime.prompting import ModelfilePrompt, ModelPrompting, model_prompting
 from ffruntime.settings import LoadSettings
 
 FloatArray = npt.NDArray[np.float32]
@@ -76,34 +76,11 @@ class GenAIModel:
         value = self.tokenizer_config.get("chat_template")
         return value if isinstance(value, str) and value else None
 
-    def jinja(self) -> JinjaRender | None:
-        """The model's chat template as :mod:`ffruntime.prompting` takes it, or None without one."""
-        template = self.chat_template()
-        if template is None:
-            return None
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message: str) -> None:
-            raise TemplateError(message)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        try:
-            compiled = env.from_string(template)
-        except TemplateError as exc:
-            raise RuntimeFailure(f"{self.folder}: the chat template does not parse: {exc}") from None
+    def prompting(self, modelfile: ModelfilePrompt) -> ModelPrompting:
+        """The model's prompts (:mod:`ffruntime.prompting`): ``modelfile``'s TEMPLATE, SYSTEM and MESSAGEs,
+        else its own chat template with the tokenizer config's BOS and EOS text."""
         special = {k: _token_text(self.tokenizer_config.get(k)) for k in ("bos_token", "eos_token")}
-
-        def render(messages: list[dict[str, str]]) -> tuple[str, list[str]]:
-            try:
-                text = compiled.render(
-                    messages=messages, add_generation_prompt=True, raise_exception=raise_exception, **special
-                )
-            except TemplateError as exc:
-                raise ValueError(f"the model's chat template failed: {exc}") from None
-            return text, []
-
-        return render
+        return model_prompting(modelfile, self.chat_template(), **special)
 
 
 def _token_text(value: object) -> str:

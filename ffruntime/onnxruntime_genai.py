@@ -35,11 +35,10 @@ import onnxruntime_genai as og
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.genai_model import GenAIModel, open_model
-from ffruntime.prompting import ModelPrompting, build_prompt
+from ffruntime.prompting import ModelfilePrompt, ModelPrompting, build_prompt
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
-    ChatMessage,
     Done,
     DoneReason,
     Event,
@@ -369,16 +368,10 @@ async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> Ge
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    jinja = model.jinja()
+    prompting = model.prompting(ModelfilePrompt.of(files.template, files.system, files.messages))
     caps = {Capability.GENERATE}
-    if files.template or jinja is not None:
+    if prompting.chats:
         caps.add(Capability.CHAT)
-    prompting = ModelPrompting(
-        template=files.template,
-        system=files.system,
-        messages=[ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in files.messages],
-        jinja=jinja,
-    )
     rt = GenAIRuntime(
         variant, opts, model, prompting, folder, frozenset(caps), _estimate_memory(files, model, opts)
     )

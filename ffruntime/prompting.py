@@ -1,8 +1,14 @@
 """Turn a :class:`GenerationRequest` into prompt text the way Ollama does.
 
+The one chat-template renderer: the llama.cpp and ONNX Runtime GenAI runtimes (so ``ff serve`` and
+``ff run``) and the verify stage all build prompts here, so verify measures what is served.
+
 Template choice: the request's ``template``, else the artifact's TEMPLATE (Go template syntax), else
-the model's own chat template (Jinja, from the GGUF). The system prompt is the request's, else the
-artifact's SYSTEM; the artifact's MESSAGEs come before a chat's messages.
+the model's own chat template (Jinja: the GGUF's ``tokenizer.chat_template``, a GenAI folder's
+``chat_template.jinja``), rendered in the environment Hugging Face's transformers gives chat templates
+(sandboxed, ``trim_blocks``/``lstrip_blocks``, loop controls, ``{% generation %}``, ``tojson``,
+``raise_exception``, ``strftime_now``). The system prompt is the request's, else the artifact's SYSTEM;
+the artifact's MESSAGEs come before a chat's messages.
 
 Tools: a template that knows about tools gets them as its own variable (Jinja ``tools``; Go ``.Tools``,
 with ``.ToolCalls`` on assistant messages and ``.ToolName`` on tool results) and renders them its way.
@@ -14,16 +20,21 @@ user turns wrapped in ``<tool_response>`` tags.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ffruntime.gotemplate import Struct, TemplateError, render, uses_messages, uses_tools
 from ffruntime.runtime import ChatMessage, GenerationRequest, ToolCall
 
-JinjaRender = Callable[[list[dict[str, str]]], tuple[str, list[str]]]
-"""Renders messages with the model's own chat template; returns the prompt and extra stop strings."""
 Tools = Sequence[Mapping[str, object]]
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -38,15 +49,55 @@ FALLBACK_TOOLS_PROMPT = (
 )
 
 
+class ChatTemplateError(ValueError):
+    """The model's template cannot render these messages (it does not parse, or it refused them)."""
+
+
+@dataclass(frozen=True)
+class ModelfilePrompt:
+    """What an artifact (or the Modelfile being built) says about prompts: TEMPLATE, SYSTEM, MESSAGEs."""
+
+    template: str | None = None  # Go template syntax
+    system: str | None = None
+    messages: tuple[ChatMessage, ...] = ()
+
+    @classmethod
+    def of(
+        cls, template: str | None, system: str | None, messages: Iterable[Mapping[str, object]]
+    ) -> ModelfilePrompt:
+        """From the artifact's layers (messages as ``{"role": …, "content": …}``)."""
+        msgs = tuple(ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in messages)
+        return cls(template, system, msgs)
+
+
 @dataclass(frozen=True)
 class ModelPrompting:
     template: str | None  # the artifact's Go template
     system: str | None
     messages: Sequence[ChatMessage]
-    jinja: JinjaRender | None = None  # a renderer of the chat template without tool support
-    chat_template: str | None = None  # the GGUF's ``tokenizer.chat_template`` (rendered here, with tools)
+    chat_template: str | None = None  # the model's own Jinja chat template
     bos_token: str = ""
     eos_token: str = ""
+
+    @property
+    def chats(self) -> bool:
+        """Whether the model has a template for chats (its own or the artifact's)."""
+        return bool(self.template or self.chat_template)
+
+
+def model_prompting(
+    modelfile: ModelfilePrompt, chat_template: str | None, bos_token: str = "", eos_token: str = ""
+) -> ModelPrompting:
+    """How a model's prompts are built: the artifact's TEMPLATE, SYSTEM and MESSAGEs with the model's
+    own chat template (used when there is no TEMPLATE) and the text of its special tokens."""
+    return ModelPrompting(
+        template=modelfile.template,
+        system=modelfile.system,
+        messages=modelfile.messages,
+        chat_template=chat_template or None,
+        bos_token=bos_token,
+        eos_token=eos_token,
+    )
 
 
 def _call_json(call: ToolCall) -> str:
@@ -150,29 +201,73 @@ def _jinja_message(m: ChatMessage) -> dict[str, object]:
 
 
 def _raise(message: str) -> None:
-    raise TemplateError(message)
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(
+    value: object,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """transformers' ``tojson``: plain JSON (Jinja's own escapes HTML characters)."""
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now(UTC).strftime(fmt)
+
+
+class _GenerationBlock(Extension):
+    """``{% generation %}…{% endgeneration %}``: transformers marks assistant text with it (to build
+    training masks); rendering a prompt, the block is its body."""
+
+    def __init__(self, environment: jinja2.Environment) -> None:
+        super().__init__(environment)
+        self.tags = {"generation"}
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+@functools.cache
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationBlock]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(template: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(template)
+    except jinja2.TemplateError as exc:
+        raise ChatTemplateError(f"the chat template does not parse: {exc}") from None
 
 
 def render_jinja(model: ModelPrompting, msgs: Sequence[ChatMessage], tools: Tools | None) -> str:
-    """The model's own chat template (Jinja, sandboxed) with ``tools``, as Hugging Face renders it."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    assert model.chat_template is not None
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda v, indent=None, **_: json.dumps(v, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now(UTC).strftime(fmt)
+    """The model's own chat template with ``tools``, as Hugging Face renders it."""
+    if model.chat_template is None:
+        raise ChatTemplateError("the model has no chat template")
+    compiled = _compiled(model.chat_template)
     try:
-        return env.from_string(model.chat_template).render(
+        return compiled.render(
             messages=[_jinja_message(m) for m in msgs],
             tools=list(tools) if tools else None,
             bos_token=model.bos_token,
             eos_token=model.eos_token,
             add_generation_prompt=True,
         )
-    except (jinja2.TemplateError, TemplateError, TypeError, ValueError) as exc:
-        raise TemplateError(str(exc)) from None
+    except (jinja2.TemplateError, TypeError, ValueError) as exc:
+        raise ChatTemplateError(str(exc)) from None
 
 
 def build_prompt(req: GenerationRequest, model: ModelPrompting) -> tuple[str, list[str]]:
@@ -205,12 +300,17 @@ def build_prompt(req: GenerationRequest, model: ModelPrompting) -> tuple[str, li
                 system, msgs = _fallback(system, msgs, tools)
             stops = [model.eos_token] if model.eos_token else []
             return render_jinja(model, _with_system(msgs, system), tools if native else None), stops
-    except TemplateError as exc:
-        raise ValueError(f"cannot render the model's template: {exc}") from None
+    except (TemplateError, ChatTemplateError) as exc:
+        raise ChatTemplateError(f"cannot render the model's template: {exc}") from None
     system, msgs = _fallback(system, msgs, tools)
-    if model.jinja is not None:
-        plain = [{"role": m.role, "content": m.content} for m in _with_system(msgs, system)]
-        return model.jinja(plain)
     parts = [system] if system else []
     parts += [m.content for m in msgs]
     return "\n".join(parts), []
+
+
+def question_prompt(model: ModelPrompting, question: str) -> tuple[str, list[str]]:
+    """The prompt ``ff serve`` builds for one question: a chat turn (``/api/chat``) for a model with a
+    template, else the question as ``/api/generate``'s prompt (as ``ff run`` sends it)."""
+    if model.chats:
+        return build_prompt(GenerationRequest(messages=[ChatMessage("user", question)]), model)
+    return build_prompt(GenerationRequest(prompt=question), model)

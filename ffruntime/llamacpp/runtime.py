@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ffruntime.constraints import format_grammar
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
-from ffruntime.constraints import format_grammar
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
 from ffruntime.llamacpp.library import (
@@ -33,12 +33,11 @@ from ffruntime.llamacpp.library import (
     model_params,
 )
 from ffruntime.llamacpp.sampling import Sampler, sampling
-from ffruntime.llamacpp.vocab import Vocab
-from ffruntime.prompting import ModelPrompting, build_prompt
+from ffruntime.llamacpp.vocab import Vocab, gguf_prompting
+from ffruntime.prompting import ModelfilePrompt, ModelPrompting, build_prompt
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
-    ChatMessage,
     Embeddings,
     EmbedInput,
     Event,
@@ -143,7 +142,7 @@ class LlamaCppRuntime:
         context = list(request.context)
         if any(not 0 <= t < vocab.n_tokens for t in context):
             raise RequestRejected(f"context holds token ids outside the vocabulary (0..{vocab.n_tokens - 1})")
-        tokens = context + vocab.tokenize(prompt, add_special=not context, parse_special=True)
+        tokens = context + vocab.prompt_tokens(prompt, add_special=not context)
         if request.suffix:
             fim = vocab.fim()
             if fim is None:
@@ -262,11 +261,6 @@ def _open(path: Any, files: ModelFiles, opts: LoadSettings, text: bool) -> _Load
     return loaded
 
 
-def _token_text(meta: Mapping[str, str], vocab: Vocab, key: str) -> str:
-    tid = meta.get(key, "")
-    return vocab.text(int(tid)) if tid.isdigit() and int(tid) < vocab.n_tokens else ""
-
-
 def _option(opts: LoadSettings, key: str, default: int) -> int:
     value = opts.options.get(key)
     return int(value) if value is not None and str(value).isdigit() and int(value) > 0 else default
@@ -289,17 +283,10 @@ async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> Ll
         loaded.ctx, loaded.vocab, n_slots=max(1, opts.num_parallel), n_batch=N_BATCH,
         prefill_chunk=_option(opts, "prefill_chunk", PREFILL_CHUNK), name=variant.name, side_work=embedder,
     )
+    prompting = gguf_prompting(loaded.vocab, ModelfilePrompt.of(files.template, files.system, files.messages))
     caps = {Capability.EMBED}
     if text:
         caps.add(Capability.GENERATE)
-        if files.template or meta.get("tokenizer.chat_template"):
+        if prompting.chats:
             caps.add(Capability.CHAT)
-    prompting = ModelPrompting(
-        template=files.template,
-        system=files.system,
-        messages=[ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in files.messages],
-        chat_template=meta.get("tokenizer.chat_template") if text else None,
-        bos_token=_token_text(meta, loaded.vocab, "tokenizer.ggml.bos_token_id"),
-        eos_token=_token_text(meta, loaded.vocab, "tokenizer.ggml.eos_token_id"),
-    )
     return LlamaCppRuntime(variant, files, opts, loaded, engine, embedder, prompting, frozenset(caps))

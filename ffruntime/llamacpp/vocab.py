@@ -2,7 +2,8 @@
 
 Shared by the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval` and the serving engine, so both
 turn text into the same tokens. Tokenizing only reads the vocabulary, so any thread may do it while
-another decodes (llama.cpp's own server tokenizes in its HTTP threads).
+another decodes (llama.cpp's own server tokenizes in its HTTP threads). :func:`gguf_prompting` reads the
+GGUF's own chat template and special tokens for :mod:`ffruntime.prompting`, for serving and verify alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.library import binding
+from ffruntime.prompting import ModelfilePrompt, ModelPrompting, model_prompting
 
 
 def _read(call: Callable[[Any], int]) -> str | None:
@@ -70,6 +72,13 @@ class Vocab:
             n = self.lc.llama_token_to_piece(self.ptr, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)]
 
+    def prompt_tokens(self, prompt: str, *, add_special: bool = True) -> list[int]:
+        """A rendered prompt's tokens, special tokens parsed; the model's BOS is added (with
+        ``add_special``) unless the template already wrote it."""
+        bos = self.text(self.bos) if self.adds_bos and self.bos >= 0 else ""
+        add = add_special and not (bos and prompt.startswith(bos))
+        return self.tokenize(prompt, add_special=add, parse_special=True)
+
     def text(self, token: int) -> str:
         return self.piece(token, special=True).decode("utf-8", "replace")
 
@@ -112,3 +121,19 @@ class Vocab:
             int(self.lc.llama_vocab_fim_mid(self.ptr)),
         )
         return ids if min(ids) >= 0 else None
+
+
+def _token_text(vocab: Vocab, key: str) -> str:
+    tid = vocab.meta(key) or ""
+    return vocab.text(int(tid)) if tid.isdigit() and int(tid) < vocab.n_tokens else ""
+
+
+def gguf_prompting(vocab: Vocab, modelfile: ModelfilePrompt) -> ModelPrompting:
+    """The prompts of a GGUF model: ``modelfile``'s TEMPLATE, SYSTEM and MESSAGEs, else the GGUF's
+    ``tokenizer.chat_template`` with its BOS and EOS text."""
+    return model_prompting(
+        modelfile,
+        vocab.meta("tokenizer.chat_template"),
+        bos_token=_token_text(vocab, "tokenizer.ggml.bos_token_id"),
+        eos_token=_token_text(vocab, "tokenizer.ggml.eos_token_id"),
+    )

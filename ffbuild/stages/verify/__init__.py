@@ -20,6 +20,7 @@ from ffbuild.stages.context import (
     VerifyPolicyError,
     as_number,
 )
+from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
 from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
@@ -33,12 +34,23 @@ def _report_dict(report: VerifyReport) -> dict[str, JSONValue]:
     return {k: v for k, v in raw.items() if k not in _MACHINE_FIELDS}
 
 
+def verify_template(ctx: BuildContext) -> str | None:
+    """The Go TEMPLATE the artifact will carry (the Modelfile's, else the stored model's it is built FROM):
+    verify lays its prompt out with it, as the server will. SYSTEM and MESSAGEs are left out: they are
+    what the model is told, not how its prompt is laid out, and a change of them reuses verify's results."""
+    f = ctx.fetched
+    if ctx.plan.template is not None or f is None or f.kind != FetchedKind.STORE or not f.variants:
+        return ctx.plan.template
+    return f.variants[0].files.template
+
+
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     genai = out.variant.family == "genai"  # an ONNX Runtime GenAI export (ffbuild.stages.genai)
     adapters = [] if genai else [*out.built.adapters, *ctx.adapters]
     is_ref = out.built.weight.digest == ref.weight.digest
     policy = ctx.plan.verify
     stage = "genai_verify" if genai else "verify"
+    template = verify_template(ctx)
     key = ctx.cache_key(
         stage,
         weight=[out.built.weight.digest, *(x.file.digest for x in out.built.extra)]
@@ -47,6 +59,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
         reference=None if is_ref else ref.weight.digest,
         adapters=[a.digest for a in adapters],
         prompt=policy.prompt,
+        template=template,
     )
 
     def produce(folder: Path) -> dict[str, CacheValue]:
@@ -58,6 +71,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 prompt=policy.prompt,
                 threads=ctx.options.threads,
                 device=out.variant.device,
+                template=template,
             )
         else:
             report = verify_gguf(
@@ -66,6 +80,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 prompt=policy.prompt,
                 lora=adapters[0].path if adapters else None,
                 threads=ctx.options.threads,
+                template=template,
             )
         return {"report": _report_dict(report), "seconds": time.perf_counter() - start}
 
@@ -98,6 +113,8 @@ def _check_policy(ctx: BuildContext) -> None:
         name = out.variant.name
         if r.get("loads") is False:
             failures.append(f"{name}: the model does not load ({r.get('error') or 'no reason given'})")
+        elif r.get("error"):
+            failures.append(f"{name}: {r.get('error')}")
         agreement, ratio = r.get("agreement"), r.get("perplexity_ratio")
         if (
             policy.min_agreement is not None

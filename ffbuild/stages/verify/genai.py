@@ -3,8 +3,9 @@
 The variant is loaded through :mod:`ffruntime.genai_model` with the server's settings; its logits at
 every position of the fixed text (one generator step per token) give the perplexity, and against the
 reference GGUF (the highest-precision conversion of the same source, run by llama.cpp) the greedy
-next-token ``agreement`` and ``perplexity_ratio``; ``sample`` is the greedy answer to the prompt through
-the model's own chat template. A variant that does not load gives ``loads=False`` and the reason.
+next-token ``agreement`` and ``perplexity_ratio``; ``sample`` is the greedy answer to the prompt, rendered
+by :mod:`ffruntime.prompting` as the server renders it (the Modelfile's TEMPLATE, else the model's own
+chat template). A variant that does not load gives ``loads=False`` and the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ffbuild.stages.verify.gguf import (
     verify_threads,
 )
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
+from ffruntime.prompting import ModelfilePrompt, question_prompt
 from ffruntime.settings import LoadSettings
 
 
@@ -36,6 +38,7 @@ def verify_genai(
     prompt: str | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    template: str | None = None,
 ) -> VerifyReport:
     """Measure the GenAI export in ``folder`` (see the module doc); never raises for a bad model."""
     start = time.perf_counter()
@@ -70,11 +73,9 @@ def verify_genai(
             report.reference_perplexity = round(ref.perplexity, 4)
             report.perplexity_ratio = round(own.perplexity / ref.perplexity, 4)
         report.prompt = prompt
-        render = m.jinja()
-        chat = prompt
-        if render is not None:
-            chat, _ = render([{"role": "user", "content": prompt}])
-            report.used_chat_template = True
+        prompting = m.prompting(ModelfilePrompt(template=template))
+        report.used_chat_template = prompting.chats
+        chat, _ = question_prompt(prompting, prompt)  # as the server renders it (a ValueError if it cannot)
         report.sample = m.decode(m.greedy(m.encode(chat), SAMPLE_TOKENS)).strip()
     except (StageError, RuntimeFailure, BackendUnavailable, ValueError) as e:
         report.error = str(e)

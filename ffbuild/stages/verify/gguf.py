@@ -5,8 +5,10 @@ For a text model it measures, through llama.cpp:
 - ``perplexity`` of the model on a fixed English paragraph (one decode of all positions);
 - with a ``reference``: ``agreement``, the fraction of positions where the greedy next token equals
   the reference's, and ``perplexity_ratio`` (variant / reference);
-- ``sample``: the greedy answer to ``prompt`` (default :data:`DEFAULT_PROMPT`), through the GGUF's own
-  chat template when it has one, so a human can see at a glance whether the variant still talks sense.
+- ``sample``: the greedy answer to ``prompt`` (default :data:`DEFAULT_PROMPT`), so a human can see at a
+  glance whether the variant still talks sense. The prompt is rendered and tokenized by
+  :mod:`ffruntime.prompting` exactly as ``ff serve`` does for that question (with the Modelfile's
+  TEMPLATE, else the GGUF's own chat template); a template that cannot render it is an error.
 
 For an embedding model (a GGUF with a pooling type, e.g. BERT) ``agreement`` is the mean cosine
 similarity to the reference's embeddings of :data:`EMBED_SENTENCES`, and there is no perplexity.
@@ -31,6 +33,8 @@ from ffbuild.stages.errors import StageError, VerifyError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.eval import FloatArray, LlamaEval
+from ffruntime.llamacpp.vocab import gguf_prompting
+from ffruntime.prompting import ChatTemplateError, ModelfilePrompt, question_prompt
 from ffruntime.settings import LoadSettings, available_cores, default_threads
 
 DEFAULT_TEXT = (
@@ -118,35 +122,16 @@ def _eval_text(m: LlamaEval, text: str) -> _TextEval:
     return text_eval(list(tokens), logits)
 
 
-def _render_chat(m: LlamaEval, template: str, prompt: str) -> str:
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(
-        messages=[{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        bos_token=m.token_text(m.bos),
-        eos_token=m.token_text(m.eos),
-        raise_exception=raise_exception,
-    )
-
-
-def _sample(m: LlamaEval, info: GGUFInfo, prompt: str, report: VerifyReport) -> None:
-    text = prompt
-    if info.chat_template:
-        try:
-            text = _render_chat(m, info.chat_template, prompt)
-            report.used_chat_template = True
-        except Exception as e:  # a template that cannot render is reported, not fatal to the check
-            report.notes.append(f"chat template did not render ({e}); sampled the raw prompt")
-    bos_text = m.token_text(m.bos) if m.adds_bos else ""
-    add_bos = m.adds_bos and not (bos_text and text.startswith(bos_text))
-    tokens = m.tokenize(text, add_special=add_bos, parse_special=True)
-    report.sample = m.detokenize(m.generate(tokens, SAMPLE_TOKENS)).strip()
+def _sample(m: LlamaEval, modelfile: ModelfilePrompt, prompt: str, report: VerifyReport) -> None:
+    """The greedy answer to ``prompt``, rendered and tokenized as ``ff serve`` does (ffruntime.prompting)."""
+    prompting = gguf_prompting(m.vocab, modelfile)
+    report.used_chat_template = prompting.chats
+    try:
+        text, _ = question_prompt(prompting, prompt)
+    except ChatTemplateError as e:  # the server would refuse every chat the same way
+        report.error = f"the template cannot render the prompt: {e}"
+        return
+    report.sample = m.detokenize(m.generate(m.vocab.prompt_tokens(text), SAMPLE_TOKENS)).strip()
 
 
 _TextKey = tuple[Path, int, int, str, int | None]  # file (path, size, mtime), text, threads
@@ -193,6 +178,7 @@ def verify_gguf(
     prompt: str | None = None,
     lora: Path | None = None,
     threads: int | None = None,
+    template: str | None = None,
 ) -> VerifyReport:
     """Load ``path`` in llama.cpp and measure it (see the module doc); never raises for a bad model:
     a model that does not load gives ``loads=False`` and the reason in ``error``."""
@@ -215,7 +201,8 @@ def verify_gguf(
         if embedding:
             _verify_embedding(path, reference, lora, threads, report)
         else:
-            _verify_text(path, info, reference, text, prompt or DEFAULT_PROMPT, lora, threads, report)
+            modelfile = ModelfilePrompt(template=template)
+            _verify_text(path, reference, text, modelfile, prompt or DEFAULT_PROMPT, lora, threads, report)
     except (StageError, RuntimeFailure) as e:
         report.error = str(e)
     report.seconds = round(time.perf_counter() - start, 3)
@@ -224,9 +211,9 @@ def verify_gguf(
 
 def _verify_text(
     path: Path,
-    info: GGUFInfo,
     reference: Path | None,
     text: str,
+    modelfile: ModelfilePrompt,
     prompt: str,
     lora: Path | None,
     threads: int | None,
@@ -239,7 +226,7 @@ def _verify_text(
         if lora is None:  # the same pass this file would give as another variant's reference
             _remember_text((*_file_key(path), text, threads), own)
         report.prompt = prompt
-        _sample(m, info, prompt, report)
+        _sample(m, modelfile, prompt, report)
     report.perplexity = round(own.perplexity, 4)
     report.tokens_evaluated = len(own.tokens)
     if ref is not None:
