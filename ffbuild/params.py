@@ -1,10 +1,13 @@
-"""PARAMETER names and their types, as Ollama's ``api.Options`` has them, and how values are read.
+"""How PARAMETER values are read; the names and their types are :data:`ffruntime.options.OPTIONS`'.
 
 Values are read as Ollama reads them (Go's ``strconv``): integers are base-10 with an optional sign;
 floats are decimal or hexadecimal (``0x1p-2``) and must fit a float32; booleans are ``1 t T TRUE true
 True`` / ``0 f F FALSE false False``. ``stop`` accumulates over several PARAMETER lines; for the others
-the last one wins. Two deliberate differences: ``NaN`` and ``Inf`` are refused (Ollama would pass them to
-the sampler), and the names Ollama has deprecated are accepted and dropped with a warning, as Ollama does.
+the last one wins. Ranges are a request's (checked by the server), not a PARAMETER's, as in Ollama,
+except an option with a fixed set of values (``mirostat``). Deliberate differences: ``NaN`` and ``Inf``
+are refused (Ollama would pass them to the sampler), and ``mirostat``, ``mirostat_tau`` and
+``mirostat_eta``, which Ollama has deprecated, are used (as they are in a request); the other names Ollama
+has deprecated are accepted and dropped with a warning, as Ollama does.
 """
 
 from __future__ import annotations
@@ -15,46 +18,18 @@ import struct
 from typing import Final
 
 from ffbuild.errors import Problem, did_you_mean
+from ffruntime.options import OPTIONS, ParamValue
 
-ParamValue = int | float | bool | str | list[str]
+__all__ = ["DEPRECATED_PARAMETERS", "PARAMETERS", "ParamValue", "convert", "parse_bool", "parse_float32",
+           "parse_int"]
 
-PARAMETERS: Final[dict[str, type]] = {
-    # runner options (fixed when the model loads)
-    "num_ctx": int,
-    "num_batch": int,
-    "num_gpu": int,
-    "main_gpu": int,
-    "use_mmap": bool,
-    "num_thread": int,
-    # sampling and prediction options
-    "num_keep": int,
-    "seed": int,
-    "num_predict": int,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "typical_p": float,
-    "repeat_last_n": int,
-    "temperature": float,
-    "repeat_penalty": float,
-    "presence_penalty": float,
-    "frequency_penalty": float,
-    "stop": list,
+PARAMETERS: Final[dict[str, type[object]]] = {
+    o.name: o.kind for o in OPTIONS.values() if o.parameter and not o.deprecated
 }
+"""What a Modelfile PARAMETER may set, and its type (from :data:`ffruntime.options.OPTIONS`)."""
 
-DEPRECATED_PARAMETERS: Final = frozenset(
-    {
-        "penalize_newline",
-        "low_vram",
-        "f16_kv",
-        "logits_all",
-        "vocab_only",
-        "use_mlock",
-        "mirostat",
-        "mirostat_tau",
-        "mirostat_eta",
-    }
-)
+DEPRECATED_PARAMETERS: Final = frozenset(name for name, o in OPTIONS.items() if o.deprecated)
+"""Accepted and dropped with a warning, as in Ollama."""
 
 # Ollama treats "PARAMETER <command> …" as that command (a quirk of how it names commands); ff refuses it.
 COMMAND_NAMES: Final = {
@@ -134,18 +109,23 @@ def convert(name: str, value: str) -> ParamValue:
             hint=did_you_mean(name, PARAMETERS) or "known parameters: " + ", ".join(PARAMETERS),
             arg=0,
         )
+    option = OPTIONS[name]
     try:
-        if kind is int:
-            return parse_int(value)
-        if kind is float:
-            return parse_float32(value)
-        if kind is bool:
-            return parse_bool(value)
+        typed = _typed(kind, value)
+        if option.choices and typed not in option.choices:
+            raise Problem(f"{value} is not one of {option.describe()}")
     except Problem as exc:
         raise Problem(
-            f"parameter {name}: {exc.message}", hint=exc.hint or f"{name} takes {_KIND_NAMES[kind]}", arg=1
+            f"parameter {name}: {exc.message}", hint=exc.hint or f"{name} takes {option.describe()}", arg=1
         ) from None
+    return typed
+
+
+def _typed(kind: type[object], value: str) -> ParamValue:
+    if kind is int:
+        return parse_int(value)
+    if kind is float:
+        return parse_float32(value)
+    if kind is bool:
+        return parse_bool(value)
     return [value]
-
-
-_KIND_NAMES: Final[dict[type, str]] = {int: "an integer", float: "a number", bool: "true or false"}

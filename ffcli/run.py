@@ -118,6 +118,7 @@ async def generate_local(
     """Load ``variant`` through ffruntime (as ``ff serve`` does) and stream its answer to ``prompt``."""
     import ffruntime
     from ffruntime.errors import BackendUnavailable, RuntimeFailure
+    from ffruntime.options import model_options
     from ffruntime.runtime import (
         Capability,
         ChatMessage,
@@ -125,7 +126,6 @@ async def generate_local(
         RequestRejected,
         TextRuntime,
         Token,
-        model_options,
     )
     from ffruntime.settings import LoadSettings
 

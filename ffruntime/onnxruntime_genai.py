@@ -35,6 +35,7 @@ import onnxruntime_genai as og
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.genai_model import GenAIModel, open_model
+from ffruntime.options import OPTIONS, number
 from ffruntime.prompting import ModelfilePrompt, ModelPrompting, build_prompt
 from ffruntime.runtime import (
     CancelFlag,
@@ -49,22 +50,20 @@ from ffruntime.runtime import (
     Token,
 )
 from ffruntime.settings import LoadSettings
+from ffruntime.stops import StopScanner, stop_strings
 from registry.artifact import ModelFiles, VariantRef
 
-_SEARCH: dict[str, tuple[str, type]] = {  # Ollama option → (GenAI search option, type)
-    "temperature": ("temperature", float),
-    "top_k": ("top_k", int),
-    "top_p": ("top_p", float),
-    "repeat_penalty": ("repetition_penalty", float),
-    "seed": ("random_seed", int),
-    "num_predict": ("num_predict", int),
+_SEARCH: dict[str, str] = {  # Ollama option → GenAI search option
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repeat_penalty": "repetition_penalty",
+    "seed": "random_seed",
+    "num_predict": "num_predict",
 }
-_NEUTRAL: dict[str, float] = {  # sampling options GenAI lacks, and the values that change nothing
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "mirostat": 0.0,
+# The sampling stages GenAI lacks: a request may only ask for their neutral value.
+_NEUTRAL: dict[str, int | float] = {
+    name: o.neutral for name, o in OPTIONS.items() if o.neutral is not None and name not in _SEARCH
 }
 JSON_ANY_OBJECT = {"type": "object"}
 # How many tokens a generator may run ahead of its reader: a slow client or a busy event loop makes the
@@ -81,26 +80,15 @@ class _Plan:
     guidance: str | None  # a JSON schema
 
 
-def _number(key: str, value: ParamValue, kind: type) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or (kind is int and value != int(value)):  # type: ignore[arg-type]
-        raise RequestRejected(f"option {key} must be {'an integer' if kind is int else 'a number'}")
-    return float(value)  # type: ignore[arg-type]
-
-
 def search_options(options: Mapping[str, ParamValue]) -> tuple[dict[str, Any], int | None]:
     """GenAI search options and ``num_predict`` (None: no limit) from a request's options."""
     for key, neutral in _NEUTRAL.items():
-        if key in options and _number(key, options[key], float) != neutral:
+        if key in options and number(key, options[key]) != neutral:
             raise RequestRejected(
                 f"option {key} is not available on ONNX Runtime GenAI variants "
                 "(it has temperature, top_k, top_p, repeat_penalty and seed)"
             )
-    kw: dict[str, Any] = {}
-    for key, (arg, kind) in _SEARCH.items():
-        if key in options:
-            value = _number(key, options[key], kind)
-            kw[arg] = int(value) if kind is int else value
+    kw: dict[str, Any] = {arg: number(key, options[key]) for key, arg in _SEARCH.items() if key in options}
     num_predict = kw.pop("num_predict", None)
     if num_predict is not None and num_predict < 0:
         num_predict = None  # Ollama's -1: no limit
@@ -111,40 +99,6 @@ def search_options(options: Mapping[str, ParamValue]) -> tuple[dict[str, Any], i
     if not kw["do_sample"]:
         kw.pop("temperature", None)
     return kw, num_predict
-
-
-def _stops(options: Mapping[str, ParamValue], extra: list[str]) -> list[str]:
-    stop = options.get("stop", [])
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
-        raise RequestRejected("option stop must be a list of strings")
-    return [s for s in dict.fromkeys([*stop, *extra]) if s]
-
-
-class _StopScanner:
-    """Holds back text that may begin a stop string; says where the first stop string ends the output."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = stops
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """The text safe to emit now, and whether a stop string was found."""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(s[:n]):
-                    keep = max(keep, n)
-                    break
-        out = self.pending[: len(self.pending) - keep]
-        self.pending = self.pending[len(out) :]
-        return out, False
 
 
 @dataclass
@@ -247,7 +201,7 @@ class GenAIRuntime:
             )
         fmt = request.format
         guidance = json.dumps(JSON_ANY_OBJECT if fmt == "json" else fmt) if fmt is not None else None
-        return _Plan(tokens, search, num_predict, _stops(request.options, template_stops), guidance)
+        return _Plan(tokens, search, num_predict, stop_strings(request.options, template_stops), guidance)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         plan = self._plan(request)
@@ -273,7 +227,7 @@ class GenAIRuntime:
         gen.append_tokens(np.asarray(plan.tokens, dtype=np.int32))
         t_first = time.perf_counter_ns()
         stream = m.tokenizer.create_stream()
-        scanner = _StopScanner(plan.stops)
+        scanner = StopScanner(plan.stops)
         out: list[int] = []
         reason: DoneReason = "length"
         while True:
@@ -288,14 +242,13 @@ class GenAIRuntime:
                 reason = "stop"
                 break
             out.append(token)
-            text, stopped = scanner.feed(stream.decode(token))
-            if text:
+            if text := scanner.feed(stream.decode(token)):
                 emit(Token(text))
-            if stopped:
+            if scanner.stopped:
                 reason = "stop"
                 break
-        if reason != "stop" and scanner.pending:
-            emit(Token(scanner.pending))
+        if tail := scanner.flush():
+            emit(Token(tail))
         t_end = time.perf_counter_ns()
         del gen
         emit(Done(reason, len(plan.tokens), len(out), t_first - t0, t_end - t_first, (*plan.tokens, *out)))

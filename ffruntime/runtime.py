@@ -38,18 +38,6 @@ class PromptTooLong(RequestRejected):
     """The prompt does not fit the model's context."""
 
 
-def is_param(v: object) -> bool:
-    if isinstance(v, list):
-        return all(isinstance(x, str) for x in v)
-    return isinstance(v, str | int | float | bool)
-
-
-def model_options(params: Mapping[str, object], overrides: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
-    """A request's options: the artifact's Modelfile ``PARAMETER``s, overridden by the request's own."""
-    defaults: dict[str, ParamValue] = {k: v for k, v in params.items() if is_param(v)}  # type: ignore[misc]
-    return {**defaults, **overrides}
-
-
 @dataclass(frozen=True)
 class ToolCall:
     """A function call the model made: ``arguments`` is the parsed JSON object."""

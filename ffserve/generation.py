@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from ffruntime.options import model_options
 from ffruntime.runtime import (
     Capability,
     Done,
@@ -24,7 +25,6 @@ from ffruntime.runtime import (
     GenerationRequest,
     Token,
     TokenLogprob,
-    model_options,
 )
 from ffserve.errors import NotSupported
 from ffserve.metrics import Metrics

@@ -46,6 +46,7 @@ from ffruntime.runtime import (
     RequestRejected,
 )
 from ffruntime.settings import LoadSettings
+from ffruntime.stops import stop_strings
 from registry.artifact import ModelFiles, VariantRef
 
 N_BATCH = 512
@@ -131,12 +132,7 @@ class LlamaCppRuntime:
             prompt, template_stops = build_prompt(request, self.prompting)
         except (ValueError, TemplateError) as exc:
             raise RequestRejected(str(exc)) from None
-        stop_opt = request.options.get("stop", [])
-        if isinstance(stop_opt, str):
-            stop_opt = [stop_opt]
-        if not isinstance(stop_opt, list) or not all(isinstance(x, str) for x in stop_opt):
-            raise RequestRejected("option stop must be a list of strings")
-        stops = [*stop_opt, *(s for s in template_stops if s and s not in stop_opt)]
+        stops = stop_strings(request.options, template_stops)
         s = sampling(request.options)
         grammar = request.grammar or format_grammar(request.format)
         context = list(request.context)

@@ -1,7 +1,8 @@
 """A request's sampling options → one llama.cpp sampler chain per sequence, and token logprobs.
 
 :func:`sampling` reads the Ollama options (the Modelfile ``PARAMETER``s ∪ the request's), rejecting a
-wrong type as a 400; :class:`Sampler` owns the ``llama_sampler`` chain (grammar, penalties,
+wrong type as a 400 (types and allowed values from :data:`ffruntime.options.OPTIONS`; each field of
+:class:`Sampling` is an option there); :class:`Sampler` owns the ``llama_sampler`` chain (grammar, penalties,
 top-k/typical/top-p/min-p, temperature, mirostat, seeded distribution, or greedy at temperature 0)
 that llama.cpp samples each step with.
 
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
+from ffruntime.options import number
 from ffruntime.runtime import ParamValue, RequestRejected
 
 _DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
@@ -43,23 +45,12 @@ class Sampling:
     num_ctx: int = 0  # 0: the loaded context per sequence
 
 
-_INTS = {"top_k", "repeat_last_n", "mirostat", "seed", "num_predict", "num_ctx"}
-
-
 def sampling(options: Mapping[str, ParamValue]) -> Sampling:
-    """The sampling fields of ``options`` (other options are left to other readers)."""
-    values: dict[str, Any] = {}
-    for key in Sampling.__dataclass_fields__:
-        if key not in options:
-            continue
-        value = options[key]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not np.isfinite(float(value)) or (key in _INTS and value != int(value)):  # type: ignore[arg-type]
-            raise RequestRejected(f"option {key} must be {'an integer' if key in _INTS else 'a number'}")
-        values[key] = int(value) if key in _INTS else float(value)  # type: ignore[arg-type]
+    """The sampling fields of ``options``, typed as :data:`~ffruntime.options.OPTIONS` says (other
+    options are left to other readers)."""
+    fields = Sampling.__dataclass_fields__
+    values: dict[str, Any] = {key: number(key, options[key]) for key in fields if key in options}
     s = Sampling(**values)
-    if s.mirostat not in (0, 1, 2):
-        raise RequestRejected("option mirostat must be 0, 1 or 2")
     if s.num_ctx < 0:
         raise RequestRejected("option num_ctx must not be negative")
     return s

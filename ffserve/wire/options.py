@@ -1,4 +1,4 @@
-"""Ollama's generation options as one typed model (``api/types.go`` ``Options`` and ``Runner``).
+"""Ollama's generation options as one typed model, its fields from :data:`ffruntime.options.OPTIONS`.
 
 Both APIs map into it: Ollama's ``options`` object as sent, OpenAI's sampling fields by name
 (:func:`openai_options`). ``null`` means unset; a value of the wrong type is a 400 naming the option
@@ -10,7 +10,7 @@ that the Modelfile's PARAMETERs (and the runtime's own defaults) fill in the res
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from annotated_types import Interval, MaxLen
 from pydantic import (
@@ -20,10 +20,11 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 
-from ffruntime.runtime import ParamValue
+from ffruntime.options import OPTIONS, STOP_LEN_MAX, STOP_MAX, Option, ParamValue
 
 log = logging.getLogger("ffserve")
 
@@ -54,64 +55,41 @@ def _stop(v: object) -> object:
     return [v] if isinstance(v, str) else v
 
 
-_INT_MAX = 2**31 - 1
 Flag = Annotated[bool, BeforeValidator(_flag)]
-_STOP = {"type": "string", "maxLength": 4096}
+_STOP = {"type": "string", "maxLength": STOP_LEN_MAX}
 Stops = Annotated[
-    list[Annotated[str, MaxLen(4096)]],
-    MaxLen(64),
+    list[Annotated[str, MaxLen(STOP_LEN_MAX)]],
+    MaxLen(STOP_MAX),
     BeforeValidator(_stop),
-    WithJsonSchema({"anyOf": [_STOP, {"type": "array", "items": _STOP, "maxItems": 64}]}),
+    WithJsonSchema({"anyOf": [_STOP, {"type": "array", "items": _STOP, "maxItems": STOP_MAX}]}),
 ]
 
 
 # Constraints before the type check, so that the JSON schema shows them as minimum/maximum.
 _I, _F, _FINITE = BeforeValidator(_integer), BeforeValidator(_number), AllowInfNan(False)
-Prob = Annotated[float, Interval(ge=0, le=1), _F]
+
+
+def _field_type(option: Option) -> object:
+    """The pydantic type of one option: its table type, range and JSON reading."""
+    if option.kind is bool:
+        return Flag
+    if option.kind is list:
+        return Stops
+    interval = Interval(ge=option.low, le=option.high)
+    if option.kind is int:
+        return Annotated[int, interval, _I]
+    return Annotated[float, interval, _FINITE, _F]
 
 
 SERVER_ONLY = frozenset({"tool_choice"})
 
 
-class Options(BaseModel):
-    """Every option Ollama documents; each one ``None`` (unset) unless the client sent it."""
+class _Options(BaseModel):
+    """What every request's options share: unknown keys ignored with a warning, :meth:`params`, and ff's
+    ``tool_choice``; the options themselves are the fields :data:`Options` adds from the table."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    # runner: how the model is loaded
-    numa: Flag | None = None
-    num_ctx: Annotated[int, Interval(ge=1, le=1 << 24), _I] | None = None
-    num_batch: Annotated[int, Interval(ge=1, le=1 << 20), _I] | None = None
-    num_gpu: Annotated[int, Interval(ge=-1, le=_INT_MAX), _I] | None = None
-    main_gpu: Annotated[int, Interval(ge=0, le=1024), _I] | None = None
-    low_vram: Flag | None = None
-    f16_kv: Flag | None = None
-    logits_all: Flag | None = None
-    vocab_only: Flag | None = None
-    use_mmap: Flag | None = None
-    use_mlock: Flag | None = None
-    embedding_only: Flag | None = None
-    num_thread: Annotated[int, Interval(ge=0, le=4096), _I] | None = None
-    # sampling and lengths
-    num_keep: Annotated[int, Interval(ge=-1, le=_INT_MAX), _I] | None = None
-    seed: Annotated[int, Interval(ge=-(2**63), le=2**64 - 1), _I] | None = None
-    # num_predict -1: no limit, -2: until the context is full
-    num_predict: Annotated[int, Interval(ge=-2, le=_INT_MAX), _I] | None = None
-    top_k: Annotated[int, Interval(ge=0, le=_INT_MAX), _I] | None = None
-    top_p: Prob | None = None
-    min_p: Prob | None = None
-    tfs_z: Annotated[float, Interval(ge=0), _FINITE, _F] | None = None
-    typical_p: Prob | None = None
-    repeat_last_n: Annotated[int, Interval(ge=-1, le=_INT_MAX), _I] | None = None  # -1: num_ctx
-    temperature: Annotated[float, Interval(ge=0, le=100), _FINITE, _F] | None = None
-    repeat_penalty: Annotated[float, Interval(ge=0, le=100), _FINITE, _F] | None = None
-    presence_penalty: Annotated[float, Interval(ge=-100, le=100), _FINITE, _F] | None = None
-    frequency_penalty: Annotated[float, Interval(ge=-100, le=100), _FINITE, _F] | None = None
-    mirostat: Annotated[int, Interval(ge=0, le=2), _I] | None = None
-    mirostat_tau: Annotated[float, Interval(ge=0), _FINITE, _F] | None = None
-    mirostat_eta: Annotated[float, Interval(ge=0), _FINITE, _F] | None = None
-    penalize_newline: Flag | None = None
-    stop: Stops | None = None
     # ff extension for Ollama clients, which pass only ``options`` through: /api/chat's tool_choice
     # ("auto", "none", "required" or a tool's name); never sent to the runtime.
     tool_choice: Annotated[str, MaxLen(64)] | None = None
@@ -132,6 +110,17 @@ class Options(BaseModel):
             if value is not None and key not in SERVER_ONLY:
                 out[key] = list(value) if isinstance(value, list) else value
         return out
+
+
+if TYPE_CHECKING:
+    Options = _Options
+else:
+    Options = create_model(
+        "Options",
+        __base__=_Options,
+        __doc__="Every option Ollama documents; each one ``None`` (unset) unless the client sent it.",
+        **{name: (_field_type(option) | None, None) for name, option in OPTIONS.items()},
+    )
 
 
 def _nullable(schema: dict[str, Any]) -> None:

@@ -50,6 +50,9 @@ TYPED: list[tuple[str, str, object]] = [
     ("repeat_penalty", "1.1", 1.1),
     ("presence_penalty", "3.4e38", 3.4e38),
     ("frequency_penalty", "1e-50", 1e-50),
+    ("mirostat", "2", 2),  # deprecated by Ollama, used by ff (as a request's options.mirostat is)
+    ("mirostat_tau", "5.0", 5.0),
+    ("mirostat_eta", "0.1", 0.1),
     ("use_mmap", "true", True),
     ("use_mmap", "True", True),
     ("use_mmap", "t", True),
@@ -91,6 +94,8 @@ BAD_PARAMETERS: list[tuple[str, str, int]] = [
     ("temperature 1_0.5", "is not a number", 23),
     ("use_mmap yes", "parameter use_mmap: 'yes' is not a boolean", 20),
     ("use_mmap tRUE", "is not a boolean", 20),
+    ("mirostat 3", "parameter mirostat: 3 is not one of 0, 1 or 2", 20),
+    ("mirostat 1.0", "parameter mirostat: '1.0' is not an integer", 20),
 ]
 
 
@@ -110,6 +115,7 @@ def test_bad_parameters(tmp_path: Path, line: str, message: str, column: int) ->
         ("frobnicate 1", "known parameters: num_ctx, num_batch"),
         ("use_mmap yes", "use true or false"),
         ("num_ctx big", "num_ctx takes an integer"),
+        ("mirostat 3", "mirostat takes 0, 1 or 2"),
     ],
 )
 def test_parameter_hints(tmp_path: Path, line: str, hint: str | None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ffruntime
-from ffruntime.onnxruntime_genai import LOOKAHEAD, GenAIRuntime, _StopScanner
+from ffruntime.onnxruntime_genai import LOOKAHEAD, GenAIRuntime
 from ffruntime.runtime import ChatMessage, Done, GenerationRequest, RequestRejected, Token
 from ffruntime.settings import LoadSettings
 from registry.artifact import VariantRef, open_variant, variants_of
@@ -173,15 +173,6 @@ def test_refusals_are_request_rejected(rt: GenAIRuntime, change: dict[str, objec
         setattr(req, k, v)
     with pytest.raises(RequestRejected, match=message):
         rt.generate(req)
-
-
-def test_stop_scanner_holds_back_prefixes() -> None:
-    s = _StopScanner(["<|end|>"])
-    assert s.feed("Hello <|") == ("Hello ", False)
-    assert s.feed("en") == ("", False)
-    assert s.feed("d|> more") == ("", True)
-    s = _StopScanner(["ab"])
-    assert s.feed("xa") == ("x", False) and s.feed("c") == ("ac", False)
 
 
 def test_serving_an_onnx_llm_imports_neither_torch_nor_transformers(home: Path) -> None:

@@ -24,6 +24,15 @@ def test_every_ollama_client_option_is_known() -> None:
     assert set(ollama.Options.model_fields) <= set(Options.model_fields)
 
 
+def test_the_fields_are_the_options_table_and_tool_choice() -> None:
+    from ffruntime.options import OPTIONS
+
+    assert list(Options.model_fields) == ["tool_choice", *OPTIONS]
+    schema = Options.model_json_schema()["properties"]
+    assert schema["num_ctx"]["anyOf"][0] == {"maximum": 1 << 24, "minimum": 1, "type": "integer"}
+    assert schema["top_p"]["anyOf"][0] == {"maximum": 1, "minimum": 0, "type": "number"}
+
+
 def test_null_means_unset_and_only_set_options_reach_the_runtime() -> None:
     body = GenerateRequest.model_validate(
         {"model": "m", "options": {"mirostat": None, "temperature": 0.2, "num_predict": None, "stop": "END"}}

@@ -1,10 +1,11 @@
-"""Per-sequence text: whole UTF-8 characters and stop strings, however the tokens split them."""
+"""Per-sequence text: whole UTF-8 characters and stop strings, however the tokens split them (the stop
+strings themselves: tests/ffruntime/test_stops.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ffruntime.llamacpp.text import TextStream, held_tail
+from ffruntime.llamacpp.text import TextStream
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> str:
@@ -42,7 +43,8 @@ def test_a_held_prefix_that_does_not_complete_is_released() -> None:
     assert s.flush() == "" and not s.stopped
 
 
-def test_earliest_stop_wins_and_tail_length() -> None:
-    assert feed_all(TextStream(["b", "a"]), [b"xxab"]) == "xx"
-    assert held_tail("abc", ["cde", "bcx"]) == 2
-    assert held_tail("abc", ["zz"]) == 0
+def test_a_stop_string_after_a_split_character() -> None:
+    s = TextStream(["é!"])
+    data = "ok é! no".encode()
+    assert feed_all(s, [data[i : i + 1] for i in range(len(data))]) == "ok "
+    assert s.stopped
