@@ -83,7 +83,11 @@ def test_chat_answers_paris_to_the_end(loop: asyncio.AbstractEventLoop, rt: GenA
 
 
 def test_generate_with_a_go_template(loop: asyncio.AbstractEventLoop, rt: GenAIRuntime) -> None:
-    template = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    # SmolLM2's own layout, system turn included: without it this small model may ramble past its turn
+    template = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    )
     req = GenerationRequest(prompt=QUESTION, template=template, options={"temperature": 0})
     pieces, done = run(loop, rt, req)
     assert "Paris" in "".join(pieces) and done.reason == "stop"
