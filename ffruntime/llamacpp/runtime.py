@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ffruntime.constraints import gbnf
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
-from ffruntime.constraints import format_grammar
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
 from ffruntime.llamacpp.library import (
@@ -139,7 +139,7 @@ class LlamaCppRuntime:
             raise RequestRejected("option stop must be a list of strings")
         stops = [*stop_opt, *(s for s in template_stops if s and s not in stop_opt)]
         s = sampling(request.options)
-        grammar = request.grammar or format_grammar(request.format)
+        grammar = gbnf(request.constraint)
         context = list(request.context)
         if any(not 0 <= t < vocab.n_tokens for t in context):
             raise RequestRejected(f"context holds token ids outside the vocabulary (0..{vocab.n_tokens - 1})")
