@@ -49,7 +49,7 @@ FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 def _constraint(rf: ResponseFormat | None) -> Constraint:
-    """``response_format``: ``text``, ``json_object``, or ``json_schema`` (any JSON object without a schema)."""
+    """``response_format``: ``text``, ``json_object``, ``json_schema`` (any JSON object without a schema)."""
     if rf is None or rf.type == "text":
         return FreeText()
     if rf.type == "json_schema" and rf.json_schema and rf.json_schema.schema_:

@@ -28,7 +28,7 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-OTHER = {**WEATHER, "function": {**WEATHER["function"], "name": "other"}}
+OTHER = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
@@ -99,7 +99,8 @@ def test_json_and_schemas_compile_to_gbnf() -> None:
 def test_forced_call_schema_and_grammar() -> None:
     schema = tool_call_schema([WEATHER])
     assert schema["properties"]["name"] == {"const": "get_weather"}  # type: ignore[index]
-    assert tool_call_schema([WEATHER, OTHER], "other")["properties"]["name"] == {"const": "other"}  # type: ignore[index]
+    named_schema = tool_call_schema([WEATHER, OTHER], "other")
+    assert named_schema["properties"]["name"] == {"const": "other"}  # type: ignore[index]
     any_call = forced_tool_call([WEATHER, OTHER])
     assert any_call == ForcedToolCall((WEATHER, OTHER), None)
     grammar = gbnf(any_call) or ""
@@ -112,5 +113,5 @@ def test_forced_call_schema_and_grammar() -> None:
 
 def test_a_tool_with_a_bad_parameter_schema_is_rejected_naming_tools() -> None:
     bad = {"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}
-    with pytest.raises(RequestRejected, match="^tools: not a valid JSON schema"):
+    with pytest.raises(RequestRejected, match=r"^tools: not a valid JSON schema"):
         forced_tool_call([bad])

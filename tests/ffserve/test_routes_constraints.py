@@ -57,8 +57,11 @@ class Recorder:
         yield Done("stop", 1, 1, 0, 0)
 
 
+App = tuple[TestClient, Recorder]
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[tuple[TestClient, Recorder]]:
+def app(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[App]:
     store = Store(tmp_path_factory.mktemp("constraints") / "store")
     add_model(store, "m:latest", {"q4_1": smollm2_gguf})
     recorder = Recorder()
@@ -70,7 +73,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterato
         yield client, recorder
 
 
-def _sent(app: tuple[TestClient, Recorder], path: str, body: dict[str, object]) -> Constraint:
+def _sent(app: App, path: str, body: dict[str, object]) -> Constraint:
     client, recorder = app
     r = client.post(path, json={"model": "m", "stream": False, **body})
     assert r.status_code == 200, r.text
@@ -81,7 +84,7 @@ def _sent(app: tuple[TestClient, Recorder], path: str, body: dict[str, object]) 
     ("fmt", "expected"),
     [(None, FreeText()), ("", FreeText()), ("json", JsonObject()), (CITY, JsonSchema(CITY, "format"))],
 )
-def test_ollama_format(app: tuple[TestClient, Recorder], fmt: object, expected: Constraint) -> None:
+def test_ollama_format(app: App, fmt: object, expected: Constraint) -> None:
     assert _sent(app, "/api/generate", {"prompt": "hi", "format": fmt}) == expected
     assert _sent(app, "/api/chat", {"messages": USER, "format": fmt}) == expected
 
@@ -99,16 +102,16 @@ def test_ollama_format(app: tuple[TestClient, Recorder], fmt: object, expected: 
         ),
     ],
 )
-def test_openai_response_format(
-    app: tuple[TestClient, Recorder], response_format: object, expected: Constraint
-) -> None:
+def test_openai_response_format(app: App, response_format: object, expected: Constraint) -> None:
     body = {"messages": USER, "response_format": response_format}
     assert _sent(app, "/v1/chat/completions", body) == expected
 
 
-def test_a_forced_tool_choice_wins_over_the_format(app: tuple[TestClient, Recorder]) -> None:
-    body: dict[str, object] = {"messages": USER, "tools": [WEATHER], "response_format": {"type": "json_object"}}
-    assert _sent(app, "/v1/chat/completions", {**body, "tool_choice": "required"}) == ForcedToolCall((WEATHER,))
+def test_a_forced_tool_choice_wins_over_the_format(app: App) -> None:
+    body: dict[str, object] = {"messages": USER, "tools": [WEATHER]}
+    body["response_format"] = {"type": "json_object"}
+    required = _sent(app, "/v1/chat/completions", {**body, "tool_choice": "required"})
+    assert required == ForcedToolCall((WEATHER,))
     named = {"type": "function", "function": {"name": "get_weather"}}
     assert _sent(app, "/v1/chat/completions", {**body, "tool_choice": named}) == ForcedToolCall(
         (WEATHER,), "get_weather"
@@ -118,7 +121,7 @@ def test_a_forced_tool_choice_wins_over_the_format(app: tuple[TestClient, Record
     assert _sent(app, "/api/chat", ollama) == ForcedToolCall((WEATHER,))
 
 
-def test_a_bad_schema_is_a_400_before_the_runtime(app: tuple[TestClient, Recorder]) -> None:
+def test_a_bad_schema_is_a_400_before_the_runtime(app: App) -> None:
     client, recorder = app
     before = len(recorder.requests)
     bad = {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}
@@ -127,5 +130,6 @@ def test_a_bad_schema_is_a_400_before_the_runtime(app: tuple[TestClient, Recorde
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}
     r = client.post("/v1/chat/completions", json={"model": "m", "messages": USER, "response_format": rf})
     assert r.status_code == 400
-    assert r.json()["error"]["message"].startswith("response_format.json_schema.schema: not a valid JSON schema")
+    message = r.json()["error"]["message"]
+    assert message.startswith("response_format.json_schema.schema: not a valid JSON schema")
     assert len(recorder.requests) == before

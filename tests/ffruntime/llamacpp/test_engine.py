@@ -190,10 +190,10 @@ def test_seed_reproduces_sampling_alone_or_batched(rt: LlamaCppRuntime) -> None:
 
 def test_json_format_and_schema_give_valid_json(rt: LlamaCppRuntime) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    r1 = GenerationRequest(messages=[ChatMessage("user", "Capital of France as JSON")], constraint=JsonObject(),
-                           options={"temperature": 0, "num_predict": 60})
-    r2 = GenerationRequest(messages=[ChatMessage("user", "Capital of France as JSON")],
-                           constraint=JsonSchema(schema), options={"temperature": 0, "num_predict": 60})
+    ask = [ChatMessage("user", "Capital of France as JSON")]
+    greedy = {"temperature": 0, "num_predict": 60}
+    r1 = GenerationRequest(messages=ask, constraint=JsonObject(), options=greedy)
+    r2 = GenerationRequest(messages=ask, constraint=JsonSchema(schema), options=greedy)
     out1, out2 = together(rt, [r1, r2])
     assert isinstance(json.loads(text_of(out1)), dict | list)
     assert isinstance(json.loads(text_of(out2))["city"], str)
