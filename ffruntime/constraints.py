@@ -1,18 +1,27 @@
-"""GBNF grammars for constrained decoding: JSON, a JSON schema, a forced tool call.
+"""Output constraints: a request's ``format`` / ``response_format`` / forced tool call checked into the
+typed :data:`~ffruntime.runtime.Constraint`, and that constraint compiled to a GBNF grammar.
 
-A schema is checked before it is converted (a valid JSON Schema; every ``$ref`` a local ``#/…``
-pointer that resolves), and any failure of llama.cpp's converter is a :class:`RequestRejected` that
-names the part of the request at fault, so a client's schema never reaches the engine half-built.
-The converter is llama-cpp-python's (``llama_cpp.llama_grammar``), imported when first needed.
+The routes call only the checking half (:func:`format_constraint`, :func:`json_schema`,
+:func:`forced_tool_call`): a schema is a valid JSON Schema whose every ``$ref`` is a local ``#/…``
+pointer that resolves, else a :class:`RequestRejected` naming the part of the request at fault. Each
+text runtime compiles the constraint for its engine: llama.cpp through :func:`gbnf` (llama-cpp-python's
+converter, imported when first needed; a schema it cannot convert is a :class:`RequestRejected` too),
+ONNX Runtime GenAI through its own JSON-schema guidance.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
-from ffruntime.runtime import Format, RequestRejected
+from ffruntime.runtime import (
+    Constraint,
+    ForcedToolCall,
+    FreeText,
+    JsonObject,
+    JsonSchema,
+    RequestRejected,
+)
 
 MAX_SCHEMA_BYTES = 256 * 1024
 
@@ -71,40 +80,29 @@ def check_schema(schema: Mapping[str, object], where: str) -> None:
             )
 
 
-def schema_grammar(schema: Mapping[str, object], where: str) -> str:
-    """The GBNF of JSON texts valid for ``schema``."""
-    check_schema(schema, where)
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        grammar: str = json_schema_to_gbnf(json.dumps(schema))
-    except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
-        raise RequestRejected(f"{where}: this JSON schema cannot be turned into a grammar: {exc}") from None
-    return grammar
+def json_schema(schema: Mapping[str, object], source: str = "format") -> JsonSchema:
+    """The constraint for a client's JSON schema, sent in the request field ``source`` (checked)."""
+    check_schema(schema, source)
+    return JsonSchema(schema, source)
 
 
-def json_grammar() -> str:
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    return str(JSON_GBNF)
-
-
-def format_grammar(fmt: Format, where: str = "format") -> str | None:
-    """The grammar for a request's ``format``: any JSON object, or JSON valid for a schema."""
-    if fmt is None:
-        return None
+def format_constraint(fmt: object, source: str = "format") -> Constraint:
+    """A request's ``format``: none or ``""`` (free text), ``"json"`` (any JSON object) or a JSON schema."""
+    if fmt is None or fmt == "":
+        return FreeText()
     if fmt == "json":
-        return json_grammar()
+        return JsonObject()
     if not isinstance(fmt, dict):
-        raise RequestRejected(f'{where}: must be "json" or a JSON schema object')
-    return schema_grammar(fmt, where)
+        raise RequestRejected(f'{source}: must be "json" or a JSON schema object')
+    return json_schema(fmt, source)
 
 
-def tool_call_schema(tools: Sequence[Mapping[str, Any]], name: str | None = None) -> dict[str, object]:
+def tool_call_schema(tools: Sequence[Mapping[str, object]], name: str | None = None) -> dict[str, object]:
     """The schema of one call ``{"name": …, "arguments": {…}}`` to ``name`` (or to any of ``tools``)."""
     options: list[dict[str, object]] = []
     for tool in tools:
-        fn = tool.get("function") or {}
+        inner = tool.get("function")
+        fn: Mapping[str, object] = inner if isinstance(inner, Mapping) else {}
         if name is not None and fn.get("name") != name:
             continue
         params = fn.get("parameters") or {"type": "object"}
@@ -121,6 +119,37 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]], name: str | None = None
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def tool_call_grammar(tools: Sequence[Mapping[str, Any]], name: str | None = None) -> str:
-    """A grammar that forces one valid call (a forced ``tool_choice``)."""
-    return schema_grammar(tool_call_schema(tools, name), "tools")
+def forced_tool_call(tools: Sequence[Mapping[str, object]], name: str | None = None) -> ForcedToolCall:
+    """The constraint of a forced ``tool_choice`` (``name``, or None for ``required``), checked."""
+    check_schema(tool_call_schema(tools, name), "tools")
+    return ForcedToolCall(tuple(tools), name)
+
+
+def schema_grammar(schema: Mapping[str, object], source: str) -> str:
+    """The GBNF of JSON texts valid for ``schema`` (already checked)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        grammar: str = json_schema_to_gbnf(json.dumps(schema))
+    except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        raise RequestRejected(f"{source}: this JSON schema cannot be turned into a grammar: {exc}") from None
+    return grammar
+
+
+def json_grammar() -> str:
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    return str(JSON_GBNF)
+
+
+def gbnf(constraint: Constraint) -> str | None:
+    """The GBNF grammar that enforces ``constraint`` (llama.cpp's form); None for free text."""
+    match constraint:
+        case FreeText():
+            return None
+        case JsonObject():
+            return json_grammar()
+        case JsonSchema(schema, source):
+            return schema_grammar(schema, source)
+        case ForcedToolCall(tools, name):
+            return schema_grammar(tool_call_schema(tools, name), "tools")

@@ -11,8 +11,9 @@ Engine has only a static batch scheduler without stop strings or per-request see
 
 Prompts come from :mod:`ffruntime.prompting` (the Modelfile TEMPLATE, else the model's own chat
 template). Options: ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``seed``, ``repeat_penalty``,
-``num_predict`` (none: until the end-of-sequence token or a full context), ``stop``. JSON ``format``
-is GenAI's guidance (llguidance) with a JSON schema. Imports neither torch nor transformers.
+``num_predict`` (none: until the end-of-sequence token or a full context), ``stop``. A JSON output
+constraint (``format``) is GenAI's guidance (llguidance) with a JSON schema; a forced tool call is
+refused. Imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ from ffruntime.prompting import ModelfilePrompt, ModelPrompting, build_prompt
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
+    Constraint,
     Done,
     DoneReason,
     Event,
+    ForcedToolCall,
+    FreeText,
     GenerationRequest,
+    JsonObject,
+    JsonSchema,
     ParamValue,
     PromptTooLong,
     RequestRejected,
@@ -166,21 +172,25 @@ class GenAIRuntime:
 
     # --- requests -------------------------------------------------------------------------------------
     @staticmethod
-    def _grammar_of_format(request: GenerationRequest) -> bool:
-        """Whether ``request.grammar`` is only the server's GBNF form of ``request.format`` (GenAI then
-        uses the format itself, through its JSON-schema guidance)."""
-        from ffruntime.constraints import format_grammar
-
-        return request.format is not None and request.grammar == format_grammar(request.format)
+    def _guidance(constraint: Constraint) -> str | None:
+        """The JSON schema GenAI's guidance (llguidance) constrains decoding to; None for free text."""
+        match constraint:
+            case FreeText():
+                return None
+            case JsonObject():
+                return json.dumps(JSON_ANY_OBJECT)
+            case JsonSchema(schema):
+                return json.dumps(schema)
+            case ForcedToolCall():
+                raise RequestRejected(
+                    "a forced tool call (tool_choice) is llama.cpp's; ONNX Runtime GenAI variants take "
+                    "format (a JSON schema)"
+                )
 
     def _plan(self, request: GenerationRequest) -> _Plan:
         if request.suffix:
             raise RequestRejected("suffix (fill-in-the-middle) is not available on ONNX Runtime GenAI")
-        if request.grammar is not None and not self._grammar_of_format(request):
-            raise RequestRejected(
-                "GBNF grammars (e.g. a forced tool call) are llama.cpp's; ONNX Runtime GenAI variants take "
-                "format (a JSON schema)"
-            )
+        guidance = self._guidance(request.constraint)
         if request.logprobs:
             raise RequestRejected("logprobs are not available on ONNX Runtime GenAI variants")
         try:
@@ -199,8 +209,6 @@ class GenAIRuntime:
             raise PromptTooLong(
                 f"the prompt is {len(tokens)} tokens; the model's context is {self.context_length} (num_ctx)"
             )
-        fmt = request.format
-        guidance = json.dumps(JSON_ANY_OBJECT if fmt == "json" else fmt) if fmt is not None else None
         return _Plan(tokens, search, num_predict, stop_strings(request.options, template_stops), guidance)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:

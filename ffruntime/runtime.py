@@ -26,8 +26,6 @@ class Capability(StrEnum):
 
 
 ParamValue = str | int | float | bool | list[str]
-JsonSchema = dict[str, object]
-Format = Literal["json"] | JsonSchema | None
 
 
 class RequestRejected(ValueError):
@@ -60,6 +58,39 @@ class ChatMessage:
     images: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True)
+class FreeText:
+    """No constraint on the output."""
+
+
+@dataclass(frozen=True)
+class JsonObject:
+    """Any JSON object (Ollama's ``format: "json"``, OpenAI's ``json_object``)."""
+
+
+@dataclass(frozen=True)
+class JsonSchema:
+    """JSON valid for ``schema``; ``source`` is the request field it came from, named in errors.
+    :func:`ffruntime.constraints.json_schema` builds it from a client's schema, checked."""
+
+    schema: Mapping[str, object]
+    source: str = "format"
+
+
+@dataclass(frozen=True)
+class ForcedToolCall:
+    """One call ``{"name": …, "arguments": {…}}`` to the tool ``name``, or to any of ``tools`` (OpenAI/
+    Ollama-shaped function specs) when ``name`` is None: a ``tool_choice`` of a name or ``required``.
+    :func:`ffruntime.constraints.forced_tool_call` builds it, checked."""
+
+    tools: tuple[Mapping[str, object], ...]
+    name: str | None = None
+
+
+Constraint = FreeText | JsonObject | JsonSchema | ForcedToolCall
+"""What the output must be; each text runtime compiles it for its engine (llama.cpp: GBNF)."""
+
+
 @dataclass
 class CancelFlag:
     """Set by the server when the client went away; a runtime checks it between decoding steps."""
@@ -86,11 +117,9 @@ class GenerationRequest:
     suffix: str | None = None
     context: Sequence[int] = ()
     options: Mapping[str, ParamValue] = field(default_factory=dict)  # Modelfile params ∪ request options
-    format: Format = None
+    constraint: Constraint = FreeText()  # format / response_format / a forced tool call
     # Tools (JSON-schema function specs, OpenAI/Ollama shape) offered to the chat template.
     tools: Sequence[Mapping[str, object]] | None = None
-    # A GBNF grammar that constrains decoding (e.g. a forced tool call); wins over ``format``.
-    grammar: str | None = None
     # Return each generated token's logprob, and the ``top_logprobs`` most likely alternatives.
     logprobs: bool = False
     top_logprobs: int = 0

@@ -3,7 +3,7 @@
 Recognised forms: ``<tool_call>{json}</tool_call>`` blocks (Hermes/Qwen style, and the fallback prompt
 of :mod:`ffruntime.prompting`), and an answer that is nothing but a JSON object ``{"name": …,
 "arguments": {…}}`` (or a list of them, or inside a ``json`` code fence), which is what a forced
-tool call's grammar produces. ``arguments`` may also be called ``parameters`` or be JSON text. Only a
+tool call's constraint produces. ``arguments`` may also be called ``parameters`` or be JSON text. Only a
 call to one of the offered tools counts; anything else stays content.
 """
 
@@ -14,9 +14,9 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 
-from ffruntime.constraints import tool_call_grammar
+from ffruntime.constraints import forced_tool_call
 from ffruntime.prompting import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-from ffruntime.runtime import ToolCall
+from ffruntime.runtime import ForcedToolCall, ToolCall
 from ffserve.errors import BadRequest
 from ffserve.wire.tools import Tool
 
@@ -127,8 +127,10 @@ def tool_names(tools: Iterable[Mapping[str, object]] | None) -> list[str]:
     return out
 
 
-def plan(tools: list[Tool] | None, choice: str | None) -> tuple[list[dict[str, object]] | None, str | None]:
-    """The tool specs the template is given and the grammar a forced choice needs. ``choice``:
+def plan(
+    tools: list[Tool] | None, choice: str | None
+) -> tuple[list[dict[str, object]] | None, ForcedToolCall | None]:
+    """The tool specs the template is given and the constraint of a forced choice. ``choice``:
     ``None``/``"auto"`` (the model decides), ``"none"`` (no tools), ``"required"`` (some call), or a
     tool's name (that call)."""
     if not tools:
@@ -142,4 +144,4 @@ def plan(tools: list[Tool] | None, choice: str | None) -> tuple[list[dict[str, o
         return specs, None
     if choice != "required" and choice not in tool_names(specs):
         raise BadRequest(f"tool_choice names {choice!r}, which is not one of the tools")
-    return specs, tool_call_grammar(specs, None if choice == "required" else choice)
+    return specs, forced_tool_call(specs, None if choice == "required" else choice)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ffruntime.constraints import format_grammar
+from ffruntime.constraints import gbnf
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
@@ -134,7 +134,7 @@ class LlamaCppRuntime:
             raise RequestRejected(str(exc)) from None
         stops = stop_strings(request.options, template_stops)
         s = sampling(request.options)
-        grammar = request.grammar or format_grammar(request.format)
+        grammar = gbnf(request.constraint)
         context = list(request.context)
         if any(not 0 <= t < vocab.n_tokens for t in context):
             raise RequestRejected(f"context holds token ids outside the vocabulary (0..{vocab.n_tokens - 1})")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ffruntime.constraints import format_grammar
+from ffruntime.constraints import format_constraint
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
@@ -18,7 +18,6 @@ from ffruntime.runtime import (
     Done,
     Embeddings,
     EmbedInput,
-    Format,
     GenerationRequest,
     Token,
     TokenLogprob,
@@ -35,7 +34,6 @@ from ffserve.wire.ollama import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
-    FormatField,
     GenerateRequest,
     Message,
     now,
@@ -46,15 +44,6 @@ GONE = Response(status_code=499)
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-
-
-def _format(fmt: FormatField) -> Format:
-    if fmt in (None, ""):
-        return None
-    if fmt == "json":
-        return "json"
-    assert isinstance(fmt, dict)
-    return fmt
 
 
 def _durations(gen: Generation, done: Done, t0: int, load_ns: int) -> dict[str, object]:
@@ -169,7 +158,6 @@ async def generate(request: Request) -> Response:
         return await _load_only(e, body.model, body.keep_alive, {"response": ""})
     if body.images:
         raise NotSupported("images are not supported by this model's runtime")
-    fmt = _format(body.format)
     req = GenerationRequest(
         prompt=body.prompt,
         system=body.system,
@@ -178,8 +166,7 @@ async def generate(request: Request) -> Response:
         suffix=body.suffix,
         context=body.context or (),
         options=body.options.params(),
-        format=fmt,
-        grammar=format_grammar(fmt),
+        constraint=format_constraint(body.format),
         **_logprobs(body),
     )
     gen = Generation(
@@ -204,13 +191,11 @@ async def chat(request: Request) -> Response:
         )
     if any(m.images for m in body.messages):
         raise NotSupported("images are not supported by this model's runtime")
-    fmt = _format(body.format)
-    tools, tool_grammar = toolcalls.plan(body.tools, body.tool_choice or body.options.tool_choice)
+    tools, forced = toolcalls.plan(body.tools, body.tool_choice or body.options.tool_choice)
     req = GenerationRequest(
         messages=[_message(m) for m in body.messages],
         options=body.options.params(),
-        format=fmt,
-        grammar=tool_grammar or format_grammar(fmt),
+        constraint=forced or format_constraint(body.format),
         tools=tools,
         **_logprobs(body),
     )

@@ -13,14 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ffruntime.constraints import format_grammar
+from ffruntime.constraints import json_schema
 from ffruntime.runtime import (
     Capability,
     ChatMessage,
+    Constraint,
     Done,
     EmbedInput,
-    Format,
+    FreeText,
     GenerationRequest,
+    JsonObject,
     Token,
     TokenLogprob,
     ToolCall,
@@ -46,12 +48,13 @@ from registry.store import NotFoundError
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
-def _format(rf: ResponseFormat | None) -> Format:
+def _constraint(rf: ResponseFormat | None) -> Constraint:
+    """``response_format``: ``text``, ``json_object``, ``json_schema`` (any JSON object without a schema)."""
     if rf is None or rf.type == "text":
-        return None
-    if rf.type == "json_object":
-        return "json"
-    return rf.json_schema.schema_ if rf.json_schema and rf.json_schema.schema_ else "json"
+        return FreeText()
+    if rf.type == "json_schema" and rf.json_schema and rf.json_schema.schema_:
+        return json_schema(rf.json_schema.schema_, "response_format.json_schema.schema")
+    return JsonObject()
 
 
 def _usage(done: Done) -> dict[str, int]:
@@ -219,16 +222,14 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
 async def chat_completions(request: Request) -> Response:
     e = app_state(request)
     body = await parse_body(request, ChatCompletionRequest)
-    fmt = _format(body.response_format)
     choice = body.tool_choice
-    tools, tool_grammar = toolcalls.plan(
+    tools, forced = toolcalls.plan(
         body.tools, choice.function.name if isinstance(choice, NamedToolChoice) else choice
     )
     req = GenerationRequest(
         messages=_messages(body),
         options=body.options(body.max_completion_tokens).params(),
-        format=fmt,
-        grammar=tool_grammar or format_grammar(fmt, "response_format.json_schema.schema"),
+        constraint=forced or _constraint(body.response_format),
         tools=tools,
         logprobs=bool(body.logprobs),
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,

@@ -13,7 +13,15 @@ import pytest
 
 import ffruntime
 from ffruntime.onnxruntime_genai import LOOKAHEAD, GenAIRuntime
-from ffruntime.runtime import ChatMessage, Done, GenerationRequest, RequestRejected, Token
+from ffruntime.runtime import (
+    ChatMessage,
+    Done,
+    ForcedToolCall,
+    GenerationRequest,
+    JsonSchema,
+    RequestRejected,
+    Token,
+)
 from ffruntime.settings import LoadSettings
 from registry.artifact import VariantRef, open_variant, variants_of
 from registry.store import Store
@@ -154,7 +162,7 @@ def test_json_schema_format(loop: asyncio.AbstractEventLoop, rt: GenAIRuntime) -
         "additionalProperties": False,
     }
     req = chat("What is the capital of France? Answer in JSON.", temperature=0)
-    req.format = schema
+    req.constraint = JsonSchema(schema)
     pieces, _ = run(loop, rt, req)
     value = json.loads("".join(pieces))
     assert set(value) == {"city"} and "Paris" in value["city"]
@@ -163,7 +171,7 @@ def test_json_schema_format(loop: asyncio.AbstractEventLoop, rt: GenAIRuntime) -
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"grammar": "root ::= \"x\""}, "GBNF"),
+        ({"constraint": ForcedToolCall(({"type": "function", "function": {"name": "f"}},))}, "tool call"),
         ({"logprobs": True}, "logprobs"),
         ({"options": {"min_p": 0.3}}, "min_p"),
         ({"options": {"temperature": "hot"}}, "temperature must be a number"),

@@ -68,7 +68,8 @@ def test_long_answers_without_a_limit(oc: ollama.Client, ai: openai.OpenAI) -> N
     kw = {"temperature": SAMPLED["temperature"], "top_p": SAMPLED["top_p"], "seed": SAMPLED["seed"]}
     r = ai.chat.completions.create(model="smollm2", messages=msgs, extra_body=extra, **kw)  # type: ignore[arg-type]
     assert r.choices[0].finish_reason == "stop" and r.usage and r.usage.completion_tokens > 100
-    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    system += "<|im_end|>\n"
     chatml = f"{system}<|im_start|>user\n{LONG}<|im_end|>\n<|im_start|>assistant\n"  # as the chat template
     p = ai.completions.create(model="smollm2", prompt=chatml, extra_body=extra, **kw)  # type: ignore[arg-type]
     assert p.choices[0].finish_reason == "stop" and p.usage and p.usage.completion_tokens > 100

@@ -1,14 +1,13 @@
-"""Tool calls read back from model text, whole and streamed; forced-call grammars; schema checks."""
+"""Tool calls read back from model text, whole and streamed; tool_choice as a typed constraint."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from ffruntime.constraints import format_grammar, tool_call_grammar, tool_call_schema
-from ffruntime.runtime import RequestRejected
-from ffserve.toolcalls import StreamParser, parse
+from ffruntime.runtime import ForcedToolCall
+from ffserve.errors import BadRequest
+from ffserve.toolcalls import StreamParser, parse, plan
+from ffserve.wire.tools import Tool
 
 WEATHER = {
     "type": "function",
@@ -68,37 +67,16 @@ def test_stream_passes_plain_text_at_once_and_holds_calls() -> None:
     assert p.finish()[1][0].arguments == {"city": "Oslo"}
 
 
-def test_forced_call_grammar_and_schema() -> None:
-    schema = tool_call_schema([WEATHER])
-    assert schema["properties"]["name"] == {"const": "get_weather"}  # type: ignore[index]
-    grammar = tool_call_grammar([WEATHER, {**WEATHER, "function": {**WEATHER["function"], "name": "other"}}])
-    assert '"\\"get_weather\\""' in grammar and '"\\"other\\""' in grammar
-    with pytest.raises(RequestRejected, match="nope"):
-        tool_call_grammar([WEATHER], "nope")
-
-
-@pytest.mark.parametrize(
-    ("schema", "words"),
-    [
-        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, ["$ref", "/properties/a"]),
-        ({"$ref": "https://example.com/schema.json"}, ["$ref", "example.com"]),
-        ({"type": 5}, ["type"]),
-        ({"type": "string", "pattern": "abc"}, ["grammar", "Pattern"]),
-    ],
-)
-def test_bad_schemas_are_rejected_naming_the_part(schema: dict[str, object], words: list[str]) -> None:
-    with pytest.raises(RequestRejected) as err:
-        format_grammar(schema)
-    assert all(w in str(err.value) for w in words), str(err.value)
-    assert str(err.value).startswith("format")
-
-
-def test_good_schema_with_local_ref_converts() -> None:
-    schema = {
-        "type": "object",
-        "properties": {"n": {"$ref": "#/$defs/n"}},
-        "$defs": {"n": {"type": "integer"}},
-    }
-    assert "root ::=" in (format_grammar(schema) or "")
-    assert "root" in (format_grammar("json") or "")
-    json.dumps(schema)
+def test_plan_turns_tool_choice_into_a_constraint() -> None:
+    tools = [Tool.model_validate(WEATHER)]
+    specs = [t.spec() for t in tools]
+    assert plan(tools, None) == (specs, None)
+    assert plan(tools, "auto") == (specs, None)
+    assert plan(tools, "none") == (None, None)
+    assert plan(None, None) == (None, None)
+    assert plan(tools, "required") == (specs, ForcedToolCall(tuple(specs), None))
+    assert plan(tools, "get_weather") == (specs, ForcedToolCall(tuple(specs), "get_weather"))
+    with pytest.raises(BadRequest, match="not one of the tools"):
+        plan(tools, "nope")
+    with pytest.raises(BadRequest, match="tool_choice needs tools"):
+        plan(None, "required")

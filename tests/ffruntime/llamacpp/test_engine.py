@@ -13,12 +13,15 @@ import pytest
 
 import ffruntime
 from ffruntime.llamacpp.runtime import LlamaCppRuntime
+from ffruntime.llamacpp.sampling import Sampler, sampling
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
     ChatMessage,
     Done,
     GenerationRequest,
+    JsonObject,
+    JsonSchema,
     PromptTooLong,
     RequestRejected,
     Token,
@@ -39,6 +42,7 @@ PROMPTS = [
     "Say hello in Spanish.",
     "Why is the sky blue?",
 ]
+UNCONVERTIBLE = JsonSchema({"type": "string", "pattern": "abc"})  # a schema llama.cpp's converter refuses
 
 
 def stored(tmp: Path, gguf: Path, name: str = "tiny") -> tuple[VariantRef, ModelFiles]:
@@ -134,7 +138,7 @@ def test_cancel_and_errors_leave_the_others_alone(rt: LlamaCppRuntime) -> None:
         good = [asyncio.ensure_future(run(rt, r)) for r in reqs]
         cut = asyncio.ensure_future(run(rt, chat(PROMPTS[3], num_predict=200), stop_after=3))
         bad = [
-            asyncio.ensure_future(run(rt, GenerationRequest(prompt="x", grammar="root ::= nonsense ("))),
+            asyncio.ensure_future(run(rt, GenerationRequest(prompt="x", constraint=UNCONVERTIBLE))),
             asyncio.ensure_future(run(rt, GenerationRequest(prompt="x", context=[10**9]))),
             asyncio.ensure_future(run(rt, chat("y" * 3000))),
         ]
@@ -147,6 +151,11 @@ def test_cancel_and_errors_leave_the_others_alone(rt: LlamaCppRuntime) -> None:
     assert all(isinstance(e, RequestRejected) for e in errors), errors
     assert isinstance(errors[2], PromptTooLong)
     assert rt.stats()["running"] == 0
+
+
+def test_an_invalid_grammar_is_rejected(rt: LlamaCppRuntime) -> None:
+    with pytest.raises(RequestRejected, match="invalid grammar"):
+        Sampler(rt.llama.vocab.ptr, rt.llama.vocab.n_tokens, sampling({}), "root ::= nonsense (")
 
 
 def test_stop_strings_end_the_text_before_them(rt: LlamaCppRuntime) -> None:
@@ -181,10 +190,10 @@ def test_seed_reproduces_sampling_alone_or_batched(rt: LlamaCppRuntime) -> None:
 
 def test_json_format_and_schema_give_valid_json(rt: LlamaCppRuntime) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    r1 = GenerationRequest(messages=[ChatMessage("user", "Capital of France as JSON")], format="json",
-                           options={"temperature": 0, "num_predict": 60})
-    r2 = GenerationRequest(messages=[ChatMessage("user", "Capital of France as JSON")], format=schema,
-                           options={"temperature": 0, "num_predict": 60})
+    ask = [ChatMessage("user", "Capital of France as JSON")]
+    greedy = {"temperature": 0, "num_predict": 60}
+    r1 = GenerationRequest(messages=ask, constraint=JsonObject(), options=greedy)
+    r2 = GenerationRequest(messages=ask, constraint=JsonSchema(schema), options=greedy)
     out1, out2 = together(rt, [r1, r2])
     assert isinstance(json.loads(text_of(out1)), dict | list)
     assert isinstance(json.loads(text_of(out2))["city"], str)
