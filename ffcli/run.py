@@ -2,7 +2,7 @@
 
 When a server answers at ``$FF_HOST`` (default ``127.0.0.1:11435``; ``GET /api/version``) the request
 goes there (``POST /api/chat``, or ``/api/generate`` for a model that cannot chat). Otherwise the
-variant is chosen with :func:`registry.select.select_variant` and loaded here through
+variant is chosen with :func:`registry.select.select_stored` (as ``ff serve`` chooses) and loaded here through
 :func:`ffruntime.load`, exactly as the server would: the same prompt assembly (the Modelfile's Go
 TEMPLATE or the model's own chat template), sampling defaults and PARAMETERs.
 """
@@ -21,16 +21,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import click
 
-from registry.artifact import (
-    ModelFiles,
-    VariantRef,
-    open_variant,
-    present_variants,
-    variant_tag,
-    variants_of,
-)
+from registry.artifact import ModelFiles, VariantRef, open_variant, variant_tag
 from registry.reference import Reference, ReferenceError, parse_reference
-from registry.select import SelectionError, select_variant
+from registry.select import SelectionError, select_stored
 from registry.store import Store, StoreError
 
 DEFAULT_HOST = "127.0.0.1:11435"
@@ -200,12 +193,8 @@ def run_command(
     files: ModelFiles | None = None
     try:
         store = Store()
-        listed = variants_of(store, ref)
-        chosen = select_variant(
-            listed if variant else present_variants(store, listed),
-            variant=variant, quantize=quantize, target=target, backend=backend,
-        )
-        files = open_variant(Store(), chosen.descriptor.digest)
+        chosen = select_stored(store, ref, variant=variant, quantize=quantize, target=target, backend=backend)
+        files = open_variant(store, chosen.descriptor.digest)
     except (StoreError, SelectionError) as exc:
         if not use_server:
             raise click.ClickException(str(exc)) from None

@@ -1,6 +1,7 @@
 """Model names → a stored variant: a store reference (``smollm2``, ``smollm2:latest``), a variant tag
 (``smollm2:latest-q8_0-cpu``) or a full remote reference; multi-variant models go through
-``registry.select`` with the server's ``--target`` / ``--quantize`` defaults."""
+:func:`registry.select.select_stored` with the server's ``--target`` / ``--quantize`` / ``--backend``
+(strict, as for every caller: a model without a matching variant is a 400 listing its variants)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,9 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ffserve.errors import BadRequest, Forbidden, ModelNotFound, NotAvailable, ServeError
-from registry.artifact import (
-    ArtifactError,
-    ModelFiles,
-    VariantRef,
-    open_variant,
-    present_variants,
-    variants_of,
-)
+from registry.artifact import ArtifactError, ModelFiles, VariantRef, open_variant
 from registry.reference import ReferenceError, parse_reference
-from registry.select import SelectionError, select_variant
+from registry.select import SelectionError, select_stored
 from registry.store import NotFoundError, Store, StoreError
 
 Progress = Callable[[dict[str, object]], None]
@@ -58,16 +52,8 @@ def resolve(
     store: Store, name: str, *, target: str | None, quantize: str | None, backend: str | None = None
 ) -> Resolved:
     ref = canonical(name)
-    target, quantize, backend = target or None, quantize or None, backend or None  # "" (unset) is none
     try:
-        variants = present_variants(store, variants_of(store, ref))
-        try:
-            chosen = select_variant(variants, target=target, quantize=quantize, backend=backend)
-        except SelectionError:
-            if target is None and quantize is None and backend is None:
-                raise
-            # target and quantize are preferences, not requirements; --backend is one
-            chosen = select_variant(variants, backend=backend)
+        chosen = select_stored(store, ref, target=target, quantize=quantize, backend=backend)
         return Resolved(ref, chosen, open_variant(store, chosen.descriptor.digest))
     except NotFoundError as exc:
         raise ModelNotFound(f"model {ref!r} not found; pull it first (ff pull {ref}): {exc}") from None

@@ -28,35 +28,32 @@ from registry.artifact import (
     variants_of,
 )
 from registry.oci import OCI_INDEX
-from registry.select import SelectionError, select_variant
+from registry.select import SelectionError, select_stored
 from registry.store import NotFoundError, StoreError
 
 
 def _pick(e: AppState, name: str) -> tuple[VariantRef, ModelFiles | None]:
-    """The variant ``name`` serves here (or the first present one when none fits this machine)."""
-    vs = variants_of(e.store, name)
-    try:
-        s = e.settings
-        v = select_variant(vs, target=s.target, quantize=s.quantize, backend=s.backend)
-    except SelectionError:
-        present = [x for x in vs if e.store.has_blob(x.descriptor.digest)]
-        v = (present or vs)[0]
+    """The variant ``name`` serves here: :func:`registry.select.select_stored` with the server's
+    preferences, as for a request (:class:`SelectionError` when there is none)."""
+    s = e.settings
+    v = select_stored(e.store, name, target=s.target, quantize=s.quantize, backend=s.backend)
     try:
         return v, open_variant(e.store, v.descriptor.digest)
     except (StoreError, ArtifactError):
         return v, None
 
 
-def _details(v: VariantRef, files: ModelFiles | None) -> dict[str, object]:
+def _details(v: VariantRef | None, files: ModelFiles | None) -> dict[str, object]:
     cfg = files.config.config if files else None
     family = (cfg.architecture if cfg else None) or ""
+    quantization = (v.quantization if v else "") or (cfg.quantization if cfg else "") or ""
     return {
         "parent_model": "",
-        "format": v.format,
+        "format": v.format if v else "",
         "family": family,
         "families": [family] if family else None,
         "parameter_size": (cfg.param_size if cfg else None) or "",
-        "quantization_level": (v.quantization or (cfg.quantization if cfg else "") or "").upper(),
+        "quantization_level": quantization.upper(),
     }
 
 
@@ -74,12 +71,16 @@ def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
 
 
 def _model_entry(e: AppState, name: str, digest: str) -> dict[str, object]:
-    v, files = _pick(e, name)
+    v: VariantRef | None
+    try:
+        v, files = _pick(e, name)
+    except SelectionError:  # no variant of it is served here: listed all the same, without details
+        v, files = None, None
     return {
         "name": name,
         "model": name,
         "modified_at": rfc3339(e.store.blob_path(digest).stat().st_mtime),
-        "size": files.size if files else v.descriptor.size,
+        "size": files.size if files else v.descriptor.size if v else 0,
         "digest": digest.removeprefix("sha256:"),
         "details": _details(v, files),
     }
@@ -93,7 +94,7 @@ async def tags(request: Request) -> Response:
         for name, desc in e.store.tags():
             try:
                 out.append(_model_entry(e, name, desc.digest))
-            except (StoreError, ArtifactError, IndexError):
+            except (StoreError, ArtifactError):
                 continue  # a broken or foreign tag is left out of the listing, not fatal
         return out
 
@@ -119,6 +120,8 @@ async def show(request: Request) -> Response:
             v, files = _pick(e, name)
         except NotFoundError:
             raise ModelNotFound(f"model {name!r} not found") from None
+        except SelectionError as exc:
+            raise BadRequest(f"{name}: {exc}") from None
         if files is None:
             raise ServeError(f"{name}: variant {v.name} is not in the store (pull it)")
         cfg = files.config
