@@ -75,15 +75,23 @@ def _post(url: str, path: str, body: dict[str, object]) -> http.client.HTTPRespo
     return resp
 
 
+def _chats(url: str, model: str) -> bool:
+    """Whether the server's ``model`` has the ``chat`` capability (``/api/show``, as ``ollama run`` asks)."""
+    with _post(url, "/api/show", {"model": model}) as resp:
+        try:
+            shown = json.load(resp)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"the server at {url} answered /api/show with no JSON: {exc}") from None
+    return isinstance(shown, dict) and "chat" in (shown.get("capabilities") or [])
+
+
 def stream_server(url: str, model: str, prompt: str, options: dict[str, object]) -> Iterator[str]:
     """The server's chat answer (its generate answer for a model without chat), streamed."""
     common = {"model": model, "stream": True, "options": options}
     try:
-        try:
+        if _chats(url, model):
             resp = _post(url, "/api/chat", {**common, "messages": [{"role": "user", "content": prompt}]})
-        except _Refused as exc:
-            if exc.status != 400 or "does not support chat" not in exc.detail:
-                raise
+        else:
             resp = _post(url, "/api/generate", {**common, "prompt": prompt})
     except _Refused as exc:
         raise click.ClickException(f"the server at {url} answered {exc.status}: {exc.detail}") from None
@@ -122,9 +130,8 @@ async def generate_local(
     )
     from ffruntime.settings import LoadSettings
 
-    ctx = options.get("num_ctx", files.params.get("num_ctx", 2048))
-    settings = LoadSettings(threads=threads or 0, num_ctx=int(str(ctx)), num_parallel=1)
-    try:
+    try:  # the server's rule; ff run has no --num-ctx: the context is the PARAMETER's, else the default
+        settings = LoadSettings.for_model(files.params, threads=threads or 0)
         runtime = await ffruntime.load(variant, files, settings)
     except (BackendUnavailable, RuntimeFailure, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load {variant.name}: {exc}") from None

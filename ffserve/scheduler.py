@@ -265,7 +265,8 @@ class Scheduler:
         t0 = time.perf_counter_ns()
         try:
             try:
-                runtime = await self._loader(resolved.variant, resolved.files, self.settings.load_settings())
+                load = self.settings.load_settings(resolved.files.params)
+                runtime = await self._loader(resolved.variant, resolved.files, load)
             except BackendUnavailable as exc:
                 raise NotAvailable(str(exc)) from None
         except BaseException:

@@ -57,16 +57,31 @@ def _details(v: VariantRef | None, files: ModelFiles | None) -> dict[str, object
     }
 
 
+def _has_chat_template(v: VariantRef, files: ModelFiles) -> bool:
+    """Whether the runtime will chat with this variant, by its rule: a Modelfile TEMPLATE, or the model's
+    own chat template (a GGUF's ``tokenizer.chat_template``; a GenAI LLM built for chat)."""
+    if files.template:
+        return True
+    if v.format != "gguf":
+        return v.task == "chat"
+    from registry.gguf_info import GGUFFormatError, read_gguf_header  # GGUF models only (the gguf extra)
+
+    try:
+        return bool(read_gguf_header(files.weights[0]).kv.get("tokenizer.chat_template"))
+    except (GGUFFormatError, IndexError):
+        return False
+
+
 def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     if v.task == "embed":
         return ["embedding"]
     if v.task in ("tensor", "classify"):
         return []  # no Ollama capability: these answer the Open Inference Protocol (/v2) only
     caps = ["completion"]
+    if files is not None and _has_chat_template(v, files):
+        caps.append("chat")
     if v.format == "gguf":
-        caps += ["chat", "embedding"]  # llama.cpp serves all three from a GGUF
-    elif v.task == "chat":
-        caps.append("chat")  # an ONNX Runtime GenAI LLM: chat and completion
+        caps.append("embedding")  # llama.cpp embeds with any GGUF text model
     return caps
 
 
