@@ -81,7 +81,7 @@ def _chats(url: str, model: str) -> bool:
         try:
             shown = json.load(resp)
         except json.JSONDecodeError as exc:
-            raise click.ClickException(f"the server at {url} answered /api/show with no JSON: {exc}") from None
+            raise click.ClickException(f"{url}/api/show answered something not JSON: {exc}") from None
     return isinstance(shown, dict) and "chat" in (shown.get("capabilities") or [])
 
 

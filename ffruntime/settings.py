@@ -10,12 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-
 DEFAULT_NUM_CTX = 2048  # tokens per sequence when neither the user nor the model says
 
 
 def context_length(given: int | None, params: Mapping[str, object]) -> int:
-    """The context (tokens per sequence) a text model is loaded with: one rule for ``ff run`` and ``ff serve``.
+    """The context (tokens per sequence) a text model is loaded with, one rule for ff run and ff serve.
 
     As in Ollama: the user's own setting (``given``: ``ff serve --num-ctx`` / ``FF_NUM_CTX``) wins, then
     the model's ``PARAMETER num_ctx`` (``params``, the artifact's ``params.json``), then

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from ffserve import __version__
 from ffserve.encoding import JSONResponse
-from ffserve.errors import BadGateway, BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
+from ffserve.errors import Blame, ModelNotFound, ServeError, mapped_error
 from ffserve.models import canonical, remote_module
 from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, ndjson
@@ -133,10 +133,10 @@ async def show(request: Request) -> Response:
         try:
             desc = e.store.resolve(name)
             v, files = _pick(e, name)
-        except NotFoundError:
-            raise ModelNotFound(f"model {name!r} not found") from None
+        except NotFoundError as exc:
+            raise mapped_error(exc, f"model {name!r} not found") from None
         except SelectionError as exc:
-            raise BadRequest(f"{name}: {exc}") from None
+            raise mapped_error(exc, f"{name}: {exc}") from None
         if files is None:
             raise ServeError(f"{name}: variant {v.name} is not in the store (pull it)")
         cfg = files.config
@@ -223,26 +223,7 @@ async def _transfer(request: Request, push: bool) -> Response:
     task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
 
     def failure(exc: BaseException) -> ServeError:
-        if isinstance(exc, ServeError):
-            return exc
-        from registry.http import AuthError, RegistryError  # registry.remote (and oras) load only when used
-        from registry.remote import RemoteError
-        from registry.signing import SignatureError
-
-        message = f"{'push' if push else 'pull'} {name} failed: {exc}"
-        if isinstance(exc, SignatureError):
-            return Forbidden(message)
-        if isinstance(exc, AuthError):
-            return Unauthorized(message)
-        if isinstance(exc, NotFoundError):
-            return ModelNotFound(message)
-        if isinstance(exc, ValueError | LookupError | RemoteError):  # bad reference, no fitting variant
-            return BadRequest(message)
-        import requests
-
-        if isinstance(exc, RegistryError | ArtifactError | requests.RequestException):
-            return BadGateway(message)  # an unreachable, failing or misbehaving registry
-        return ServeError(message)
+        return mapped_error(exc, f"{'push' if push else 'pull'} {name} failed: {exc}", Blame.REGISTRY)
 
     if not body.stream:
         try:
@@ -277,15 +258,18 @@ async def delete(request: Request) -> Response:
     body = await parse_body(request, NameRequest)
     name = canonical(body.ref or "")
 
-    def remove() -> bool:
+    missing = f"model {name!r} not found"
+
+    def remove() -> None:
         try:
-            return bool(remove_model(e.store, name))
-        except NotFoundError:
-            return False
+            removed = remove_model(e.store, name)
+        except NotFoundError as exc:
+            raise mapped_error(exc, missing) from None
+        if not removed:
+            raise ModelNotFound(missing)
 
     await e.scheduler.unload(name)
-    if not await asyncio.to_thread(remove):
-        raise ModelNotFound(f"model {name!r} not found")
+    await asyncio.to_thread(remove)
     e.scheduler.forget(name)
     return Response(status_code=200)
 
@@ -298,15 +282,15 @@ async def copy(request: Request) -> Response:
     def do_copy() -> None:
         try:
             desc = e.store.resolve(src)
-        except NotFoundError:
-            raise ModelNotFound(f"model {src!r} not found") from None
+        except NotFoundError as exc:
+            raise mapped_error(exc, f"model {src!r} not found") from None
         try:
             if desc.media_type == OCI_INDEX:
                 tag_model(e.store, dst, desc)
             else:
                 e.store.tag(dst, desc)
         except (StoreError, ValueError) as exc:
-            raise BadRequest(f"cannot copy {src} to {dst}: {exc}") from None
+            raise mapped_error(exc, f"cannot copy {src} to {dst}: {exc}", Blame.CLIENT) from None
 
     await asyncio.to_thread(do_copy)
     e.scheduler.forget(dst)

@@ -36,7 +36,9 @@ def test_server_settings_map_onto_load_settings() -> None:
         (64, {}, 64),
     ],
 )
-def test_one_context_rule_for_run_and_serve(given: int | None, params: dict[str, object], expected: int) -> None:
+def test_one_context_rule_for_run_and_serve(
+    given: int | None, params: dict[str, object], expected: int
+) -> None:
     assert context_length(given, params) == expected
     # ff serve (its settings) and ff run (LoadSettings.for_model with no --num-ctx) load alike
     assert Settings(num_ctx=given).load_settings(params).num_ctx == expected
