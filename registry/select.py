@@ -27,6 +27,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from registry.artifact import VariantRef, present_variants, variants_of
 from registry.choices import BACKENDS, DEVICE_PREFERENCE, GENERATORS, QUANTIZATIONS, TEXT_TASKS
@@ -172,25 +173,24 @@ def select_variant(
     return chosen[0]
 
 
-def select_stored(
-    store: Store,
-    ref: str | Reference,
-    *,
-    target: str | None = None,
-    quantize: str | None = None,
-    backend: str | None = None,
-    variant: str | None = None,
-    host: HostInfo | None = None,
-) -> VariantRef:
+class Preferences(TypedDict, total=False):
+    """:func:`select_variant`'s keyword arguments."""
+
+    target: str | None
+    quantize: str | None
+    backend: str | None
+    variant: str | None
+    host: HostInfo | None
+
+
+def select_stored(store: Store, ref: str | Reference, **prefs: Unpack[Preferences]) -> VariantRef:
     """The variant of stored model ``ref`` that ``ff run``, ``ff export`` and ``ff serve`` use.
 
     The candidates are the variants present in the store (a pull keeps only the one it chose; all the
     index lists when none is), or every listed one when ``variant`` names one (then a missing variant
-    is reported as not pulled, not as unknown); :func:`select_variant` chooses among them. Raises
+    is reported as not pulled, not as unknown); :func:`select_variant` chooses among them with
+    ``prefs`` (its keyword arguments). Raises
     :class:`registry.store.NotFoundError` for an unknown ``ref``.
     """
     listed = variants_of(store, ref)
-    candidates = listed if variant else present_variants(store, listed)
-    return select_variant(
-        candidates, target=target, quantize=quantize, backend=backend, variant=variant, host=host
-    )
+    return select_variant(listed if prefs.get("variant") else present_variants(store, listed), **prefs)
