@@ -3,8 +3,9 @@
 When a server answers at ``$FF_HOST`` (default ``127.0.0.1:11435``; ``GET /api/version``) the request
 goes there (``POST /api/chat``, or ``/api/generate`` for a model whose ``/api/show`` lacks the ``chat``
 capability). Otherwise the variant is chosen with :func:`registry.select.select_stored` (as ``ff
-serve`` chooses) and loaded here through :func:`ffruntime.load`, exactly as the server would: the same prompt assembly (the Modelfile's Go
-TEMPLATE or the model's own chat template), sampling defaults and PARAMETERs.
+serve`` chooses) and loaded here through :func:`ffruntime.load`, exactly as the server would: the
+same prompt assembly (the Modelfile's Go TEMPLATE or the model's own chat template), sampling
+defaults and PARAMETERs.
 """
 
 from __future__ import annotations
