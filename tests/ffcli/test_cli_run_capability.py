@@ -29,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iter
         check=True, capture_output=True, timeout=300,
     )
     store = Store(home / "store")
-    params = {"temperature": 0.0}
+    params: dict[str, object] = {"temperature": 0.0}
     add_model(store, "plain:latest", {"q4_1": plain}, params=params, task="generate")
     add_model(store, "own:latest", {"q4_1": smollm2_gguf}, params=params)  # the GGUF's own chat template
     add_model(store, "templated:latest", {"q4_1": plain}, params=params, template=TEMPLATE)
