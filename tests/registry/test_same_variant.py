@@ -65,10 +65,15 @@ def _shown(store: Store, prefs: dict[str, str]) -> str:
     from ffserve.settings import Settings
 
     app = create_app(Settings(target=prefs.get("target"), quantize=prefs.get("quantize")), store)
-    answer = TestClient(app).post("/api/show", json={"model": REF})
+    client = TestClient(app)
+    answer = client.post("/api/show", json={"model": REF})
+    # /api/tags lists the model all the same, with the details of the variant served (none: empty)
+    (listed,) = [m for m in client.get("/api/tags").json()["models"] if m["name"] == REF]
     if answer.status_code == 400:
+        assert listed["details"]["quantization_level"] == "" and listed["size"] == 0
         return str(answer.json()["error"])
     assert answer.status_code == 200, answer.text
+    assert listed["details"]["quantization_level"] == answer.json()["details"]["quantization_level"] != ""
     return str(answer.json()["variant"])
 
 
