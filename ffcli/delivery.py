@@ -165,11 +165,12 @@ def sbom_command(
               help="an OCI image layout to build the modelcar on (one with sh, for KServe's sidecar)")
 @click.option("--target", help="the variant's target (default: the one that fits this machine)")
 @click.option("--quantize", help="the variant's quantization")
+@click.option("--backend", help="the variant's backend (llamacpp, onnxruntime, …)")
 @click.option("--variant", help="the variant by name (e.g. q8_0-cpu)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def export_command(
     ref: str, modelcar: Path | None, folder: Path | None, tag: str, base: str | None,
-    target: str | None, quantize: str | None, variant: str | None, as_json: bool,
+    target: str | None, quantize: str | None, backend: str | None, variant: str | None, as_json: bool,
 ) -> None:
     """Export one variant of model REF from the store: as a modelcar image or as a plain folder.
 
@@ -179,11 +180,10 @@ def export_command(
       skopeo copy oci:./smollm2-modelcar:latest docker://registry.example/models/smollm2-modelcar:1
       ff export smollm2:latest --dir /srv/models/smollm2
     """
-    from registry.artifact import variants_of
     from registry.folder import export_folder
     from registry.modelcar import write_modelcar
     from registry.reference import parse_reference
-    from registry.select import select_variant
+    from registry.select import select_stored
     from registry.store import Store
 
     if (modelcar is None) == (folder is None):
@@ -191,7 +191,9 @@ def export_command(
     with expected_errors():
         store = Store()
         name = str(parse_reference(ref))
-        chosen = select_variant(variants_of(store, name), target=target, quantize=quantize, variant=variant)
+        chosen = select_stored(
+            store, name, target=target, quantize=quantize, backend=backend, variant=variant
+        )
         if folder is not None:
             files = export_folder(store, name, chosen, folder)
             result: dict[str, object] = {"folder": str(folder), "variant": chosen.name, "files": files}

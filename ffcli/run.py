@@ -1,10 +1,11 @@
 """``ff run name:tag "prompt"``: a reply from a stored model, through ``ff serve`` when one answers.
 
 When a server answers at ``$FF_HOST`` (default ``127.0.0.1:11435``; ``GET /api/version``) the request
-goes there (``POST /api/chat``, or ``/api/generate`` for a model that cannot chat). Otherwise the
-variant is chosen with :func:`registry.select.select_variant` and loaded here through
-:func:`ffruntime.load`, exactly as the server would: the same prompt assembly (the Modelfile's Go
-TEMPLATE or the model's own chat template), sampling defaults and PARAMETERs.
+goes there (``POST /api/chat``, or ``/api/generate`` for a model whose ``/api/show`` lacks the ``chat``
+capability). Otherwise the variant is chosen with :func:`registry.select.select_stored` (as ``ff
+serve`` chooses) and loaded here through :func:`ffruntime.load`, exactly as the server would: the
+same prompt assembly (the Modelfile's Go TEMPLATE or the model's own chat template), sampling
+defaults and PARAMETERs.
 """
 
 from __future__ import annotations
@@ -21,16 +22,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import click
 
-from registry.artifact import (
-    ModelFiles,
-    VariantRef,
-    open_variant,
-    present_variants,
-    variant_tag,
-    variants_of,
-)
+from registry.artifact import ModelFiles, VariantRef, open_variant, variant_tag
 from registry.reference import Reference, ReferenceError, parse_reference
-from registry.select import SelectionError, select_variant
+from registry.select import SelectionError, select_stored
 from registry.store import Store, StoreError
 
 DEFAULT_HOST = "127.0.0.1:11435"
@@ -82,15 +76,23 @@ def _post(url: str, path: str, body: dict[str, object]) -> http.client.HTTPRespo
     return resp
 
 
+def _chats(url: str, model: str) -> bool:
+    """Whether the server's ``model`` has the ``chat`` capability (``/api/show``, as ``ollama run`` asks)."""
+    with _post(url, "/api/show", {"model": model}) as resp:
+        try:
+            shown = json.load(resp)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{url}/api/show answered something not JSON: {exc}") from None
+    return isinstance(shown, dict) and "chat" in (shown.get("capabilities") or [])
+
+
 def stream_server(url: str, model: str, prompt: str, options: dict[str, object]) -> Iterator[str]:
     """The server's chat answer (its generate answer for a model without chat), streamed."""
     common = {"model": model, "stream": True, "options": options}
     try:
-        try:
+        if _chats(url, model):
             resp = _post(url, "/api/chat", {**common, "messages": [{"role": "user", "content": prompt}]})
-        except _Refused as exc:
-            if exc.status != 400 or "does not support chat" not in exc.detail:
-                raise
+        else:
             resp = _post(url, "/api/generate", {**common, "prompt": prompt})
     except _Refused as exc:
         raise click.ClickException(f"the server at {url} answered {exc.status}: {exc.detail}") from None
@@ -129,9 +131,8 @@ async def generate_local(
     )
     from ffruntime.settings import LoadSettings
 
-    ctx = options.get("num_ctx", files.params.get("num_ctx", 2048))
-    settings = LoadSettings(threads=threads or 0, num_ctx=int(str(ctx)), num_parallel=1)
-    try:
+    try:  # the server's rule; ff run has no --num-ctx: the context is the PARAMETER's, else the default
+        settings = LoadSettings.for_model(files.params, threads=threads or 0)
         runtime = await ffruntime.load(variant, files, settings)
     except (BackendUnavailable, RuntimeFailure, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load {variant.name}: {exc}") from None
@@ -200,12 +201,8 @@ def run_command(
     files: ModelFiles | None = None
     try:
         store = Store()
-        listed = variants_of(store, ref)
-        chosen = select_variant(
-            listed if variant else present_variants(store, listed),
-            variant=variant, quantize=quantize, target=target, backend=backend,
-        )
-        files = open_variant(Store(), chosen.descriptor.digest)
+        chosen = select_stored(store, ref, variant=variant, quantize=quantize, target=target, backend=backend)
+        files = open_variant(store, chosen.descriptor.digest)
     except (StoreError, SelectionError) as exc:
         if not use_server:
             raise click.ClickException(str(exc)) from None

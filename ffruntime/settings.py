@@ -10,6 +10,29 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+DEFAULT_NUM_CTX = 2048  # tokens per sequence when neither the user nor the model says
+
+
+def context_length(given: int | None, params: Mapping[str, object]) -> int:
+    """The context (tokens per sequence) a text model is loaded with, one rule for ff run and ff serve.
+
+    As in Ollama: the user's own setting (``given``: ``ff serve --num-ctx`` / ``FF_NUM_CTX``) wins, then
+    the model's ``PARAMETER num_ctx`` (``params``, the artifact's ``params.json``), then
+    :data:`DEFAULT_NUM_CTX`. A request's ``num_ctx`` option is the request's own context, bounded by this
+    one. A ``num_ctx`` PARAMETER that is not a positive whole number is a :class:`ValueError`.
+    """
+    if given is not None:
+        return given
+    value = params.get("num_ctx")
+    if value is None:
+        return DEFAULT_NUM_CTX
+    n = int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+    if isinstance(value, str) and value.strip().isdigit():
+        n = int(value)
+    if n < 1:
+        raise ValueError(f"PARAMETER num_ctx {value!r} is not a positive whole number")
+    return n
+
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -36,7 +59,7 @@ class LoadSettings:
       batch into this many pieces run side by side, each on ``threads / lanes`` threads (0: one lane
       per thread, and when ``threads`` is 0 too, one per core: a lane's single thread never waits at
       a barrier, so the llama.cpp reason to leave a core free does not hold; docs/serving.md).
-    - ``num_ctx``: context length per sequence (text models).
+    - ``num_ctx``: context length per sequence (text models); :func:`context_length` decides it.
     - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime).
     - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
     - ``extra_buffers``: llama.cpp's extra CPU buffer types (repack/AMX); ``None`` decides per library
@@ -48,7 +71,7 @@ class LoadSettings:
     threads: int = 0
     threads_batch: int = 0
     lanes: int = 0
-    num_ctx: int = 2048
+    num_ctx: int = DEFAULT_NUM_CTX
     num_parallel: int = 1
     device: str = "cpu"
     extra_buffers: bool | None = None
@@ -73,6 +96,26 @@ class LoadSettings:
     @property
     def n_threads_batch(self) -> int:
         return self.threads_batch if self.threads_batch > 0 else self.n_threads
+
+    @classmethod
+    def for_model(
+        cls,
+        params: Mapping[str, object],
+        *,
+        num_ctx: int | None = None,
+        threads: int = 0,
+        lanes: int = 0,
+        num_parallel: int = 1,
+    ) -> LoadSettings:
+        """How ``ff run`` and ``ff serve`` load a model with PARAMETERs ``params``, given the user's own
+        settings (``None``/0: not given): the context by :func:`context_length`, threads and lanes as
+        above. PARAMETERs other than ``num_ctx`` do not change how a model is loaded (docs/serving.md)."""
+        return cls(
+            threads=threads,
+            lanes=lanes,
+            num_ctx=context_length(num_ctx, params),
+            num_parallel=num_parallel,
+        )
 
     def with_(self, **changes: object) -> LoadSettings:
         return replace(self, **changes)  # type: ignore[arg-type]

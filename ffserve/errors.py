@@ -1,19 +1,28 @@
 """Typed server errors and the one place that maps them to HTTP status codes and JSON bodies.
 
 Every error body is ``{"error": "…"}``; under ``/v1/`` it is OpenAI's ``{"error": {"message", "type",
-"code"}}`` so that the ``openai`` client reads it.
+"code"}}`` so that the ``openai`` client reads it. Registry and runtime errors become server errors
+only through :func:`mapped_error` (the caller says the message, the map the status).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import sys
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import RequestRejected
 from ffserve.encoding import JSONResponse
+from registry.artifact import ArtifactError
+from registry.errors import AuthError, RegistryError, RemoteError, SignatureError
+from registry.reference import ReferenceError
+from registry.select import SelectionError
+from registry.store import NotFoundError, StoreError
 
 log = logging.getLogger("ffserve")
 
@@ -79,6 +88,58 @@ class InsufficientMemory(ServeError):
     status, kind = 507, "insufficient_memory_error"
 
 
+class Blame(enum.Enum):
+    """Whose fault an error without a status of its own is (a store, artifact or value error)."""
+
+    SERVER = "server"  # reading the local store: a broken stored model is a 500
+    REGISTRY = "registry"  # a push or pull: a bad artifact or a failing registry is a 502, a bad ask a 400
+    CLIENT = "client"  # what the client asked to write (a copy's name): a 400
+
+
+# The one map from registry and runtime errors to HTTP, most specific first: the type decides.
+_BY_TYPE: tuple[tuple[type[BaseException], type[ServeError]], ...] = (
+    (SignatureError, Forbidden),  # FF_VERIFY_KEY / FF_REQUIRE_SIGNATURE refused it (docs/delivery.md)
+    (AuthError, Unauthorized),
+    (NotFoundError, ModelNotFound),
+    (ReferenceError, BadRequest),
+    (SelectionError, BadRequest),  # no variant, or several, fit: the client must say which
+    (RemoteError, BadRequest),  # a push or pull that cannot be done as asked
+    (RequestRejected, BadRequest),
+    (BackendUnavailable, NotAvailable),
+    (RegistryError, BadGateway),  # an unreachable, failing or misbehaving registry
+)
+
+
+def _upstream(exc: BaseException) -> bool:
+    """An error of a registry's content or transport (requests is loaded only once a transfer ran)."""
+    requests = sys.modules.get("requests")
+    return isinstance(exc, ArtifactError) or (
+        requests is not None and isinstance(exc, requests.RequestException)
+    )
+
+
+def mapped_error(exc: BaseException, message: str, blame: Blame = Blame.SERVER) -> ServeError:
+    """The server error that answers registry or runtime error ``exc`` with ``message``.
+
+    The status comes from ``exc``'s type (:data:`_BY_TYPE`); a store, artifact or value error has none
+    of its own, so ``blame`` decides it (and under :attr:`Blame.CLIENT` every store or value error is
+    the client's 400, a missing blob while tagging included). A :class:`ServeError` is returned as is.
+    """
+    if isinstance(exc, ServeError):
+        return exc
+    if blame is Blame.CLIENT and isinstance(exc, StoreError | ValueError):
+        return BadRequest(message)
+    for kind, error in _BY_TYPE:
+        if isinstance(exc, kind):
+            return error(message)
+    if blame is Blame.REGISTRY:
+        if isinstance(exc, ValueError | LookupError):  # a bad reference or key
+            return BadRequest(message)
+        if _upstream(exc):
+            return BadGateway(message)
+    return ServeError(message)
+
+
 def error_response(
     request: Request, status: int, message: str, kind: str, headers: dict[str, str]
 ) -> Response:
@@ -107,7 +168,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 async def rejected(request: Request, exc: Exception) -> Response:
-    return error_response(request, 400, str(exc), "invalid_request_error", {})
+    return await serve_error(request, mapped_error(exc, str(exc)))
 
 
 EXCEPTION_HANDLERS = {

@@ -1,6 +1,7 @@
 """Model names → a stored variant: a store reference (``smollm2``, ``smollm2:latest``), a variant tag
 (``smollm2:latest-q8_0-cpu``) or a full remote reference; multi-variant models go through
-``registry.select`` with the server's ``--target`` / ``--quantize`` defaults."""
+:func:`registry.select.select_stored` with the server's ``--target`` / ``--quantize`` / ``--backend``
+(strict, as for every caller: a model without a matching variant is a 400 listing its variants)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from ffserve.errors import BadRequest, Forbidden, ModelNotFound, NotAvailable, ServeError
-from registry.artifact import (
-    ArtifactError,
-    ModelFiles,
-    VariantRef,
-    open_variant,
-    present_variants,
-    variants_of,
-)
+from ffserve.errors import Blame, ModelNotFound, NotAvailable, mapped_error
+from registry.artifact import ModelFiles, VariantRef, open_variant
+from registry.errors import SignatureError
 from registry.reference import ReferenceError, parse_reference
-from registry.select import SelectionError, select_variant
+from registry.select import SelectionError, select_stored
 from registry.store import NotFoundError, Store, StoreError
 
 Progress = Callable[[dict[str, object]], None]
@@ -39,7 +34,7 @@ def canonical(name: str) -> str:
     try:
         ref = parse_reference(name)
     except ReferenceError as exc:
-        raise BadRequest(str(exc)) from None
+        raise mapped_error(exc, str(exc)) from None
     return str(ref)
 
 
@@ -58,23 +53,15 @@ def resolve(
     store: Store, name: str, *, target: str | None, quantize: str | None, backend: str | None = None
 ) -> Resolved:
     ref = canonical(name)
-    target, quantize, backend = target or None, quantize or None, backend or None  # "" (unset) is none
     try:
-        variants = present_variants(store, variants_of(store, ref))
-        try:
-            chosen = select_variant(variants, target=target, quantize=quantize, backend=backend)
-        except SelectionError:
-            if target is None and quantize is None and backend is None:
-                raise
-            # target and quantize are preferences, not requirements; --backend is one
-            chosen = select_variant(variants, backend=backend)
+        chosen = select_stored(store, ref, target=target, quantize=quantize, backend=backend)
         return Resolved(ref, chosen, open_variant(store, chosen.descriptor.digest))
     except NotFoundError as exc:
-        raise ModelNotFound(f"model {ref!r} not found; pull it first (ff pull {ref}): {exc}") from None
+        raise mapped_error(exc, f"model {ref!r} not found; pull it first (ff pull {ref}): {exc}") from None
     except SelectionError as exc:
-        raise BadRequest(f"{ref}: {exc}") from None
-    except (ArtifactError, StoreError) as exc:
-        raise ServeError(f"{ref}: the stored model is unusable: {exc}") from None
+        raise mapped_error(exc, f"{ref}: {exc}") from None
+    except StoreError as exc:  # an ArtifactError too: the stored model is broken
+        raise mapped_error(exc, f"{ref}: the stored model is unusable: {exc}") from None
 
 
 def pull(
@@ -89,20 +76,16 @@ def pull(
 ) -> None:
     """Pull ``name`` into the store through registry.remote (blocking; run it in a thread)."""
     remote = remote_module()
-    from registry.signing import SignatureError  # loaded with registry.remote
-
     ref = canonical(name)
     try:
         remote.pull(
             ref, store=store, target=target, quantize=quantize, backend=backend, progress=progress,
             insecure=insecure,
         )
-    except SelectionError as exc:  # no variant, or several, fit: the client must say which
-        raise BadRequest(f"pull {ref}: {exc}") from None
-    except SignatureError as exc:  # FF_VERIFY_KEY / FF_REQUIRE_SIGNATURE refused it (docs/delivery.md)
-        raise Forbidden(f"pull {ref}: {exc}") from None
+    except (SelectionError, SignatureError) as exc:  # no variant, or several, fit; a refused signature
+        raise mapped_error(exc, f"pull {ref}: {exc}", Blame.REGISTRY) from None
     except (StoreError, ValueError, OSError, RuntimeError) as exc:
-        raise ServeError(f"pull {ref} failed: {exc}") from None
+        raise mapped_error(exc, f"pull {ref} failed: {exc}", Blame.REGISTRY) from None
 
 
 async def resolve_or_pull(

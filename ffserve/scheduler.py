@@ -27,7 +27,7 @@ import ffruntime
 from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import Capability, EmbedRuntime, Runtime, TensorRuntime, TextRuntime
 from ffruntime.settings import LoadSettings
-from ffserve.errors import InsufficientMemory, NotAvailable, Overloaded
+from ffserve.errors import InsufficientMemory, Overloaded, mapped_error
 from ffserve.metrics import Metrics
 from ffserve.models import Resolved, canonical, resolve_or_pull
 from ffserve.settings import Settings
@@ -265,9 +265,10 @@ class Scheduler:
         t0 = time.perf_counter_ns()
         try:
             try:
-                runtime = await self._loader(resolved.variant, resolved.files, self.settings.load_settings())
+                load = self.settings.load_settings(resolved.files.params)
+                runtime = await self._loader(resolved.variant, resolved.files, load)
             except BackendUnavailable as exc:
-                raise NotAvailable(str(exc)) from None
+                raise mapped_error(exc, str(exc)) from None
         except BaseException:
             async with self._cond:
                 self._pending.pop(key, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,7 +86,7 @@ class Settings(BaseSettings):
     num_parallel: int = Field(default=1, ge=1, le=64)
     num_threads: int = Field(default=0, ge=0)  # 0: default_threads() (docs/serving.md)
     graph_lanes: int = Field(default=0, ge=0)  # 0: one lane per thread (ffruntime.settings.LoadSettings)
-    num_ctx: int = Field(default=2048, ge=16)
+    num_ctx: int | None = Field(default=None, ge=16)  # None: the model's PARAMETER num_ctx, else 2048
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     shutdown_timeout: float = 30.0
@@ -129,11 +130,13 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    def load_settings(self) -> LoadSettings:
-        """How this server loads every model (``ffruntime``'s one settings type; 0 threads: its default)."""
-        return LoadSettings(
+    def load_settings(self, params: Mapping[str, object] | None = None) -> LoadSettings:
+        """How this server loads a model with PARAMETERs ``params`` (``ffruntime``'s one settings type; 0
+        threads: its default; :meth:`LoadSettings.for_model`, the rule ``ff run`` follows too)."""
+        return LoadSettings.for_model(
+            params or {},
+            num_ctx=self.num_ctx,
             threads=self.num_threads,
             lanes=self.graph_lanes,
-            num_ctx=self.num_ctx,
             num_parallel=self.num_parallel,
         )

@@ -28,26 +28,13 @@ import oras.provider
 import requests
 import urllib3
 
+from registry.errors import AuthError as AuthError
+from registry.errors import NetworkError as NetworkError
+from registry.errors import RegistryError as RegistryError
 from registry.oci import MAX_MANIFEST_BYTES
 
 TIMEOUT = (10.0, 300.0)
 """(connect, read) seconds for every request."""
-
-
-class RegistryError(OSError):
-    """A registry refused a request, sent something unsafe, or could not be reached.
-
-    An ``OSError`` like the network errors it often wraps, so callers that already handle I/O errors
-    (the server's pull-on-demand) report it instead of crashing.
-    """
-
-
-class AuthError(RegistryError):
-    """The registry wants credentials we do not have, or rejected the ones we sent."""
-
-
-class NetworkError(RegistryError):
-    """The registry could not be reached, timed out, failed TLS, or broke a transfer off."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from registry.artifact import ArtifactError, VariantRef, parse_manifest, safe_filepath, variant_tag
 from registry.auth import client_for
-from registry.http import RegistryClient, RegistryError
+from registry.errors import RemoteError as RemoteError
+from registry.http import RegistryClient
 from registry.oci import (
     ANN_VARIANT,
     ANNOTATION_FILEPATH,
@@ -47,10 +48,6 @@ from registry.transfer import (
 
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
-
-
-class RemoteError(RegistryError):
-    """A push or pull that cannot be done as asked (bad reference, missing variants, unsafe content)."""
 
 
 @dataclass

@@ -1,10 +1,21 @@
-"""Pick the variant of a model that fits this machine (or the one the user names).
+"""Pick the variant of a model that fits this machine (or the one the user names): the one rule.
 
-Used by ``ff run``, ``ff pull`` and ``ff serve``, so all three pick the same variant for the same model
-and machine. A variant fits when its device is present and its backend is installed
-(``--quantize``/``--target``/``--backend``/``--variant`` narrow the set first). Fitting variants are
-ranked: an accelerator beats the CPU, then higher precision, then the backend's preference
-(:data:`registry.choices.BACKENDS`). None fitting, or a tie at the top, is an error listing them.
+Every caller goes through :func:`select_variant` (``ff pull`` and the server's pulls, on a registry's
+index) or :func:`select_stored` (``ff run``, ``ff export``, the server's model names and ``/api/show``, on
+the store), so all of them pick the same variant for the same model, preferences and machine.
+
+The rule (one strictness for every caller):
+
+1. Preferences are strict. Each one given (``variant``, ``target``, ``quantize``, ``backend``: from the
+   command's flags or the server's ``FF_TARGET``/``FF_QUANTIZE``/``FF_BACKEND``) must match; when no
+   variant matches them all, that is an error listing the model's variants. An empty string is no
+   preference.
+2. Unless the preferences name one variant outright (``variant``, or both ``target`` and
+   ``quantize``), only the variants that fit this machine remain: the device is present and the
+   backend installed (:class:`HostInfo`). None fitting is an error listing the candidates.
+3. Fitting variants are ranked (:func:`rank`): an accelerator beats the CPU, then higher precision,
+   then the backend's preference (:data:`registry.choices.BACKENDS`). A tie at the top is an error
+   listing the tied variants.
 """
 
 from __future__ import annotations
@@ -16,9 +27,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
-from registry.artifact import VariantRef
+from registry.artifact import VariantRef, present_variants, variants_of
 from registry.choices import BACKENDS, DEVICE_PREFERENCE, GENERATORS, QUANTIZATIONS, TEXT_TASKS
+from registry.reference import Reference
+from registry.store import Store
 
 
 class SelectionError(LookupError):
@@ -117,9 +131,12 @@ def select_variant(
     variant: str | None = None,
     host: HostInfo | None = None,
 ) -> VariantRef:
-    """Choose one variant; raise :class:`SelectionError` listing candidates when none fits or the best tie."""
+    """Choose one variant by the module's rule; raise :class:`SelectionError` listing the candidates when
+    none matches the preferences, none fits this machine, or the best tie."""
     if not variants:
         raise SelectionError("the model has no variants")
+    # "" (an unset FF_TARGET, a blank flag) is no preference
+    target, quantize, backend, variant = target or None, quantize or None, backend or None, variant or None
     chosen = list(variants)
     if variant is not None:
         chosen = [v for v in chosen if v.name == variant]
@@ -130,7 +147,11 @@ def select_variant(
     if backend is not None:
         chosen = [v for v in chosen if v.backend == backend]
     if not chosen:
-        raise SelectionError(f"no variant matches the selection; the model has:\n{_describe(variants)}")
+        asked = {"variant": variant, "target": target, "quantize": quantize, "backend": backend}
+        named = ", ".join(f"{k} {v}" for k, v in asked.items() if v is not None)
+        raise SelectionError(
+            f"no variant matches the selection ({named}); the model has:\n{_describe(variants)}"
+        )
     explicit = variant is not None or (target is not None and quantize is not None)
     if not explicit:
         h = host or detect_host()
@@ -150,3 +171,26 @@ def select_variant(
             "--target:\n" + _describe(chosen)
         )
     return chosen[0]
+
+
+class Preferences(TypedDict, total=False):
+    """:func:`select_variant`'s keyword arguments."""
+
+    target: str | None
+    quantize: str | None
+    backend: str | None
+    variant: str | None
+    host: HostInfo | None
+
+
+def select_stored(store: Store, ref: str | Reference, **prefs: Unpack[Preferences]) -> VariantRef:
+    """The variant of stored model ``ref`` that ``ff run``, ``ff export`` and ``ff serve`` use.
+
+    The candidates are the variants present in the store (a pull keeps only the one it chose; all the
+    index lists when none is), or every listed one when ``variant`` names one (then a missing variant
+    is reported as not pulled, not as unknown); :func:`select_variant` chooses among them with
+    ``prefs`` (its keyword arguments). Raises
+    :class:`registry.store.NotFoundError` for an unknown ``ref``.
+    """
+    listed = variants_of(store, ref)
+    return select_variant(listed if prefs.get("variant") else present_variants(store, listed), **prefs)

@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from registry.errors import SignatureError as SignatureError
 from registry.http import RegistryClient, RegistryError
 from registry.oci import OCI_MANIFEST, canonical_json
 from registry.smallblobs import fetch_bytes, upload_bytes
@@ -41,10 +42,6 @@ PAYLOAD_TYPE: str = "cosign container image signature"
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_SIGNATURES = 64
 """A signature manifest with more layers than this is refused (no one signs an artifact 64 times)."""
-
-
-class SignatureError(RegistryError):
-    """An artifact is unsigned, signed by another key, or its signature does not verify."""
 
 
 class KeyFormatError(ValueError):

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from ffserve import __version__
 from ffserve.encoding import JSONResponse
-from ffserve.errors import BadGateway, BadRequest, Forbidden, ModelNotFound, ServeError, Unauthorized
+from ffserve.errors import Blame, ModelNotFound, ServeError, mapped_error
 from ffserve.models import canonical, remote_module
 from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, ndjson
@@ -28,36 +28,48 @@ from registry.artifact import (
     variants_of,
 )
 from registry.oci import OCI_INDEX
-from registry.select import SelectionError, select_variant
+from registry.select import SelectionError, select_stored
 from registry.store import NotFoundError, StoreError
 
 
 def _pick(e: AppState, name: str) -> tuple[VariantRef, ModelFiles | None]:
-    """The variant ``name`` serves here (or the first present one when none fits this machine)."""
-    vs = variants_of(e.store, name)
-    try:
-        s = e.settings
-        v = select_variant(vs, target=s.target, quantize=s.quantize, backend=s.backend)
-    except SelectionError:
-        present = [x for x in vs if e.store.has_blob(x.descriptor.digest)]
-        v = (present or vs)[0]
+    """The variant ``name`` serves here: :func:`registry.select.select_stored` with the server's
+    preferences, as for a request (:class:`SelectionError` when there is none)."""
+    s = e.settings
+    v = select_stored(e.store, name, target=s.target, quantize=s.quantize, backend=s.backend)
     try:
         return v, open_variant(e.store, v.descriptor.digest)
     except (StoreError, ArtifactError):
         return v, None
 
 
-def _details(v: VariantRef, files: ModelFiles | None) -> dict[str, object]:
+def _details(v: VariantRef | None, files: ModelFiles | None) -> dict[str, object]:
     cfg = files.config.config if files else None
     family = (cfg.architecture if cfg else None) or ""
+    quantization = (v.quantization if v else "") or (cfg.quantization if cfg else "") or ""
     return {
         "parent_model": "",
-        "format": v.format,
+        "format": v.format if v else "",
         "family": family,
         "families": [family] if family else None,
         "parameter_size": (cfg.param_size if cfg else None) or "",
-        "quantization_level": (v.quantization or (cfg.quantization if cfg else "") or "").upper(),
+        "quantization_level": quantization.upper(),
     }
+
+
+def _has_chat_template(v: VariantRef, files: ModelFiles) -> bool:
+    """Whether the runtime will chat with this variant, by its rule: a Modelfile TEMPLATE, or the model's
+    own chat template (a GGUF's ``tokenizer.chat_template``; a GenAI LLM built for chat)."""
+    if files.template:
+        return True
+    if v.format != "gguf":
+        return v.task == "chat"
+    from registry.gguf_info import GGUFFormatError, read_gguf_header  # GGUF models only (the gguf extra)
+
+    try:
+        return bool(read_gguf_header(files.weights[0]).kv.get("tokenizer.chat_template"))
+    except (GGUFFormatError, IndexError):
+        return False
 
 
 def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
@@ -66,20 +78,24 @@ def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     if v.task in ("tensor", "classify"):
         return []  # no Ollama capability: these answer the Open Inference Protocol (/v2) only
     caps = ["completion"]
+    if files is not None and _has_chat_template(v, files):
+        caps.append("chat")
     if v.format == "gguf":
-        caps += ["chat", "embedding"]  # llama.cpp serves all three from a GGUF
-    elif v.task == "chat":
-        caps.append("chat")  # an ONNX Runtime GenAI LLM: chat and completion
+        caps.append("embedding")  # llama.cpp embeds with any GGUF text model
     return caps
 
 
 def _model_entry(e: AppState, name: str, digest: str) -> dict[str, object]:
-    v, files = _pick(e, name)
+    v: VariantRef | None
+    try:
+        v, files = _pick(e, name)
+    except SelectionError:  # no variant of it is served here: listed all the same, without details
+        v, files = None, None
     return {
         "name": name,
         "model": name,
         "modified_at": rfc3339(e.store.blob_path(digest).stat().st_mtime),
-        "size": files.size if files else v.descriptor.size,
+        "size": files.size if files else v.descriptor.size if v else 0,
         "digest": digest.removeprefix("sha256:"),
         "details": _details(v, files),
     }
@@ -93,7 +109,7 @@ async def tags(request: Request) -> Response:
         for name, desc in e.store.tags():
             try:
                 out.append(_model_entry(e, name, desc.digest))
-            except (StoreError, ArtifactError, IndexError):
+            except (StoreError, ArtifactError):
                 continue  # a broken or foreign tag is left out of the listing, not fatal
         return out
 
@@ -117,8 +133,10 @@ async def show(request: Request) -> Response:
         try:
             desc = e.store.resolve(name)
             v, files = _pick(e, name)
-        except NotFoundError:
-            raise ModelNotFound(f"model {name!r} not found") from None
+        except NotFoundError as exc:
+            raise mapped_error(exc, f"model {name!r} not found") from None
+        except SelectionError as exc:
+            raise mapped_error(exc, f"{name}: {exc}") from None
         if files is None:
             raise ServeError(f"{name}: variant {v.name} is not in the store (pull it)")
         cfg = files.config
@@ -205,26 +223,7 @@ async def _transfer(request: Request, push: bool) -> Response:
     task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
 
     def failure(exc: BaseException) -> ServeError:
-        if isinstance(exc, ServeError):
-            return exc
-        from registry.http import AuthError, RegistryError  # registry.remote (and oras) load only when used
-        from registry.remote import RemoteError
-        from registry.signing import SignatureError
-
-        message = f"{'push' if push else 'pull'} {name} failed: {exc}"
-        if isinstance(exc, SignatureError):
-            return Forbidden(message)
-        if isinstance(exc, AuthError):
-            return Unauthorized(message)
-        if isinstance(exc, NotFoundError):
-            return ModelNotFound(message)
-        if isinstance(exc, ValueError | LookupError | RemoteError):  # bad reference, no fitting variant
-            return BadRequest(message)
-        import requests
-
-        if isinstance(exc, RegistryError | ArtifactError | requests.RequestException):
-            return BadGateway(message)  # an unreachable, failing or misbehaving registry
-        return ServeError(message)
+        return mapped_error(exc, f"{'push' if push else 'pull'} {name} failed: {exc}", Blame.REGISTRY)
 
     if not body.stream:
         try:
@@ -259,15 +258,18 @@ async def delete(request: Request) -> Response:
     body = await parse_body(request, NameRequest)
     name = canonical(body.ref or "")
 
-    def remove() -> bool:
+    missing = f"model {name!r} not found"
+
+    def remove() -> None:
         try:
-            return bool(remove_model(e.store, name))
-        except NotFoundError:
-            return False
+            removed = remove_model(e.store, name)
+        except NotFoundError as exc:
+            raise mapped_error(exc, missing) from None
+        if not removed:
+            raise ModelNotFound(missing)
 
     await e.scheduler.unload(name)
-    if not await asyncio.to_thread(remove):
-        raise ModelNotFound(f"model {name!r} not found")
+    await asyncio.to_thread(remove)
     e.scheduler.forget(name)
     return Response(status_code=200)
 
@@ -280,15 +282,15 @@ async def copy(request: Request) -> Response:
     def do_copy() -> None:
         try:
             desc = e.store.resolve(src)
-        except NotFoundError:
-            raise ModelNotFound(f"model {src!r} not found") from None
+        except NotFoundError as exc:
+            raise mapped_error(exc, f"model {src!r} not found") from None
         try:
             if desc.media_type == OCI_INDEX:
                 tag_model(e.store, dst, desc)
             else:
                 e.store.tag(dst, desc)
         except (StoreError, ValueError) as exc:
-            raise BadRequest(f"cannot copy {src} to {dst}: {exc}") from None
+            raise mapped_error(exc, f"cannot copy {src} to {dst}: {exc}", Blame.CLIENT) from None
 
     await asyncio.to_thread(do_copy)
     e.scheduler.forget(dst)

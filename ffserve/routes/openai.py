@@ -29,7 +29,7 @@ from ffruntime.runtime import (
 )
 from ffserve import logprobs, toolcalls
 from ffserve.encoding import JSONResponse
-from ffserve.errors import BadRequest, ModelNotFound
+from ffserve.errors import BadRequest, mapped_error
 from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
@@ -324,8 +324,8 @@ async def get_model(request: Request) -> Response:
     name = canonical(request.path_params["model"])
     try:
         desc = await asyncio.to_thread(e.store.resolve, name)
-    except NotFoundError:
-        raise ModelNotFound(f"The model '{name}' does not exist") from None
+    except NotFoundError as exc:
+        raise mapped_error(exc, f"The model '{name}' does not exist") from None
     return JSONResponse(_model_obj(e, name, desc.digest))
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ffruntime.runtime import RequestRejected, Tensor
 from ffruntime.tensors import DATATYPES, element_count, encode_bytes, to_array
 from ffserve.encoding import dumps
-from ffserve.errors import BadRequest
+from ffserve.errors import BadRequest, mapped_error
 
 HEADER_LENGTH: Final = "inference-header-content-length"
 Param = str | int | float | bool
@@ -145,7 +145,7 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, d
             else:
                 tensors[t.name] = _json_tensor(t)
         except RequestRejected as exc:
-            raise BadRequest(f"input {t.name}: {exc}") from None
+            raise mapped_error(exc, f"input {t.name}: {exc}") from None
     if pos != len(binary):
         raise BadRequest(f"{len(binary) - pos} bytes of binary data belong to no input")
     return req, tensors

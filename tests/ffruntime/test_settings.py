@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ffruntime.settings import LoadSettings, default_threads
+from ffruntime.settings import DEFAULT_NUM_CTX, LoadSettings, context_length, default_threads
 from ffserve.settings import Settings
 
 
@@ -24,6 +24,34 @@ def test_default_threads_leave_a_core_to_the_caller(
 def test_server_settings_map_onto_load_settings() -> None:
     ls = Settings(num_ctx=4096, num_parallel=3, num_threads=2).load_settings()
     assert (ls.num_ctx, ls.num_parallel, ls.threads) == (4096, 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("given", "params", "expected"),
+    [
+        (None, {}, DEFAULT_NUM_CTX),  # neither the user nor the model says
+        (None, {"num_ctx": 512}, 512),  # the model's PARAMETER
+        (None, {"num_ctx": "768"}, 768),
+        (4096, {"num_ctx": 512}, 4096),  # the user's setting (FF_NUM_CTX, --num-ctx) wins
+        (64, {}, 64),
+    ],
+)
+def test_one_context_rule_for_run_and_serve(
+    given: int | None, params: dict[str, object], expected: int
+) -> None:
+    assert context_length(given, params) == expected
+    # ff serve (its settings) and ff run (LoadSettings.for_model with no --num-ctx) load alike
+    assert Settings(num_ctx=given).load_settings(params).num_ctx == expected
+    assert LoadSettings.for_model(params, num_ctx=given, threads=1).num_ctx == expected
+    if given is None:
+        assert Settings().load_settings(params) == LoadSettings.for_model(params)
+
+
+@pytest.mark.parametrize("bad", [0, -5, "many", 2.5, True, [1]])
+def test_a_bad_num_ctx_parameter_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="PARAMETER num_ctx"):
+        context_length(None, {"num_ctx": bad})
+    assert context_length(256, {"num_ctx": bad}) == 256  # the user's setting does not read it
 
 
 def test_batch_threads_default_to_the_threads() -> None:

@@ -65,7 +65,6 @@ def start_server(home: Path, tmp: Path, **env: str) -> Iterator[Server]:
         **os.environ,
         "FF_HOME": str(home),
         "FF_NUM_THREADS": "1",
-        "FF_QUANTIZE": "q8_0",
         "PYTHONPATH": str(ROOT),
         **env,
     }

@@ -89,7 +89,7 @@ def test_scheduler_evicts_lru_never_in_use_and_respects_budget(ff_home: Path) ->
     store = Store(ff_home / "store")
 
     async def scenario() -> None:
-        settings = Settings(max_loaded_models=1, num_threads=1, num_ctx=256, quantize="q8_0")
+        settings = Settings(max_loaded_models=1, num_threads=1, num_ctx=256)
         sched = Scheduler(settings, store, Metrics())
         sched.start()
         try:
@@ -129,3 +129,24 @@ def test_huge_keep_alive_means_forever() -> None:
 
     assert GenerateRequest.model_validate({"model": "m", "keep_alive": 1e18}).keep_alive == -1.0
     assert GenerateRequest.model_validate({"model": "m", "keep_alive": "5m"}).keep_alive == 300.0
+
+
+@pytest.mark.parametrize(("num_ctx", "loaded"), [(None, 320), (512, 512)])
+def test_the_loaded_context_is_ff_num_ctx_else_the_parameter(
+    tmp_path: Path, smollm2_gguf: Path, num_ctx: int | None, loaded: int
+) -> None:
+    """The one context rule (ffruntime.settings.context_length) with a real llama.cpp load."""
+    from tests.models import add_model
+
+    store = Store(tmp_path / "store")
+    add_model(store, "ctx:latest", {"q4_1": smollm2_gguf}, params={"num_ctx": 320})
+
+    async def scenario() -> int:
+        sched = Scheduler(Settings(num_threads=1, num_ctx=num_ctx), store, Metrics())
+        sched.start()
+        try:
+            return (await sched.get("ctx")).runtime.context_length
+        finally:
+            await sched.close()
+
+    assert asyncio.run(scenario()) == loaded
