@@ -15,7 +15,10 @@ import pytest
 
 from tests.ffserve.serve_testkit import Server
 
-QUESTION = "What is the capital of France?"
+# The bare question leaves SmolLM2 q8_0 0.04-0.16 logits between "The" and "L" (the start of
+# "L'Étoile, ..."), which kernel paths (AVX2 vs AVX-512, a batch vs one token) tip either way; asked
+# for one sentence, "The" leads by 1.6 on every path.
+QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 # --- Ollama ------------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ from remote_testkit import RegistryServer, ollama_manifest, push_raw, start_regi
 from registry.oci import DOCKER_MANIFEST, OLLAMA_PARAMS, OLLAMA_TEMPLATE
 
 pytestmark = pytest.mark.registry
-QUESTION = "What is the capital of France?"
+# The bare question leaves SmolLM2 q8_0 0.04-0.16 logits between "The" and "L" (the start of
+# "L'Étoile, ..."), which kernel paths (AVX2 vs AVX-512, a batch vs one token) tip either way; asked
+# for one sentence, "The" leads by 1.6 on every path.
+QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 @pytest.fixture(scope="module")
