@@ -63,6 +63,12 @@ class Fetched:
     index_digest: str | None = None  # what the reference pointed at, for STORE
     variants: tuple[StoredVariant, ...] = field(default_factory=tuple)  # for STORE
 
+    @property
+    def inherited(self) -> ModelFiles | None:
+        """The files of the stored model a build is FROM (its TEMPLATE, SYSTEM, PARAMETERs, MESSAGEs,
+        licenses), which the Modelfile's own instructions override; None for any other source."""
+        return self.variants[0].files if self.kind == FetchedKind.STORE and self.variants else None
+
 
 def _is_hf_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))

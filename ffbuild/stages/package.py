@@ -16,7 +16,6 @@ from ffbuild.plan import Message, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.context import BuildContext, ExtraLayer, JSONValue, WeightFile
 from ffbuild.stages.errors import StageError
-from ffbuild.stages.fetch import FetchedKind
 from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
 from registry.modelpack import (
     Modality,
@@ -256,16 +255,15 @@ def _meta(ctx: BuildContext) -> ModelMeta:
     template, system = plan.template, plan.system
     params: dict[str, object] = dict(plan.parameters)
     messages, licenses, task = list(plan.messages), list(plan.licenses), plan.task
-    if f is not None and f.kind == FetchedKind.STORE and f.variants:
-        src = f.variants[0]
-        template = template if template is not None else src.files.template
-        system = system if system is not None else src.files.system
-        params = {**src.files.params, **params}
+    if f is not None and (files := f.inherited) is not None:
+        template = template if template is not None else files.template
+        system = system if system is not None else files.system
+        params = {**files.params, **params}
         if not messages:
-            messages = [Message(role=m["role"], content=m["content"]) for m in src.files.messages]
-        licenses = licenses or list(src.files.licenses)
-        if plan.task_inferred and src.ref.task:
-            task = src.ref.task
+            messages = [Message(role=m["role"], content=m["content"]) for m in files.messages]
+        licenses = licenses or list(files.licenses)
+        if plan.task_inferred and f.variants[0].ref.task:
+            task = f.variants[0].ref.task
     return ModelMeta(
         name=ctx.ref.repository,
         task=task,

@@ -20,7 +20,6 @@ from ffbuild.stages.context import (
     VerifyPolicyError,
     as_number,
 )
-from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
 from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
@@ -38,10 +37,10 @@ def verify_template(ctx: BuildContext) -> str | None:
     """The Go TEMPLATE the artifact will carry (the Modelfile's, else the stored model's it is built FROM):
     verify lays its prompt out with it, as the server will. SYSTEM and MESSAGEs are left out: they are
     what the model is told, not how its prompt is laid out, and a change of them reuses verify's results."""
-    f = ctx.fetched
-    if ctx.plan.template is not None or f is None or f.kind != FetchedKind.STORE or not f.variants:
+    inherited = ctx.fetched.inherited if ctx.fetched is not None else None
+    if ctx.plan.template is not None or inherited is None:
         return ctx.plan.template
-    return f.variants[0].files.template
+    return inherited.template
 
 
 def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
