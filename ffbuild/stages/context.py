@@ -10,19 +10,54 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ffbuild.cache import BuildCache, CacheValue, file_digest, stage_key
 from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.errors import StageError
+from registry.artifact import ModelFiles, VariantRef
 from registry.choices import QUANTIZATIONS
 from registry.reference import Reference
 from registry.store import Store
 
-if TYPE_CHECKING:
-    from ffbuild.stages.fetch import Fetched
+
+class FetchedKind(StrEnum):
+    """What the fetch stage found (:mod:`ffbuild.stages.fetch`)."""
+
+    GGUF = "gguf"
+    ONNX = "onnx"
+    HF_FOLDER = "hf-folder"
+    STORE = "store"
+
+
+@dataclass(frozen=True)
+class StoredVariant:
+    """One variant of a model in the store: its index entry and its files (blob paths)."""
+
+    ref: VariantRef
+    files: ModelFiles
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A source available on this machine."""
+
+    kind: FetchedKind
+    description: str  # for progress lines: the path, repo or reference
+    path: Path | None = None  # the .gguf file or the HF folder
+    reference: str | None = None  # the store reference, for STORE
+    index_digest: str | None = None  # what the reference pointed at, for STORE
+    variants: tuple[StoredVariant, ...] = field(default_factory=tuple)  # for STORE
+
+    @property
+    def inherited(self) -> ModelFiles | None:
+        """The files of the stored model a build is FROM (its TEMPLATE, SYSTEM, PARAMETERs, MESSAGEs,
+        licenses), which the Modelfile's own instructions override; None for any other source."""
+        return self.variants[0].files if self.kind == FetchedKind.STORE and self.variants else None
+
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 

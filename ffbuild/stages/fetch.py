@@ -10,15 +10,21 @@ are reused as they are. A remote OCI reference that is not in the store yet is p
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from ffbuild.plan import Source, SourceKind
-from ffbuild.stages.context import BuildContext, BuildError, Built, WeightFile
+from ffbuild.stages.context import (
+    BuildContext,
+    BuildError,
+    Built,
+    Fetched,
+    FetchedKind,
+    StoredVariant,
+    WeightFile,
+)
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.gguf_info import read_gguf_info
-from registry.artifact import ModelFiles, VariantRef, open_variant, variants_of
+from registry.artifact import open_variant, variants_of
 from registry.reference import ReferenceError, parse_reference
 from registry.store import NotFoundError, Store, StoreError
 
@@ -35,39 +41,6 @@ HF_ALLOW_PATTERNS: tuple[str, ...] = (
 
 class FetchError(StageError):
     """The source cannot be fetched (missing file, not in the store, offline without a cached copy)."""
-
-
-class FetchedKind(StrEnum):
-    GGUF = "gguf"
-    ONNX = "onnx"
-    HF_FOLDER = "hf-folder"
-    STORE = "store"
-
-
-@dataclass(frozen=True)
-class StoredVariant:
-    """One variant of a model in the store: its index entry and its files (blob paths)."""
-
-    ref: VariantRef
-    files: ModelFiles
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A source available on this machine."""
-
-    kind: FetchedKind
-    description: str  # for progress lines: the path, repo or reference
-    path: Path | None = None  # the .gguf file or the HF folder
-    reference: str | None = None  # the store reference, for STORE
-    index_digest: str | None = None  # what the reference pointed at, for STORE
-    variants: tuple[StoredVariant, ...] = field(default_factory=tuple)  # for STORE
-
-    @property
-    def inherited(self) -> ModelFiles | None:
-        """The files of the stored model a build is FROM (its TEMPLATE, SYSTEM, PARAMETERs, MESSAGEs,
-        licenses), which the Modelfile's own instructions override; None for any other source."""
-        return self.variants[0].files if self.kind == FetchedKind.STORE and self.variants else None
 
 
 def _is_hf_folder(path: Path) -> bool:

@@ -33,12 +33,12 @@ from ffbuild.stages.context import (
     BuildError,
     Built,
     ExtraLayer,
+    FetchedKind,
     TensorInfo,
     VariantOutput,
     WeightFile,
 )
 from ffbuild.stages.errors import StageError
-from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.tools import package_version
 from registry.oci import MODEL_WEIGHT, MODEL_WEIGHT_CONFIG
 

@@ -27,7 +27,7 @@ import gguf
 import numpy as np
 
 from ffbuild.cache import folder_digest, path_digest
-from ffbuild.stages.context import BuildContext, BuildError, cached_gguf, weight_file
+from ffbuild.stages.context import BuildContext, BuildError, FetchedKind, cached_gguf, weight_file
 from ffbuild.stages.convert.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -37,7 +37,6 @@ from ffbuild.stages.convert.architectures import (
 )
 from ffbuild.stages.convert.safetensors_reader import BF16, SafetensorsFolder
 from ffbuild.stages.errors import ConvertError, GGUFError, LoraError
-from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_header, read_gguf_info
 from registry.atomic import atomic_output
 

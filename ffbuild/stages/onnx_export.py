@@ -34,9 +34,16 @@ from typing import Any
 from ffbuild.cache import CacheValue, file_digest, folder_digest
 from ffbuild.plan import Variant
 from ffbuild.stages import tools
-from ffbuild.stages.context import BuildContext, BuildError, Built, TensorInfo, VariantOutput, as_number
+from ffbuild.stages.context import (
+    BuildContext,
+    BuildError,
+    Built,
+    FetchedKind,
+    TensorInfo,
+    VariantOutput,
+    as_number,
+)
 from ffbuild.stages.errors import StageError
-from ffbuild.stages.fetch import FetchedKind
 from ffbuild.stages.onnx_quantize import convert_fp16, graph_params, graph_signature, quantize_int8
 from ffbuild.stages.tensor_layers import entry_layers, owned
 from ffruntime.graph_spec import GRAPH_SPEC_FILE, TOKENIZER_FILE, GraphSpec, IOSpec

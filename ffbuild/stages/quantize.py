@@ -16,9 +16,17 @@ import logging
 from pathlib import Path
 
 from ffbuild.plan import Variant
-from ffbuild.stages.context import FLOAT_TYPES, BuildContext, BuildError, Built, VariantOutput, cached_gguf
+from ffbuild.stages.context import (
+    FLOAT_TYPES,
+    BuildContext,
+    BuildError,
+    Built,
+    FetchedKind,
+    VariantOutput,
+    cached_gguf,
+)
 from ffbuild.stages.errors import QuantizeError, RequantizeError
-from ffbuild.stages.fetch import FetchedKind, stored_built
+from ffbuild.stages.fetch import stored_built
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.settings import available_cores

@@ -24,8 +24,7 @@ from pydantic import BaseModel
 
 from ffbuild.cache import CacheValue, file_digest, folder_digest
 from ffbuild.stages import tools
-from ffbuild.stages.context import BuildContext, BuildError, VariantOutput, as_number
-from ffbuild.stages.fetch import FetchedKind
+from ffbuild.stages.context import BuildContext, BuildError, FetchedKind, VariantOutput, as_number
 from ffruntime.graph_spec import GraphSpec, read_graph_spec
 from ffruntime.settings import LoadSettings
 

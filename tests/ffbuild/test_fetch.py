@@ -13,8 +13,8 @@ import pytest
 
 from ffbuild.cache import file_digest
 from ffbuild.plan import Source, SourceKind, Variant
-from ffbuild.stages.context import WeightFile
-from ffbuild.stages.fetch import FetchedKind, FetchError, fetch
+from ffbuild.stages.context import FetchedKind, WeightFile
+from ffbuild.stages.fetch import FetchError, fetch
 from ffbuild.stages.package import ModelMeta, VariantPayload, package_model
 from registry.reference import parse_reference
 from registry.store import Store

@@ -12,9 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ffbuild.cache import folder_digest
-from ffbuild.stages.context import FLOAT_TYPES, BuildContext, BuildError, Built, cached_gguf, weight_file
+from ffbuild.stages.context import (
+    FLOAT_TYPES,
+    BuildContext,
+    BuildError,
+    Built,
+    FetchedKind,
+    cached_gguf,
+    weight_file,
+)
 from ffbuild.stages.convert import convert_hf_to_gguf, default_model_name
-from ffbuild.stages.fetch import FetchedKind, stored_built
+from ffbuild.stages.fetch import stored_built
 from ffbuild.stages.gguf_info import read_gguf_info
 
 
