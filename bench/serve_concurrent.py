@@ -157,7 +157,7 @@ def _prompt_tokens(gguf: Path) -> int:
 
 def run_concurrent(gguf: Path, threads: int, tokens: int, rounds: int, policy: str, parallel: int) -> None:
     from bench.build import library_flags, native_library
-    from bench.serve import store_model
+    from bench.stored import store_model
 
     os.environ["OMP_WAIT_POLICY"] = policy
     with tempfile.TemporaryDirectory() as tmp:

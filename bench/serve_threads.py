@@ -24,7 +24,7 @@ CHILD = r"""
 import asyncio, json, os, sys, tempfile, threading, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from bench.serve import store_model
+from bench.stored import store_model
 import ffruntime
 from ffruntime.runtime import GenerationRequest, Token
 from ffruntime.settings import LoadSettings
