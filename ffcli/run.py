@@ -115,7 +115,12 @@ def stream_server(url: str, model: str, prompt: str, options: dict[str, object])
 
 
 async def generate_local(
-    variant: VariantRef, files: ModelFiles, prompt: str, options: dict[str, object], threads: int | None
+    variant: VariantRef,
+    files: ModelFiles,
+    prompt: str,
+    options: dict[str, object],
+    threads: int | None,
+    num_ctx: int | None = None,
 ) -> AsyncIterator[str]:
     """Load ``variant`` through ffruntime (as ``ff serve`` does) and stream its answer to ``prompt``."""
     import ffruntime
@@ -131,8 +136,8 @@ async def generate_local(
     )
     from ffruntime.settings import LoadSettings
 
-    try:  # the server's rule; ff run has no --num-ctx: the context is the PARAMETER's, else the default
-        settings = LoadSettings.for_model(files.params, threads=threads or 0)
+    try:  # the server's rule: --num-ctx / FF_NUM_CTX, else the model's PARAMETER, else the default
+        settings = LoadSettings.for_model(files.params, num_ctx=num_ctx, threads=threads or 0)
         runtime = await ffruntime.load(variant, files, settings)
     except (BackendUnavailable, RuntimeFailure, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load {variant.name}: {exc}") from None
@@ -175,6 +180,14 @@ async def _print(pieces: AsyncIterator[str]) -> None:
     "--max-tokens", type=click.IntRange(min=1), default=None, help="stop after this many tokens"
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--num-ctx",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="FF_NUM_CTX",
+    help="the context to load the model with, as ff serve's (default: the model's PARAMETER num_ctx, else "
+    "2048); a running server keeps its own",
+)
 @click.option("--local", "force_local", is_flag=True, help="run here even when a server answers at $FF_HOST")
 def run_command(
     reference: str,
@@ -187,6 +200,7 @@ def run_command(
     seed: int | None,
     max_tokens: int | None,
     threads: int | None,
+    num_ctx: int | None,
     force_local: bool,
 ) -> None:
     """Generate a reply from a model in the store (streams tokens to the terminal)."""
@@ -216,7 +230,7 @@ def run_command(
     else:
         assert chosen is not None and files is not None
         click.echo(f"{ref}: variant {chosen.name}", err=True)
-        asyncio.run(_print(generate_local(chosen, files, prompt, options, threads)))
+        asyncio.run(_print(generate_local(chosen, files, prompt, options, threads, num_ctx)))
     sys.stdout.write("\n")
 
 

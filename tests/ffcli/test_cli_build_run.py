@@ -67,6 +67,20 @@ def test_run_errors_without_traceback(home: Path) -> None:
         assert "Traceback" not in proc.stderr
 
 
+def test_run_loads_with_the_context_asked_for(home: Path) -> None:
+    """``--num-ctx`` / ``FF_NUM_CTX`` set the context as for ``ff serve``: a longer prompt is refused."""
+    long = "Tell me about Paris. " * 20
+    for extra, env in ((("--num-ctx", "32"), {}), ((), {"FF_NUM_CTX": "32"})):
+        proc = subprocess.run(
+            [*FF, "run", "smol:q41", long, "--max-tokens", "4", *extra],
+            env={**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9", **env},
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )
+        assert proc.returncode == 1 and "context is 32" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert ff(home, "run", "smol:q41", long, "--max-tokens", "4").returncode == 0  # 2048 by default
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
