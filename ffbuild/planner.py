@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,6 +43,33 @@ IGNORED_INSTRUCTIONS: Final = {
 
 # Where a quantization type or a target came from: (instruction, word index), or None for the CLI.
 _Origin = tuple[Instruction, int] | None
+
+
+@dataclass
+class _Collected:
+    """What the Modelfile's instructions say, gathered in one pass (the last TEMPLATE/SYSTEM wins)."""
+
+    substituted: list[Instruction] = field(default_factory=list)
+    source: Source | None = None
+    source_ins: Instruction | None = None
+    draft: Source | None = None
+    draft_ins: Instruction | None = None
+    task: str | None = None
+    task_ins: Instruction | None = None
+    template: str | None = None
+    system: str | None = None
+    renderer: str | None = None
+    parser: str | None = None
+    requires: str | None = None
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    licenses: list[str] = field(default_factory=list)
+    adapters: list[Adapter] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    verify: dict[str, float | str] = field(default_factory=dict)
+    quants: list[tuple[str, _Origin]] = field(default_factory=list)
+    target_specs: list[tuple[TargetSpec, _Origin]] = field(default_factory=list)
+    requantize: bool = False
 
 
 class _Planner:
@@ -88,83 +116,11 @@ class _Planner:
         modelfile_path: Path | None,
     ) -> BuildPlan:
         values = resolve_args(self.modelfile, build_args, self.text, self.errors)
-        source: Source | None = None
-        draft: Source | None = None
-        source_ins: Instruction | None = None
-        task: str | None = None
-        template: str | None = None
-        system: str | None = None
-        renderer: str | None = None
-        parser: str | None = None
-        requires: str | None = None
-        parameters: dict[str, ParamValue] = {}
-        messages: list[Message] = []
-        licenses: list[str] = []
-        adapters: list[Adapter] = []
-        labels: dict[str, str] = {}
-        verify: dict[str, float | str] = {}
-        quants: list[tuple[str, _Origin]] = []
-        target_specs: list[tuple[TargetSpec, _Origin]] = []
-        requantize = False
-        task_ins: Instruction | None = None
-        draft_ins: Instruction | None = None
-
-        substituted: list[Instruction] = []
-        for raw in self.modelfile.instructions:
-            ins = substitute(raw, values, self.text, self.errors)
-            substituted.append(ins)
-            kw, args = ins.keyword, ins.args
-            try:
-                if kw == "FROM":
-                    if source_ins is not None:
-                        raise Problem(
-                            f"more than one FROM (the first is on line {source_ins.line})",
-                            hint="ff builds one model from one source",
-                        )
-                    source_ins = ins
-                    source = resolve_source(args[0], self.context)
-                elif kw == "DRAFT":
-                    if draft_ins is not None:
-                        raise Problem(f"more than one DRAFT (the first is on line {draft_ins.line})")
-                    draft_ins = ins
-                    draft = resolve_source(args[0], self.context)
-                elif kw == "ADAPTER":
-                    adapters.append(resolve_adapter(args[0], self.context))
-                elif kw == "PARAMETER":
-                    self._parameter(ins, parameters)
-                elif kw == "TEMPLATE":
-                    template = args[0]
-                elif kw == "SYSTEM":
-                    system = args[0]
-                elif kw == "LICENSE":
-                    licenses.append(args[0])
-                elif kw == "MESSAGE":
-                    messages.append(Message(role=args[0], content=args[1]))
-                elif kw == "RENDERER":
-                    renderer = args[0]
-                elif kw == "PARSER":
-                    parser = args[0]
-                elif kw == "REQUIRES":
-                    requires = _requires(args[0])
-                elif kw == "QUANTIZE":
-                    spec = parse_quantize(args)
-                    requantize = requantize or bool(spec.requantize)
-                    self._add_quants(ins, args, spec, quants)
-                elif kw == "TARGET":
-                    target_specs.append((parse_target(args), (ins, 0)))
-                elif kw == "TASK":
-                    if task_ins is not None:
-                        raise Problem(f"more than one TASK (the first is on line {task_ins.line})")
-                    task_ins = ins
-                    task = _task(args[0])
-                elif kw == "LABEL":
-                    _labels(args, labels)
-                elif kw == "VERIFY":
-                    _verify(args, verify)
-            except Problem as problem:
-                self.fail(ins, 1 if kw in ("PARAMETER", "MESSAGE") else 0, problem)
-            except (OSError, ValueError) as exc:  # the filesystem refused a path (too long, bad bytes, …)
-                self.fail(ins, 0, _unusable_path(args[0] if args else "", exc))
+        c = self._collect(values)
+        substituted = c.substituted
+        source, source_ins, draft, draft_ins = c.source, c.source_ins, c.draft, c.draft_ins
+        task, template, requantize = c.task, c.template, c.requantize
+        quants, target_specs = c.quants, c.target_specs
 
         self.warnings += [
             f"line {i.line}: {i.keyword} is ignored ({IGNORED_INSTRUCTIONS[i.keyword]})"
@@ -180,37 +136,12 @@ class _Planner:
         if source is not None and draft is not None and source.path is not None and source.path == draft.path:
             self.fail(draft_ins, 0, Problem(f"DRAFT must not be the same local path as FROM: {draft.path}"))
 
-        facts = SourceFacts()
-        if source is not None and source_ins is not None:
-            try:
-                facts = inspect_source(source)
-            except Problem as problem:
-                self.fail(source_ins, 0, problem)
-            except (OSError, ValueError) as exc:
-                self.fail(source_ins, 0, _unusable_path(source.raw, exc))
-            if facts.adapter:
-                self.fail(
-                    source_ins,
-                    0,
-                    Problem("this GGUF is a LoRA adapter, not a model", hint="name it with ADAPTER"),
-                )
+        facts = self._inspect(source, source_ins)
         task_inferred = task is None
         if task is None:
             task = self._infer_task(source, facts, template)
         variants = self._variants(source, quants, target_specs, task)
-        if task not in TEXT_TASKS and any(v.quantization == "int4" for v in variants):
-            int4 = Problem(f"int4 is for chat/generate models (ONNX Runtime GenAI), not TASK {task}")
-            self.fail(task_ins or source_ins, 0, int4)
-        if task == "tensor" and any(v.family == "gguf" for v in variants):
-            needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
-            self.fail(task_ins, 0, needs)
-        if facts.quantized and not requantize:
-            redo = sorted({v.quantization for v in variants} - {"source", facts.quantization or ""})
-            if redo:
-                self.warnings.append(
-                    f"the source is already quantized ({facts.quantization}); making {', '.join(redo)} "
-                    "from it needs QUANTIZE … requantize=true (or ff build --allow-requantize)"
-                )
+        self._check_variants(variants, task, c, facts, requantize)
 
         text = substituted_text(self.modelfile, values)
         changed = None if self.errors else unfaithful(self.modelfile, values, substituted)
@@ -235,22 +166,123 @@ class _Planner:
             task=task,
             task_inferred=task_inferred,
             template=template,
-            system=system,
-            parameters=parameters,
-            messages=tuple(messages),
-            adapters=tuple(adapters),
-            licenses=tuple(licenses),
-            labels=labels,
-            requires=requires,
+            system=c.system,
+            parameters=c.parameters,
+            messages=tuple(c.messages),
+            adapters=tuple(c.adapters),
+            licenses=tuple(c.licenses),
+            labels=c.labels,
+            requires=c.requires,
             draft=draft,
-            renderer=renderer,
-            parser=parser,
-            verify=VerifyPolicy.model_validate(verify),
+            renderer=c.renderer,
+            parser=c.parser,
+            verify=VerifyPolicy.model_validate(c.verify),
             requantize=requantize,
             build_args={k: v for k, v in values.items() if v is not None},
             text=text,
             warnings=tuple(self.warnings),
         )
+
+    def _collect(self, values: Mapping[str, str | None]) -> _Collected:
+        """One pass over the instructions, ``${…}`` substituted from ``values``; each wrong one is an error
+        at its own line, and the pass goes on to report the rest."""
+        c = _Collected()
+        for raw in self.modelfile.instructions:
+            ins = substitute(raw, values, self.text, self.errors)
+            c.substituted.append(ins)
+            try:
+                self._instruction(ins, c)
+            except Problem as problem:
+                self.fail(ins, 1 if ins.keyword in ("PARAMETER", "MESSAGE") else 0, problem)
+            except (OSError, ValueError) as exc:  # the filesystem refused a path (too long, bad bytes, …)
+                self.fail(ins, 0, _unusable_path(ins.args[0] if ins.args else "", exc))
+        return c
+
+    def _inspect(self, source: Source | None, source_ins: Instruction | None) -> SourceFacts:
+        """What the FROM source holds (format, quantization, adapter or model); a failure is the FROM
+        line's error."""
+        facts = SourceFacts()
+        if source is None or source_ins is None:
+            return facts
+        try:
+            facts = inspect_source(source)
+        except Problem as problem:
+            self.fail(source_ins, 0, problem)
+        except (OSError, ValueError) as exc:
+            self.fail(source_ins, 0, _unusable_path(source.raw, exc))
+        if facts.adapter:
+            adapter = Problem("this GGUF is a LoRA adapter, not a model", hint="name it with ADAPTER")
+            self.fail(source_ins, 0, adapter)
+        return facts
+
+    def _check_variants(
+        self, variants: Sequence[Variant], task: str, c: _Collected, facts: SourceFacts, requantize: bool
+    ) -> None:
+        """The variants against the task and the source: int4 only for text, TASK tensor only on ONNX
+        backends, a warning where an already-quantized source would be quantized again."""
+        if task not in TEXT_TASKS and any(v.quantization == "int4" for v in variants):
+            int4 = Problem(f"int4 is for chat/generate models (ONNX Runtime GenAI), not TASK {task}")
+            self.fail(c.task_ins or c.source_ins, 0, int4)
+        if task == "tensor" and any(v.family == "gguf" for v in variants):
+            needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
+            self.fail(c.task_ins, 0, needs)
+        if facts.quantized and not requantize:
+            redo = sorted({v.quantization for v in variants} - {"source", facts.quantization or ""})
+            if redo:
+                self.warnings.append(
+                    f"the source is already quantized ({facts.quantization}); making {', '.join(redo)} "
+                    "from it needs QUANTIZE … requantize=true (or ff build --allow-requantize)"
+                )
+
+    def _instruction(self, ins: Instruction, c: _Collected) -> None:
+        """What one (substituted) instruction adds to ``c``; a :class:`Problem` for a wrong one."""
+        kw, args = ins.keyword, ins.args
+        if kw == "FROM":
+            if c.source_ins is not None:
+                raise Problem(
+                    f"more than one FROM (the first is on line {c.source_ins.line})",
+                    hint="ff builds one model from one source",
+                )
+            c.source_ins = ins
+            c.source = resolve_source(args[0], self.context)
+        elif kw == "DRAFT":
+            if c.draft_ins is not None:
+                raise Problem(f"more than one DRAFT (the first is on line {c.draft_ins.line})")
+            c.draft_ins = ins
+            c.draft = resolve_source(args[0], self.context)
+        elif kw == "ADAPTER":
+            c.adapters.append(resolve_adapter(args[0], self.context))
+        elif kw == "PARAMETER":
+            self._parameter(ins, c.parameters)
+        elif kw == "TEMPLATE":
+            c.template = args[0]
+        elif kw == "SYSTEM":
+            c.system = args[0]
+        elif kw == "LICENSE":
+            c.licenses.append(args[0])
+        elif kw == "MESSAGE":
+            c.messages.append(Message(role=args[0], content=args[1]))
+        elif kw == "RENDERER":
+            c.renderer = args[0]
+        elif kw == "PARSER":
+            c.parser = args[0]
+        elif kw == "REQUIRES":
+            c.requires = _requires(args[0])
+        elif kw == "QUANTIZE":
+            spec = parse_quantize(args)
+            c.requantize = c.requantize or bool(spec.requantize)
+            self._add_quants(ins, args, spec, c.quants)
+        elif kw == "TARGET":
+            c.target_specs.append((parse_target(args), (ins, 0)))
+        elif kw == "TASK":
+            if c.task_ins is not None:
+                raise Problem(f"more than one TASK (the first is on line {c.task_ins.line})")
+            c.task_ins = ins
+            c.task = _task(args[0])
+        elif kw == "LABEL":
+            _labels(args, c.labels)
+        elif kw == "VERIFY":
+            _verify(args, c.verify)
 
     # -- pieces --------------------------------------------------------------------------------------
 
