@@ -7,7 +7,8 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +31,7 @@ from ffruntime.runtime import (
 from ffserve import logprobs, toolcalls
 from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, mapped_error
-from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
+from ffserve.generation import Answer, ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
 from ffserve.state import AppState, app_state
@@ -77,37 +78,36 @@ def _wire_calls(calls: list[ToolCall]) -> list[dict[str, object]]:
     ]
 
 
-async def _respond(
-    request: Request, gen: Generation, *, model: str, chat: bool, stream: bool, include_usage: bool
-) -> Response:
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    created = int(time.time())
-    obj = "chat.completion" if chat else "text_completion"
-    want_logprobs = gen.request.logprobs
-    names = toolcalls.tool_names(gen.request.tools)
+@dataclass
+class _Reply:
+    """One completion's answer in OpenAI's shapes: whole (:meth:`whole`) or as SSE chunks (:meth:`chunks`)."""
 
-    def lp(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, object] | None:
-        if not want_logprobs:
+    chat: bool
+    model: str
+    want_logprobs: bool
+    include_usage: bool
+    names: list[str]
+    rid: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+    def lp(self, tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, object] | None:
+        if not self.want_logprobs:
             return None
-        return logprobs.chat(tokens) if chat else logprobs.completion(tokens, offset)
+        return logprobs.chat(tokens) if self.chat else logprobs.completion(tokens, offset)
 
-    def finish_reason(done: Done, calls: list[ToolCall]) -> str:
-        return "tool_calls" if calls else FINISH[done.reason]
-
-    if not stream:
-        try:
-            answer = await run_to_end(request, gen)
-        except ClientGone:
-            return GONE
-        if not chat:
+    def whole(self, answer: Answer) -> dict[str, object]:
+        if not self.chat:
             choice: dict[str, object] = {
                 "index": 0,
                 "text": answer.text,
-                "logprobs": lp(answer.logprobs),
+                "logprobs": self.lp(answer.logprobs),
                 "finish_reason": FINISH[answer.done.reason],
             }
         else:
-            content, calls = toolcalls.parse(answer.text, names) if names else (answer.text, [])
+            content, calls = toolcalls.parse(answer.text, self.names) if self.names else (answer.text, [])
             message: dict[str, object] = {"role": "assistant", "content": content or (None if calls else "")}
             if calls:
                 wire = _wire_calls(calls)
@@ -115,86 +115,97 @@ async def _respond(
             choice = {
                 "index": 0,
                 "message": message,
-                "logprobs": lp(answer.logprobs),
-                "finish_reason": finish_reason(answer.done, calls),
+                "logprobs": self.lp(answer.logprobs),
+                "finish_reason": _finish_reason(answer.done, calls),
             }
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": model,
-                "choices": [choice],
-                "usage": _usage(answer.done),
-            }
-        )
+        obj = "chat.completion" if self.chat else "text_completion"
+        return {
+            "id": self.rid,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": _usage(answer.done),
+        }
+
+    def frame(self, choices: list[dict[str, object]], usage: dict[str, int] | None = None) -> bytes:
+        body: dict[str, object] = {
+            "id": self.rid,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = usage
+        return sse(body)
+
+    def delta(
+        self, d: dict[str, object], finish: str | None = None, lps: Sequence[TokenLogprob] = ()
+    ) -> bytes:
+        choice = {"index": 0, "delta": d, "logprobs": self.lp(lps) if lps else None, "finish_reason": finish}
+        return self.frame([choice])
+
+    def _end(self, done: Done, parser: toolcalls.StreamParser | None) -> Iterator[bytes]:
+        calls: list[ToolCall] = []
+        if parser is not None:
+            content, calls = parser.finish()
+            if content:
+                yield self.delta({"content": content})
+            if calls:
+                yield self.delta({"tool_calls": _wire_calls(calls)})
+        if self.chat:
+            yield self.delta({}, _finish_reason(done, calls))
+        else:
+            end = {"index": 0, "text": "", "logprobs": None, "finish_reason": FINISH[done.reason]}
+            yield self.frame([end])
+        if self.include_usage:
+            yield self.frame([], _usage(done))
+
+    async def chunks(self, gen: Generation) -> AsyncIterator[bytes]:
+        parser = toolcalls.StreamParser(self.names) if self.names and self.chat else None
+        offset = 0
+        try:
+            if self.chat:
+                yield self.delta({"role": "assistant", "content": ""})
+            async for ev in gen:
+                if not isinstance(ev, Token):
+                    for chunk in self._end(ev, parser):
+                        yield chunk
+                elif not self.chat:
+                    lps = self.lp(ev.logprobs, offset)
+                    yield self.frame([{"index": 0, "text": ev.text, "logprobs": lps, "finish_reason": None}])
+                    offset += len(ev.text)
+                else:
+                    content = parser.feed(ev.text) if parser else ev.text
+                    if content or (self.want_logprobs and ev.logprobs):
+                        yield self.delta({"content": content}, None, ev.logprobs)
+        except Exception as exc:  # headers are sent: report in the stream
+            yield sse({"error": {"message": str(exc), "type": "server_error", "code": 500}})
+        yield SSE_DONE
+
+
+def _finish_reason(done: Done, calls: list[ToolCall]) -> str:
+    return "tool_calls" if calls else FINISH[done.reason]
+
+
+async def _respond(
+    request: Request, gen: Generation, *, model: str, chat: bool, stream: bool, include_usage: bool
+) -> Response:
+    names = toolcalls.tool_names(gen.request.tools)
+    reply = _Reply(chat, model, gen.request.logprobs, include_usage, names)
+    if not stream:
+        try:
+            answer = await run_to_end(request, gen)
+        except ClientGone:
+            return GONE
+        return JSONResponse(reply.whole(answer))
     try:
         await until_disconnected(request, gen.start())
     except ClientGone:
         await gen.aclose()
         return GONE
-    chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-    parser = toolcalls.StreamParser(names) if names and chat else None
-
-    def frame(choices: list[dict[str, object]], usage: dict[str, int] | None = None) -> bytes:
-        body: dict[str, object] = {
-            "id": rid,
-            "object": chunk_obj,
-            "created": created,
-            "model": model,
-            "choices": choices,
-        }
-        if include_usage:
-            body["usage"] = usage
-        return sse(body)
-
-    def delta(d: dict[str, object], finish: str | None = None, lps: Sequence[TokenLogprob] = ()) -> bytes:
-        choice = {"index": 0, "delta": d, "logprobs": lp(lps) if lps else None, "finish_reason": finish}
-        return frame([choice])
-
-    async def chunks() -> AsyncIterator[bytes]:
-        offset = 0
-        try:
-            if chat:
-                yield delta({"role": "assistant", "content": ""})
-            async for ev in gen:
-                if isinstance(ev, Token):
-                    if not chat:
-                        yield frame(
-                            [
-                                {
-                                    "index": 0,
-                                    "text": ev.text,
-                                    "logprobs": lp(ev.logprobs, offset),
-                                    "finish_reason": None,
-                                }
-                            ]
-                        )
-                        offset += len(ev.text)
-                        continue
-                    text = parser.feed(ev.text) if parser else ev.text
-                    if text or (want_logprobs and ev.logprobs):
-                        yield delta({"content": text}, None, ev.logprobs)
-                    continue
-                calls: list[ToolCall] = []
-                if parser is not None:
-                    content, calls = parser.finish()
-                    if content:
-                        yield delta({"content": content})
-                    if calls:
-                        yield delta({"tool_calls": _wire_calls(calls)})
-                if chat:
-                    yield delta({}, finish_reason(ev, calls))
-                else:
-                    end = {"index": 0, "text": "", "logprobs": None, "finish_reason": FINISH[ev.reason]}
-                    yield frame([end])
-                if include_usage:
-                    yield frame([], _usage(ev))
-        except Exception as exc:  # headers are sent: report in the stream
-            yield sse({"error": {"message": str(exc), "type": "server_error", "code": 500}})
-        yield SSE_DONE
-
-    return EventStream(chunks(), gen.aclose, "text/event-stream")  # type: ignore[return-value]
+    return EventStream(reply.chunks(gen), gen.aclose, "text/event-stream")  # type: ignore[return-value]
 
 
 def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
