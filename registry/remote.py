@@ -220,6 +220,25 @@ def _choose(
     ]
 
 
+@dataclass(frozen=True)
+class _Top:
+    """What a reference resolved to: the registry's top manifest or index, read and checked."""
+
+    r: Reference
+    cl: RegistryClient
+    data: bytes
+    media_type: str
+    digest: str
+    doc: Manifest | Index
+
+    @property
+    def repo(self) -> str:
+        return self.r.repository
+
+
+_Fetched = list[tuple[VariantRef, bytes, Manifest]]
+
+
 def pull(
     ref: str,
     *,
@@ -246,82 +265,107 @@ def pull(
     with store.writing():  # prune waits: fetched blobs are unreachable until the tags are written
         r = _remote(ref)
         cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
-        repo = r.repository
         progress(ProgressEvent("resolving", title=str(r)))
-        top_bytes, media_type, top_digest = get_manifest(cl, repo, r.digest or r.tag or "latest")
-        if r.digest and top_digest != r.digest:
-            raise RemoteError(f"{r}: the registry answered {top_digest}")
+        data, media_type, digest = get_manifest(cl, r.repository, r.digest or r.tag or "latest")
+        if r.digest and digest != r.digest:
+            raise RemoteError(f"{r}: the registry answered {digest}")
         if key is not None:
-            verify_signature(cl, repo, top_digest, key)
-        doc = parse_manifest(top_bytes)
-        tag = r.tag or ("sha256-" + top_digest.split(":", 1)[1])
+            verify_signature(cl, r.repository, digest, key)
+        top = _Top(r, cl, data, media_type, digest, parse_manifest(data))
+        tag = r.tag or ("sha256-" + digest.split(":", 1)[1])
         names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
-        result = PullResult(remote=str(r), digest=top_digest, local_digest=top_digest)
-        result.signed_by_key = key is not None
-
-        if isinstance(doc, Manifest) and is_ollama_manifest(doc):
-            result.ollama = True
-            if doc.config.size > MAX_MANIFEST_BYTES:
-                raise ArtifactError(f"{r}: Ollama config of {doc.config.size} bytes is over the limit")
-            ff_layers(doc)  # refuses unsupported layer types before anything is fetched
-            layer_blobs = [(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]
-            ollama_blobs = [(doc.config, "config"), *layer_blobs]
-            _fetch_blobs(cl, repo, store, ollama_blobs, progress, result)
-            index_desc, vname = store_ollama_model(store, doc, names)
-            result.local_digest = index_desc.digest
-            result.variants = [vname]
-            result.tags = [str(n) for n in names]
-            progress(ProgressEvent("success", index_desc.digest, title=str(r)))
-            return result
-
-    if isinstance(doc, Index):
-        if media_type not in INDEX_TYPES:
-            raise ArtifactError(f"{r}: unexpected media type {media_type!r} for an index")
-        for d in doc.manifests:
-            if d.media_type not in MANIFEST_TYPES:
-                raise ArtifactError(f"{r}: index entry {d.digest[:19]} is {d.media_type}, not a manifest")
+        result = PullResult(remote=str(r), digest=digest, local_digest=digest, signed_by_key=key is not None)
+        if isinstance(top.doc, Manifest) and is_ollama_manifest(top.doc):
+            return _pull_ollama(top, top.doc, store, names, progress, result)
+        _check_media_types(top)
         chosen = _choose(
-            doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host,
+            top.doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host,
             backend=backend,
-        )
-        fetched: list[tuple[VariantRef, bytes, Manifest]] = []
-        for v in chosen:
-            data, _, digest = get_manifest(cl, repo, v.descriptor.digest)
-            if len(data) != v.descriptor.size:
-                raise ArtifactError(
-                    f"{r}: manifest {digest} is {len(data)} bytes, the index says {v.descriptor.size}"
-                )
-            m = parse_manifest(data)
-            if not isinstance(m, Manifest):
-                raise ArtifactError(f"{r}: variant {v.name} is not an image manifest")
-            check_variant(m, f"{r} variant {v.name}")
-            fetched.append((v, data, m))
-    else:
-        if media_type not in MANIFEST_TYPES:
-            raise ArtifactError(f"{r}: unexpected media type {media_type!r}")
-        check_variant(doc, str(r))
-        v = VariantRef(Descriptor(media_type=OCI_MANIFEST, digest=top_digest, size=len(top_bytes),
-                                  annotations=doc.annotations))
-        fetched = [(v, top_bytes, doc)]
+        ) if isinstance(top.doc, Index) else []
+        fetched = _variant_manifests(top, chosen)
+        blobs: list[tuple[Descriptor, str]] = []
+        for v, _, m in fetched:
+            blobs.append((m.config, f"{v.name} config"))
+            blobs += [(d, (d.annotations or {}).get(ANNOTATION_FILEPATH, "")) for d in m.layers]
+        _fetch_blobs(cl, top.repo, store, blobs, progress, result)
+        _store_pulled(top, fetched, store, names, tag, result)
+        n_top = len(data)
+        progress(ProgressEvent("success", digest, n_top, n_top, result.bytes_downloaded, str(r)))
+        return result
 
-    blobs: list[tuple[Descriptor, str]] = []
-    for v, _, m in fetched:
-        blobs.append((m.config, f"{v.name} config"))
-        blobs += [(d, (d.annotations or {}).get(ANNOTATION_FILEPATH, "")) for d in m.layers]
-    _fetch_blobs(cl, repo, store, blobs, progress, result)
+
+def _pull_ollama(
+    top: _Top, doc: Manifest, store: Store, names: list[Reference], progress: ProgressFn, result: PullResult
+) -> PullResult:
+    """An Ollama model (its config and layers) stored as a one-variant ff model."""
+    result.ollama = True
+    if doc.config.size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{top.r}: Ollama config of {doc.config.size} bytes is over the limit")
+    ff_layers(doc)  # refuses unsupported layer types before anything is fetched
+    layer_blobs = [(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]
+    _fetch_blobs(top.cl, top.repo, store, [(doc.config, "config"), *layer_blobs], progress, result)
+    index_desc, vname = store_ollama_model(store, doc, names)
+    result.local_digest = index_desc.digest
+    result.variants = [vname]
+    result.tags = [str(n) for n in names]
+    progress(ProgressEvent("success", index_desc.digest, title=str(top.r)))
+    return result
+
+
+def _check_media_types(top: _Top) -> None:
+    """An index of image manifests, or an image manifest, each by its OCI media type."""
+    r, doc = top.r, top.doc
+    if isinstance(doc, Manifest):
+        if top.media_type not in MANIFEST_TYPES:
+            raise ArtifactError(f"{r}: unexpected media type {top.media_type!r}")
+        return
+    if top.media_type not in INDEX_TYPES:
+        raise ArtifactError(f"{r}: unexpected media type {top.media_type!r} for an index")
+    for d in doc.manifests:
+        if d.media_type not in MANIFEST_TYPES:
+            raise ArtifactError(f"{r}: index entry {d.digest[:19]} is {d.media_type}, not a manifest")
+
+
+def _variant_manifests(top: _Top, chosen: list[VariantRef]) -> _Fetched:
+    """The manifests to store: each chosen entry of an index (read and checked), or the top manifest."""
+    r, doc = top.r, top.doc
+    if isinstance(doc, Manifest):
+        check_variant(doc, str(r))
+        v = VariantRef(Descriptor(media_type=OCI_MANIFEST, digest=top.digest, size=len(top.data),
+                                  annotations=doc.annotations))
+        return [(v, top.data, doc)]
+    fetched: _Fetched = []
+    for v in chosen:
+        data, _, digest = get_manifest(top.cl, top.repo, v.descriptor.digest)
+        if len(data) != v.descriptor.size:
+            raise ArtifactError(
+                f"{r}: manifest {digest} is {len(data)} bytes, the index says {v.descriptor.size}"
+            )
+        m = parse_manifest(data)
+        if not isinstance(m, Manifest):
+            raise ArtifactError(f"{r}: variant {v.name} is not an image manifest")
+        check_variant(m, f"{r} variant {v.name}")
+        fetched.append((v, data, m))
+    return fetched
+
+
+def _store_pulled(
+    top: _Top, fetched: _Fetched, store: Store, names: list[Reference], tag: str, result: PullResult
+) -> None:
+    """The manifests (their blobs already stored) and the tags: each name, and each variant's own tag."""
     for v, data, _ in fetched:
         digest, _size = store.add_bytes(data)
         if digest != v.descriptor.digest:
-            raise RemoteError(f"{r}: manifest digest changed while storing ({digest})")
-    store.add_bytes(top_bytes)
-    top_desc = Descriptor(media_type=media_type, digest=top_digest, size=len(top_bytes))
-    if isinstance(doc, Index):
-        top_desc = top_desc.model_copy(update={"artifact_type": doc.artifact_type})
+            raise RemoteError(f"{top.r}: manifest digest changed while storing ({digest})")
+    store.add_bytes(top.data)
+    top_desc = Descriptor(media_type=top.media_type, digest=top.digest, size=len(top.data))
+    if isinstance(top.doc, Index):
+        top_desc = top_desc.model_copy(update={"artifact_type": top.doc.artifact_type})
     else:
-        top_desc = top_desc.model_copy(update={"annotations": doc.annotations})
+        top_desc = top_desc.model_copy(update={"annotations": top.doc.annotations})
     for n in names:
         ntag: str = n.tag or tag
-        if isinstance(doc, Index):
+        if isinstance(top.doc, Index):
             for v, _, _ in fetched:
                 entry_name = v.annotations.get(ANN_VARIANT)
                 if entry_name:
@@ -331,6 +375,3 @@ def pull(
         store.tag(n.with_tag(ntag), top_desc)
         result.tags.insert(0, str(n.with_tag(ntag)))
     result.variants = [v.name for v, _, _ in fetched]
-    n_top = len(top_bytes)
-    progress(ProgressEvent("success", top_digest, n_top, n_top, result.bytes_downloaded, str(r)))
-    return result

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -214,3 +217,30 @@ def test_push_of_a_partly_pulled_model_is_refused(
     # The variant it has can be pushed on its own, under its own tag.
     res = push(f"{remote}-q4_1-cpu", store=store, remote_ref=f"{registry_server.host}/ff/partial-copy:cpu")
     assert res.blobs_uploaded == 6
+
+
+def test_a_pull_holds_off_prune_until_its_tags_are_written(
+    registry_server: RegistryServer, source_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs a pull has fetched are unreachable until its tags are written: all the while, prune's
+    exclusive lock on the store cannot be had."""
+    remote = f"{registry_server.host}/ff/held:1"
+    push("smollm2:1", store=source_store, remote_ref=remote)
+    store = Store(tmp_path / "store")
+    seen: list[bool] = []
+    real_tag = Store.tag
+
+    def tag(self: Store, *args: Any, **kwargs: Any) -> Any:
+        fd = os.open(self.locks / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(False)  # prune could have run here
+        except BlockingIOError:
+            seen.append(True)
+        finally:
+            os.close(fd)
+        return real_tag(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "tag", tag)
+    pull(remote, store=store, host=CPU_HOST)
+    assert seen and all(seen), seen
