@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ffcli.check import parse_build_args, plan_options
 from ffcli.render import RichProgress, figure, human_size, make_progress, print_table
+
+if TYPE_CHECKING:
+    from ffbuild.stages.context import BuildResult
 
 
 @click.command("build")
@@ -84,6 +88,11 @@ def build_command(
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return
+    _print_table(result)
+
+
+def _print_table(result: BuildResult) -> None:
+    """Each variant's size, quantization, verify figures and build time, as ``ff build`` prints them."""
     rows = []
     for v in result.variants:
         report = v.report or {}
