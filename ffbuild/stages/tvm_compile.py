@@ -178,6 +178,42 @@ def compile_buckets(
     np.savez(out / PARAMS_FILE, **{f"p{i:04d}": p for i, p in enumerate(params)})
 
 
+def _tuning(
+    ctx: BuildContext,
+    v: Variant,
+    graph: Built,
+    target: str,
+    shapes: tuple[tuple[int, int], ...],
+    trials: int,
+    versions: dict[str, CacheValue],
+) -> Path:
+    """MetaSchedule's tuning records for ``graph`` on ``target`` (``trials`` per bucket), through the
+    build cache: the folder holding the ``database_*.json`` files."""
+    tune_key = ctx.cache_key(
+        "tvm_tune",
+        graph=graph.weight.digest,
+        target=target,
+        buckets=[list(b) for b in shapes],
+        trials=trials,
+        versions=versions,
+    )
+
+    def make_tuning(out: Path) -> dict[str, CacheValue]:
+        for b in shapes:
+            tune(graph.weight.path, target, b, trials, out / "work")
+        for f in (out / "work").glob("database_*.json"):
+            shutil.move(str(f), out / f.name)
+        shutil.rmtree(out / "work", ignore_errors=True)
+        return {"trials": trials}
+
+    ctx.progress.step(
+        "compile",
+        f"{v.name}: MetaSchedule records, {trials} trials per bucket (the build cache's, or tuned now)",
+    )
+    entry, _ = ctx.cache.run("tvm_tune", tune_key, make_tuning)
+    return entry.path
+
+
 def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
     """The TVM variant of ``graph`` for ``v``'s target, through the build cache."""
     spec = spec_of(graph)
@@ -197,31 +233,7 @@ def compile_tvm_variant(ctx: BuildContext, v: Variant, graph: Built) -> Built:
         raise BuildError(f"variant {v.name}: {exc}") from None
     versions: dict[str, CacheValue] = dict(tools.tensor_tools())
     trials = int(v.options.get("tune_trials", "0") or 0)
-    database: Path | None = None
-    if trials > 0:
-        tune_key = ctx.cache_key(
-            "tvm_tune",
-            graph=graph.weight.digest,
-            target=target,
-            buckets=[list(b) for b in shapes],
-            trials=trials,
-            versions=versions,
-        )
-
-        def make_tuning(out: Path) -> dict[str, CacheValue]:
-            for b in shapes:
-                tune(graph.weight.path, target, b, trials, out / "work")
-            for f in (out / "work").glob("database_*.json"):
-                shutil.move(str(f), out / f.name)
-            shutil.rmtree(out / "work", ignore_errors=True)
-            return {"trials": trials}
-
-        ctx.progress.step(
-            "compile",
-            f"{v.name}: MetaSchedule records, {trials} trials per bucket (the build cache's, or tuned now)",
-        )
-        entry, _ = ctx.cache.run("tvm_tune", tune_key, make_tuning)
-        database = entry.path
+    database = _tuning(ctx, v, graph, target, shapes, trials, versions) if trials > 0 else None
     key = ctx.cache_key(
         "tvm_compile",
         graph=graph.weight.digest,
