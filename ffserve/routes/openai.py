@@ -87,8 +87,8 @@ class _Reply:
     want_logprobs: bool
     include_usage: bool
     names: list[str]
-    rid: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
+    rid: str = field(init=False)
+    created: int = field(init=False, default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
         self.rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
