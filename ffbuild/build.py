@@ -14,6 +14,7 @@ import time
 
 from ffbuild.cache import BuildCache
 from ffbuild.plan import BuildPlan
+from ffruntime import tracing
 from ffbuild.stages.context import (
     BuildContext,
     BuildError,
@@ -74,17 +75,20 @@ def build(
         progress=progress or SilentProgress(),
     )
     hits0, misses0 = len(ctx.cache.hits), len(ctx.cache.misses)
-    for stage in STAGES:
-        narrowed = _family_plan(plan, stage.families)
-        if narrowed is None:
-            continue
-        ctx.plan = narrowed
-        ctx.progress.start(stage.name)
-        start = time.perf_counter()
-        summary = stage.run(ctx)
-        secs = time.perf_counter() - start
-        ctx.timings.append(StageTiming(stage.name, secs, summary))
-        ctx.progress.done(stage.name, secs, summary)
+    tracing.configure("ff-build")  # OTEL_* set: a span for the build, a child per stage
+    with tracing.span("ff build", reference=str(ref), variants=len(plan.variants)):
+        for stage in STAGES:
+            narrowed = _family_plan(plan, stage.families)
+            if narrowed is None:
+                continue
+            ctx.plan = narrowed
+            ctx.progress.start(stage.name)
+            start = time.perf_counter()
+            with tracing.span(f"build.{stage.name}", stage=stage.name):
+                summary = stage.run(ctx)
+            secs = time.perf_counter() - start
+            ctx.timings.append(StageTiming(stage.name, secs, summary))
+            ctx.progress.done(stage.name, secs, summary)
     return BuildResult(
         reference=str(ref),
         index_digest=ctx.index_digest,

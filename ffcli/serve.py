@@ -19,6 +19,10 @@ def _settings_kwargs(**flags: object) -> dict[str, object]:
 @click.option("--host", default=None, help="address to listen on (FF_HOST, default 127.0.0.1)")
 @click.option("--port", type=int, default=None, help="port (FF_PORT, default 11435)")
 @click.option(
+    "--grpc-port", type=int, default=None,
+    help="also serve the Open Inference Protocol over gRPC on this port (FF_GRPC_PORT; default off)",
+)
+@click.option(
     "--models", "models", multiple=True, help="models to load at start; ready when loaded (FF_MODELS)"
 )
 @click.option(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 import ffruntime
+from ffruntime import tracing
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
@@ -22,7 +24,23 @@ from registry.folder import folder_model_name, import_folder
 from registry.home import store_dir
 from registry.store import Store
 
+if TYPE_CHECKING:
+    from grpc.aio import Server as GrpcServer
+
 log = logging.getLogger("ffserve")
+
+
+async def _start_grpc(state: AppState, settings: Settings, draining: Callable[[], bool]) -> GrpcServer | None:
+    """The gRPC server when FF_GRPC_PORT is set (grpcio and tritonclient imported only then)."""
+    if settings.grpc_port is None:
+        return None
+    try:
+        from ffserve.grpc_server import start_grpc
+    except ImportError as exc:
+        raise RuntimeError(
+            f"FF_GRPC_PORT is set but the gRPC server cannot start ({exc}); install ferrousforge[grpc]"
+        ) from None
+    return await start_grpc(state, settings, draining)
 
 
 def create_app(
@@ -34,7 +52,10 @@ def create_app(
     if folder is not None:  # a plain model folder (KServe /mnt/models): imported at start, then served
         folder_model = folder_model_name(folder, settings.model_name)
         settings = settings.model_copy(update={"models": [*settings.models, folder_model]})
+    tracing.configure("ff-serve")
     metrics = Metrics()
+    metrics.memory_budget.set(settings.max_memory)
+    metrics.queue_capacity.set(settings.max_queue)
     state = AppState(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
     metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in state.scheduler.loaded()]))
 
@@ -43,6 +64,7 @@ def create_app(
         state.scheduler.start()
         if folder is not None and folder_model is not None:
             await asyncio.to_thread(import_folder, store, folder, folder_model)
+        grpc = await _start_grpc(state, settings, lambda: bool(app.state.draining))
         preload = asyncio.get_running_loop().create_task(state.scheduler.preload(settings.models))
         try:
             yield
@@ -50,6 +72,8 @@ def create_app(
             preload.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await preload
+            if grpc is not None:
+                await grpc.stop(grace=settings.shutdown_timeout)
             await state.scheduler.close()
 
     app = Starlette(
@@ -58,7 +82,11 @@ def create_app(
         routes=[*openai.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ops.ROUTES],
         middleware=[
             Middleware(
-                Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes, log=settings.access_log
+                Guard,
+                api_keys=settings.api_keys,
+                max_body=settings.max_body_bytes,
+                log=settings.access_log,
+                responses=metrics.http_responses,
             )
         ],
         exception_handlers=EXCEPTION_HANDLERS,

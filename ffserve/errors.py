@@ -140,6 +140,31 @@ def mapped_error(exc: BaseException, message: str, blame: Blame = Blame.SERVER) 
     return ServeError(message)
 
 
+# The same errors over gRPC (ffserve.grpc_server): the HTTP status decides the gRPC status code, by name
+# (grpc is imported only by the gRPC server). A status not listed is INTERNAL, as a 500 is a bug.
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "RESOURCE_EXHAUSTED",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    507: "RESOURCE_EXHAUSTED",
+}
+
+
+def grpc_status(exc: BaseException) -> tuple[str, str]:
+    """The gRPC status code's name (``grpc.StatusCode`` member) and the message answering ``exc``."""
+    err = mapped_error(exc, str(exc))
+    code = GRPC_CODES.get(err.status)
+    if code is None:
+        return "INTERNAL", f"internal error: {type(exc).__name__}: {err.message}"
+    return code, err.message
+
+
 def error_response(
     request: Request, status: int, message: str, kind: str, headers: dict[str, str]
 ) -> Response:

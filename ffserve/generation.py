@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from ffruntime import tracing
 from ffruntime.options import model_options
 from ffruntime.runtime import (
     Capability,
@@ -68,6 +69,7 @@ class Generation:
         self._last_token = 0.0
         self._n_tokens = 0
         self._closed = False
+        self._span: tracing.Span = tracing.NO_SPAN  # prefill until the first token, then decode
 
     async def start(self) -> Generation:
         slot = self.scheduler.slot(self.name, self.keep_alive)
@@ -78,6 +80,7 @@ class Generation:
             self.request.options = model_options(self.model.resolved.files.params, self.request.options)
             if runtime is None or self.need not in runtime.capabilities:
                 raise NotSupported(f"{self.model.name} does not support {self.need.value}")
+            self._span = tracing.start("prefill")
             self._events = runtime.generate(self.request)
             self._first = await self._next()
         except BaseException:
@@ -102,8 +105,13 @@ class Generation:
                 self.metrics.itl.labels(self.label).observe(now - self._last_token)
             else:
                 self.metrics.ttft.labels(self.label).observe(now - self.t_arrival)
+                self._span.end()
+                self._span = tracing.start("decode")
             self._last_token = now
         else:
+            self._span.set_attribute("tokens", self._n_tokens)
+            self._span.end()
+            self._span = tracing.NO_SPAN
             self.done = ev
             m, label = self.metrics, self.label
             m.prompt_tokens.labels(label).inc(ev.prompt_tokens)
@@ -137,6 +145,8 @@ class Generation:
         if self._closed:
             return
         self._closed = True
+        self._span.end()
+        self._span = tracing.NO_SPAN
         if self.done is None or self.done.reason == "cancelled":
             self.request.cancel.set()
             self.metrics.cancelled.labels(self.label).inc()

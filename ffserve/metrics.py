@@ -54,6 +54,19 @@ class Metrics:
         )
         self.loaded = Gauge("ff:models_loaded", "Models loaded", registry=r)
         self.memory = Gauge("ff:models_memory_bytes", "Memory budgeted for loaded models", registry=r)
+        self.memory_budget = Gauge(
+            "ff:memory_budget_bytes", "The memory budget for loaded models (FF_MAX_MEMORY; 0: none)", registry=r
+        )
+        self.load_failures = Counter("ff:model_load_failures", "Model loads that failed", m, registry=r)
+        self.queue_capacity = Gauge(
+            "ff:queue_capacity", "Requests that may wait per model before 503 (FF_MAX_QUEUE)", registry=r
+        )
+        self.http_responses = Counter(
+            "ff:http_responses", "HTTP responses by status code", ["code"], registry=r
+        )
+        self.grpc_responses = Counter(
+            "ff:grpc_responses", "gRPC calls by method and status code", ["method", "code"], registry=r
+        )
         self._models: dict[str, ModelMetrics] = {}
 
     def of(self, model: str) -> ModelMetrics:

@@ -1,4 +1,5 @@
-"""One ASGI middleware for what every route shares: API keys, the body size limit, access logs."""
+"""One ASGI middleware for what every route shares: API keys, the body size limit, access logs, the
+responses-by-status metric and the request's trace span (:mod:`ffruntime.tracing`; none when off)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import hmac
 import logging
 import time
 
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ffruntime import tracing
 from ffserve.encoding import dumps
 from ffserve.errors import BodyTooLarge
 
@@ -34,23 +37,49 @@ async def _reject(
     await send({"type": "http.response.body", "body": body})
 
 
+def key_accepted(keys: list[bytes], authorization: bytes) -> bool:
+    """Whether an ``Authorization`` value (HTTP header, gRPC metadata) is ``Bearer <one of keys>``;
+    with no keys configured every request is."""
+    if not keys:
+        return True
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    return any(hmac.compare_digest(token.strip(), k) for k in keys)
+
+
 class Guard:
-    def __init__(self, app: ASGIApp, *, api_keys: list[str], max_body: int, log: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_keys: list[str], max_body: int, log: bool, responses: Counter
+    ) -> None:
         self.app, self.keys, self.max_body, self.log = app, [k.encode() for k in api_keys], max_body, log
+        self.responses = responses  # ff:http_responses, by status code
+        self._by_code: dict[int, Counter] = {}
 
     def _authorized(self, scope: Scope) -> bool:
         if not self.keys or str(scope.get("path", "")).startswith(OPEN_PATHS):
             return True
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return any(hmac.compare_digest(token.strip(), k) for k in self.keys)
+        return key_accepted(self.keys, dict(scope.get("headers") or []).get(b"authorization", b""))
+
+    def _count(self, status: int) -> None:
+        child = self._by_code.get(status)
+        if child is None:
+            child = self._by_code[status] = self.responses.labels(str(status))
+        child.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not tracing.enabled():
+            await self._guarded(scope, receive, send)
+            return
+        route = str(scope.get("path", ""))
+        with tracing.span(f"{scope.get('method')} {route}", route=route) as span:
+            status = await self._guarded(scope, receive, send)
+            span.set_attribute("http.response.status_code", status)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> int:
         t0 = time.perf_counter()
         status = [0]
 
@@ -69,12 +98,12 @@ class Guard:
                     "a valid API key is required (Authorization: Bearer <key>)",
                     [(b"www-authenticate", b"Bearer")],
                 )
-                return
+                return 401
             length = dict(scope.get("headers") or []).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 status[0] = 413
                 await _reject(scope, send, 413, f"request body is larger than {self.max_body} bytes", [])
-                return
+                return 413
             seen = [0]
 
             async def receive_limited() -> Message:
@@ -86,7 +115,12 @@ class Guard:
                 return message
 
             await self.app(scope, receive_limited, send_logged)
+        except Exception:
+            status[0] = status[0] or 500  # Starlette's outermost middleware answers it with a 500
+            raise
         finally:
+            if status[0]:
+                self._count(status[0])
             if self.log:
                 client = scope.get("client") or ("-", 0)
                 access_log.info(
@@ -97,3 +131,4 @@ class Guard:
                     status[0] or "-",
                     (time.perf_counter() - t0) * 1000,
                 )
+        return status[0]

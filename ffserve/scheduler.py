@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import ffruntime
+from ffruntime import tracing
 from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import Capability, EmbedRuntime, Runtime, TensorRuntime, TextRuntime
 from ffruntime.settings import LoadSettings
@@ -266,10 +267,13 @@ class Scheduler:
         try:
             try:
                 load = self.settings.load_settings(resolved.files.params)
-                runtime = await self._loader(resolved.variant, resolved.files, load)
+                with tracing.span("model.load", model=name, variant=resolved.variant.name):
+                    runtime = await self._loader(resolved.variant, resolved.files, load)
             except BackendUnavailable as exc:
                 raise mapped_error(exc, str(exc)) from None
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.metrics.load_failures.labels(name).inc()
             async with self._cond:
                 self._pending.pop(key, None)
                 self._cond.notify_all()
@@ -299,6 +303,7 @@ class Scheduler:
         """Hold a slot of ``name`` for one request (queued in order of arrival, bounded)."""
         model = await self.get(name, keep_alive)
         label = model.name
+        tracing.annotate(model=label, variant=model.resolved.variant.name)
         if model.waiting >= self.settings.max_queue:
             self.metrics.rejected.labels(label).inc()
             raise Overloaded(
@@ -312,7 +317,8 @@ class Scheduler:
             metrics.waiting.inc()
             t0 = time.perf_counter()
             try:
-                await model.slots.acquire()
+                with tracing.span("queue"):
+                    await model.slots.acquire()
             finally:
                 model.waiting -= 1
                 metrics.waiting.dec()

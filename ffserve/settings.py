@@ -69,6 +69,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=11435, ge=0, le=65535)
+    # The Open Inference Protocol over gRPC on this port of the same host (ffserve.grpc_server); None: off.
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to load at start (ready when loaded)"
     )

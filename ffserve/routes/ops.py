@@ -10,18 +10,25 @@ from starlette.routing import Route
 
 from ffserve.encoding import JSONResponse
 from ffserve.openapi import document
-from ffserve.state import app_state
+from ffserve.state import AppState, app_state
 
 
 async def live(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def not_ready(e: AppState, draining: bool) -> str | None:
+    """Why the server is not ready (REST's /health/ready and gRPC's ServerReady), or None when it is."""
+    missing = [n for n in e.settings.models if not e.scheduler.is_loaded(n)]
+    if missing:
+        return "loading " + ", ".join(missing)
+    return "shutting down" if draining else None
+
+
 async def ready(request: Request) -> Response:
     e = app_state(request)
-    missing = [n for n in e.settings.models if not e.scheduler.is_loaded(n)]
-    if missing or getattr(request.app.state, "draining", False):
-        reason = "shutting down" if not missing else "loading " + ", ".join(missing)
+    reason = not_ready(e, getattr(request.app.state, "draining", False))
+    if reason is not None:
         return JSONResponse({"status": "not ready", "error": reason}, status_code=503)
     return JSONResponse({"status": "ready", "models": [m.name for m in e.scheduler.loaded()]})
 

@@ -11,13 +11,16 @@ full or not ready); a client that goes away cancels its request.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ffruntime.runtime import CancelFlag, TensorRuntime
+from ffruntime import tracing
+from ffruntime.runtime import CancelFlag, Tensor, TensorRuntime, TensorSpec
 from ffserve import __version__
 from ffserve.encoding import JSONResponse
 from ffserve.errors import ModelNotFound, NotSupported
@@ -26,7 +29,7 @@ from ffserve.routes.ollama import GONE
 from ffserve.routes.ops import ready as server_ready
 from ffserve.scheduler import Loaded
 from ffserve.state import AppState, app_state
-from ffserve.wire.v2 import HEADER_LENGTH, infer_response, parse_infer
+from ffserve.wire.v2 import HEADER_LENGTH, InferRequest, infer_response, parse_infer
 
 PLATFORMS: Final = {"onnxruntime": "onnxruntime_onnx", "tvm": "tvm", "tensorrt": "tensorrt_plan"}
 
@@ -61,7 +64,7 @@ def _split(rest: str) -> tuple[str, str]:
     return rest, action
 
 
-def _tensor_runtime(model: Loaded) -> TensorRuntime:
+def tensor_runtime(model: Loaded) -> TensorRuntime:
     rt = model.tensor_runtime
     if rt is None:
         raise NotSupported(
@@ -70,12 +73,13 @@ def _tensor_runtime(model: Loaded) -> TensorRuntime:
     return rt
 
 
-def _metadata(name: str, model: Loaded) -> dict[str, object]:
-    rt = _tensor_runtime(model)
+def model_metadata(name: str, model: Loaded) -> dict[str, object]:
+    """A model's OIP metadata (REST's body; gRPC's ModelMetadataResponse is made from it)."""
+    rt = tensor_runtime(model)
     backend = model.resolved.variant.backend
 
-    def specs(items: tuple[object, ...]) -> list[dict[str, object]]:
-        return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in items]  # type: ignore[attr-defined]
+    def specs(items: tuple[TensorSpec, ...]) -> list[dict[str, object]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in items]
 
     return {
         "name": name,
@@ -86,29 +90,42 @@ def _metadata(name: str, model: Loaded) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class Inferred:
+    label: str  # the loaded model's name (the metrics' label)
+    outputs: Mapping[str, Tensor]
+    order: list[str]  # the outputs to answer, in order
+
+
+async def infer(
+    e: AppState, name: str, req: InferRequest, inputs: dict[str, Tensor], cancel: CancelFlag
+) -> Inferred:
+    """One inference through the scheduler (queueing, batching in the runtime) with its metrics: what
+    REST's ``/infer`` and gRPC's ModelInfer both run. A caller whose client went away sets ``cancel``
+    and counts it (``ff:requests_cancelled``)."""
+    wanted = [o.name for o in req.outputs] if req.outputs else None
+    t0 = time.perf_counter()
+    async with e.scheduler.slot(name) as model:
+        rt = tensor_runtime(model)
+        with tracing.span("infer"):
+            outputs = await rt.infer(inputs, cancel, wanted)
+        done = Inferred(model.name, outputs, wanted or [s.name for s in rt.tensor_outputs])
+    e.metrics.e2e.labels(done.label).observe(time.perf_counter() - t0)
+    e.metrics.finished.labels(done.label, "stop").inc()
+    return done
+
+
 async def _infer(request: Request, e: AppState, name: str) -> Response:
     body = await request.body()
     req, inputs = parse_infer(body, request.headers.get(HEADER_LENGTH))
-    wanted = [o.name for o in req.outputs] if req.outputs else None
     cancel = CancelFlag()
-    t0 = time.perf_counter()
-
-    async def work() -> tuple[bytes, int | None, str]:
-        async with e.scheduler.slot(name) as model:
-            rt = _tensor_runtime(model)
-            outputs = await rt.infer(inputs, cancel, wanted)
-            order = wanted or [s.name for s in rt.tensor_outputs]
-            payload, head = infer_response(name, req, outputs, order)
-            return payload, head, model.name
-
     try:
-        payload, head, label = await until_disconnected(request, work())
+        done = await until_disconnected(request, infer(e, name, req, inputs, cancel))
     except ClientGone:
         cancel.set()
         e.metrics.cancelled.labels(name).inc()
         return GONE
-    e.metrics.e2e.labels(label).observe(time.perf_counter() - t0)
-    e.metrics.finished.labels(label, "stop").inc()
+    payload, head = infer_response(name, req, done.outputs, done.order)
     if head is None:
         return Response(payload, media_type="application/json")
     return Response(
@@ -127,9 +144,9 @@ async def model_route(request: Request) -> Response:
         return JSONResponse({"error": f"{action or 'metadata'} takes GET"}, status_code=405)
     model = await e.scheduler.get(name)
     if action == "ready":
-        _tensor_runtime(model)
+        tensor_runtime(model)
         return JSONResponse({"name": name, "ready": True})
-    return JSONResponse(_metadata(name, model))
+    return JSONResponse(model_metadata(name, model))
 
 
 ROUTES = [

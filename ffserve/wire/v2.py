@@ -10,7 +10,7 @@ through :mod:`ffruntime.tensors`, the one table of datatypes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -95,6 +95,46 @@ def _json_tensor(t: InputTensor) -> Tensor:
         raise BadRequest(f"input {t.name}: a value is outside the range of {t.datatype}") from None
 
 
+def validate_request(doc: object) -> InferRequest:
+    """A decoded request document (REST's JSON header, or a gRPC request made into one) → the request."""
+    if not isinstance(doc, dict):
+        raise BadRequest("the request must be a JSON object")
+    try:
+        return InferRequest.model_validate(doc)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise BadRequest(f"invalid request: {errs}") from None
+
+
+RawFor = Callable[[int, InputTensor], bytes | None]
+"""The raw bytes of input ``i`` (``None``: it carries ``data``), raising :class:`BadRequest` when they do
+not fit: REST slices them off the binary tail, gRPC takes ``raw_input_contents[i]``."""
+
+
+def input_tensors(req: InferRequest, raw_for: RawFor) -> dict[str, Tensor]:
+    """Every input of ``req`` as a checked :data:`Tensor` (the one validation REST and gRPC share)."""
+    tensors: dict[str, Tensor] = {}
+    for i, t in enumerate(req.inputs):
+        if t.name in tensors:
+            raise BadRequest(f"input {t.name} is given twice")
+        if t.datatype not in DATATYPES:
+            raise BadRequest(
+                f"input {t.name}: unknown datatype {t.datatype!r} (known: {', '.join(DATATYPES)})"
+            )
+        try:
+            raw = raw_for(i, t)
+            if raw is not None:
+                tensors[t.name] = (t.datatype, t.shape, raw)
+                to_array(tensors[t.name])  # checks the size against the shape now, as a 400
+            elif t.data is None:
+                raise BadRequest(f"input {t.name} has neither data nor binary_data_size")
+            else:
+                tensors[t.name] = _json_tensor(t)
+        except RequestRejected as exc:
+            raise mapped_error(exc, f"input {t.name}: {exc}") from None
+    return tensors
+
+
 def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, Tensor]]:
     """The request and its inputs as :data:`Tensor` s, from the body (JSON, or JSON + binary)."""
     if header_length is not None:
@@ -109,43 +149,20 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, d
         raise BadRequest(f"the request header is not JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("the request nests too deeply") from None
-    if not isinstance(doc, dict):
-        raise BadRequest("the request must be a JSON object")
-    try:
-        req = InferRequest.model_validate(doc)
-    except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise BadRequest(f"invalid request: {errs}") from None
-    tensors: dict[str, Tensor] = {}
+    req = validate_request(doc)
     pos = 0
-    for t in req.inputs:
-        if t.name in tensors:
-            raise BadRequest(f"input {t.name} is given twice")
-        if t.datatype not in DATATYPES:
-            raise BadRequest(
-                f"input {t.name}: unknown datatype {t.datatype!r} (known: {', '.join(DATATYPES)})"
-            )
-        try:
-            size = t.parameters.get("binary_data_size")
-            if size is not None:
-                if (
-                    isinstance(size, bool)
-                    or not isinstance(size, int)
-                    or size < 0
-                    or pos + size > len(binary)
-                ):
-                    raise BadRequest(
-                        f"input {t.name}: binary_data_size {size!r} does not fit the binary data"
-                    )
-                tensors[t.name] = (t.datatype, t.shape, binary[pos : pos + size])
-                pos += size
-                to_array(tensors[t.name])  # checks the size against the shape now, as a 400
-            elif t.data is None:
-                raise BadRequest(f"input {t.name} has neither data nor binary_data_size")
-            else:
-                tensors[t.name] = _json_tensor(t)
-        except RequestRejected as exc:
-            raise mapped_error(exc, f"input {t.name}: {exc}") from None
+
+    def sliced(_: int, t: InputTensor) -> bytes | None:
+        nonlocal pos
+        size = t.parameters.get("binary_data_size")
+        if size is None:
+            return None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or pos + size > len(binary):
+            raise BadRequest(f"input {t.name}: binary_data_size {size!r} does not fit the binary data")
+        pos += size
+        return binary[pos - size : pos]
+
+    tensors = input_tensors(req, sliced)
     if pos != len(binary):
         raise BadRequest(f"{len(binary) - pos} bytes of binary data belong to no input")
     return req, tensors
