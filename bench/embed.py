@@ -16,13 +16,19 @@ against sentence-transformers, at batch 1, batch 32 and with 16 concurrent clien
   is a large part of a 1.5 ms model run. Embeddings come back as ``encoding_format: base64``, as the
   ``openai`` client asks for them when it is not told otherwise (``--encoding float``: JSON numbers).
 
+- **OIP, REST vs gRPC** (``--oip``, or ``--oip-only`` for this part alone): the Open Inference
+  Protocol's infer call for one sentence at a time from 16 concurrent clients, over REST
+  (``POST /v2/models/<m>/infer``, JSON input, binary output, aiohttp) and over gRPC (``ModelInfer``
+  on ``FF_GRPC_PORT``, raw tensors, grpc.aio with tritonclient's stubs), rounds interleaved (REST,
+  gRPC, REST, …) against the same server; requests/s and gRPC / REST.
+
 Every path uses the same thread count (``--threads``, default: all cores; torch and ff both get it).
 Each figure is the median of ``--rounds`` timings of ``--seconds`` each. The cosine column is each
 variant's smallest cosine to sentence-transformers over the sentences. Prints ratios: each variant /
 sentence-transformers, and served / direct.
 
     python bench/embed.py [--home FF_HOME] [--threads N] [--seconds 3] [--rounds 3]
-        [--client wrk|aiohttp|httpx] [--encoding base64|float]
+        [--client wrk|aiohttp|httpx] [--encoding base64|float] [--oip | --oip-only]
 
 Without ``--home`` it builds ``modelfiles/minilm-all`` from the MiniLM test package into a temp FF_HOME.
 """
@@ -273,6 +279,72 @@ def wrk_rates(url: str, variant: str, texts: list[str], args: argparse.Namespace
     return rates
 
 
+def oip_rates(
+    url: str, grpc_address: str, variant: str, texts: list[str], seconds: float, rounds: int
+) -> dict[str, float]:
+    """Requests/s of one-sentence OIP infer calls from 16 concurrent clients, REST and gRPC rounds
+    interleaved; the median of ``rounds`` each."""
+    import aiohttp
+    from grpc import aio
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    from ffruntime.tensors import encode_bytes
+
+    name = f"minilm-all:latest-{variant}"
+    loop = asyncio.new_event_loop()
+
+    async def session() -> tuple[Any, Any]:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)), aio.insecure_channel(
+            grpc_address
+        )
+
+    http, channel = loop.run_until_complete(session())
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    async def rest(text: str) -> None:
+        body = {
+            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
+            "outputs": [{"name": "embedding", "parameters": {"binary_data": True}}],
+        }
+        async with http.post(f"{url}/v2/models/{name}/infer", json=body) as r:
+            r.raise_for_status()
+            await r.read()
+
+    async def grpc(text: str) -> None:
+        req = pb.ModelInferRequest(model_name=name, raw_input_contents=[encode_bytes([text.encode()])])
+        req.inputs.add(name="text", datatype="BYTES", shape=[1])
+        reply = await stub.ModelInfer(req)
+        assert len(reply.raw_output_contents[0]) == 384 * 4
+
+    async def clients(call: Callable[[str], Any]) -> float:
+        done = 0
+        t0 = time.perf_counter()
+
+        async def client(k: int) -> None:
+            nonlocal done
+            i = k
+            while time.perf_counter() - t0 < seconds:
+                await call(texts[i % len(texts)])
+                done += 1
+                i += 16
+
+        await asyncio.gather(*(client(k) for k in range(16)))
+        return done / (time.perf_counter() - t0)
+
+    calls = {"REST": rest, "gRPC": grpc}
+    for call in calls.values():  # load the model, open the connections
+        loop.run_until_complete(asyncio.gather(*(call(t) for t in texts[:16])))
+    runs: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            runs[k].append(loop.run_until_complete(clients(call)))
+    loop.run_until_complete(http.close())
+    loop.run_until_complete(channel.close())
+    loop.close()
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path)
@@ -289,6 +361,8 @@ def main() -> None:
         help="the served path's load generator",
     )
     ap.add_argument("--encoding", choices=("base64", "float"), default="base64", help="encoding_format")
+    ap.add_argument("--oip", action="store_true", help="also OIP over REST vs gRPC, 16 clients")
+    ap.add_argument("--oip-only", action="store_true", help="only OIP over REST vs gRPC, 16 clients")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     import numpy as np
@@ -300,15 +374,19 @@ def main() -> None:
         print(f"building modelfiles/minilm-all into {home} …", flush=True)
         build_minilm(home)
     texts = sentences()
+    if args.oip_only:
+        oip_main(home, variants, texts, args)
+        return
     check = texts[:32]
     results: dict[str, dict[str, float]] = {}
     cosines: dict[str, float] = {}
     st, model = st_paths(_minilm_folder(), texts)
     ref = model.encode(check)
     results["sentence-transformers"] = {k: rate(f, args.seconds, args.rounds) for k, f in st.items()}
-    port = loadgen.free_port()
+    port, grpc_port = loadgen.free_port(), loadgen.free_port()
     env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
-    env.update(FF_ACCESS_LOG="false", FF_PORT=str(port))
+    env.update(FF_ACCESS_LOG="false", FF_PORT=str(port), FF_GRPC_PORT=str(grpc_port))
+    oip: dict[str, dict[str, float]] = {}
     server = subprocess.Popen(
         [sys.executable, "-m", "ffcli", "serve"],
         env=env,
@@ -344,6 +422,8 @@ def main() -> None:
                 results[f"{v} served"] = {k: rate(f, args.seconds, args.rounds) for k, f in paths.items()}
                 close()
             del paths, embed
+            if args.oip:
+                oip[v] = oip_rates(url, f"127.0.0.1:{grpc_port}", v, texts, args.seconds, args.rounds)
     finally:
         server.terminate()
         server.wait(30)
@@ -361,6 +441,42 @@ def main() -> None:
     for v in variants:
         d, s = results[f"{v} direct"], results[f"{v} served"]
         print(f"  {v:<14}" + "  ".join(f"{k} {s[k] / d[k]:.2f}" for k in shapes))
+    if oip:
+        print_oip(oip, args)
+
+
+def print_oip(oip: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    print(f"\nOIP infer, 1 sentence a request, 16 clients, requests/s (median of {args.rounds}×{args.seconds}s,")
+    print("REST and gRPC rounds interleaved):")
+    for v, r in oip.items():
+        print(f"  {v:<14} REST {r['REST']:>8.1f}   gRPC {r['gRPC']:>8.1f}   gRPC / REST {r['gRPC'] / r['REST']:.2f}")
+
+
+def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.Namespace) -> None:
+    """``--oip-only``: a server with FF_GRPC_PORT and the OIP comparison alone."""
+    from bench import loadgen
+
+    port, grpc_port = loadgen.free_port(), loadgen.free_port()
+    env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
+    env.update(FF_ACCESS_LOG="false", FF_PORT=str(port), FF_GRPC_PORT=str(grpc_port))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ffcli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        oip = {v: oip_rates(url, f"127.0.0.1:{grpc_port}", v, texts, args.seconds, args.rounds) for v in variants}
+    finally:
+        server.terminate()
+        server.wait(30)
+    print_oip(oip, args)
 
 
 if __name__ == "__main__":

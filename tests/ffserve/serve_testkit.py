@@ -33,6 +33,7 @@ class Server:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    grpc: str | None = None  # host:port of the Open Inference Protocol over gRPC, when started with it
 
     def rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -58,8 +59,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def start_server(home: Path, tmp: Path, **env: str) -> Iterator[Server]:
+def start_server(home: Path, tmp: Path, *, grpc: bool = False, **env: str) -> Iterator[Server]:
+    """``ff serve`` on a free port (``grpc``: with FF_GRPC_PORT on another), ready when this yields."""
     port = free_port()
+    grpc_port = free_port() if grpc else None
+    if grpc_port is not None:
+        env = {**env, "FF_GRPC_PORT": str(grpc_port)}
     log = tmp / f"serve-{port}.log"
     full_env = {
         **os.environ,
@@ -74,7 +79,7 @@ def start_server(home: Path, tmp: Path, **env: str) -> Iterator[Server]:
             [sys.executable, "-m", "ffcli", "serve", "--port", str(port)],
             env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )
-    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, f"127.0.0.1:{grpc_port}" if grpc_port else None)
     try:
         deadline = time.monotonic() + 60
         while True:

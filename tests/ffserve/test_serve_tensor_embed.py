@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2 built by ``modelfiles/minilm-all`` (GGUF f16, ONNX fp32/int8, TVM fp32 in one tag)
 and served by a real ``ff serve``: the unmodified tritonclient[http], openai and ollama clients get
-embeddings that match sentence-transformers within each precision's threshold."""
+embeddings that match sentence-transformers within each precision's threshold, and tritonclient[grpc]
+gets the very embeddings REST gives."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import ollama
 import openai
 import pytest
+import tritonclient.grpc as tgrpc
 import tritonclient.http as triton
 from tensor_models import build_minilm_all, ff_build, prepare_home
 
@@ -47,7 +49,7 @@ def reference(minilm_folder: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def minilm_server(minilm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with start_server(minilm_home, tmp_path_factory.mktemp("minilmlogs"), FF_QUANTIZE="") as s:
+    with start_server(minilm_home, tmp_path_factory.mktemp("minilmlogs"), grpc=True, FF_QUANTIZE="") as s:
         yield s
 
 
@@ -95,6 +97,25 @@ def test_tritonclient_embeddings_match_sentence_transformers(
     got = r.as_numpy("embedding")
     assert got is not None and got.shape == (len(SENTENCES), 384)
     assert _cosines(got, reference).min() >= THRESHOLD[VARIANTS[variant]]
+
+
+@pytest.mark.parametrize("variant", ["fp32-cpu", "int8-cpu"])
+def test_grpc_embeddings_equal_rest(minilm_server: Server, variant: str) -> None:
+    assert minilm_server.grpc is not None
+    name = f"minilm-all:latest-{variant}"
+    texts = np.array([s.encode() for s in SENTENCES], dtype=object)
+    g = tgrpc.InferenceServerClient(minilm_server.grpc)
+    meta = g.get_model_metadata(name, as_json=True)
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
+    gin = tgrpc.InferInput("text", [len(SENTENCES)], "BYTES")
+    gin.set_data_from_numpy(texts)
+    got = g.infer(name, [gin]).as_numpy("embedding")
+    rest = triton.InferenceServerClient(minilm_server.url.removeprefix("http://"))
+    rin = triton.InferInput("text", [len(SENTENCES)], "BYTES")
+    rin.set_data_from_numpy(texts, binary_data=True)
+    want = rest.infer(name, [rin], outputs=[triton.InferRequestedOutput("embedding", binary_data=True)])
+    assert got is not None and got.shape == (len(SENTENCES), 384)
+    assert np.array_equal(got, want.as_numpy("embedding"))
 
 
 def test_openai_and_ollama_embeddings(minilm_server: Server, reference: np.ndarray) -> None:
