@@ -446,10 +446,11 @@ def main() -> None:
 
 
 def print_oip(oip: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    print(f"\nOIP infer, 1 sentence a request, 16 clients, requests/s (median of {args.rounds}×{args.seconds}s,")
-    print("REST and gRPC rounds interleaved):")
+    timing = f"median of {args.rounds}×{args.seconds}s"
+    print(f"\nOIP infer, 1 sentence a request, 16 clients, requests/s ({timing}, REST and gRPC interleaved):")
     for v, r in oip.items():
-        print(f"  {v:<14} REST {r['REST']:>8.1f}   gRPC {r['gRPC']:>8.1f}   gRPC / REST {r['gRPC'] / r['REST']:.2f}")
+        ratio = r["gRPC"] / r["REST"]
+        print(f"  {v:<14} REST {r['REST']:>8.1f}   gRPC {r['gRPC']:>8.1f}   gRPC / REST {ratio:.2f}")
 
 
 def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.Namespace) -> None:
@@ -460,7 +461,10 @@ def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.N
     env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
     env.update(FF_ACCESS_LOG="false", FF_PORT=str(port), FF_GRPC_PORT=str(grpc_port))
     server = subprocess.Popen(
-        [sys.executable, "-m", "ffcli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "ffcli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -472,7 +476,8 @@ def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.N
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        oip = {v: oip_rates(url, f"127.0.0.1:{grpc_port}", v, texts, args.seconds, args.rounds) for v in variants}
+        address = f"127.0.0.1:{grpc_port}"
+        oip = {v: oip_rates(url, address, v, texts, args.seconds, args.rounds) for v in variants}
     finally:
         server.terminate()
         server.wait(30)

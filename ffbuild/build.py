@@ -14,7 +14,6 @@ import time
 
 from ffbuild.cache import BuildCache
 from ffbuild.plan import BuildPlan
-from ffruntime import tracing
 from ffbuild.stages.context import (
     BuildContext,
     BuildError,
@@ -28,6 +27,7 @@ from ffbuild.stages.context import (
     VerifyPolicyError,
 )
 from ffbuild.stages.order import STAGES, Stage
+from ffruntime import tracing
 from registry.choices import Family
 from registry.reference import Reference
 from registry.store import Store

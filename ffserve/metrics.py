@@ -55,7 +55,7 @@ class Metrics:
         self.loaded = Gauge("ff:models_loaded", "Models loaded", registry=r)
         self.memory = Gauge("ff:models_memory_bytes", "Memory budgeted for loaded models", registry=r)
         self.memory_budget = Gauge(
-            "ff:memory_budget_bytes", "The memory budget for loaded models (FF_MAX_MEMORY; 0: none)", registry=r
+            "ff:memory_budget_bytes", "Memory budget for loaded models (FF_MAX_MEMORY; 0: none)", registry=r
         )
         self.load_failures = Counter("ff:model_load_failures", "Model loads that failed", m, registry=r)
         self.queue_capacity = Gauge(

@@ -113,7 +113,7 @@ def grpc_infer_response(
 
 
 def grpc_metadata(doc: Mapping[str, Any]) -> Any:
-    """REST's model metadata document (:func:`ffserve.routes.v2.model_metadata`) as ``ModelMetadataResponse``."""
+    """REST's model metadata (:func:`ffserve.routes.v2.model_metadata`) as ``ModelMetadataResponse``."""
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
         name=doc["name"],

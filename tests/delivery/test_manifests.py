@@ -18,7 +18,7 @@ from kserve_schema import validate as validate_kserve
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.37.0"
-# deploy/prometheus holds Prometheus rule files, not Kubernetes objects (test_prometheus_rules.py checks them).
+# deploy/prometheus holds Prometheus rule files, not Kubernetes objects (test_prometheus_rules.py).
 MANIFESTS = sorted(p for p in (ROOT / "deploy").rglob("*.yaml") if "prometheus" not in p.parts)
 
 

@@ -75,6 +75,7 @@ def _sample_names(exposition: str) -> set[str]:
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split(" ", 3)
+            family = family.removesuffix("_total")  # prometheus_client declares counters with it
             names.update(family + s for s in suffixes.get(kind, ("",)))
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])

@@ -73,9 +73,9 @@ class Receiver:
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     attrs = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in s.attributes}
-                    got = Got(s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), service, attrs)
+                    ids = (s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex())
                     with self.lock:
-                        self.spans.append(got)
+                        self.spans.append(Got(s.name, *ids, service, attrs))
 
     def wait_for(self, names: set[str], timeout: float = 30.0) -> list[Got]:
         deadline = time.monotonic() + timeout
@@ -123,10 +123,10 @@ def test_one_chat_request_is_one_trace_with_its_stages(traced_server: Server, re
     )
     assert root.parent == "" and root.service == "ff-serve"
     assert root.attrs["route"] == "/v1/chat/completions" and root.attrs["model"] == "tiny:latest"
-    assert root.attrs["variant"] == "q4_1" and root.attrs["http.response.status_code"] == 200
+    assert root.attrs["variant"] == "q4_1-cpu" and root.attrs["http.response.status_code"] == 200
     assert all(s.parent == root.span for s in trace if s is not root)
     load = next(s for s in trace if s.name == "model.load")
-    assert load.attrs == {"model": "tiny:latest", "variant": "q4_1"}
+    assert load.attrs == {"model": "tiny:latest", "variant": "q4_1-cpu"}
     assert next(s for s in trace if s.name == "decode").attrs["tokens"] >= 1
     # a health probe is a trace of its own, one span
     probes = [s for s in spans if s.name == "GET /health/live"]
