@@ -7,7 +7,18 @@ import requests
 
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
 from ffruntime.runtime import RequestRejected
-from ffserve.errors import Blame, ModelNotFound, ServeError, mapped_error
+from ffserve.errors import (
+    GRPC_CODES,
+    BadRequest,
+    Blame,
+    InsufficientMemory,
+    ModelNotFound,
+    Overloaded,
+    ServeError,
+    Unauthorized,
+    grpc_status,
+    mapped_error,
+)
 from registry.artifact import ArtifactError
 from registry.errors import AuthError, NetworkError, RegistryError, RemoteError, SignatureError
 from registry.reference import ReferenceError
@@ -53,3 +64,28 @@ def test_a_server_error_passes_through() -> None:
     err = ModelNotFound("model 'x' not found")
     assert mapped_error(err, "ignored") is err
     assert isinstance(mapped_error(OSError("disk"), "m"), ServeError)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (Unauthorized("key"), "UNAUTHENTICATED"),
+        (ModelNotFound("nope"), "NOT_FOUND"),
+        (NotFoundError("no such model"), "NOT_FOUND"),
+        (BadRequest("bad tensor"), "INVALID_ARGUMENT"),
+        (RequestRejected("input X: 8 values for a [3, 4] tensor"), "INVALID_ARGUMENT"),
+        (Overloaded("queue full"), "UNAVAILABLE"),
+        (InsufficientMemory("too big"), "RESOURCE_EXHAUSTED"),
+        (BackendUnavailable("pip install it"), "UNIMPLEMENTED"),
+        (SignatureError("unsigned"), "PERMISSION_DENIED"),
+        (KeyError("a bug"), "INTERNAL"),
+    ],
+)
+def test_grpc_codes_follow_the_http_map(exc: Exception, code: str) -> None:
+    """gRPC's status comes from the same map (by HTTP status), so the protocols cannot disagree."""
+    import grpc
+
+    got, message = grpc_status(exc)
+    assert got == code and grpc.StatusCode[got].name == code
+    assert (str(exc.args[0]) in message) and (got != "INTERNAL" or message.startswith("internal error"))
+    assert set(GRPC_CODES.values()) <= set(grpc.StatusCode.__members__)
