@@ -333,8 +333,11 @@ def oip_rates(
         return done / (time.perf_counter() - t0)
 
     calls = {"REST": rest, "gRPC": grpc}
-    for call in calls.values():  # load the model, open the connections
-        loop.run_until_complete(asyncio.gather(*(call(t) for t in texts[:16])))
+    async def warm(call: Callable[[str], Any]) -> None:  # load the model, open the connections
+        await asyncio.gather(*(call(t) for t in texts[:16]))
+
+    for call in calls.values():
+        loop.run_until_complete(warm(call))
     runs: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for k, call in calls.items():
