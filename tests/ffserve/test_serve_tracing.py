@@ -43,6 +43,7 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[Got] = []
         self.lock = threading.Lock()
+        self.grpc: Any = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +66,27 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
+    def serve_grpc(self) -> str:
+        """Also receive OTLP over gRPC (TraceService/Export); returns its endpoint."""
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as pb_grpc
+
+        receiver = self
+
+        class Service(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: ExportTraceServiceRequest, context: object) -> object:
+                receiver.add(request)
+                return pb.ExportTraceServiceResponse()
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.grpc = grpc.server(ThreadPoolExecutor(2))
+        pb_grpc.add_TraceServiceServicer_to_server(Service(), self.grpc)
+        port = self.grpc.add_insecure_port("127.0.0.1:0")
+        self.grpc.start()
+        return f"http://127.0.0.1:{port}"
+
     def add(self, req: ExportTraceServiceRequest) -> None:
         for rs in req.resource_spans:
             service = next(
@@ -77,11 +99,13 @@ class Receiver:
                     with self.lock:
                         self.spans.append(Got(s.name, *ids, service, attrs))
 
-    def wait_for(self, names: set[str], timeout: float = 30.0) -> list[Got]:
+    def wait_for(self, names: set[str], timeout: float = 30.0, tag: str = "") -> list[Got]:
+        """The spans received once each of ``names`` has come (with ``tag`` in its attributes)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                if names <= {s.name for s in self.spans}:
+                got = {s.name for s in self.spans if tag in str(s.attrs.values())}
+                if names <= got:
                     return list(self.spans)
             time.sleep(0.1)
         raise AssertionError(f"spans {names} not all received; got {[s.name for s in self.spans]}")
@@ -95,6 +119,8 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.http.shutdown()
+    if r.grpc is not None:
+        r.grpc.stop(None)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +159,8 @@ def test_one_chat_request_is_one_trace_with_its_stages(traced_server: Server, re
     assert probes and all(s.parent == "" and s.trace != root.trace for s in probes)
 
 
-def test_ff_build_is_a_trace_with_a_span_per_stage(receiver: Receiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_ff_build_is_a_trace_with_a_span_per_stage(receiver: Receiver, tmp_path: Path, protocol: str) -> None:
     import onnx
     from onnx import TensorProto, helper
 
@@ -148,13 +175,15 @@ def test_ff_build_is_a_trace_with_a_span_per_stage(receiver: Receiver, tmp_path:
     onnx.save(model, str(tmp_path / "model.onnx"))
     (tmp_path / "Modelfile").write_text("FROM model.onnx\nTASK tensor\n")
     env = {**os.environ, "FF_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), **OTEL}
-    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
-    cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(tmp_path / "Modelfile"), "-t", "ident:1"]
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = protocol
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.serve_grpc() if protocol == "grpc" else receiver.url
+    tag = f"ident:{protocol.replace('/', '-')}"
+    cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(tmp_path / "Modelfile"), "-t", tag]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    spans = receiver.wait_for({"ff build"})  # the process flushed its spans at exit
-    root = next(s for s in spans if s.name == "ff build")
-    assert root.parent == "" and root.service == "ff-build" and root.attrs["reference"].endswith("ident:1")
+    spans = receiver.wait_for({"ff build"}, tag=tag)  # the process flushed its spans at exit
+    root = next(s for s in spans if s.name == "ff build" and s.attrs["reference"].endswith(tag))
+    assert root.parent == "" and root.service == "ff-build"
     stages = [s for s in spans if s.trace == root.trace and s is not root]
     assert {"build.fetch", "build.package"} <= {s.name for s in stages}
     assert all(s.parent == root.span and s.name == f"build.{s.attrs['stage']}" for s in stages)
