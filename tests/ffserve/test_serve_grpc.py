@@ -75,7 +75,7 @@ def test_readiness_metadata_and_iris_predictions(
     inp.set_data_from_numpy(x)
     r = c.infer("iris", [inp], headers=AUTH, request_id="req-1")
     assert r.get_response().id == "req-1"
-    assert r.as_numpy("label").tolist() == clf.predict(x).tolist()  # type: ignore[attr-defined, union-attr]
+    assert r.as_numpy("label").tolist() == clf.predict(x).tolist()  # type: ignore[attr-defined]
     probs = r.as_numpy("probabilities")
     np.testing.assert_allclose(probs, clf.predict_proba(x), atol=1e-5)  # type: ignore[attr-defined]
     only = c.infer("iris", [inp], outputs=[tgrpc.InferRequestedOutput("label")], headers=AUTH)

@@ -74,7 +74,7 @@ class Receiver:
 
         receiver = self
 
-        class Service(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
+        class Service(pb_grpc.TraceServiceServicer):
             def Export(self, request: ExportTraceServiceRequest, context: object) -> object:
                 receiver.add(request)
                 return pb.ExportTraceServiceResponse()
@@ -82,7 +82,7 @@ class Receiver:
         from concurrent.futures import ThreadPoolExecutor
 
         self.grpc = grpc.server(ThreadPoolExecutor(2))
-        pb_grpc.add_TraceServiceServicer_to_server(Service(), self.grpc)
+        pb_grpc.add_TraceServiceServicer_to_server(Service(), self.grpc)  # type: ignore[no-untyped-call]
         port = self.grpc.add_insecure_port("127.0.0.1:0")
         self.grpc.start()
         return f"http://127.0.0.1:{port}"
@@ -130,7 +130,11 @@ def traced_server(
     home = tmp_path_factory.mktemp("tracehome")
     add_model(Store(home / "store"), "tiny:latest", {"q4_1": smollm2_gguf}, params={"temperature": 0.0})
     with start_server(
-        home, tmp_path_factory.mktemp("tracelogs"), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, **OTEL
+        home,
+        tmp_path_factory.mktemp("tracelogs"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY=OTEL["OTEL_BSP_SCHEDULE_DELAY"],
+        OTEL_EXPORTER_OTLP_PROTOCOL=OTEL["OTEL_EXPORTER_OTLP_PROTOCOL"],
     ) as s:
         yield s
 
