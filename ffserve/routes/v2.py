@@ -5,7 +5,9 @@ embedding models with one BYTES ``text`` input. Model names are store references
 ``minilm:latest``, ``host/ns/name:tag``), so the model routes take the rest of the path and split off
 ``/versions/<v>``, ``/ready`` and ``/infer`` themselves. API keys, body limits and access logs come
 from the shared middleware; errors are ``{"error": …}`` (400 bad input, 404 unknown model, 503 queue
-full or not ready); a client that goes away cancels its request.
+full or not ready); a client that goes away cancels its request. The OIP over gRPC
+(:mod:`ffserve.grpc_server`) runs the same :func:`infer`, :func:`model_metadata` and
+:func:`tensor_runtime`.
 """
 
 from __future__ import annotations
