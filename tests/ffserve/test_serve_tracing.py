@@ -158,6 +158,19 @@ def test_one_chat_request_is_one_trace_with_its_stages(traced_server: Server, re
     load = next(s for s in trace if s.name == "model.load")
     assert load.attrs == {"model": "tiny:latest", "variant": "q4_1-cpu"}
     assert next(s for s in trace if s.name == "decode").attrs["tokens"] >= 1
+    # streamed: the same spans but the load (the model is loaded now), decode ending with the stream
+    stream = ai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    deadline = time.monotonic() + 30
+    while True:
+        roots = [s for s in receiver.spans if s.name == "POST /v1/chat/completions" and s.trace != root.trace]
+        streamed = [s.name for s in receiver.spans if roots and s.trace == roots[0].trace]
+        if len(streamed) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sorted(streamed) == sorted(["POST /v1/chat/completions", "queue", "prefill", "decode"])
     # a health probe is a trace of its own, one span
     probes = [s for s in spans if s.name == "GET /health/live"]
     assert probes and all(s.parent == "" and s.trace != root.trace for s in probes)
