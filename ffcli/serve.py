@@ -65,8 +65,10 @@ def serve(config: str | None, models: tuple[str, ...], **flags: object) -> None:
         raise click.ClickException(f"bad settings: {exc}") from None
     from registry.store import StoreError
 
+    from ffcli.serve_build import build_for_server
+
     try:
-        run(settings)
+        run(settings, builder=build_for_server)
     except StoreError as exc:  # a --models-dir folder that is not a model folder
         raise click.ClickException(str(exc)) from None
 
