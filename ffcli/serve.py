@@ -63,9 +63,8 @@ def serve(config: str | None, models: tuple[str, ...], **flags: object) -> None:
         settings = Settings(**kwargs)  # type: ignore[arg-type]
     except (ValidationError, ValueError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from None
-    from registry.store import StoreError
-
     from ffcli.serve_build import build_for_server
+    from registry.store import StoreError
 
     try:
         run(settings, builder=build_for_server)

@@ -11,10 +11,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 import ffruntime
+from ffserve.builder import Builder
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
-from ffserve.builder import Builder
 from ffserve.routes import ollama, ollama_create, ollama_models, openai, ops, v2
 from ffserve.scheduler import Loader, Scheduler
 from ffserve.settings import Settings
@@ -61,7 +61,14 @@ def create_app(
     app = Starlette(
         # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
         # (no two of these lists match the same path, so the order changes nothing else).
-        routes=[*openai.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ollama_create.ROUTES, *ops.ROUTES],
+        routes=[
+            *openai.ROUTES,
+            *ollama.ROUTES,
+            *v2.ROUTES,
+            *ollama_models.ROUTES,
+            *ollama_create.ROUTES,
+            *ops.ROUTES,
+        ],
         middleware=[
             Middleware(
                 Guard,

@@ -29,7 +29,6 @@ from ffserve.builder import BuildJob, Instruction
 from ffserve.errors import (
     BadRequest,
     InsufficientStorage,
-    ModelNotFound,
     NotAvailable,
     ServeError,
     mapped_error,
@@ -76,7 +75,7 @@ async def _receive(request: Request, store: Store, digest: str) -> None:
         raise InsufficientStorage(f"the blob is {length} bytes; the store has {free} bytes free")
     tmp = await asyncio.to_thread(store.temp_file, "upload")
     try:
-        with open(tmp, "wb") as f:  # noqa: ASYNC230 (opening is instant; writes go to a thread)
+        with open(tmp, "wb") as f:
             buf = bytearray()
             written = 0
             async for chunk in request.stream():
@@ -149,8 +148,10 @@ def _blobs(store: Store, named: Mapping[str, str], under: str, what: str) -> dic
             raise BadRequest(f"{what}: {exc}") from None
         digest = blob_digest(digest_text)
         if not store.has_blob(digest):
-            raise BadRequest(f"{what}: blob {digest} ({name}) is not on the server; upload it first "
-                             f"(POST /api/blobs/{digest})")
+            raise BadRequest(
+                f"{what}: blob {digest} ({name}) is not on the server; upload it first "
+                f"(POST /api/blobs/{digest})"
+            )
         out[f"{under}/{path}" if under else path] = digest
     return out
 
@@ -183,7 +184,7 @@ def _param_text(value: ParamScalar) -> str:
 
 
 def instructions(body: CreateRequest, sources: _Sources) -> tuple[Instruction, ...]:
-    """The request as Modelfile instructions (FROM, ADAPTER, TEMPLATE, SYSTEM, PARAMETER, MESSAGE, LICENSE)."""
+    """The request as Modelfile instructions: FROM, ADAPTER, TEMPLATE, SYSTEM, PARAMETER, MESSAGE, LICENSE."""
     if sources.model is not None:
         source = sources.model
     else:

@@ -198,7 +198,9 @@ async def _transfer(request: Request, push: bool) -> Response:
             msg: dict[str, object] = {"status": status}
             if fields.get("digest"):
                 msg.update(
-                    digest=fields["digest"], total=fields.get("total", 0), completed=fields.get("completed", 0)
+                    digest=fields["digest"],
+                    total=fields.get("total", 0),
+                    completed=fields.get("completed", 0),
                 )
             emit(msg)
 

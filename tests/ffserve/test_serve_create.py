@@ -72,7 +72,9 @@ def _names(client: ollama.Client) -> set[str]:
 
 
 def _chat(client: ollama.Client, model: str, system: str | None = None) -> ollama.ChatResponse:
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": QUESTION}]
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": QUESTION}
+    ]
     return client.chat(model=model, messages=msgs)
 
 
@@ -86,7 +88,8 @@ def test_create_from_a_stored_model_with_system(client: ollama.Client, srv: Serv
     mine = _chat(client, "assistant")
     theirs = _chat(client, "smollm2", system=SYSTEM)  # the same system prompt, sent by the client
     assert mine.message.content == theirs.message.content and "Paris" in (mine.message.content or "")
-    assert mine.prompt_eval_count == theirs.prompt_eval_count > _chat(client, "smollm2").prompt_eval_count  # type: ignore[operator]
+    # SmolLM2's own template puts a default system prompt in when a chat has none: not the same prompt
+    assert mine.prompt_eval_count == theirs.prompt_eval_count != _chat(client, "smollm2").prompt_eval_count
 
 
 def test_create_from_an_uploaded_gguf_with_quantize(
@@ -95,7 +98,10 @@ def test_create_from_an_uploaded_gguf_with_quantize(
     digest = client.create_blob(smollm2_f16)
     assert httpx.head(f"{srv.url}/api/blobs/{digest}").status_code == 200
     r = client.create(
-        model="uploaded:q8", files={"smollm2-f16.gguf": digest}, quantize="Q8_0", parameters=GREEDY,
+        model="uploaded:q8",
+        files={"smollm2-f16.gguf": digest},
+        quantize="Q8_0",
+        parameters=GREEDY,
         license="Apache-2.0",
     )
     assert r.status == "success"
@@ -154,8 +160,11 @@ def test_create_errors(client: ollama.Client, srv: Server, smollm2_gguf: Path) -
     assert httpx.post(f"{srv.url}/api/blobs/sha256:nothex", content=b"").status_code == 400
     # Ollama's rule: only an f16/f32 model is quantized (the Q4_1 upload is refused, with the reason)
     q4 = client.create_blob(smollm2_gguf)
-    streamed = httpx.post(srv.url + "/api/create", timeout=120, json={
-        "model": "x", "files": {"m.gguf": q4}, "quantize": "q8_0", "stream": False})
+    streamed = httpx.post(
+        srv.url + "/api/create",
+        timeout=120,
+        json={"model": "x", "files": {"m.gguf": q4}, "quantize": "q8_0", "stream": False},
+    )
     assert streamed.status_code == 400 and "already quantized" in streamed.json()["error"]
     assert "x:latest" not in _names(client)
 
