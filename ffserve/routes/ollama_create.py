@@ -29,6 +29,7 @@ from ffserve.builder import BuildJob, Instruction
 from ffserve.errors import (
     BadRequest,
     InsufficientStorage,
+    ModelNotFound,
     NotAvailable,
     ServeError,
     mapped_error,
@@ -61,8 +62,9 @@ async def blob_head(request: Request) -> Response:
     """200 when the blob is in the store, 404 when not."""
     e = app_state(request)
     digest = blob_digest(request.path_params["digest"])
-    found = await asyncio.to_thread(e.store.has_blob, digest)
-    return Response(status_code=200 if found else 404)
+    if not await asyncio.to_thread(e.store.has_blob, digest):
+        raise ModelNotFound(f"blob {digest} not found")
+    return Response(status_code=200)
 
 
 async def _receive(request: Request, store: Store, digest: str) -> None:

@@ -24,6 +24,14 @@ from remote_testkit import RegistryServer, start_registry, stop_registry
 QUESTION = "What is the capital of France? Answer in one sentence."
 SYSTEM = "You are a helpful assistant. You always answer in one short sentence."
 GREEDY = {"temperature": 0, "stop": ["<|im_end|>"], "num_predict": 48}
+TEMPLATE = (
+    "<|im_start|>system\n{{ .System }}<|im_end|>\n<|im_start|>user\n{{ .Prompt }}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+HISTORY = [
+    {"role": "user", "content": "What is the capital of Italy?"},
+    {"role": "assistant", "content": "The capital of Italy is Rome."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +101,35 @@ def test_create_from_a_stored_model_with_system(client: ollama.Client, srv: Serv
 
 
 def test_create_from_an_uploaded_gguf_with_quantize(
-    client: ollama.Client, srv: Server, smollm2_f16: Path
+    client: ollama.Client, srv: Server, smollm2_f16: Path, smollm2_lora: Path
 ) -> None:
     digest = client.create_blob(smollm2_f16)
     assert httpx.head(f"{srv.url}/api/blobs/{digest}").status_code == 200
-    r = client.create(
-        model="uploaded:q8",
-        files={"smollm2-f16.gguf": digest},
-        quantize="Q8_0",
-        parameters=GREEDY,
-        license="Apache-2.0",
+    lora = {
+        n: client.create_blob(smollm2_lora / n) for n in ("adapter_config.json", "adapter_model.safetensors")
+    }
+    events = list(
+        client.create(
+            model="uploaded:q8",
+            files={"smollm2-f16.gguf": digest},
+            adapters=lora,  # a PEFT folder: converted to a GGUF LoRA by the build
+            quantize="Q8_0",
+            template=TEMPLATE,
+            system="You answer questions about geography.",
+            messages=HISTORY,
+            parameters=GREEDY,
+            license="Apache-2.0",
+            stream=True,
+        )
     )
-    assert r.status == "success"
+    assert events[-1].status == "success" and any("q8_0" in (e.status or "") for e in events), events
     shown = client.show("uploaded:q8")
     assert shown.details and shown.details.quantization_level == "Q8_0"
     assert shown.license == "Apache-2.0" and "stop" in (shown.parameters or "")
+    assert shown.template == TEMPLATE and "MESSAGE assistant" in (shown.modelfile or "")
+    assert "ADAPTER adapters" in (shown.modelfile or "") and "FROM smollm2-f16.gguf" in (
+        shown.modelfile or ""
+    )
     assert "Paris" in (_chat(client, "uploaded:q8").message.content or "")
 
 
