@@ -45,9 +45,12 @@ def build_for_server(job: BuildJob, status: Status) -> str:
     from registry.reference import parse_reference
 
     try:
-        text = format(Modelfile([Instruction(k, args) for k, args in job.instructions]))
+        instructions = [Instruction(k, args) for k, args in job.instructions]
+        modelfile = parse(format(Modelfile(instructions)), filename="api/create")
+        if modelfile.instructions != instructions:  # format() refuses what it cannot write; checked anyway
+            raise BadRequest("the request cannot be written as a Modelfile that reads back the same")
         plan = make_plan(
-            parse(text, filename="api/create"),
+            modelfile,
             context=job.context,
             quantize=[job.quantize] if job.quantize else None,
         )

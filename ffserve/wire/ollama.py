@@ -135,7 +135,9 @@ class CreateRequest(_Req):
         | Annotated[list[Annotated[str, Field(max_length=1 << 20)]], Field(max_length=64)]
         | None
     ) = None
-    parameters: dict[str, ParamScalar | list[ParamScalar]] | None = Field(default=None, max_length=256)
+    parameters: dict[str, ParamScalar | Annotated[list[ParamScalar], Field(max_length=64)]] | None = Field(
+        default=None, max_length=256
+    )
     messages: list[Message] | None = Field(default=None, max_length=4096)
     quantize: str | None = Field(default=None, max_length=32)
     modelfile: str | None = Field(default=None, max_length=1 << 20)  # removed by Ollama 0.5: refused

@@ -191,6 +191,7 @@ def test_create_errors(client: ollama.Client, srv: Server, smollm2_gguf: Path) -
     assert "x:latest" not in _names(client)
 
 
+@pytest.mark.registry
 def test_pull_progress_then_chat(client: ollama.Client, tmp_path: Path) -> None:
     registry: RegistryServer = start_registry(tmp_path / "registry", None)
     try:
