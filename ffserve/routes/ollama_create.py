@@ -228,7 +228,10 @@ async def create(request: Request) -> Response:
 
     def job(emit: Emit) -> None:
         with tempfile.TemporaryDirectory(prefix="ff-create-") as tmp:
-            context = Path(tmp)
+            # named after the model: a Hugging Face folder's name becomes its GGUF's general.name (and
+            # part of the convert stage's cache key), so a random one would defeat the cache
+            context = Path(tmp) / parse_reference(name).repository.rsplit("/", 1)[-1]
+            context.mkdir()
             _link(context, {**sources.files, **sources.adapters}, e.store)
             emit({"status": f"building {name}"})
             build = BuildJob(name, steps, context, quantize, e.store)
