@@ -67,10 +67,11 @@ def serve(config: str | None, models: tuple[str, ...], **flags: object) -> None:
         settings = Settings(**kwargs)  # type: ignore[arg-type]
     except (ValidationError, ValueError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from None
+    from ffcli.serve_build import build_for_server
     from registry.store import StoreError
 
     try:
-        run(settings)
+        run(settings, builder=build_for_server)
     except StoreError as exc:  # a --models-dir folder that is not a model folder
         raise click.ClickException(str(exc)) from None
 

@@ -13,10 +13,11 @@ from starlette.middleware import Middleware
 
 import ffruntime
 from ffruntime import tracing
+from ffserve.builder import Builder
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
-from ffserve.routes import ollama, ollama_models, openai, ops, v2
+from ffserve.routes import ollama, ollama_create, ollama_models, openai, ops, v2
 from ffserve.scheduler import Loader, Scheduler
 from ffserve.settings import Settings
 from ffserve.state import AppState
@@ -44,9 +45,14 @@ async def _start_grpc(state: AppState, settings: Settings, draining: Callable[[]
 
 
 def create_app(
-    settings: Settings, store: Store | None = None, *, loader: Loader = ffruntime.load
+    settings: Settings,
+    store: Store | None = None,
+    *,
+    loader: Loader = ffruntime.load,
+    builder: Builder | None = None,
 ) -> Starlette:
-    """The server for ``settings``; ``loader`` turns a stored variant into a runtime (the scheduler's)."""
+    """The server for ``settings``; ``loader`` turns a stored variant into a runtime (the scheduler's);
+    ``builder`` builds what ``/api/create`` asks for (none: /api/create answers 501)."""
     store = store or Store(store_dir())
     folder, folder_model = settings.models_dir, None
     if folder is not None:  # a plain model folder (KServe /mnt/models): imported at start, then served
@@ -56,7 +62,7 @@ def create_app(
     metrics = Metrics()
     metrics.memory_budget.set(settings.max_memory)
     metrics.queue_capacity.set(settings.max_queue)
-    state = AppState(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics)
+    state = AppState(settings, store, Scheduler(settings, store, metrics, loader=loader), metrics, builder)
     metrics.registry.register(RuntimeStats(lambda: [(m.name, m.runtime) for m in state.scheduler.loaded()]))
 
     @contextlib.asynccontextmanager
@@ -79,12 +85,20 @@ def create_app(
     app = Starlette(
         # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
         # (no two of these lists match the same path, so the order changes nothing else).
-        routes=[*openai.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ops.ROUTES],
+        routes=[
+            *openai.ROUTES,
+            *ollama.ROUTES,
+            *v2.ROUTES,
+            *ollama_models.ROUTES,
+            *ollama_create.ROUTES,
+            *ops.ROUTES,
+        ],
         middleware=[
             Middleware(
                 Guard,
                 api_keys=settings.api_keys,
                 max_body=settings.max_body_bytes,
+                max_upload=settings.max_upload_bytes,
                 log=settings.access_log,
                 responses=metrics.http_responses,
             )

@@ -88,6 +88,12 @@ class InsufficientMemory(ServeError):
     status, kind = 507, "insufficient_memory_error"
 
 
+class InsufficientStorage(ServeError):
+    """The store's disk cannot hold what is being uploaded."""
+
+    status, kind = 507, "insufficient_storage_error"
+
+
 class Blame(enum.Enum):
     """Whose fault an error without a status of its own is (a store, artifact or value error)."""
 

@@ -16,6 +16,7 @@ from ffserve.errors import BodyTooLarge
 
 access_log = logging.getLogger("ffserve.access")
 OPEN_PATHS = ("/health/", "/v2/health/")
+UPLOAD_PATHS = ("/api/blobs/",)  # bodies that are model files: bounded by max_upload, not max_body
 
 
 async def _reject(
@@ -50,9 +51,17 @@ def key_accepted(keys: list[bytes], authorization: bytes) -> bool:
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, *, api_keys: list[str], max_body: int, log: bool, responses: Counter
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: list[str],
+        max_body: int,
+        log: bool,
+        responses: Counter,
+        max_upload: int | None = None,
     ) -> None:
         self.app, self.keys, self.max_body, self.log = app, [k.encode() for k in api_keys], max_body, log
+        self.max_upload = max_body if max_upload is None else max_upload
         self.responses = responses  # ff:http_responses, by status code
         self._by_code: dict[int, Counter] = {}
 
@@ -99,10 +108,11 @@ class Guard:
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return 401
+            limit = self.max_upload if str(scope.get("path", "")).startswith(UPLOAD_PATHS) else self.max_body
             length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if length is not None and (not length.isdigit() or int(length) > limit):
                 status[0] = 413
-                await _reject(scope, send, 413, f"request body is larger than {self.max_body} bytes", [])
+                await _reject(scope, send, 413, f"request body is larger than {limit} bytes", [])
                 return 413
             seen = [0]
 
@@ -110,8 +120,8 @@ class Guard:
                 message = await receive()
                 if message["type"] == "http.request":
                     seen[0] += len(message.get("body", b""))
-                    if seen[0] > self.max_body:
-                        raise BodyTooLarge(f"request body is larger than {self.max_body} bytes")
+                    if seen[0] > limit:
+                        raise BodyTooLarge(f"request body is larger than {limit} bytes")
                 return message
 
             await self.app(scope, receive_limited, send_logged)

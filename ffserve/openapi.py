@@ -22,6 +22,7 @@ from ffserve.wire import responses as rw
 from ffserve.wire import v2 as v2w
 
 NDJSON, SSE, JSON, TEXT = "application/x-ndjson", "text/event-stream", "application/json", "text/plain"
+BINARY = "application/octet-stream"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Operation:
     stream: str | None = None  # the media type of the streamed answer, when the body asks to stream
     text: bool = False  # a plain-text 200 answer
     empty: bool = False  # a 200 without a body
+    upload: bool = False  # the body is a file's bytes (application/octet-stream)
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -46,6 +48,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/api/push", "POST"): Operation("Push a model to a registry", ow.NameRequest, rw.StatusResponse, NDJSON),
     ("/api/delete", "DELETE"): Operation("Delete a model", ow.NameRequest, empty=True),
     ("/api/copy", "POST"): Operation("Copy (tag) a model", ow.CopyRequest, empty=True),
+    ("/api/create", "POST"): Operation(
+        "Create a model from a stored one or uploaded blobs", ow.CreateRequest, rw.StatusResponse, NDJSON
+    ),
+    ("/api/blobs/{digest}", "HEAD"): Operation("Whether a blob is on the server (200, else 404)", empty=True),
+    ("/api/blobs/{digest}", "POST"): Operation(
+        "Upload a blob: 201 stored, 200 already there, 400 when the body's digest differs",
+        empty=True,
+        upload=True,
+    ),
     ("/api/generate", "POST"): Operation(
         "Generate a completion", ow.GenerateRequest, rw.GenerateResponse, NDJSON
     ),
@@ -130,12 +141,16 @@ def document(routes: list[BaseRoute]) -> dict[str, Any]:
                 "operationId": f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}",
                 "responses": _responses(path, op, op.stream is not None),
             }
-            if "{model}" in path:
-                entry["parameters"] = [
-                    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
-                ]
+            for param in ("model", "digest"):
+                if "{" + param + "}" in path:
+                    entry["parameters"] = [
+                        {"name": param, "in": "path", "required": True, "schema": {"type": "string"}}
+                    ]
             if op.body is not None:
                 entry["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.body)}}}
+            elif op.upload:
+                binary = {"type": "string", "format": "binary"}
+                entry["requestBody"] = {"required": True, "content": {BINARY: {"schema": binary}}}
             paths.setdefault(path, {})[method.lower()] = entry
     return {
         "openapi": "3.1.0",

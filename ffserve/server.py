@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ffruntime.llamacpp.library import prepare_openmp
+from ffserve.builder import Builder
 from ffserve.settings import Settings
 
 
@@ -14,14 +15,15 @@ def prepare_environment() -> None:
         logging.getLogger("ffserve").warning("llama_cpp was imported before ff serve set OMP_WAIT_POLICY")
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, builder: Builder | None = None) -> None:
+    """Serve until stopped; ``builder`` builds what /api/create asks for (``ff serve`` passes ffbuild's)."""
     prepare_environment()
     import uvicorn
 
     from ffserve.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, builder=builder)
     uvicorn.run(
         app,
         host=settings.host,

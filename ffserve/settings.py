@@ -91,10 +91,11 @@ class Settings(BaseSettings):
     num_ctx: int | None = Field(default=None, ge=16)  # None: the model's PARAMETER num_ctx, else 2048
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(default=256 * 1024**3, ge=1)  # one blob uploaded to /api/blobs/:digest
     shutdown_timeout: float = 30.0
     access_log: bool = True
 
-    @field_validator("max_memory", "max_body_bytes", mode="before")
+    @field_validator("max_memory", "max_body_bytes", "max_upload_bytes", mode="before")
     @classmethod
     def _bytes(cls, v: Any) -> Any:
         return parse_bytes(v) if isinstance(v, str) else v

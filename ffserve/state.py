@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from ffserve.builder import Builder
 from ffserve.metrics import Metrics
 from ffserve.scheduler import Scheduler
 from ffserve.settings import Settings
@@ -19,6 +20,7 @@ class AppState:
     store: Store
     scheduler: Scheduler
     metrics: Metrics
+    builder: Builder | None = None  # what /api/create builds with (ff serve: ffbuild's pipeline)
     started: float = field(default_factory=time.time)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -14,8 +13,8 @@ from ffserve import __version__
 from ffserve.encoding import JSONResponse
 from ffserve.errors import Blame, ModelNotFound, ServeError, mapped_error
 from ffserve.models import canonical, remote_module
+from ffserve.routes.status import Emit, status_response
 from ffserve.state import AppState, app_state
-from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body
 from ffserve.wire.ollama import CopyRequest, NameRequest, rfc3339
 from registry.artifact import (
@@ -189,22 +188,24 @@ async def _transfer(request: Request, push: bool) -> Response:
     body = await parse_body(request, NameRequest)
     name = canonical(body.ref or "")
     remote = remote_module()
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
 
-    def progress(event: object) -> None:
-        fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"status": str(event)}  # type: ignore[arg-type]
-        status = str(fields.get("status", ""))
-        msg: dict[str, object] = {"status": "success" if status == "success" else status}
-        if fields.get("digest") and status != "success":
-            msg.update(
-                digest=fields["digest"], total=fields.get("total", 0), completed=fields.get("completed", 0)
-            )
-        loop.call_soon_threadsafe(queue.put_nowait, msg)
+    def job(emit: Emit) -> None:
+        def progress(event: object) -> None:
+            fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"status": str(event)}  # type: ignore[arg-type]
+            status = str(fields.get("status", ""))
+            if status == "success":
+                return  # said once, at the end, by the stream
+            msg: dict[str, object] = {"status": status}
+            if fields.get("digest"):
+                msg.update(
+                    digest=fields["digest"],
+                    total=fields.get("total", 0),
+                    completed=fields.get("completed", 0),
+                )
+            emit(msg)
 
-    def run() -> None:
+        insecure = body.insecure or e.settings.registry_insecure
         if push:
-            insecure = body.insecure or e.settings.registry_insecure
             remote.push(name, store=e.store, insecure=insecure, progress=progress)
         else:
             s = e.settings
@@ -214,35 +215,15 @@ async def _transfer(request: Request, push: bool) -> Response:
                 target=s.target,
                 quantize=s.quantize,
                 backend=s.backend,
-                insecure=body.insecure or s.registry_insecure,
+                insecure=insecure,
                 progress=progress,
             )
             e.scheduler.forget(name)
 
-    task = asyncio.ensure_future(asyncio.to_thread(run))
-    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
-
     def failure(exc: BaseException) -> ServeError:
         return mapped_error(exc, f"{'push' if push else 'pull'} {name} failed: {exc}", Blame.REGISTRY)
 
-    if not body.stream:
-        try:
-            await task
-        except Exception as exc:
-            raise failure(exc) from None
-        return JSONResponse({"status": "success"})
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while (msg := await queue.get()) is not None:
-            if msg.get("status") != "success":
-                yield ndjson(msg)
-        exc = task.exception()
-        yield ndjson({"error": failure(exc).message} if exc else {"status": "success"})
-
-    async def nothing() -> None:
-        return None
-
-    return EventStream(chunks(), nothing, "application/x-ndjson")  # type: ignore[return-value]
+    return await status_response(body.stream, job, failure)
 
 
 async def pull(request: Request) -> Response:

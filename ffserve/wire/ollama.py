@@ -111,6 +111,43 @@ class NameRequest(_Req):
         return self.model or self.name
 
 
+ParamScalar = str | int | float | bool
+_DIGEST_MAP = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=256)], Annotated[str, Field(max_length=80)]],
+    Field(max_length=256),
+]
+
+
+class CreateRequest(_Req):
+    """``POST /api/create`` as Ollama's clients send it: a model ``from`` an existing one, or from ``files``
+    (name → ``sha256:…`` of a blob uploaded with ``POST /api/blobs/:digest``), with what a Modelfile says."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model: str = Field(default="", max_length=512)
+    name: str = Field(default="", max_length=512)  # older clients send ``name``
+    from_: str | None = Field(default=None, alias="from", min_length=1, max_length=512)
+    files: _DIGEST_MAP | None = None
+    adapters: _DIGEST_MAP | None = None
+    template: str | None = Field(default=None, max_length=1 << 20)
+    system: str | None = Field(default=None, max_length=1 << 20)
+    license: (
+        Annotated[str, Field(max_length=1 << 20)]
+        | Annotated[list[Annotated[str, Field(max_length=1 << 20)]], Field(max_length=64)]
+        | None
+    ) = None
+    parameters: dict[str, ParamScalar | Annotated[list[ParamScalar], Field(max_length=64)]] | None = Field(
+        default=None, max_length=256
+    )
+    messages: list[Message] | None = Field(default=None, max_length=4096)
+    quantize: str | None = Field(default=None, max_length=32)
+    modelfile: str | None = Field(default=None, max_length=1 << 20)  # removed by Ollama 0.5: refused
+    stream: bool = True
+
+    @property
+    def ref(self) -> str:
+        return self.model or self.name
+
+
 class CopyRequest(_Req):
     source: str = Field(min_length=1, max_length=512)
     destination: str = Field(min_length=1, max_length=512)
