@@ -1,4 +1,5 @@
-"""One ASGI middleware for what every route shares: API keys, the body size limit, access logs."""
+"""One ASGI middleware for what every route shares: API keys (``Authorization: Bearer`` or Anthropic's
+``x-api-key``), the body size limit, access logs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ffserve.encoding import dumps
-from ffserve.errors import BodyTooLarge
+from ffserve.errors import BodyTooLarge, error_body
 
 access_log = logging.getLogger("ffserve.access")
 OPEN_PATHS = ("/health/", "/v2/health/")
@@ -18,12 +19,8 @@ OPEN_PATHS = ("/health/", "/v2/health/")
 async def _reject(
     scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    path = str(scope.get("path", ""))
-    if path.startswith("/v1/"):
-        kind = "authentication_error" if status == 401 else "invalid_request_error"
-        body = dumps({"error": {"message": message, "type": kind, "code": status}})
-    else:
-        body = dumps({"error": message})
+    kind = "authentication_error" if status == 401 else "invalid_request_error"
+    body = dumps(error_body(str(scope.get("path", "")), status, message, kind))
     await send(
         {
             "type": "http.response.start",
@@ -41,11 +38,11 @@ class Guard:
     def _authorized(self, scope: Scope) -> bool:
         if not self.keys or str(scope.get("path", "")).startswith(OPEN_PATHS):
             return True
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return any(hmac.compare_digest(token.strip(), k) for k in self.keys)
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer":  # Anthropic's clients send the key as x-api-key
+            token = headers.get(b"x-api-key", b"")
+        return bool(token.strip()) and any(hmac.compare_digest(token.strip(), k) for k in self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +63,7 @@ class Guard:
                     scope,
                     send,
                     401,
-                    "a valid API key is required (Authorization: Bearer <key>)",
+                    "a valid API key is required (Authorization: Bearer <key>, or x-api-key: <key>)",
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return
