@@ -7,7 +7,7 @@ import requests
 
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
 from ffruntime.runtime import RequestRejected
-from ffserve.errors import Blame, ModelNotFound, ServeError, mapped_error
+from ffserve.errors import Blame, ModelNotFound, ServeError, error_body, mapped_error
 from registry.artifact import ArtifactError
 from registry.errors import AuthError, NetworkError, RegistryError, RemoteError, SignatureError
 from registry.reference import ReferenceError
@@ -53,3 +53,21 @@ def test_a_server_error_passes_through() -> None:
     err = ModelNotFound("model 'x' not found")
     assert mapped_error(err, "ignored") is err
     assert isinstance(mapped_error(OSError("disk"), "m"), ServeError)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "kind", "body"),
+    [
+        ("/api/chat", 404, "not_found_error", {"error": "gone"}),
+        ("/v1/chat/completions", 404, "not_found_error",
+         {"error": {"message": "gone", "type": "not_found_error", "code": 404}}),
+        ("/v1/messages", 404, "not_found_error", {"type": "error", "error": {"type": "not_found_error", "message": "gone"}}),
+        ("/v1/messages/count_tokens", 413, "invalid_request_error",
+         {"type": "error", "error": {"type": "request_too_large", "message": "gone"}}),
+        ("/v1/messages", 502, "upstream_error", {"type": "error", "error": {"type": "api_error", "message": "gone"}}),
+        ("/v1/messagesx", 400, "invalid_request_error",
+         {"error": {"message": "gone", "type": "invalid_request_error", "code": 400}}),
+    ],
+)
+def test_error_bodies_per_route_family(path: str, status: int, kind: str, body: object) -> None:
+    assert error_body(path, status, "gone", kind) == body

@@ -1,0 +1,67 @@
+"""Validators for OpenAI's published component schemas (``openai_schemas.json``, see ``extract.py``).
+
+OpenAPI 3.1 schemas are JSON Schema 2020-12, except for the OpenAPI 3.0 ``nullable: true`` a few of
+OpenAI's still carry; :func:`_null_ok` rewrites those to allow ``null`` the way 3.0 meant. ``$ref``s
+resolve inside the kept document.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+DATA = Path(__file__).with_name("openai_schemas.json")
+
+
+def _null_ok(node: Any) -> Any:
+    """``node`` with every ``nullable: true`` schema turned into one that also admits ``null``."""
+    if isinstance(node, list):
+        return [_null_ok(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _null_ok(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") is True:
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+@functools.cache
+def document() -> Mapping[str, Any]:
+    return _null_ok(json.loads(DATA.read_text(encoding="utf-8")))  # type: ignore[no-any-return]
+
+
+def source() -> Mapping[str, str]:
+    return document()["x-source"]  # type: ignore[no-any-return]
+
+
+@functools.cache
+def validator(name: str) -> Draft202012Validator:
+    """A validator for component schema ``name`` (its ``$ref``s resolve within the document)."""
+    root = {"$ref": f"#/components/schemas/{name}", "components": copy.deepcopy(document()["components"])}
+    return Draft202012Validator(root)
+
+
+@functools.cache
+def stream_event_schemas() -> Mapping[str, str]:
+    """Each Responses streaming event's ``type`` → the name of its schema (from ``ResponseStreamEvent``)."""
+    schemas = document()["components"]["schemas"]
+    out: dict[str, str] = {}
+    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[-1]
+        kind = schemas[name]["properties"]["type"]
+        out[kind["enum"][0]] = name
+    return out
+
+
+def problems(name: str, body: object) -> list[str]:
+    """Every way ``body`` breaks schema ``name``, each with the path where it does."""
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:300]}"
+        for e in validator(name).iter_errors(body)
+    ]

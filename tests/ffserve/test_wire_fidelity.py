@@ -1,0 +1,122 @@
+"""Every OpenAI-shaped body and stream event ff sends, validated against the schemas of OpenAI's own
+published OpenAPI document (``publishers/openai_schemas.json``: source and revision in its
+``x-source``), not only read by the ``openai`` client, which parses leniently."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.ffserve.publishers import spec
+from tests.ffserve.serve_testkit import Server
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12}
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+
+
+def _post(server: Server, path: str, body: dict[str, object]) -> object:
+    r = httpx.post(server.url + path, json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _events(server: Server, path: str, body: dict[str, object]) -> Iterator[tuple[str | None, object]]:
+    """(event name, JSON data) of each SSE event; ``[DONE]`` ends it."""
+    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        name: str | None = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                if line == "data: [DONE]":
+                    return
+                yield name, json.loads(line[6:])
+                name = None
+
+
+def _valid(schema: str, body: object) -> None:
+    bad = spec.problems(schema, body)
+    assert not bad, f"{schema} (openai-openapi {spec.source()['commit'][:12]}):\n" + "\n".join(bad)
+
+
+def test_the_kept_schemas_name_their_source() -> None:
+    src = spec.source()
+    assert src["repository"] == "https://github.com/openai/openai-openapi" and len(src["commit"]) == 40
+    assert src["openapi"].startswith("3.1")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"logprobs": True, "top_logprobs": 2}, {"tools": TOOLS, "tool_choice": "required"}],
+    ids=["plain", "logprobs", "tools"],
+)
+def test_chat_completions(server: Server, extra: dict[str, object]) -> None:
+    body = {**CHAT, **extra}
+    whole = _post(server, "/v1/chat/completions", body)
+    _valid("CreateChatCompletionResponse", whole)
+    chunks = [data for _, data in _events(server, "/v1/chat/completions",
+                                         {**body, "stream_options": {"include_usage": True}})]
+    assert len(chunks) > 2
+    for chunk in chunks:
+        _valid("CreateChatCompletionStreamResponse", chunk)
+    if "tools" in extra:
+        assert isinstance(whole, dict) and whole["choices"][0]["message"]["tool_calls"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"logprobs": 2, "echo": False}], ids=["plain", "logprobs"])
+def test_completions(server: Server, extra: dict[str, object]) -> None:
+    body = {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 6, **extra}
+    _valid("CreateCompletionResponse", _post(server, "/v1/completions", body))
+    for _, chunk in _events(server, "/v1/completions", body):
+        _valid("CreateCompletionResponse", chunk)
+
+
+def test_embeddings_models_and_errors(server: Server) -> None:
+    for fmt in ("float", "base64"):
+        body = {"model": "smollm2", "input": ["hello", "world"], "encoding_format": fmt}
+        _valid("CreateEmbeddingResponse", _post(server, "/v1/embeddings", body))
+    _valid("ListModelsResponse", httpx.get(server.url + "/v1/models").json())
+    _valid("Model", httpx.get(server.url + "/v1/models/smollm2:latest").json())
+    for r in (
+        httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "model": "no-such-model"}),
+        httpx.post(server.url + "/v1/chat/completions", json={"model": "smollm2"}),
+        httpx.post(server.url + "/v1/responses", json={"model": "smollm2", "input": "hi",
+                                                      "previous_response_id": "resp_1"}),
+    ):
+        assert r.status_code in (400, 404)
+        _valid("ErrorResponse", r.json())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"text": {"format": {"type": "json_schema", "name": "city", "strict": True, "schema": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": False}}}},
+        {"tools": [{"type": "function", **TOOLS[0]["function"]}], "tool_choice": "required"},  # type: ignore[dict-item]
+        {"max_output_tokens": 3, "instructions": "Be brief."},
+    ],
+    ids=["plain", "json_schema", "tools", "incomplete"],
+)
+def test_responses(server: Server, extra: dict[str, object]) -> None:
+    body = {"model": "smollm2", "input": QUESTION, "max_output_tokens": 24, **extra}
+    _valid("Response", _post(server, "/v1/responses", body))
+    events = list(_events(server, "/v1/responses", body))
+    schemas = spec.stream_event_schemas()
+    for name, event in events:
+        assert isinstance(event, dict) and name == event["type"]
+        _valid(schemas[event["type"]], event)
+    assert events[-1][0] in ("response.completed", "response.incomplete")
