@@ -4,7 +4,9 @@
 Messages map onto the same runtime messages as OpenAI's: ``system`` (a string or text blocks) is the
 system message, ``tool_use`` blocks are an assistant's tool calls and ``tool_result`` blocks the tool
 messages that answer them; tools and ``tool_choice`` (``auto``, ``any``, ``tool``, ``none``) go through
-:func:`ffserve.toolcalls.plan` like OpenAI's. Errors are in Anthropic's shape (:mod:`ffserve.errors`).
+:func:`ffserve.toolcalls.plan` like OpenAI's, and ``output_config.format`` (structured outputs) through
+the typed JSON-schema constraint. ``temperature``, ``top_p`` and ``top_k`` are read when sent (current
+SDKs send them only as ``extra_body``). Errors are in Anthropic's shape (:mod:`ffserve.errors`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ffruntime.constraints import json_schema
 from ffruntime.runtime import (
     Capability,
     ChatMessage,
@@ -91,8 +94,10 @@ def _request(body: CountTokensRequest, options: dict[str, ParamValue]) -> Genera
             raise BadRequest("tool_choice: type 'tool' needs the tool's name")
         name = choice.name if choice.type == "tool" else _CHOICE[choice.type]
     tools, forced = toolcalls.plan([t.tool() for t in body.tools] if body.tools else None, name)
+    fmt = body.output_config.format if body.output_config else None
+    constraint = json_schema(fmt.schema_, "output_config.format.schema") if fmt else FreeText()
     return GenerationRequest(
-        messages=_messages(body), tools=tools, options=options, constraint=forced or FreeText()
+        messages=_messages(body), tools=tools, options=options, constraint=forced or constraint
     )
 
 

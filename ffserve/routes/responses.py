@@ -244,9 +244,8 @@ class _Reply:
             yield self.event("response.output_item.added", output_index=i, item=added)
             where = {"item_id": item["id"], "output_index": i}
             yield self.event("response.function_call_arguments.delta", **where, delta=item["arguments"])
-            yield self.event(
-                "response.function_call_arguments.done", **where, name=item["name"], arguments=item["arguments"]
-            )
+            args = {"name": item["name"], "arguments": item["arguments"]}
+            yield self.event("response.function_call_arguments.done", **where, **args)
             output.append(item)
             yield self.event("response.output_item.done", output_index=i, item=item)
         status = _status(done)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ffserve.wire.tools import NAME, FunctionSpec, Tool
 
+
 class _Req(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -78,12 +79,24 @@ class ToolChoice(_Req):
     disable_parallel_tool_use: bool | None = None
 
 
+class OutputFormat(_Req):
+    type: Literal["json_schema"]
+    schema_: dict[str, object] = Field(alias="schema")
+
+
+class OutputConfig(_Req):
+    """Structured outputs: ``format`` constrains the answer to a JSON schema (``effort`` is ignored)."""
+
+    format: OutputFormat | None = None
+
+
 class _Common(_Req):
     model: str = Field(min_length=1, max_length=512)
     messages: Annotated[list[Message], MaxLen(100_000)] = Field(min_length=1)
     system: str | Annotated[list[TextBlock], MaxLen(1024)] | None = None
     tools: Annotated[list[ToolSpec], MaxLen(128)] | None = None
     tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
 
     def system_text(self) -> str | None:
         if isinstance(self.system, list):

@@ -62,7 +62,8 @@ class FunctionTool(_Req):
 
     def tool(self) -> Tool:
         params = self.parameters or {"type": "object", "properties": {}}
-        return Tool(function=FunctionSpec(name=self.name, description=self.description or "", parameters=params))
+        spec = FunctionSpec(name=self.name, description=self.description or "", parameters=params)
+        return Tool(function=spec)
 
 
 class NamedFunction(_Req):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import pytest
@@ -52,9 +54,9 @@ def test_multi_turn_stop_sequences_and_max_tokens(ac: anthropic.Anthropic) -> No
         {"role": "assistant", "content": "Nice to meet you, Ada."},
         {"role": "user", "content": QUESTION},
     ]
-    stopped = ac.messages.create(
-        model="smollm2", max_tokens=64, messages=turns, stop_sequences=["Paris"], temperature=0.0, top_k=1,
-        top_p=1.0,
+    stopped = ac.messages.create(  # this SDK has no sampling arguments; older ones and other clients do
+        model="smollm2", max_tokens=64, messages=turns, stop_sequences=["Paris"],
+        extra_body={"temperature": 0.0, "top_k": 1, "top_p": 1.0},
     )
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "Paris"
     assert stopped.content[0].type == "text" and "Paris" not in stopped.content[0].text
@@ -92,21 +94,41 @@ def test_forced_tool_use_round_trip(ac: anthropic.Anthropic) -> None:
     assert stop and stop[0].delta.stop_reason == "tool_use"
 
 
+def test_structured_output(ac: anthropic.Anthropic) -> None:
+    city = {
+        "type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"], "additionalProperties": False,
+    }
+    m = ac.messages.create(
+        model="smollm2", max_tokens=60, output_config={"format": {"type": "json_schema", "schema": city}},
+        messages=[{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}],
+    )
+    assert m.stop_reason == "end_turn" and m.content[0].type == "text"
+    value = json.loads(m.content[0].text)
+    assert set(value) == {"city", "country"} and all(isinstance(v, str) for v in value.values())
+
+
 def test_count_tokens(ac: anthropic.Anthropic) -> None:
     messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": QUESTION}]
     n = ac.messages.count_tokens(model="smollm2", messages=messages)
     m = ac.messages.create(model="smollm2", max_tokens=2, messages=messages)
     assert n.input_tokens == m.usage.input_tokens > 10
-    more = ac.messages.count_tokens(model="smollm2", messages=messages, system="Be brief.")
-    assert more.input_tokens > n.input_tokens
+    turns: list[anthropic.types.MessageParam] = [
+        *messages, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Spain?"}
+    ]
+    more = ac.messages.count_tokens(model="smollm2", messages=turns)
+    assert more.input_tokens > n.input_tokens + 5
+    # SmolLM2's template puts its own system prompt in when there is none: a short one is fewer tokens
+    own = ac.messages.count_tokens(model="smollm2", messages=messages, system="Be brief.")
+    assert 10 < own.input_tokens < n.input_tokens
 
 
 def test_errors_in_anthropics_shape(ac: anthropic.Anthropic, server: Server) -> None:
     with pytest.raises(anthropic.NotFoundError) as missing:
         ac.messages.create(model="no-such-model", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
-    assert missing.value.body == {
-        "type": "error", "error": {"type": "not_found_error", "message": missing.value.body["error"]["message"]}
-    }
+    body = missing.value.body
+    assert isinstance(body, dict) and body["type"] == "error" and set(body["error"]) == {"type", "message"}
+    assert body["error"]["type"] == "not_found_error" and "no-such-model" in body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as bad:
         ac.messages.create(model="smollm2", max_tokens=0, messages=[{"role": "user", "content": "hi"}])
     assert bad.value.body["type"] == "error" and bad.value.body["error"]["type"] == "invalid_request_error"

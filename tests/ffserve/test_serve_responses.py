@@ -33,14 +33,16 @@ def test_responses_create_says_paris(ai: openai.OpenAI) -> None:
         input=[{"role": "user", "content": [{"type": "input_text", "text": QUESTION}]}],
     )
     assert items.status == "incomplete" and items.incomplete_details is not None
-    assert items.incomplete_details.reason == "max_output_tokens" and items.usage and items.usage.output_tokens == 4
+    assert items.incomplete_details.reason == "max_output_tokens"
+    assert items.usage and items.usage.output_tokens == 4
 
 
 def test_responses_stream(ai: openai.OpenAI) -> None:
     events = list(ai.responses.create(model="smollm2", input=QUESTION, stream=True))
     kinds = [e.type for e in events]
     assert kinds[:4] == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
     ]
     assert kinds[-4:] == [
         "response.output_text.done", "response.content_part.done", "response.output_item.done",
