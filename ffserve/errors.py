@@ -1,7 +1,7 @@
 """Typed server errors and the one place that maps them to HTTP status codes and JSON bodies.
 
 Every error body is ``{"error": "…"}``; under ``/v1/`` it is OpenAI's ``{"error": {"message", "type",
-"code"}}`` so that the ``openai`` client reads it, and under ``/v1/messages`` Anthropic's ``{"type":
+"param", "code"}}`` so that the ``openai`` client reads it, and under ``/v1/messages`` Anthropic's ``{"type":
 "error", "error": {"type", "message"}}`` (:func:`error_body`, for the middleware's answers too).
 Registry and runtime errors become server errors only through :func:`mapped_error` (the caller says
 the message, the map the status).
@@ -157,15 +157,16 @@ def anthropic_route(path: str) -> bool:
 
 
 def error_body(path: str, status: int, message: str, kind: str) -> dict[str, object]:
-    """The error body of the route family ``path`` belongs to: Anthropic's ``{"type": "error", "error":
-    {"type", "message"}}``, OpenAI's ``{"error": {"message", "type", "code"}}`` under ``/v1/``, else
-    Ollama's ``{"error": "…"}``."""
+    """The error body of the route family ``path`` belongs to: Anthropic's ``{"type": "error",
+    "error": {"type", "message"}}``, OpenAI's ``{"error": {"message", "type", "param", "code"}}`` under
+    ``/v1/`` (``code`` is a string or null in OpenAI's schema and ff has no codes: null; the status is
+    the HTTP status's), else Ollama's ``{"error": "…"}``."""
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's lone surrogates
     if anthropic_route(path):
         kind = "request_too_large" if status == 413 else _ANTHROPIC_KIND.get(kind, kind)
         return {"type": "error", "error": {"type": kind, "message": message}}
     if path.startswith("/v1/"):
-        return {"error": {"message": message, "type": kind, "code": status}}
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return {"error": message}
 
 

@@ -147,9 +147,9 @@ class _Reply:
     def response(self, status: str, output: list[dict[str, object]], done: Done | None) -> dict[str, object]:
         b = self.body
         fmt = b.text.format if b.text and b.text.format else None
-        usage = None
+        usage: dict[str, object] = {}
         if done is not None:  # ff keeps no per-request cache counts: the details say 0
-            usage = {
+            usage["usage"] = {
                 "input_tokens": done.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": done.completion_tokens,
@@ -179,8 +179,8 @@ class _Reply:
             else (b.tool_choice or "auto"),
             "tools": [t.model_dump() for t in b.tools or ()],
             "truncation": "disabled",
-            "usage": usage,
             "metadata": b.metadata or {},
+            **usage,  # once known (OpenAI's schema has no null usage)
         }
 
     @staticmethod

@@ -60,7 +60,7 @@ def test_a_server_error_passes_through() -> None:
     [
         ("/api/chat", 404, "not_found_error", {"error": "gone"}),
         ("/v1/chat/completions", 404, "not_found_error",
-         {"error": {"message": "gone", "type": "not_found_error", "code": 404}}),
+         {"error": {"message": "gone", "type": "not_found_error", "param": None, "code": None}}),
         ("/v1/messages", 404, "not_found_error",
          {"type": "error", "error": {"type": "not_found_error", "message": "gone"}}),
         ("/v1/messages/count_tokens", 413, "invalid_request_error",
@@ -68,7 +68,7 @@ def test_a_server_error_passes_through() -> None:
         ("/v1/messages", 502, "upstream_error",
          {"type": "error", "error": {"type": "api_error", "message": "gone"}}),
         ("/v1/messagesx", 400, "invalid_request_error",
-         {"error": {"message": "gone", "type": "invalid_request_error", "code": 400}}),
+         {"error": {"message": "gone", "type": "invalid_request_error", "param": None, "code": None}}),
     ],
 )
 def test_error_bodies_per_route_family(path: str, status: int, kind: str, body: object) -> None:
