@@ -56,7 +56,7 @@ def _tool_id() -> str:
     return "toolu_" + uuid.uuid4().hex[:24]
 
 
-def _messages(body: CountTokensRequest) -> list[ChatMessage]:
+def _messages(body: MessagesRequest | CountTokensRequest) -> list[ChatMessage]:
     """The conversation as runtime messages; a user message's tool results come before its text."""
     out = [ChatMessage("system", system)] if (system := body.system_text()) else []
     names: dict[str, str] = {}
@@ -86,7 +86,7 @@ def _messages(body: CountTokensRequest) -> list[ChatMessage]:
     return out
 
 
-def _request(body: CountTokensRequest, options: dict[str, ParamValue]) -> GenerationRequest:
+def _request(body: MessagesRequest | CountTokensRequest, options: dict[str, ParamValue]) -> GenerationRequest:
     choice = body.tool_choice
     name: str | None = None
     if choice is not None:

@@ -11,7 +11,7 @@ import pytest
 from tests.ffserve.serve_testkit import Server
 
 QUESTION = "What is the capital of France? Answer in one sentence."
-WEATHER = {
+WEATHER: anthropic.types.ToolParam = {
     "name": "get_weather",
     "description": "The current weather in a city.",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -67,7 +67,7 @@ def test_multi_turn_stop_sequences_and_max_tokens(ac: anthropic.Anthropic) -> No
 def test_forced_tool_use_round_trip(ac: anthropic.Anthropic) -> None:
     ask: list[anthropic.types.MessageParam] = [{"role": "user", "content": "What is the weather in Paris?"}]
     m = ac.messages.create(
-        model="smollm2", max_tokens=64, messages=ask, tools=[WEATHER],  # type: ignore[list-item]
+        model="smollm2", max_tokens=64, messages=ask, tools=[WEATHER],
         tool_choice={"type": "tool", "name": "get_weather"},
     )
     assert m.stop_reason == "tool_use"
@@ -78,13 +78,13 @@ def test_forced_tool_use_round_trip(ac: anthropic.Anthropic) -> None:
         "type": "tool_result", "tool_use_id": use[0].id, "content": "18 degrees and sunny",
     }
     follow = ac.messages.create(
-        model="smollm2", max_tokens=48, tools=[WEATHER],  # type: ignore[list-item]
+        model="smollm2", max_tokens=48, tools=[WEATHER],
         messages=[*ask, {"role": "assistant", "content": m.content}, {"role": "user", "content": [result]}],
     )
     assert follow.stop_reason in ("end_turn", "max_tokens")
     assert follow.content and follow.content[0].type == "text" and follow.content[0].text.strip()
     streamed = ac.messages.create(
-        model="smollm2", max_tokens=64, messages=ask, tools=[WEATHER],  # type: ignore[list-item]
+        model="smollm2", max_tokens=64, messages=ask, tools=[WEATHER],
         tool_choice={"type": "any"}, stream=True,
     )
     events = list(streamed)
@@ -131,13 +131,15 @@ def test_errors_in_anthropics_shape(ac: anthropic.Anthropic, server: Server) -> 
     assert body["error"]["type"] == "not_found_error" and "no-such-model" in body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as bad:
         ac.messages.create(model="smollm2", max_tokens=0, messages=[{"role": "user", "content": "hi"}])
-    assert bad.value.body["type"] == "error" and bad.value.body["error"]["type"] == "invalid_request_error"
-    assert "max_tokens" in bad.value.body["error"]["message"]
+    err = bad.value.body
+    assert isinstance(err, dict) and err["type"] == "error"
+    assert err["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in err["error"]["message"]
     r = httpx.post(server.url + "/v1/messages", content=b"{not json")
     assert r.status_code == 400 and r.json()["type"] == "error"
     with pytest.raises(anthropic.BadRequestError) as tool:
         ac.messages.create(
             model="smollm2", max_tokens=8, messages=[{"role": "user", "content": "hi"}],
-            tools=[WEATHER], tool_choice={"type": "tool", "name": "other"},  # type: ignore[list-item]
+            tools=[WEATHER], tool_choice={"type": "tool", "name": "other"},
         )
-    assert "not one of the tools" in tool.value.body["error"]["message"]
+    assert isinstance(tool.value.body, dict) and "not one of the tools" in tool.value.body["error"]["message"]

@@ -7,6 +7,7 @@ import json
 
 import openai
 import pytest
+from openai.types.responses import FunctionToolParam, ResponseInputItemParam
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 CITY = {
@@ -15,8 +16,9 @@ CITY = {
     "required": ["city", "country"],
     "additionalProperties": False,
 }
-WEATHER = {
+WEATHER: FunctionToolParam = {
     "type": "function",
+    "strict": False,
     "name": "get_weather",
     "description": "The current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -65,16 +67,16 @@ def test_responses_json_schema_format(ai: openai.OpenAI) -> None:
 
 
 def test_responses_function_call_round_trip(ai: openai.OpenAI) -> None:
-    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    ask: list[ResponseInputItemParam] = [{"role": "user", "content": "What is the weather in Paris?"}]
     r = ai.responses.create(
-        model="smollm2", input=ask, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},  # type: ignore[arg-type, list-item]
+        model="smollm2", input=ask, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}
     )
     calls = [o for o in r.output if o.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
     assert isinstance(json.loads(calls[0].arguments).get("city"), str)
     follow = ai.responses.create(
-        model="smollm2", tools=[WEATHER], max_output_tokens=40,  # type: ignore[list-item]
-        input=[*ask, calls[0].model_dump(), {  # type: ignore[list-item]
+        model="smollm2", tools=[WEATHER], max_output_tokens=40,
+        input=[*ask, calls[0].model_dump(), {  # type: ignore[list-item]  # the SDK's output item, sent back
             "type": "function_call_output", "call_id": calls[0].call_id, "output": "18 degrees and sunny"}],
     )
     assert follow.output_text.strip() and follow.output[0].type == "message"

@@ -103,7 +103,7 @@ def test_completions(server: Server, extra: dict[str, object]) -> None:
 
 
 def test_embeddings_models_and_errors(server: Server) -> None:
-    body = {"model": "smollm2", "input": ["hello", "world"]}
+    body: dict[str, object] = {"model": "smollm2", "input": ["hello", "world"]}
     floats = _post(server, "/v1/embeddings", body)
     _valid("CreateEmbeddingResponse", floats)
     packed = _post(server, "/v1/embeddings", {**body, "encoding_format": "base64"})
