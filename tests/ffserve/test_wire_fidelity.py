@@ -1,6 +1,7 @@
 """Every OpenAI-shaped body and stream event ff sends, validated against the schemas of OpenAI's own
 published OpenAPI document (``publishers/openai_schemas.json``: source and revision in its
-``x-source``), not only read by the ``openai`` client, which parses leniently.
+``x-source``), not only read by the ``openai`` client, which parses leniently; the Ollama routes'
+answers likewise against Ollama's ``docs/openapi.yaml`` (``publishers/ollama_schemas.json``).
 
 Two places where the published document does not describe what OpenAI's own server sends, each
 handled by name (and only there): a streamed legacy completion's chunks before the last carry
@@ -54,14 +55,19 @@ def _events(server: Server, path: str, body: dict[str, object]) -> Iterator[tupl
                 name = None
 
 
-def _valid(schema: str, body: object) -> None:
-    bad = spec.problems(schema, body)
-    assert not bad, f"{schema} (openai-openapi {spec.source()['commit'][:12]}):\n" + "\n".join(bad)
+def _valid(schema: str, body: object, publisher: str = "openai") -> None:
+    bad = spec.problems(schema, body, publisher)
+    where = f"{publisher} {spec.source(publisher)['commit'][:12]}"
+    assert not bad, f"{schema} ({where}):\n" + "\n".join(bad)
 
 
-def test_the_kept_schemas_name_their_source() -> None:
-    src = spec.source()
-    assert src["repository"] == "https://github.com/openai/openai-openapi" and len(src["commit"]) == 40
+@pytest.mark.parametrize(
+    ("publisher", "repository"),
+    [("openai", "https://github.com/openai/openai-openapi"), ("ollama", "https://github.com/ollama/ollama")],
+)
+def test_the_kept_schemas_name_their_source(publisher: str, repository: str) -> None:
+    src = spec.source(publisher)
+    assert src["repository"] == repository and len(src["commit"]) == 40
     assert src["openapi"].startswith("3.1")
 
 
@@ -153,3 +159,41 @@ def test_responses(server: Server, extra: dict[str, object]) -> None:
     assert events[-1][0] == ("response.incomplete" if "instructions" in extra else "response.completed")
     if "tools" in extra:
         assert any(name == "response.function_call_arguments.done" for name, _ in events)
+
+
+def _ndjson(server: Server, path: str, body: dict[str, object]) -> list[object]:
+    with httpx.stream("POST", server.url + path, json=body, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "whole", "event"),
+    [
+        ("/api/generate", {"prompt": QUESTION}, "GenerateResponse", "GenerateStreamEvent"),
+        ("/api/chat", {"messages": CHAT["messages"]}, "ChatResponse", "ChatStreamEvent"),
+        ("/api/chat", {"messages": CHAT["messages"], "tools": TOOLS, "logprobs": True, "top_logprobs": 2},
+         "ChatResponse", "ChatStreamEvent"),
+    ],
+    ids=["generate", "chat", "chat-tools-logprobs"],
+)
+def test_ollama_generation(
+    server: Server, path: str, body: dict[str, object], whole: str, event: str
+) -> None:
+    body = {"model": "smollm2", "options": {"num_predict": 12}, **body}
+    _valid(whole, _post(server, path, {**body, "stream": False}), "ollama")
+    lines = _ndjson(server, path, body)
+    assert len(lines) > 2
+    for line in lines:
+        _valid(event, line, "ollama")
+
+
+def test_ollama_models_embed_and_errors(server: Server) -> None:
+    _valid("EmbedResponse", _post(server, "/api/embed", {"model": "smollm2", "input": ["a", "b"]}), "ollama")
+    _valid("ListResponse", httpx.get(server.url + "/api/tags").json(), "ollama")
+    _valid("PsResponse", httpx.get(server.url + "/api/ps").json(), "ollama")
+    _valid("ShowResponse", _post(server, "/api/show", {"model": "smollm2"}), "ollama")
+    _valid("VersionResponse", httpx.get(server.url + "/api/version").json(), "ollama")
+    missing = httpx.post(server.url + "/api/chat", json={"model": "no-such-model", "messages": []})
+    assert missing.status_code == 404
+    _valid("ErrorResponse", missing.json(), "ollama")

@@ -1,4 +1,5 @@
-"""Validators for OpenAI's published component schemas (``openai_schemas.json``, see ``extract.py``).
+"""Validators for the publishers' own component schemas (``openai_schemas.json``,
+``ollama_schemas.json``; see ``extract.py``).
 
 OpenAPI 3.1 schemas are JSON Schema 2020-12, except for the OpenAPI 3.0 ``nullable: true`` a few of
 OpenAI's still carry; :func:`_null_ok` rewrites those to allow ``null`` the way 3.0 meant. ``$ref``s
@@ -16,7 +17,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-DATA = Path(__file__).with_name("openai_schemas.json")
+HERE = Path(__file__).parent
 
 
 def _null_ok(node: Any) -> Any:
@@ -32,19 +33,20 @@ def _null_ok(node: Any) -> Any:
 
 
 @functools.cache
-def document() -> Mapping[str, Any]:
-    return _null_ok(json.loads(DATA.read_text(encoding="utf-8")))  # type: ignore[no-any-return]
+def document(publisher: str = "openai") -> Mapping[str, Any]:
+    text = (HERE / f"{publisher}_schemas.json").read_text(encoding="utf-8")
+    return _null_ok(json.loads(text))  # type: ignore[no-any-return]
 
 
-def source() -> Mapping[str, str]:
-    return document()["x-source"]  # type: ignore[no-any-return]
+def source(publisher: str = "openai") -> Mapping[str, str]:
+    return document(publisher)["x-source"]  # type: ignore[no-any-return]
 
 
 @functools.cache
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str, publisher: str = "openai") -> Draft202012Validator:
     """A validator for component schema ``name`` (its ``$ref``s resolve within the document)."""
-    root = {"$ref": f"#/components/schemas/{name}", "components": copy.deepcopy(document()["components"])}
-    return Draft202012Validator(root)
+    components = copy.deepcopy(document(publisher)["components"])
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": components})
 
 
 @functools.cache
@@ -59,9 +61,9 @@ def stream_event_schemas() -> Mapping[str, str]:
     return out
 
 
-def problems(name: str, body: object) -> list[str]:
+def problems(name: str, body: object, publisher: str = "openai") -> list[str]:
     """Every way ``body`` breaks schema ``name``, each with the path where it does."""
     return [
         f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:300]}"
-        for e in validator(name).iter_errors(body)
+        for e in validator(name, publisher).iter_errors(body)
     ]
