@@ -64,6 +64,8 @@ def _messages(body: MessagesRequest | CountTokensRequest) -> list[ChatMessage]:
         if isinstance(m.content, str):
             out.append(ChatMessage(m.role, m.content))
             continue
+        if not m.content:
+            raise BadRequest(f"messages.{i}.content: a message needs at least one content block")
         texts: list[str] = []
         calls: list[ToolCall] = []
         for j, b in enumerate(m.content):

@@ -74,6 +74,8 @@ def _messages(body: ResponsesRequest) -> list[ChatMessage]:
     out = [ChatMessage("system", body.instructions)] if body.instructions else []
     if isinstance(body.input, str):
         return [*out, ChatMessage("user", body.input)]
+    if not body.input:
+        raise BadRequest("input: at least one item is needed")
     names: dict[str, str] = {}
     for i, item in enumerate(body.input):
         where = f"input.{i}"

@@ -137,6 +137,10 @@ def test_errors_in_anthropics_shape(ac: anthropic.Anthropic, server: Server) -> 
     assert "max_tokens" in err["error"]["message"]
     r = httpx.post(server.url + "/v1/messages", content=b"{not json")
     assert r.status_code == 400 and r.json()["type"] == "error"
+    for content in ([], [{"type": "image", "source": {}}]):
+        r = httpx.post(server.url + "/v1/messages", json={
+            "model": "smollm2", "max_tokens": 4, "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("messages.0.content")
     with pytest.raises(anthropic.BadRequestError) as tool:
         ac.messages.create(
             model="smollm2", max_tokens=8, messages=[{"role": "user", "content": "hi"}],

@@ -86,3 +86,10 @@ def test_previous_response_id_is_a_clear_400(ai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         ai.responses.create(model="smollm2", input="hi", previous_response_id="resp_123")
     assert "stateless" in err.value.message and "input items" in err.value.message
+    with pytest.raises(openai.BadRequestError) as empty:
+        ai.responses.create(model="smollm2", input=[])
+    assert "at least one item" in empty.value.message
+    with pytest.raises(openai.BadRequestError) as image:
+        ai.responses.create(model="smollm2", input=[
+            {"role": "user", "content": [{"type": "input_image", "image_url": "data:,", "detail": "auto"}]}])
+    assert "input_image parts are not supported" in image.value.message
