@@ -259,7 +259,8 @@ class GenAIRuntime:
             emit(Token(tail))
         t_end = time.perf_counter_ns()
         del gen
-        emit(Done(reason, len(plan.tokens), len(out), t_first - t0, t_end - t_first, (*plan.tokens, *out)))
+        emit(Done(reason, len(plan.tokens), len(out), t_first - t0, t_end - t_first, (*plan.tokens, *out),
+                  scanner.matched if reason == "stop" else None))
 
     async def _events(
         self, run: Callable[[Callable[[object], None]], None], cancel: CancelFlag

@@ -165,6 +165,7 @@ class Done:
     prompt_eval_ns: int
     eval_ns: int
     context: tuple[int, ...] = ()
+    stop_sequence: str | None = None  # the stop string that ended the text (reason "stop"), if one did
 
 
 Event = Token | Done

@@ -41,13 +41,16 @@ class StopScanner:
         self.stops = [s for s in stops if s]
         self.pending = ""  # text not yet released (it could begin a stop string)
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """The text released by ``text`` (empty while undecided); sets :attr:`stopped` at a stop string."""
         if self.stopped:
             return ""
         text = self.pending + text
-        cut = min((i for s in self.stops if (i := text.find(s)) >= 0), default=-1)
+        cut, self.matched = min(
+            ((i, s) for s in self.stops if (i := text.find(s)) >= 0), default=(-1, None)
+        )
         if cut >= 0:
             self.stopped = True
             self.pending = ""

@@ -1,8 +1,10 @@
 """Typed server errors and the one place that maps them to HTTP status codes and JSON bodies.
 
 Every error body is ``{"error": "…"}``; under ``/v1/`` it is OpenAI's ``{"error": {"message", "type",
-"code"}}`` so that the ``openai`` client reads it. Registry and runtime errors become server errors
-only through :func:`mapped_error` (the caller says the message, the map the status).
+"param", "code"}}`` so that the ``openai`` client reads it, and under ``/v1/messages`` Anthropic's ``{"type":
+"error", "error": {"type", "message"}}`` (:func:`error_body`, for the middleware's answers too).
+Registry and runtime errors become server errors only through :func:`mapped_error` (the caller says
+the message, the map the status).
 """
 
 from __future__ import annotations
@@ -171,14 +173,38 @@ def grpc_status(exc: BaseException) -> tuple[str, str]:
     return code, err.message
 
 
+# Anthropic's error types (https://docs.anthropic.com/en/api/errors) for the kinds that differ.
+_ANTHROPIC_KIND = {
+    "server_error": "api_error",
+    "not_implemented_error": "api_error",
+    "upstream_error": "api_error",
+    "insufficient_memory_error": "api_error",
+}
+
+
+def anthropic_route(path: str) -> bool:
+    """Whether ``path`` is one of Anthropic's Messages API routes (errors in Anthropic's shape)."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def error_body(path: str, status: int, message: str, kind: str) -> dict[str, object]:
+    """The error body of the route family ``path`` belongs to: Anthropic's ``{"type": "error",
+    "error": {"type", "message"}}``, OpenAI's ``{"error": {"message", "type", "param", "code"}}`` under
+    ``/v1/`` (``code`` is a string or null in OpenAI's schema and ff has no codes: null; the status is
+    the HTTP status's), else Ollama's ``{"error": "…"}``."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's lone surrogates
+    if anthropic_route(path):
+        kind = "request_too_large" if status == 413 else _ANTHROPIC_KIND.get(kind, kind)
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if path.startswith("/v1/"):
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": message}
+
+
 def error_response(
     request: Request, status: int, message: str, kind: str, headers: dict[str, str]
 ) -> Response:
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's lone surrogates
-    if request.url.path.startswith("/v1/"):
-        body: dict[str, object] = {"error": {"message": message, "type": kind, "code": status}}
-    else:
-        body = {"error": message}
+    body = error_body(request.url.path, status, message, kind)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -1,5 +1,6 @@
-"""One ASGI middleware for what every route shares: API keys, the body size limit, access logs, the
-responses-by-status metric and the request's trace span (:mod:`ffruntime.tracing`; none when off)."""
+"""One ASGI middleware for what every route shares: API keys (``Authorization: Bearer`` or Anthropic's
+``x-api-key``), the body size limit, access logs, the responses-by-status metric and the request's trace
+span (:mod:`ffruntime.tracing`; none when off)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ffruntime import tracing
 from ffserve.encoding import dumps
-from ffserve.errors import BodyTooLarge
+from ffserve.errors import BodyTooLarge, error_body
 
 access_log = logging.getLogger("ffserve.access")
 OPEN_PATHS = ("/health/", "/v2/health/")
@@ -22,12 +23,8 @@ UPLOAD_PATHS = ("/api/blobs/",)  # bodies that are model files: bounded by max_u
 async def _reject(
     scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    path = str(scope.get("path", ""))
-    if path.startswith("/v1/"):
-        kind = "authentication_error" if status == 401 else "invalid_request_error"
-        body = dumps({"error": {"message": message, "type": kind, "code": status}})
-    else:
-        body = dumps({"error": message})
+    kind = "authentication_error" if status == 401 else "invalid_request_error"
+    body = dumps(error_body(str(scope.get("path", "")), status, message, kind))
     await send(
         {
             "type": "http.response.start",
@@ -68,7 +65,10 @@ class Guard:
     def _authorized(self, scope: Scope) -> bool:
         if not self.keys or str(scope.get("path", "")).startswith(OPEN_PATHS):
             return True
-        return key_accepted(self.keys, dict(scope.get("headers") or []).get(b"authorization", b""))
+        headers = dict(scope.get("headers") or [])
+        if key_accepted(self.keys, headers.get(b"authorization", b"")):
+            return True
+        return key_accepted(self.keys, b"Bearer " + headers.get(b"x-api-key", b""))  # Anthropic's clients
 
     def _count(self, status: int) -> None:
         child = self._by_code.get(status)
@@ -104,7 +104,7 @@ class Guard:
                     scope,
                     send,
                     401,
-                    "a valid API key is required (Authorization: Bearer <key>)",
+                    "a valid API key is required (Authorization: Bearer <key>, or x-api-key: <key>)",
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return 401

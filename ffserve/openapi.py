@@ -16,8 +16,11 @@ from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
 from ffserve import __version__
+from ffserve.errors import anthropic_route
+from ffserve.wire import anthropic as anw
 from ffserve.wire import ollama as ow
 from ffserve.wire import openai as aw
+from ffserve.wire import openai_responses as rsw
 from ffserve.wire import responses as rw
 from ffserve.wire import v2 as v2w
 
@@ -70,6 +73,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/v1/completions", "POST"): Operation("OpenAI completions", aw.CompletionRequest, rw.Completion, SSE),
     ("/v1/embeddings", "POST"): Operation("OpenAI embeddings", aw.EmbeddingRequest, rw.EmbeddingList),
+    ("/v1/responses", "POST"): Operation(
+        "OpenAI Responses (stateless: no previous_response_id)", rsw.ResponsesRequest, rsw.ResponseObject, SSE
+    ),
+    ("/v1/messages", "POST"): Operation(
+        "Anthropic Messages (errors in Anthropic's shape)", anw.MessagesRequest, anw.MessageOut, SSE
+    ),
+    ("/v1/messages/count_tokens", "POST"): Operation(
+        "Anthropic token count", anw.CountTokensRequest, anw.TokenCount
+    ),
     ("/v1/models", "GET"): Operation("OpenAI model list", answer=rw.ModelList),
     ("/v1/models/{model}", "GET"): Operation("One OpenAI model", answer=rw.ModelObject),
     ("/health/live", "GET"): Operation("Liveness probe", answer=rw.Health),
@@ -99,7 +111,10 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _responses(path: str, op: Operation, stream_default: bool) -> dict[str, object]:
-    error = _ref(rw.OpenAIError if path.startswith("/v1/") else rw.OllamaError)
+    if anthropic_route(path):
+        error = _ref(anw.AnthropicError)
+    else:
+        error = _ref(rw.OpenAIError if path.startswith("/v1/") else rw.OllamaError)
     ok: dict[str, object] = {"description": "OK"}
     if op.text:
         ok["content"] = {TEXT: {"schema": {"type": "string"}}}
@@ -123,7 +138,7 @@ def document(routes: list[BaseRoute]) -> dict[str, Any]:
     """The OpenAPI document of ``routes`` (those in :data:`OPERATIONS`)."""
     bodies = {op.body for op in OPERATIONS.values() if op.body is not None}
     answers = {op.answer for op in OPERATIONS.values() if op.answer is not None}
-    answers |= {rw.OllamaError, rw.OpenAIError}
+    answers |= {rw.OllamaError, rw.OpenAIError, anw.AnthropicError}
     keyed = [(m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)]
     keyed += [(m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)]
     _, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
@@ -157,7 +172,8 @@ def document(routes: list[BaseRoute]) -> dict[str, Any]:
         "info": {
             "title": "FerrousForge ff serve",
             "version": __version__,
-            "description": "Ollama (/api), OpenAI (/v1) and operations routes.",
+            "description": "Ollama (/api), OpenAI (/v1), Anthropic Messages (/v1/messages), OIP v2 (/v2) "
+            "and operations routes.",
         },
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {})},

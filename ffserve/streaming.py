@@ -1,4 +1,4 @@
-"""A streaming response that always closes its source: NDJSON (Ollama) and SSE (OpenAI).
+"""A streaming response that always closes its source: NDJSON (Ollama) and SSE (OpenAI, Anthropic).
 
 Starlette's StreamingResponse leaves a cancelled async generator to the garbage collector; here the
 source's ``aclose`` runs when the stream ends, fails or the client disconnects, so the generation
@@ -60,3 +60,8 @@ def sse(obj: object) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(event: str, obj: object) -> bytes:
+    """One named SSE event (``event:`` and ``data:`` lines), as Anthropic's and the Responses API's are."""
+    return b"event: " + event.encode() + b"\ndata: " + dumps(obj) + b"\n\n"

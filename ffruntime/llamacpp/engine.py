@@ -370,7 +370,7 @@ class Engine:
         if reason != "cancelled" and (tail := seq.text.flush()):
             _safe_emit(job.emit, Token(tail, tuple(seq.pending)))
         done = Done(reason, len(job.prompt), len(seq.generated), first - seq.t_start, now - first,
-                    (*job.prompt, *seq.generated))
+                    (*job.prompt, *seq.generated), seq.text.matched if reason == "stop" else None)
         _safe_emit(job.emit, done)
         _safe_emit(job.emit, END)
 

@@ -25,6 +25,11 @@ class TextStream:
     def stopped(self) -> bool:
         return self._scanner.stopped
 
+    @property
+    def matched(self) -> str | None:
+        """The stop string that ended the text, once one did."""
+        return self._scanner.matched
+
     def feed(self, data: bytes) -> str:
         """The text released by ``data`` (empty while undecided); sets :attr:`stopped` on a stop string."""
         return self._scanner.feed(self._decoder.decode(data))

@@ -108,7 +108,9 @@ class _Reply:
             }
         else:
             content, calls = toolcalls.parse(answer.text, self.names) if self.names else (answer.text, [])
-            message: dict[str, object] = {"role": "assistant", "content": content or (None if calls else "")}
+            message: dict[str, object] = {
+                "role": "assistant", "content": content or (None if calls else ""), "refusal": None
+            }
             if calls:
                 wire = _wire_calls(calls)
                 message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in wire]
@@ -181,7 +183,7 @@ class _Reply:
                     if content or (self.want_logprobs and ev.logprobs):
                         yield self.delta({"content": content}, None, ev.logprobs)
         except Exception as exc:  # headers are sent: report in the stream
-            yield sse({"error": {"message": str(exc), "type": "server_error", "code": 500}})
+            yield sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
         yield SSE_DONE
 
 

@@ -55,3 +55,11 @@ def test_earliest_stop_wins_and_tail_length() -> None:
     assert feed_all(StopScanner([]), ["any", "thing"]) == "anything"
     assert held_tail("abc", ["cde", "bcx"]) == 2
     assert held_tail("abc", ["zz"]) == 0
+
+
+def test_the_scanner_says_which_stop_string_ended_the_text() -> None:
+    s = StopScanner(["END", "STOP"])
+    assert s.feed("one ST") == "one " and s.matched is None
+    assert s.feed("OP and END") == "" and s.stopped and s.matched == "STOP"
+    early = StopScanner(["b", "abc"])
+    assert early.feed("xabc") == "x" and early.matched == "abc"  # the first to begin in the text wins

@@ -16,6 +16,7 @@ from ffserve.errors import (
     Overloaded,
     ServeError,
     Unauthorized,
+    error_body,
     grpc_status,
     mapped_error,
 )
@@ -89,3 +90,23 @@ def test_grpc_codes_follow_the_http_map(exc: Exception, code: str) -> None:
     assert got == code and grpc.StatusCode[got].name == code
     assert (str(exc.args[0]) in message) and (got != "INTERNAL" or message.startswith("internal error"))
     assert set(GRPC_CODES.values()) <= set(grpc.StatusCode.__members__)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "kind", "body"),
+    [
+        ("/api/chat", 404, "not_found_error", {"error": "gone"}),
+        ("/v1/chat/completions", 404, "not_found_error",
+         {"error": {"message": "gone", "type": "not_found_error", "param": None, "code": None}}),
+        ("/v1/messages", 404, "not_found_error",
+         {"type": "error", "error": {"type": "not_found_error", "message": "gone"}}),
+        ("/v1/messages/count_tokens", 413, "invalid_request_error",
+         {"type": "error", "error": {"type": "request_too_large", "message": "gone"}}),
+        ("/v1/messages", 502, "upstream_error",
+         {"type": "error", "error": {"type": "api_error", "message": "gone"}}),
+        ("/v1/messagesx", 400, "invalid_request_error",
+         {"error": {"message": "gone", "type": "invalid_request_error", "param": None, "code": None}}),
+    ],
+)
+def test_error_bodies_per_route_family(path: str, status: int, kind: str, body: object) -> None:
+    assert error_body(path, status, "gone", kind) == body

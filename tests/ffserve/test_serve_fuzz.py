@@ -40,6 +40,9 @@ MODEL_ROUTES = {
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
 }
 
 
@@ -113,5 +116,6 @@ def test_every_route_is_in_the_document(fuzz_server: Server) -> None:
         doc["openapi"].startswith("3.1")
         and "/api/chat" in doc["paths"]
         and "/v1/chat/completions" in doc["paths"]
+        and {"/v1/messages", "/v1/messages/count_tokens", "/v1/responses"} <= set(doc["paths"])
     )
     assert "mirostat" in doc["components"]["schemas"]["Options"]["properties"]

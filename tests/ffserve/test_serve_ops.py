@@ -56,6 +56,22 @@ def test_every_route_but_health_needs_the_key(locked: Server) -> None:
     assert ok.status_code == 200 and ok.json()["models"]
 
 
+def test_the_anthropic_clients_x_api_key(locked: Server) -> None:
+    """Anthropic's SDK sends its key as ``x-api-key``; a wrong one is a 401 in Anthropic's shape."""
+    import anthropic
+
+    hi: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
+    ok = anthropic.Anthropic(base_url=locked.url, api_key=KEY, max_retries=0)
+    assert ok.messages.count_tokens(model="tiny", messages=hi).input_tokens > 1
+    bad = anthropic.Anthropic(base_url=locked.url, api_key="wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        bad.messages.count_tokens(model="tiny", messages=hi)
+    assert isinstance(err.value.body, dict) and err.value.body["type"] == "error"
+    assert err.value.body["error"]["type"] == "authentication_error"
+    assert httpx.get(locked.url + "/api/tags", headers={"x-api-key": KEY}).status_code == 200
+    assert httpx.get(locked.url + "/api/tags", headers={"x-api-key": ""}).status_code == 401
+
+
 def test_body_limit_and_readiness(locked: Server) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     big = {"model": "tiny", "prompt": "x" * 5000, "stream": False}
