@@ -84,8 +84,6 @@ def test_probes_never_load_a_model(ff_home: Path, tmp_path: Path) -> None:
 def test_serving_a_gguf_imports_no_torch_transformers_or_tvm(ff_home: Path) -> None:
     code = """
 import asyncio, json, sys
-from ffserve.server import prepare_environment
-prepare_environment()
 from ffserve.app import create_app
 from ffserve.settings import Settings
 from ffruntime.runtime import GenerationRequest, Token
