@@ -116,9 +116,9 @@ def main() -> None:
                     help="aggregate tok/s at 1, 4, 8 streams and shared-prefix TTFT against llama-server")
     ap.add_argument("--parallel", type=int, default=8, help="parallel slots of both servers (--concurrent)")
     ap.add_argument("--defaults", action="store_true",
-                    help="--concurrent with each server at its defaults (no FF_* settings; llama-server -m, --port)")
+                    help="each server at its defaults (no FF_* setting; llama-server -m, --port)")
     ap.add_argument("--contention", action="store_true", help="--defaults: single stream beside a busy core")
-    ap.add_argument("--long-prompt", action="store_true", help="--defaults: 3 streams' gaps as a long prompt comes")
+    ap.add_argument("--long-prompt", action="store_true", help="--defaults: 3 streams' gaps, long prompt")
     ap.add_argument("--quants", nargs="+", default=["Q4_1", "Q8_0", "Q4_0"], help="--defaults throughput")
     args = ap.parse_args()
     if args.defaults:

@@ -26,6 +26,7 @@ the flags of our own build (:mod:`bench.build`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shlex
@@ -61,9 +62,9 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("FF_", "OMP_", "GOMP_"))}
 
 
-def start_ff(home: Path, name: str, threads: int | None = None, extra: dict[str, str] | None = None) -> Server:
+def start_ff(home: Path, name: str, threads: int | None = None) -> Server:
     port = _port()
-    env = {**_clean_env(), "FF_HOME": str(home), "PYTHONPATH": str(REPO), **(extra or {})}
+    env = {**_clean_env(), "FF_HOME": str(home), "PYTHONPATH": str(REPO)}
     if threads:
         env["FF_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen([sys.executable, "-m", "ffcli", "serve", "--port", str(port)], env=env,
@@ -99,7 +100,8 @@ async def stream(client: httpx.AsyncClient, s: Server, prompt: str, n: int) -> t
     stamps: list[float] = []
     count = 0
     if s.api == "ff":
-        body = {"model": "bench", "prompt": prompt, "raw": True, "options": {"num_predict": n, "temperature": 0}}
+        options = {"num_predict": n, "temperature": 0}
+        body = {"model": "bench", "prompt": prompt, "raw": True, "options": options}
         async with client.stream("POST", s.url + "/api/generate", json=body) as r:
             r.raise_for_status()
             async for line in r.aiter_lines():
@@ -124,20 +126,23 @@ async def stream(client: httpx.AsyncClient, s: Server, prompt: str, n: int) -> t
 
 
 def gaps(stamps: list[float], since: float = 0.0, until: float = float("inf")) -> list[float]:
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False) if since <= b <= until]
+    return [b - a for a, b in itertools.pairwise(stamps) if since <= b <= until]
 
 
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 async def burst(s: Server, streams: int, tokens: int) -> tuple[float, list[float]]:
     """Aggregate tokens/s of ``streams`` concurrent requests, and all their inter-token gaps."""
     async with httpx.AsyncClient(timeout=600) as client:
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(stream(client, s, STORY[i % len(STORY)], tokens) for i in range(streams)))
+        calls = [stream(client, s, STORY[i % len(STORY)], tokens) for i in range(streams)]
+        results = await asyncio.gather(*calls)
     end = max(st[-1] for _, st in results if st)
     return sum(n for n, _ in results) / (end - t0), [g for _, st in results for g in gaps(st)]
 
@@ -151,8 +156,9 @@ def quantized(source: Path) -> dict[str, Path]:
         path = folder / f"{source.stem}.{q}.gguf"
         if not path.is_file():
             tmp = path.with_suffix(".tmp")
-            subprocess.run([str(llama_tool("llama-quantize")), "--allow-requantize", str(source), str(tmp), q],
-                           check=True, capture_output=True)
+            tool = str(llama_tool("llama-quantize"))
+            cmd = [tool, "--allow-requantize", str(source), str(tmp), q]
+            subprocess.run(cmd, check=True, capture_output=True)
             tmp.replace(path)
         out[q] = path
     return out
@@ -161,8 +167,8 @@ def quantized(source: Path) -> dict[str, Path]:
 def _ratio_line(label: str, ff: list[float], ls: list[float], unit: str = "tok/s") -> str:
     ratio = statistics.median(a / b for a, b in zip(ff, ls, strict=True))
     rounds = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(ff, ls, strict=True))
-    return (f"  {label}: ff serve {statistics.median(ff):6.1f} {unit}   llama-server {statistics.median(ls):6.1f} "
-            f"{unit}   ratio {ratio:.2f}   (rounds ff/ls: {rounds})")
+    return (f"  {label}: ff serve {statistics.median(ff):6.1f} {unit}   llama-server "
+            f"{statistics.median(ls):6.1f} {unit}   ratio {ratio:.2f}   (rounds ff/ls: {rounds})")
 
 
 def _header(what: str, tokens: int, rounds: int, threads: int | None) -> None:
@@ -227,13 +233,14 @@ def contention(gguf: Path, tokens: int, rounds: int) -> None:
         finally:
             busy.terminate()
             busy.wait()
-    threads = [ln for ln in metrics.splitlines() if ln.startswith(("ff:runtime_threads", "ff:runtime_thread_sw"))]
+    threads = [ln for ln in metrics.splitlines() if ln.startswith("ff:runtime_thread")]
     ff, ff1, ls = rows["ff"], rows["ff1"], rows["ls"]
     ratio = statistics.median(a / b for a, b in zip(ff, ff1, strict=True))
-    print(f"  single stream: ff serve (defaults) {statistics.median(ff):.1f} tok/s, ff serve FF_NUM_THREADS=1 "
-          f"{statistics.median(ff1):.1f} tok/s: ratio {ratio:.2f} (target >= 0.9); llama-server (defaults) "
-          f"{statistics.median(ls):.1f} tok/s")
-    print("  rounds ff/ff1/ls: " + ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in zip(ff, ff1, ls, strict=True)))
+    print(f"  single stream: ff serve (defaults) {statistics.median(ff):.1f} tok/s, "
+          f"ff serve FF_NUM_THREADS=1 {statistics.median(ff1):.1f} tok/s: ratio {ratio:.2f} (target >= 0.9); "
+          f"llama-server (defaults) {statistics.median(ls):.1f} tok/s")
+    per_round = zip(ff, ff1, ls, strict=True)
+    print("  rounds ff/ff1/ls: " + ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in per_round))
     print("  ff serve's choice at the end: " + "; ".join(threads))
 
 
@@ -245,7 +252,8 @@ async def _long(s: Server, tokens: int, round_no: int, with_long: bool) -> tuple
         if with_long:
             await asyncio.sleep(1.0)
             t0 = time.perf_counter()
-            _, stamps = await stream(client, s, system_prompt(1000 + round_no) + "Question: what is rule 5?", 1)
+            prompt = system_prompt(1000 + round_no) + "Question: what is rule 5?"
+            _, stamps = await stream(client, s, prompt, 1)
             window = (t0, stamps[0] if stamps else time.perf_counter())
         results = await asyncio.gather(*runs)
     every = [g for _, st in results for g in gaps(st)]
@@ -274,6 +282,7 @@ def long_prompt(gguf: Path, tokens: int, rounds: int) -> None:
     for name, label in (("ff", "ff serve"), ("ls", "llama-server")):
         p50 = pct(out[(name, "alone")], 50)
         p99_in, p99_all = pct(out[(name, "inside")], 99), pct(out[(name, "every")], 99)
-        print(f"  {label}: p50 alone {p50 * 1e3:.1f} ms; with the long prompt p99 {p99_in * 1e3:.1f} ms while it "
-              f"is admitted ({p99_in / p50:.1f}× p50 alone, target <= 3), {p99_all * 1e3:.1f} ms over the run "
+        print(f"  {label}: p50 alone {p50 * 1e3:.1f} ms; with the long prompt p99 {p99_in * 1e3:.1f} ms "
+              f"while it is admitted ({p99_in / p50:.1f}× p50 alone, target <= 3), {p99_all * 1e3:.1f} ms "
+              "over the run "
               f"({len(out[(name, 'inside')])} gaps inside the window)")

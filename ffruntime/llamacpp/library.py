@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType

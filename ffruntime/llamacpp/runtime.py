@@ -2,10 +2,10 @@
 
 One model, one context with ``num_parallel`` sequence slots of ``num_ctx`` tokens each (``num_parallel``
 0: :func:`ffruntime.settings.parallel_slots` from the weights, the KV cache of a slot and the memory
-budget), driven by one :class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running sequence in one batch
-(continuous batching, prefix reuse, chunked prefill; see that module). The event loop never runs model
-code: requests are prepared (prompt rendered, tokenized, sampler built) in a worker thread, events come
-back through an ``asyncio.Queue``. Model and context parameters come from
+budget), driven by one :class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running
+sequence in one batch (continuous batching, prefix reuse, chunked prefill; see that module). The event
+loop never runs model code: requests are prepared (prompt rendered, tokenized, sampler built) in a
+worker thread, events come back through an ``asyncio.Queue``. Model and context parameters come from
 :mod:`ffruntime.llamacpp.library`, as for the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval`.
 """
 

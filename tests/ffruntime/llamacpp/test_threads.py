@@ -24,7 +24,8 @@ class Clock:
 def test_the_ladder_halves_down_to_one_thread() -> None:
     assert ladder(2) == [2, 1] and ladder(8) == [8, 4, 2, 1] and ladder(1) == [1] and ladder(6) == [6, 3, 1]
     assert most_threads(LoadSettings()) == available_cores()
-    assert most_threads(LoadSettings(threads=3)) == 3 and most_threads(LoadSettings(threads=1, threads_batch=2)) == 2
+    assert most_threads(LoadSettings(threads=3)) == 3
+    assert most_threads(LoadSettings(threads=1, threads_batch=2)) == 2
 
 
 def step(t: Threads, clock: Clock, seconds_by_threads: dict[int, float], n_tokens: int = 1) -> int:
@@ -52,7 +53,8 @@ def test_a_contended_machine_falls_back_within_two_steps_and_stays_near_one_thre
     for _ in range(50):
         step(t, clock, {2: 0.010, 1: 0.016})
     contended = {2: 0.010 * COLLAPSE * 10, 1: 0.017}  # spinning threads collapse beside a busy process
-    assert [step(t, clock, contended) for _ in range(3)] == [2, 2, 1]
+    used = [step(t, clock, contended) for _ in range(3)]
+    assert used.count(2) == 2 and t.current == 1  # two collapsing steps (a probe of 1 may come between)
     start, steps = clock.now, 0
     while clock.now - start < 120:
         step(t, clock, contended)
@@ -87,7 +89,9 @@ def test_prefill_budget_keeps_a_mixed_step_within_the_itl_factor() -> None:
     budget = p.budget(0.010)
     assert budget == int((ITL_FACTOR - 1) * 0.010 / 0.0005)
     assert p.budget(1e-6) == MIN_CHUNK and p.budget(10.0) == 512
-    assert Prefill(512, most=48).budget(10.0) == 48  # an operator's prefill_chunk caps it
+    capped = Prefill(512, most=48)  # an operator's prefill_chunk caps it
+    capped.record(0.02, 64, 0.01)
+    assert capped.budget(10.0) == 48
 
 
 def test_gaps_percentiles() -> None:
@@ -125,7 +129,8 @@ def test_the_engine_reports_threads_and_inter_token_latency(tmp_path: Path, smol
     try:
         async def both() -> list[object]:
             short = [run(rt, GenerationRequest(prompt=f"Story {i}: once upon a time", raw=True,
-                                               options={"temperature": 0, "num_predict": 40})) for i in range(3)]
+                                               options={"temperature": 0, "num_predict": 40}))
+                     for i in range(3)]
             long = GenerationRequest(prompt="Rule: be brief. " * 300, raw=True, options={"num_predict": 2})
             return list(await asyncio.gather(*short, run(rt, long)))
 
