@@ -9,12 +9,13 @@ count of the next decode (``llama_set_n_threads``); libgomp reads its wait polic
 leaves it at libgomp's default (spin a while, then sleep), as llama-server does.
 
 :class:`Threads` keeps a ladder of thread counts (all cores, half of them, …, 1) and, per count and per
-batch size class (powers of two of the batch's tokens), a moving average of the decode time. Each step runs
-on the current rung, except that
+batch size class (powers of two of the batch's tokens), a moving average of the decode time. It starts on
+one thread (the side that cannot collapse: on a machine already crowded, a first prompt read on spinning
+threads took minutes). Each step runs on the current rung, except that
 
 - now and then (every :data:`PROBE_FIRST` seconds, doubling up to :data:`PROBE_MOST` while the probes
-  lose) one step runs on a neighbouring rung; a probe faster than the current rung's average by
-  :data:`MARGIN` makes that rung current;
+  lose) one step runs on a neighbouring rung, if the current rung has an average for its batch size
+  class to judge it by; a probe faster than that average by :data:`MARGIN` makes that rung current;
 - two steps in a row :data:`COLLAPSE` times slower than the current rung's average drop one rung at once
   (the cores are shared now), and the rung above is probed again soon.
 
@@ -71,7 +72,7 @@ class Threads:
 
     def __init__(self, most: int, *, clock: Callable[[], float] = time.perf_counter) -> None:
         self.rungs = [_Rung(n) for n in ladder(most)]
-        self.at = 0  # index of the current rung
+        self.at = len(self.rungs) - 1  # index of the current rung: one thread first
         self.clock = clock
         self.switches = 0  # times the current rung changed
         self.probes = 0
@@ -92,7 +93,7 @@ class Threads:
 
     def decode(self, lc: Any, ctx: Any, batch: Any, n_tokens: int, kind: str = "text") -> int:
         """``llama_decode(ctx, batch)`` on the thread count this step gets; its time is measured."""
-        idx = self._choose()
+        idx = self._choose((kind, size_class(n_tokens)))
         threads = self.rungs[idx].threads
         key = int(ctx) if isinstance(ctx, int) else id(ctx)
         if self._set.get(key) != threads:
@@ -109,7 +110,9 @@ class Threads:
         self._set.pop(int(ctx) if isinstance(ctx, int) else id(ctx), None)
 
     # --- the rule -----------------------------------------------------------------------------------
-    def _choose(self) -> int:
+    def _choose(self, key: tuple[str, int]) -> int:
+        if key not in self.rungs[self.at].mean:  # a probe could not be judged: no figure to compare with
+            return self.at
         now = self.clock()
         for idx in (self.at + 1, self.at - 1):  # fewer threads first: they are the safe side
             if 0 <= idx < len(self.rungs) and now >= self.rungs[idx].next_probe:
