@@ -14,13 +14,17 @@ one thread (the side that cannot collapse: on a machine already crowded, a first
 threads took minutes). Each step runs on the current rung, except that
 
 - now and then (every :data:`PROBE_FIRST` seconds, doubling up to :data:`PROBE_MOST` while the probes
-  lose) one step runs on a neighbouring rung, if the current rung has an average for its batch size
-  class to judge it by; a probe faster than that average by :data:`MARGIN` makes that rung current;
+  lose, longer when a lost probe took so long that probing that often would cost more than
+  :data:`PROBE_SHARE` of the time) one step runs on a neighbouring rung, if the current rung has an
+  average for its batch size class to judge it by, and, for more threads, if the batch is a decode
+  step (at most :data:`PROBE_UP_TOKENS` tokens: on a crowded machine spinning threads took 9 s for a
+  3-sequence step that one thread decoded in 0.5 s, and 59 s for a prompt chunk); a probe faster than
+  that average by :data:`MARGIN` makes that rung current;
 - two steps in a row :data:`COLLAPSE` times slower than the current rung's average drop one rung at once
   (the cores are shared now), and the rung above is probed again soon.
 
-So an idle machine decodes on every core and a contended one falls back within two steps; a probe of a
-collapsing rung costs one slow step every :data:`PROBE_MOST` seconds at worst. One object serves every
+So an idle machine decodes on every core and a contended one falls back within two steps; probes of a
+collapsing rung cost at most about :data:`PROBE_SHARE` of the time. One object serves every
 context of one engine thread (generation, embeddings) and the verify stage's evaluator.
 """
 
@@ -37,7 +41,9 @@ ALPHA = 0.2  # weight of a new step time in the moving average
 MARGIN = 0.1  # a probe must be this much faster to move
 COLLAPSE = 3.0  # a step this many times slower than the average counts as collapsing
 PROBE_FIRST = 0.5  # seconds before a neighbour is probed again after it won or was left
-PROBE_MOST = 16.0  # the longest wait between probes of a neighbour that keeps losing
+PROBE_MOST = 16.0  # the longest wait between probes of a neighbour that keeps losing …
+PROBE_SHARE = 0.05  # … unless its probes are so slow that they would take more than this share of the time
+PROBE_UP_TOKENS = 16  # more threads are probed on batches of at most this many tokens (decode steps)
 
 
 def ladder(most: int) -> list[int]:
@@ -93,7 +99,7 @@ class Threads:
 
     def decode(self, lc: Any, ctx: Any, batch: Any, n_tokens: int, kind: str = "text") -> int:
         """``llama_decode(ctx, batch)`` on the thread count this step gets; its time is measured."""
-        idx = self._choose((kind, size_class(n_tokens)))
+        idx = self._choose((kind, size_class(n_tokens)), up=n_tokens <= PROBE_UP_TOKENS)
         threads = self.rungs[idx].threads
         key = int(ctx) if isinstance(ctx, int) else id(ctx)
         if self._set.get(key) != threads:
@@ -110,11 +116,13 @@ class Threads:
         self._set.pop(int(ctx) if isinstance(ctx, int) else id(ctx), None)
 
     # --- the rule -----------------------------------------------------------------------------------
-    def _choose(self, key: tuple[str, int]) -> int:
+    def _choose(self, key: tuple[str, int], up: bool = True) -> int:
+        """The rung of the next step (``key``: its kind and size class; ``up``: more threads may be
+        probed on it)."""
         if key not in self.rungs[self.at].mean:  # a probe could not be judged: no figure to compare with
             return self.at
         now = self.clock()
-        for idx in (self.at + 1, self.at - 1):  # fewer threads first: they are the safe side
+        for idx in (self.at + 1, self.at - 1) if up else (self.at + 1,):  # fewer threads first: the safe side
             if 0 <= idx < len(self.rungs) and now >= self.rungs[idx].next_probe:
                 self.probes += 1
                 return idx
@@ -133,7 +141,7 @@ class Threads:
                 self._move(idx)
             else:
                 if here is not None:  # lost (without a baseline to compare with, it only measured)
-                    rung.wait = min(PROBE_MOST, rung.wait * 2)
+                    rung.wait = max(min(PROBE_MOST, rung.wait * 2), seconds / PROBE_SHARE)
                 rung.next_probe = self.clock() + rung.wait
             return
         if here is not None and seconds > COLLAPSE * here:
