@@ -125,6 +125,7 @@ def test_num_parallel_runs_two_requests_at_once(ff_home: Path, tmp_path: Path) -
             time.sleep(0.01)
         assert peak[0] == 2  # both slots busy at once
         assert results == [alone, alone]  # each slot has its own context: same greedy answer
+        assert [m["num_parallel"] for m in httpx.get(s.url + "/api/ps").json()["models"]] == [2]
 
 
 def test_hostile_bodies_are_400s_not_500s(server: Server) -> None:
