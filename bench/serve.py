@@ -119,6 +119,7 @@ def main() -> None:
                     help="each server at its defaults (no FF_* setting; llama-server -m, --port)")
     ap.add_argument("--contention", action="store_true", help="--defaults: single stream beside a busy core")
     ap.add_argument("--long-prompt", action="store_true", help="--defaults: 3 streams' gaps, long prompt")
+    ap.add_argument("--without-llama-server", action="store_true", help="ff serve only")
     ap.add_argument("--quants", nargs="+", default=["Q4_1", "Q8_0", "Q4_0"], help="--defaults throughput")
     args = ap.parse_args()
     if args.defaults:
@@ -127,9 +128,10 @@ def main() -> None:
         gguf = args.gguf or _default_gguf()
         rounds = args.rounds if "--rounds" in sys.argv else 3
         if args.contention:
-            d.contention(gguf, args.tokens, rounds)
+            d.contention(gguf, args.tokens, rounds, not args.without_llama_server)
         elif args.long_prompt:
-            d.long_prompt(gguf, args.tokens if "--tokens" in sys.argv else 160, rounds)
+            tokens = args.tokens if "--tokens" in sys.argv else 160
+            d.long_prompt(gguf, tokens, rounds, not args.without_llama_server)
         else:
             d.throughput(gguf, args.tokens, rounds, args.threads, args.quants)
         return

@@ -213,13 +213,14 @@ def _busy_core() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
 
 
-def contention(gguf: Path, tokens: int, rounds: int) -> None:
+def contention(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> None:
     from bench.stored import store_model
 
     _header("contention (a CPU-bound process pinned to core 0 throughout)", tokens, rounds, None)
     with tempfile.TemporaryDirectory() as tmp:
         store_model(Path(tmp), gguf)
-        servers = [start_ff(Path(tmp), "ff"), start_ff(Path(tmp), "ff1", threads=1), start_ls(gguf, "ls")]
+        servers = [start_ff(Path(tmp), "ff"), start_ff(Path(tmp), "ff1", threads=1)]
+        servers += [start_ls(gguf, "ls")] if with_ls else []
         busy = _busy_core()
         rows: dict[str, list[float]] = {s.name: [] for s in servers}
         try:
@@ -234,11 +235,11 @@ def contention(gguf: Path, tokens: int, rounds: int) -> None:
             busy.terminate()
             busy.wait()
     threads = [ln for ln in metrics.splitlines() if ln.startswith("ff:runtime_thread")]
-    ff, ff1, ls = rows["ff"], rows["ff1"], rows["ls"]
+    ff, ff1, ls = rows["ff"], rows["ff1"], rows.get("ls") or [float("nan")] * len(rows["ff"])
     ratio = statistics.median(a / b for a, b in zip(ff, ff1, strict=True))
     print(f"  single stream: ff serve (defaults) {statistics.median(ff):.1f} tok/s, "
           f"ff serve FF_NUM_THREADS=1 {statistics.median(ff1):.1f} tok/s: ratio {ratio:.2f} (target >= 0.9); "
-          f"llama-server (defaults) {statistics.median(ls):.1f} tok/s")
+          f"llama-server (defaults) {statistics.median(ls):.1f} tok/s" + ("" if with_ls else " (not run)"))
     per_round = zip(ff, ff1, ls, strict=True)
     print("  rounds ff/ff1/ls: " + ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in per_round))
     print("  ff serve's choice at the end: " + "; ".join(threads))
@@ -261,13 +262,13 @@ async def _long(s: Server, tokens: int, round_no: int, with_long: bool) -> tuple
     return every, inside
 
 
-def long_prompt(gguf: Path, tokens: int, rounds: int) -> None:
+def long_prompt(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> None:
     from bench.stored import store_model
 
     _header("long prompt admitted while 3 streams decode", tokens, rounds, None)
     with tempfile.TemporaryDirectory() as tmp:
         store_model(Path(tmp), gguf)
-        servers = [start_ff(Path(tmp), "ff"), start_ls(gguf, "ls")]
+        servers = [start_ff(Path(tmp), "ff")] + ([start_ls(gguf, "ls")] if with_ls else [])
         out: dict[tuple[str, str], list[float]] = {}
         with running(*servers):
             for s in servers:
@@ -279,7 +280,7 @@ def long_prompt(gguf: Path, tokens: int, rounds: int) -> None:
                     out.setdefault((s.name, "alone"), []).extend(alone)
                     out.setdefault((s.name, "every"), []).extend(every)
                     out.setdefault((s.name, "inside"), []).extend(inside)
-    for name, label in (("ff", "ff serve"), ("ls", "llama-server")):
+    for name, label in (("ff", "ff serve"), ("ls", "llama-server"))[: 2 if with_ls else 1]:
         p50 = pct(out[(name, "alone")], 50)
         p99_in, p99_all = pct(out[(name, "inside")], 99), pct(out[(name, "every")], 99)
         print(f"  {label}: p50 alone {p50 * 1e3:.1f} ms; with the long prompt p99 {p99_in * 1e3:.1f} ms "
