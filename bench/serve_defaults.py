@@ -241,7 +241,7 @@ def contention(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> No
           f"ff serve FF_NUM_THREADS=1 {statistics.median(ff1):.1f} tok/s: ratio {ratio:.2f} (target >= 0.9); "
           f"llama-server (defaults) {statistics.median(ls):.1f} tok/s" + ("" if with_ls else " (not run)"))
     per_round = zip(ff, ff1, ls, strict=True)
-    print("  rounds ff/ff1/ls: " + ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in per_round))
+    print("  rounds ff/ff1/ls: " + ", ".join(f"{a:.1f}/{b:.1f}/{c:.1f}" for a, b, c in per_round))
     print("  ff serve's choice at the end: " + "; ".join(threads))
 
 
