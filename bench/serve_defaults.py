@@ -147,12 +147,12 @@ async def burst(s: Server, streams: int, tokens: int) -> tuple[float, list[float
     return sum(n for n, _ in results) / (end - t0), [g for _, st in results for g in gaps(st)]
 
 
-def quantized(source: Path) -> dict[str, Path]:
+def quantized(source: Path, quants: list[str]) -> dict[str, Path]:
     """The benchmark's GGUFs by quantization: ``source`` (Q4_1) and the others made from it once."""
-    out = {"Q4_1": source}
+    out = {"Q4_1": source} if "Q4_1" in quants else {}
     folder = BENCH_CACHE / "quants"
     folder.mkdir(parents=True, exist_ok=True)
-    for q in QUANTS[1:]:
+    for q in [q for q in quants if q != "Q4_1"]:
         path = folder / f"{source.stem}.{q}.gguf"
         if not path.is_file():
             tmp = path.with_suffix(".tmp")
@@ -183,9 +183,7 @@ def throughput(gguf: Path, tokens: int, rounds: int, threads: int | None, quants
     from bench.stored import store_model
 
     _header("throughput", tokens, rounds, threads)
-    for q, path in quantized(gguf).items():
-        if q not in quants:
-            continue
+    for path in quantized(gguf, quants).values():
         with tempfile.TemporaryDirectory() as tmp:
             store_model(Path(tmp), path)
             ff, ls = start_ff(Path(tmp), "ff", threads), start_ls(path, "ls", threads)
