@@ -9,10 +9,15 @@ Rounds alternate (direct, server, direct, …) so drifting load on the shared ma
 
     python bench/serve.py [--gguf PATH] [--threads N] [--tokens 128] [--rounds 7]
     python bench/serve.py --concurrent [--gguf PATH] [--threads N] [--parallel 8] [--rounds 5]
+    python bench/serve.py --concurrent --defaults [--threads N] [--rounds 3] [--quants Q4_1 Q8_0 Q4_0]
+    python bench/serve.py --concurrent --defaults --contention [--rounds 3]
+    python bench/serve.py --concurrent --defaults --long-prompt [--rounds 3] [--tokens 160]
 
 ``--concurrent``: see :mod:`bench.serve_concurrent` (llama-server is built once from the
 llama-cpp-python source distribution with the flags of our own build, under
-``~/.cache/ferrousforge-bench``).
+``~/.cache/ferrousforge-bench``). ``--defaults``: each server at its own defaults (or both given
+``--threads``), see :mod:`bench.serve_defaults`, with ``--contention`` and ``--long-prompt`` its other two
+measurements.
 
 ``--threads`` defaults to what ``ff serve`` picks (``ffserve.settings.default_threads``).
 
@@ -110,7 +115,26 @@ def main() -> None:
     ap.add_argument("--concurrent", action="store_true",
                     help="aggregate tok/s at 1, 4, 8 streams and shared-prefix TTFT against llama-server")
     ap.add_argument("--parallel", type=int, default=8, help="parallel slots of both servers (--concurrent)")
+    ap.add_argument("--defaults", action="store_true",
+                    help="each server at its defaults (no FF_* setting; llama-server -m, --port)")
+    ap.add_argument("--contention", action="store_true", help="--defaults: single stream beside a busy core")
+    ap.add_argument("--long-prompt", action="store_true", help="--defaults: 3 streams' gaps, long prompt")
+    ap.add_argument("--without-llama-server", action="store_true", help="ff serve only")
+    ap.add_argument("--quants", nargs="+", default=["Q4_1", "Q8_0", "Q4_0"], help="--defaults throughput")
     args = ap.parse_args()
+    if args.defaults:
+        from bench import serve_defaults as d
+
+        gguf = args.gguf or _default_gguf()
+        rounds = args.rounds if "--rounds" in sys.argv else 3
+        if args.contention:
+            d.contention(gguf, args.tokens, rounds, not args.without_llama_server)
+        elif args.long_prompt:
+            tokens = args.tokens if "--tokens" in sys.argv else 160
+            d.long_prompt(gguf, tokens, rounds, not args.without_llama_server)
+        else:
+            d.throughput(gguf, args.tokens, rounds, args.threads, args.quants)
+        return
     if args.threads is None:
         from ffruntime.settings import default_threads
 

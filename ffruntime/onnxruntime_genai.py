@@ -141,10 +141,10 @@ class GenAIRuntime:
 
     @property
     def parallel(self) -> int:
-        return self.opts.num_parallel
+        return max(1, self.opts.num_parallel)  # 0 (automatic): one
 
     def start(self) -> None:
-        for i in range(self.opts.num_parallel):
+        for i in range(self.parallel):
             t = threading.Thread(target=self._work, name=f"genai-{self.variant.name}-{i}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -318,7 +318,7 @@ def _estimate_memory(files: ModelFiles, model: GenAIModel, opts: LoadSettings) -
     except (OSError, ValueError, KeyError, TypeError):
         layers = kv_heads = head = 0
     kv = 2 * layers * min(opts.num_ctx, model.context_length) * kv_heads * head * 4
-    estimate = weights + opts.num_parallel * (kv + 64 * 1024 * 1024)
+    estimate = weights + max(1, opts.num_parallel) * (kv + 64 * 1024 * 1024)
     return max(estimate, int(declared)) if declared.isdigit() else estimate
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 DEFAULT_NUM_CTX = 2048  # tokens per sequence when neither the user nor the model says
+AUTO_PARALLEL = 8  # sequence slots of the automatic choice (num_parallel 0) where memory allows
+LOAD_OVERHEAD = 256 * 1024 * 1024  # compute buffers and the rest of a load, beside weights and KV
 
 
 def context_length(given: int | None, params: Mapping[str, object]) -> int:
@@ -32,6 +34,30 @@ def context_length(given: int | None, params: Mapping[str, object]) -> int:
     if n < 1:
         raise ValueError(f"PARAMETER num_ctx {value!r} is not a positive whole number")
     return n
+
+
+def available_memory() -> int:
+    """Bytes the machine can give without swapping (``MemAvailable``; 0 when unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def parallel_slots(weights: int, kv_per_slot: int, budget: int) -> int:
+    """Sequence slots of a text model loaded with ``num_parallel`` 0 (automatic): :data:`AUTO_PARALLEL`
+    where the KV cache of each fits in half of what ``budget`` (bytes; 0: unknown) leaves beside the
+    weights, fewer where it does not, at least 1. llama-server's automatic choice is 4 slots; 8 cost only
+    memory here (a slot's KV stream is its own, and an idle slot costs no compute) and let 8 streams
+    share every step instead of queueing behind 4 (docs/serving.md)."""
+    if budget <= 0 or kv_per_slot <= 0:
+        return AUTO_PARALLEL
+    room = (budget - weights - LOAD_OVERHEAD) // 2
+    return max(1, min(AUTO_PARALLEL, room // kv_per_slot))
 
 
 def available_cores() -> int:
@@ -60,7 +86,9 @@ class LoadSettings:
       per thread, and when ``threads`` is 0 too, one per core: a lane's single thread never waits at
       a barrier, so the llama.cpp reason to leave a core free does not hold; docs/serving.md).
     - ``num_ctx``: context length per sequence (text models); :func:`context_length` decides it.
-    - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime).
+    - ``num_parallel``: sequences the runtime runs at once (the scheduler reads it back from the runtime);
+      0: the runtime chooses (llama.cpp: :func:`parallel_slots`; others: 1).
+    - ``memory_budget``: bytes this load may use (0: :func:`available_memory`), for the automatic slots.
     - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
     - ``extra_buffers``: llama.cpp's extra CPU buffer types (repack/AMX); ``None`` decides per library
       (:func:`ffruntime.llamacpp.library.extra_buffers_safe`).
@@ -73,6 +101,7 @@ class LoadSettings:
     lanes: int = 0
     num_ctx: int = DEFAULT_NUM_CTX
     num_parallel: int = 1
+    memory_budget: int = 0
     device: str = "cpu"
     extra_buffers: bool | None = None
     flash_attn: bool = False

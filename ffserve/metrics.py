@@ -92,7 +92,8 @@ class ModelMetrics:
     prompt_tokens: Counter
 
 
-RUNTIME_GAUGES = frozenset({"last_batch_sequences", "max_batch_sequences", "running", "slots"})
+RUNTIME_GAUGES = frozenset({"last_batch_sequences", "max_batch_sequences", "running", "slots", "threads",
+                            "itl_p50_seconds", "itl_p99_seconds"})
 """Keys of a runtime's ``stats()`` that are levels; every other key is a monotonic count."""
 
 

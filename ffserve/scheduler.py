@@ -267,6 +267,9 @@ class Scheduler:
         try:
             try:
                 load = self.settings.load_settings(resolved.files.params)
+                if self.settings.max_memory:  # what the other models leave (automatic slots fit in it)
+                    used = sum(m.runtime.memory_bytes for m in self._models.values())
+                    load = load.with_(memory_budget=max(1, self.settings.max_memory - used))
                 with tracing.span("model.load", model=name, variant=resolved.variant.name):
                     runtime = await self._loader(resolved.variant, resolved.files, load)
             except BackendUnavailable as exc:

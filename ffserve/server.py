@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from ffruntime.llamacpp.library import prepare_openmp
 from ffserve.builder import Builder
 from ffserve.settings import Settings
 
 
-def prepare_environment() -> None:
-    """Set what llama.cpp's OpenMP runtime reads once, before llama_cpp is first imported."""
-    if not prepare_openmp():
-        logging.getLogger("ffserve").warning("llama_cpp was imported before ff serve set OMP_WAIT_POLICY")
-
-
 def serve(settings: Settings, builder: Builder | None = None) -> None:
     """Serve until stopped; ``builder`` builds what /api/create asks for (``ff serve`` passes ffbuild's)."""
-    prepare_environment()
     import uvicorn
 
     from ffserve.app import create_app

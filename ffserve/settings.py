@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     max_memory: int = 0  # 0: no budget
     max_loaded_models: int = Field(default=3, ge=1)
     max_queue: int = Field(default=64, ge=1)
-    num_parallel: int = Field(default=1, ge=1, le=64)
-    num_threads: int = Field(default=0, ge=0)  # 0: default_threads() (docs/serving.md)
+    num_parallel: int = Field(default=0, ge=0, le=64)  # 0: from the model's size and memory (docs/serving.md)
+    num_threads: int = Field(default=0, ge=0)  # 0: llama.cpp adapts up to every core (docs/serving.md)
     graph_lanes: int = Field(default=0, ge=0)  # 0: one lane per thread (ffruntime.settings.LoadSettings)
     num_ctx: int | None = Field(default=None, ge=16)  # None: the model's PARAMETER num_ctx, else 2048
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.library import attach_lora, binding, captured_log, context_params, log_tail
+from ffruntime.llamacpp.threads import Threads, most_threads
 from ffruntime.runtime import CancelFlag, Embeddings
 from ffruntime.settings import LoadSettings
 
@@ -44,8 +45,10 @@ class Embedder:
         pooled_by_model: bool,
         lora: Any,
         path: Path,
+        threads: Threads | None = None,
     ) -> None:
         self.lc = binding()
+        self.threads = threads if threads is not None else Threads(most_threads(settings))
         self.model, self.settings, self.n_ctx = model, settings, n_ctx
         self.pooling = None if pooled_by_model else POOLING_MEAN
         self.lora, self.path = lora, path
@@ -73,6 +76,7 @@ class Embedder:
         if self.ctx:
             with captured_log():
                 self.lc.llama_free(self.ctx)
+            self.threads.forget(self.ctx)
             self.ctx = None
 
     def _context(self) -> Any:
@@ -144,7 +148,7 @@ class Embedder:
             batch.n_tokens = i
             lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
             with captured_log() as log:
-                rc = lc.llama_decode(ctx, batch)
+                rc = self.threads.decode(lc, ctx, batch, total, kind="embed")
             if rc != 0:
                 why = log_tail(log)
                 raise RuntimeFailure(f"llama_decode failed ({rc}) embedding with {self.path}: {why}")

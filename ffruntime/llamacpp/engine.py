@@ -5,9 +5,12 @@ One engine thread owns the context (the event loop never runs model code). At ev
 1. retires cancelled sequences and admits waiting ones into free sequence slots (a slot is a llama.cpp
    sequence id with its own KV stream of ``num_ctx`` cells);
 2. builds one batch: the last sampled token of every generating sequence, then prompt chunks of the
-   sequences still reading their prompt (at most ``prefill_chunk`` tokens each, within ``n_batch``), so
-   a long prompt is read a chunk per step while the other streams keep generating;
-3. decodes it and samples each sequence that produced logits with its own sampler chain.
+   sequences still reading their prompt, so a long prompt is read a chunk per step while the other
+   streams keep generating. While some are generating, the prompt tokens of a step are what
+   :class:`~ffruntime.llamacpp.pacing.Prefill` allows (their inter-token latency stays bounded), else a
+   whole batch (``n_batch``);
+3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from measured step
+   times, and samples each sequence that produced logits with its own sampler chain.
 
 Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot whose
 cached tokens share the longest prefix with its prompt, or copies the KV of any slot sharing a longer
@@ -29,8 +32,10 @@ import numpy as np
 
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.library import binding
+from ffruntime.llamacpp.pacing import Gaps, Prefill
 from ffruntime.llamacpp.sampling import Sampler, log_softmax, top_alternatives
 from ffruntime.llamacpp.text import TextStream
+from ffruntime.llamacpp.threads import Threads
 from ffruntime.llamacpp.vocab import Vocab
 from ffruntime.runtime import CancelFlag, Done, DoneReason, Token, TokenLogprob, TopLogprob
 
@@ -67,6 +72,7 @@ class _Seq:
     pending: list[TokenLogprob] = field(default_factory=list)
     t_start: int = 0
     t_first: int = 0
+    t_last: int = 0  # when its last token was sampled
 
 
 @dataclass
@@ -134,13 +140,17 @@ class Engine:
         n_slots: int,
         n_batch: int,
         prefill_chunk: int,
+        threads: Threads,
         name: str,
         side_work: SideWork | None = None,
     ) -> None:
         self.lc = binding()
         self.ctx, self.vocab = ctx, vocab
         self.mem = self.lc.llama_get_memory(ctx) if ctx else None
-        self.n_batch, self.chunk = n_batch, max(1, min(prefill_chunk, n_batch))
+        self.n_batch = n_batch
+        self.threads = threads  # the embedder's decodes go through it too (the same thread)
+        self.prefill = Prefill(n_batch, prefill_chunk)
+        self.gaps = Gaps()
         self.slots = [_Slot(i) for i in range(n_slots)]
         self.stats = Stats()
         self._side_work = side_work  # embedding batches, run between decoding steps
@@ -248,14 +258,16 @@ class Engine:
         """(sequence, tokens to decode now, batch index of its logits or -1) for this step, in sequence id
         order: llama.cpp splits a batch over per-sequence KV streams into one forward pass per run of
         consecutive ids in increasing order (``split_equal``), so any other order costs extra passes."""
-        picked: list[tuple[_Seq, int]] = []
-        budget = self.n_batch
         generating = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         reading = [s for s in self._active if len(s.tokens) - s.n_past > 1]
-        for seq, held in [*((s, 0) for s in generating), *((s, 1) for s in reading)]:
+        picked: list[tuple[_Seq, int]] = [(s, 1) for s in generating[: self.n_batch]]
+        budget = self.n_batch - len(picked)
+        if generating:
+            budget = min(budget, self.prefill.budget(self.threads.mean("text", len(generating))))
+        for seq in reading:
             # A prompt is read up to its last token, which is then decoded alone, as after a reused
             # prefix: the logits of a sequence never depend on how much of its prompt was cached.
-            n = min(len(seq.tokens) - seq.n_past - held, budget, self.chunk)
+            n = min(len(seq.tokens) - seq.n_past - 1, budget)
             if n <= 0:
                 break
             picked.append((seq, n))
@@ -284,7 +296,12 @@ class Engine:
             if n > 1 or not seq.generated:
                 prompt += n
         batch.n_tokens = i
-        rc = int(self.lc.llama_decode(self.ctx, batch))  # no captured_log here: 0.2 ms a step
+        t0 = time.perf_counter()
+        rc = self.threads.decode(self.lc, self.ctx, batch, i)  # no captured_log here: 0.2 ms a step
+        if rc == 0 and prompt:
+            decoding = i - prompt
+            self.prefill.record(time.perf_counter() - t0, prompt,
+                                self.threads.mean("text", decoding) if decoding else None)
         st = self.stats
         st.steps += 1
         st.batch_tokens += i
@@ -321,8 +338,12 @@ class Engine:
 
     def _output(self, seq: _Seq, idx: int) -> None:
         job, vocab = seq.job, self.vocab
+        now = time.perf_counter_ns()
         if not seq.t_first:
-            seq.t_first = time.perf_counter_ns()
+            seq.t_first = now
+        elif seq.t_last:
+            self.gaps.add((now - seq.t_last) / 1e9)
+        seq.t_last = now
         if job.max_new == 0:
             self._finish(seq, "length")
             return

@@ -33,6 +33,7 @@ from ffruntime.llamacpp.library import (
     lora_adapter,
     model_params,
 )
+from ffruntime.llamacpp.threads import Threads, most_threads
 from ffruntime.llamacpp.vocab import Vocab
 from ffruntime.settings import LoadSettings
 
@@ -58,6 +59,7 @@ class LlamaEval:
         self.n_ctx = 0
         base = settings if settings is not None else LoadSettings()
         self.settings = base.with_(threads=threads) if threads is not None else base
+        self.threads = Threads(most_threads(self.settings))  # as the server's engine decides, per decode
         self._model: Any = None
         self._ctx: Any = None
         self._lora: Any = None
@@ -82,6 +84,7 @@ class LlamaEval:
         if self._ctx:
             with captured_log():
                 lc.llama_free(self._ctx)
+            self.threads.forget(self._ctx)
             self._ctx = None
         n_ctx = max(64, -(-n_tokens // 64) * 64)
         cparams = context_params(
@@ -153,7 +156,7 @@ class LlamaEval:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_logits or i == n - 1
             with captured_log() as log:
-                rc = lc.llama_decode(self._ctx, batch)
+                rc = self.threads.decode(lc, self._ctx, batch, n)
             if rc != 0:
                 raise RuntimeFailure(f"llama_decode failed ({rc}) on {self.path}: {log_tail(log)}")
         finally:

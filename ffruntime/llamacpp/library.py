@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,24 +36,12 @@ from ffruntime.settings import LoadSettings
 log = logging.getLogger("ffruntime.llamacpp")
 
 
-WAIT_POLICY = "PASSIVE"
-"""``OMP_WAIT_POLICY`` unless the environment says otherwise: llama.cpp's OpenMP threads sleep at a barrier
-instead of spinning. Spinning threads are up to 3× faster on an idle machine and 10× slower as soon as
-another process wants a core (docs/serving.md); with one thread the policy changes nothing."""
-
-
-def prepare_openmp() -> bool:
-    """Put :data:`WAIT_POLICY` in the environment before llama.cpp's OpenMP runtime reads it (once, when
-    llama_cpp is first imported). False when that import already happened (too late to set it)."""
-    if "llama_cpp" in sys.modules:
-        return False
-    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
-    return True
-
-
 def binding() -> ModuleType:
-    """The ``llama_cpp`` module (llama-cpp-python), with llama.cpp's log sent to :data:`log`."""
-    prepare_openmp()
+    """The ``llama_cpp`` module (llama-cpp-python), with llama.cpp's log sent to :data:`log`.
+
+    ``OMP_WAIT_POLICY`` is left as the environment has it (unset: libgomp spins a while at a barrier, then
+    sleeps, as in llama-server): libgomp reads it once, so it cannot follow the load; the thread count of
+    each decode does (:mod:`ffruntime.llamacpp.threads`, docs/serving.md)."""
     try:
         import llama_cpp
     except ImportError as e:

@@ -1,10 +1,11 @@
 """The llama.cpp runtime: chat, completion and embeddings from GGUF weights, on llama.cpp's C API.
 
-One model, one context with ``num_parallel`` sequence slots of ``num_ctx`` tokens each, driven by one
-:class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running sequence in one batch
-(continuous batching, prefix reuse, chunked prefill; see that module). The event loop never runs model
-code: requests are prepared (prompt rendered, tokenized, sampler built) in a worker thread, events come
-back through an ``asyncio.Queue``. Model and context parameters come from
+One model, one context with ``num_parallel`` sequence slots of ``num_ctx`` tokens each (``num_parallel``
+0: :func:`ffruntime.settings.parallel_slots` from the weights, the KV cache of a slot and the memory
+budget), driven by one :class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running
+sequence in one batch (continuous batching, prefix reuse, chunked prefill; see that module). The event
+loop never runs model code: requests are prepared (prompt rendered, tokenized, sampler built) in a
+worker thread, events come back through an ``asyncio.Queue``. Model and context parameters come from
 :mod:`ffruntime.llamacpp.library`, as for the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval`.
 """
 
@@ -33,6 +34,7 @@ from ffruntime.llamacpp.library import (
     model_params,
 )
 from ffruntime.llamacpp.sampling import Sampler, sampling
+from ffruntime.llamacpp.threads import Threads, most_threads
 from ffruntime.llamacpp.vocab import Vocab, gguf_prompting
 from ffruntime.prompting import ModelfilePrompt, ModelPrompting, build_prompt
 from ffruntime.runtime import (
@@ -45,13 +47,13 @@ from ffruntime.runtime import (
     PromptTooLong,
     RequestRejected,
 )
-from ffruntime.settings import LoadSettings
+from ffruntime.settings import LoadSettings, available_memory, parallel_slots
 from ffruntime.stops import stop_strings
 from registry.artifact import ModelFiles, VariantRef
 
 N_BATCH = 512
 EMBED_PARALLEL = 8  # requests an embedding-only model takes at once (their inputs share batches)
-PREFILL_CHUNK = 256  # prompt tokens per sequence per step: a long prompt never stalls the other streams
+PREFILL_CHUNK = N_BATCH  # most prompt tokens a step reads beside generating sequences (pacing.Prefill)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class _Loaded:
     context_params: Any = None
     lora: Any = None
     n_ctx_seq: int = 0
+    n_seq: int = 1  # sequence slots
 
     def free(self) -> None:
         free_handles(self.ctx, self.lora, self.model)
@@ -88,7 +91,7 @@ class LlamaCppRuntime:
         self.llama, self.engine, self.embedder = loaded, engine, embedder
         self.prompting = prompting
         self._capabilities = capabilities
-        self._memory = estimate_memory(files, loaded.meta, settings)
+        self._memory = estimate_memory(files, loaded.meta, settings.with_(num_parallel=loaded.n_seq))
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -111,12 +114,15 @@ class LlamaCppRuntime:
         """Sequence slots of a text model; an embedding model batches this many requests together."""
         return len(self.engine.slots) if self.llama.ctx else max(self.settings.num_parallel, EMBED_PARALLEL)
 
-    def stats(self) -> dict[str, int]:
-        """Engine counters since load: batches, batch sizes, prefix reuse, embedding batches."""
-        st = self.engine.stats
-        out = {k: int(v) for k, v in vars(st).items()}
+    def stats(self) -> dict[str, float]:
+        """Engine counters since load (batches, batch sizes, prefix reuse, embedding batches) and levels:
+        the thread count now, the p50/p99 inter-token latency of the last few thousand tokens."""
+        engine = self.engine
+        out: dict[str, float] = {k: int(v) for k, v in vars(engine.stats).items()}
+        p50, p99 = engine.gaps.percentiles()
         out.update(embed_batches=self.embedder.batches, embed_inputs=self.embedder.inputs,
-                   running=self.engine.busy, slots=len(self.engine.slots))
+                   running=engine.busy, slots=len(engine.slots), threads=engine.threads.current,
+                   thread_switches=engine.threads.switches, itl_p50_seconds=p50, itl_p99_seconds=p99)
         return out
 
     async def close(self) -> None:
@@ -213,9 +219,8 @@ class LlamaCppRuntime:
             cancel.set()
 
 
-def estimate_memory(files: ModelFiles, meta: Mapping[str, str], opts: LoadSettings) -> int:
-    declared = files.annotations.get("io.ferrousforge.min-memory-bytes")
-    weights = sum(p.stat().st_size for p in files.weights)
+def kv_per_slot(meta: Mapping[str, str], num_ctx: int) -> int:
+    """Bytes of one sequence slot's KV cache (K and V, f16) at ``num_ctx`` tokens."""
     arch = meta.get("general.architecture", "")
     try:
         layers = int(meta.get(f"{arch}.block_count", "0"))
@@ -224,9 +229,23 @@ def estimate_memory(files: ModelFiles, meta: Mapping[str, str], opts: LoadSettin
         kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", str(heads)))
     except ValueError:
         layers = embd = heads = kv_heads = 0
-    kv = 2 * layers * opts.num_ctx * (embd * kv_heads // heads) * 2  # K and V, f16
-    estimate = weights + opts.num_parallel * kv + 128 * 1024 * 1024  # + compute and embedding buffers
+    return 2 * layers * num_ctx * (embd * kv_heads // heads) * 2
+
+
+def estimate_memory(files: ModelFiles, meta: Mapping[str, str], opts: LoadSettings) -> int:
+    declared = files.annotations.get("io.ferrousforge.min-memory-bytes")
+    weights = sum(p.stat().st_size for p in files.weights)
+    kv = kv_per_slot(meta, opts.num_ctx)
+    estimate = weights + max(1, opts.num_parallel) * kv + 128 * 1024 * 1024  # + compute and embedding buffers
     return max(estimate, int(declared)) if declared and declared.isdigit() else estimate
+
+
+def slots_for(files: ModelFiles, meta: Mapping[str, str], opts: LoadSettings) -> int:
+    """Sequence slots: ``num_parallel``, or when it is 0 :func:`parallel_slots` for these weights."""
+    if opts.num_parallel > 0:
+        return opts.num_parallel
+    weights = sum(p.stat().st_size for p in files.weights)
+    return parallel_slots(weights, kv_per_slot(meta, opts.num_ctx), opts.memory_budget or available_memory())
 
 
 def _open(path: Any, files: ModelFiles, opts: LoadSettings, text: bool) -> _Loaded:
@@ -240,7 +259,7 @@ def _open(path: Any, files: ModelFiles, opts: LoadSettings, text: bool) -> _Load
         if files.adapters:
             loaded.lora = lora_adapter(model, files.adapters[0], path)
         if text:
-            n_seq = max(1, opts.num_parallel)
+            n_seq = loaded.n_seq = slots_for(files, loaded.meta, opts)
             loaded.context_params = context_params(
                 opts, n_ctx=opts.num_ctx * n_seq, n_batch=N_BATCH, n_ubatch=N_BATCH, n_seq_max=n_seq
             )
@@ -271,13 +290,15 @@ async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> Ll
     meta = loaded.meta
     arch = meta.get("general.architecture", "")
     n_train = int(binding().llama_model_n_ctx_train(loaded.model))
+    threads = Threads(most_threads(opts))
     embedder = Embedder(
         loaded.model, opts, n_ctx=min(opts.num_ctx, n_train) if n_train > 0 else opts.num_ctx,
-        pooled_by_model=f"{arch}.pooling_type" in meta, lora=loaded.lora, path=path,
+        pooled_by_model=f"{arch}.pooling_type" in meta, lora=loaded.lora, path=path, threads=threads,
     )
     engine = Engine(
-        loaded.ctx, loaded.vocab, n_slots=max(1, opts.num_parallel), n_batch=N_BATCH,
-        prefill_chunk=_option(opts, "prefill_chunk", PREFILL_CHUNK), name=variant.name, side_work=embedder,
+        loaded.ctx, loaded.vocab, n_slots=loaded.n_seq, n_batch=N_BATCH,
+        prefill_chunk=_option(opts, "prefill_chunk", PREFILL_CHUNK), threads=threads, name=variant.name,
+        side_work=embedder,
     )
     prompting = gguf_prompting(loaded.vocab, ModelfilePrompt.of(files.template, files.system, files.messages))
     caps = {Capability.EMBED}

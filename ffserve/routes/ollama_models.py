@@ -177,6 +177,7 @@ async def ps(request: Request) -> Response:
                 "expires_at": rfc3339(exp) if exp is not None else "9999-12-31T23:59:59Z",
                 "size_vram": 0,
                 "context_length": m.runtime.context_length,
+                "num_parallel": m.runtime.parallel,  # sequences run at once (FF_NUM_PARALLEL, else chosen)
                 "active_requests": m.active,
             }
         )

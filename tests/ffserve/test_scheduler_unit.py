@@ -234,3 +234,22 @@ def test_keep_alive_zero_unloads_when_the_last_request_ends(tmp_path: Path) -> N
         await sched.close()
 
     asyncio.run(scenario())
+
+
+def test_automatic_slots_get_the_memory_the_other_models_leave(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loader = FakeLoader()
+        sched = _scheduler(tmp_path, loader, max_memory=1000)
+        await sched.get("a")
+        await sched.get("b")
+        first, second = loader.settings
+        assert first.num_parallel == 0 and first.memory_budget == 1000  # 0: the runtime chooses
+        assert second.memory_budget == 1000 - 100  # a FakeRuntime holds 100 bytes
+        await sched.close()
+        loader2 = FakeLoader()
+        unbounded = _scheduler(tmp_path, loader2)
+        await unbounded.get("c")
+        assert loader2.settings[0].memory_budget == 0  # no budget: the runtime asks the machine
+        await unbounded.close()
+
+    asyncio.run(scenario())

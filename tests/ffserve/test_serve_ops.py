@@ -100,8 +100,6 @@ def test_probes_never_load_a_model(ff_home: Path, tmp_path: Path) -> None:
 def test_serving_a_gguf_imports_no_torch_transformers_or_tvm(ff_home: Path) -> None:
     code = """
 import asyncio, json, sys
-from ffserve.server import prepare_environment
-prepare_environment()
 from ffserve.app import create_app
 from ffserve.settings import Settings
 from ffruntime.runtime import GenerationRequest, Token
@@ -143,6 +141,7 @@ def test_num_parallel_runs_two_requests_at_once(ff_home: Path, tmp_path: Path) -
             time.sleep(0.01)
         assert peak[0] == 2  # both slots busy at once
         assert results == [alone, alone]  # each slot has its own context: same greedy answer
+        assert [m["num_parallel"] for m in httpx.get(s.url + "/api/ps").json()["models"]] == [2]
 
 
 def test_hostile_bodies_are_400s_not_500s(server: Server) -> None:

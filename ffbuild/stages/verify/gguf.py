@@ -68,8 +68,9 @@ def verify_threads() -> int:
 
 def eval_settings(threads: int | None) -> LoadSettings:
     """How verify loads a model: ``threads`` for everything when given; else the server's thread count
-    for single tokens and every core for the text pass and prompts (nothing else runs beside a build;
-    the threads sleep at barriers, ``ffruntime.llamacpp.library.WAIT_POLICY``). Three SmolLM2 variants,
+    for single tokens and every core for the text pass and prompts (nothing else runs beside a build);
+    each decode then runs on the thread count :mod:`ffruntime.llamacpp.threads` measures best, up to
+    every core, as in the server. Measured before that policy, with sleeping threads: three SmolLM2 variants,
     2 cores: 4.47 s on 1 thread, 3.68 s so, and the same 4.6 s either way beside a busy process
     (docs/benchmarks.md). The figures do not depend on the thread count."""
     if threads is not None:

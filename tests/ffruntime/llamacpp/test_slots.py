@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ffruntime.llamacpp.engine import MIN_SHARED, Engine, Job, _Seq, _Slot, id_runs, pick_slot
 from ffruntime.llamacpp.text import TextStream
+from ffruntime.llamacpp.threads import Threads
 from ffruntime.runtime import CancelFlag
 
 
@@ -33,7 +34,8 @@ def test_a_cached_prefix_worth_keeping_beats_contiguity() -> None:
 
 
 def test_the_batch_is_in_sequence_id_order() -> None:
-    engine = Engine(None, None, n_slots=4, n_batch=64, prefill_chunk=8, name="plan")  # type: ignore[arg-type]
+    engine = Engine(None, None, n_slots=4, n_batch=64, prefill_chunk=8, threads=Threads(1),  # type: ignore[arg-type]
+                    name="plan")
     try:
         for sid, (prompt_len, n_past) in zip((2, 0, 3, 1), ((5, 4), (30, 0), (6, 5), (12, 3)), strict=True):
             job = Job(list(range(prompt_len)), None, [], 10, 100, lambda _: None, CancelFlag())  # type: ignore[arg-type]
@@ -42,10 +44,16 @@ def test_the_batch_is_in_sequence_id_order() -> None:
             engine.slots[sid].seq = seq
             engine._active.append(seq)
         entries = engine._plan()
-        assert [e[0].slot.seq_id for e in entries if e[0].slot] == [0, 1, 2, 3]
-        assert [e[1] for e in entries] == [8, 8, 1, 1]  # prompt chunks (≤ 8, the last token held) and tokens
+        assert [e[0].slot.seq_id for e in entries if e[0].slot] == [0, 2, 3]
+        # beside generating sequences a step reads at most prefill_chunk prompt tokens (here all the
+        # first reader's, the last token held); then one token each for the others
+        assert [e[1] for e in entries] == [8, 1, 1]
         # logits only where a sequence's last token is decoded, at its index in the batch
-        assert [e[2] for e in entries] == [-1, -1, 16, 17]
+        assert [e[2] for e in entries] == [-1, 8, 9]
+        for seq in [s for s in engine._active if len(s.tokens) - s.n_past == 1]:
+            engine._active.remove(seq)
+        entries = engine._plan()  # nobody generating: prompts are read a whole batch at a time
+        assert [(e[0].slot.seq_id, e[1]) for e in entries if e[0].slot] == [(0, 29), (1, 8)]
     finally:
         engine._active.clear()
         engine.close()
