@@ -14,7 +14,7 @@ import ffruntime
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
-from ffserve.routes import ollama, ollama_models, openai, ops, v2
+from ffserve.routes import audio, ollama, ollama_models, openai, ops, v2
 from ffserve.scheduler import Loader, Scheduler
 from ffserve.settings import Settings
 from ffserve.state import AppState
@@ -55,7 +55,7 @@ def create_app(
     app = Starlette(
         # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
         # (no two of these lists match the same path, so the order changes nothing else).
-        routes=[*openai.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ops.ROUTES],
+        routes=[*openai.ROUTES, *audio.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ops.ROUTES],
         middleware=[
             Middleware(
                 Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes, log=settings.access_log

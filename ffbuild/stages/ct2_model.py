@@ -202,7 +202,8 @@ def requantize(source: Path, out: Path, quantization: str) -> str:
         spec.validate()  # wraps the arrays as CTranslate2 variables; names what a Whisper model lacks
     except ValueError as exc:
         raise CT2ModelError(f"{source}: not a complete Whisper model: {exc}") from None
-    spec.optimize(quantization=quantization)
+    # int8 as the converters write it from float32 weights: int8 matrices, the rest float32
+    spec.optimize(quantization="int8_float32" if quantization == "int8" else quantization)
     variables: list[tuple[str, npt.NDArray[np.generic], str]] = []
     aliases: list[tuple[str, str]] = []
     for name, value in spec.variables(ordered=True):
