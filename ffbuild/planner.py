@@ -224,7 +224,8 @@ class _Planner:
             int4 = Problem(f"int4 is for chat/generate models (ONNX Runtime GenAI), not TASK {task}")
             self.fail(c.task_ins or c.source_ins, 0, int4)
         if task not in SPEECH_TASKS and c.source is not None and c.source.kind == SourceKind.CT2_FOLDER:
-            self.fail(c.task_ins or c.source_ins, 0, Problem(f"a CTranslate2 folder serves TASK transcribe, not {task}"))
+            speech_only = Problem(f"a CTranslate2 folder serves TASK transcribe, not {task}")
+            self.fail(c.task_ins or c.source_ins, 0, speech_only)
         if task == "tensor" and any(v.family == "gguf" for v in variants):
             needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
             self.fail(c.task_ins, 0, needs)

@@ -247,7 +247,8 @@ def run_command(
         assert chosen is not None and files is not None
         click.echo(f"{ref}: variant {chosen.name}", err=True)
         if audio is not None:
-            asyncio.run(_print(transcribe.transcribe_local(chosen, files, audio, prompt, temperature, threads)))
+            pieces = transcribe.transcribe_local(chosen, files, audio, prompt, temperature, threads)
+            asyncio.run(_print(pieces))
         else:
             assert prompt is not None
             asyncio.run(_print(generate_local(chosen, files, prompt, options, threads, num_ctx)))

@@ -7,6 +7,7 @@ as the server loads it, and the segments are printed as they are decoded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import urllib.error
@@ -34,7 +35,9 @@ def _multipart(fields: dict[str, str], audio: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def transcribe_server(url: str, model: str, audio: Path, prompt: str | None, temperature: float | None) -> str:
+def transcribe_server(
+    url: str, model: str, audio: Path, prompt: str | None, temperature: float | None
+) -> str:
     """The server's transcript of ``audio``."""
     fields = {"model": model, "response_format": "text"}
     if prompt:
@@ -50,10 +53,8 @@ def transcribe_server(url: str, model: str, audio: Path, prompt: str | None, tem
             return str(resp.read().decode("utf-8")).strip()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = str(json.loads(detail)["error"]["message"])
-        except (ValueError, KeyError, TypeError):
-            pass
         raise click.ClickException(f"the server at {url} answered {exc.code}: {detail}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach the server at {url}: {exc}") from None

@@ -100,7 +100,9 @@ class WhisperRuntime:
     def _start(self, request: TranscriptionRequest) -> tuple[TranscriptionInfo, Iterator[Any]]:
         audio = decode(request.audio, self.max_seconds)
         if request.language is not None and not self.multilingual and request.language != "en":
-            raise RequestRejected(f"this model is English-only; it cannot transcribe language {request.language!r}")
+            raise RequestRejected(
+                f"this model is English-only; it cannot transcribe language {request.language!r}"
+            )
         temperature: float | tuple[float, ...] = (
             request.temperature if request.temperature is not None else (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
         )
@@ -200,7 +202,9 @@ async def load_files(files: dict[str, Path], settings: LoadSettings) -> WhisperR
     try:
         from faster_whisper import WhisperModel
     except ImportError as exc:
-        raise BackendUnavailable.missing(exc.name or "faster_whisper", "speech", "the ctranslate2 backend") from None
+        raise BackendUnavailable.missing(
+            exc.name or "faster_whisper", "speech", "the ctranslate2 backend"
+        ) from None
     folder = _folder(files)
     device = settings.device.split(":", 1)[0]
     workers = max(1, settings.num_parallel)

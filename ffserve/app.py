@@ -55,7 +55,14 @@ def create_app(
     app = Starlette(
         # Starlette tries routes in order, a regex each: the inference routes, hit on every request, first
         # (no two of these lists match the same path, so the order changes nothing else).
-        routes=[*openai.ROUTES, *audio.ROUTES, *ollama.ROUTES, *v2.ROUTES, *ollama_models.ROUTES, *ops.ROUTES],
+        routes=[
+            *openai.ROUTES,
+            *audio.ROUTES,
+            *ollama.ROUTES,
+            *v2.ROUTES,
+            *ollama_models.ROUTES,
+            *ops.ROUTES,
+        ],
         middleware=[
             Middleware(
                 Guard, api_keys=settings.api_keys, max_body=settings.max_body_bytes, log=settings.access_log

@@ -183,7 +183,10 @@ def requantize(source: Path, out: Path, quantization: str) -> str:
         raise CT2ModelError(f"{source}: a {model.spec} model; ff builds CTranslate2 Whisper models")
     stored = model.storage_type()
     spec = whisper_spec.WhisperSpec(
-        _layers(model, "encoder"), _heads(model, "encoder"), _layers(model, "decoder"), _heads(model, "decoder")
+        _layers(model, "encoder"),
+        _heads(model, "encoder"),
+        _layers(model, "decoder"),
+        _heads(model, "decoder"),
     )
     weights = _float_weights(model)
     for alias, target in model.aliases.items():  # optimize() finds the duplicates and aliases them again

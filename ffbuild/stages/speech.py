@@ -109,6 +109,8 @@ def run(ctx: BuildContext) -> str:
         start = time.perf_counter()
         entry, hit = ctx.cache.run("speech", key, produce)
         made += not hit
-        ctx.outputs.append(VariantOutput(v, _built(v, entry.path, entry.meta, time.perf_counter() - start, hit)))
+        ctx.outputs.append(
+            VariantOutput(v, _built(v, entry.path, entry.meta, time.perf_counter() - start, hit))
+        )
     todo = len(ctx.plan.variants)
     return f"{todo} CTranslate2 variant(s); {made} stored, {todo - made} from the cache"

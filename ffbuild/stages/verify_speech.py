@@ -124,7 +124,9 @@ def _clips(ctx: BuildContext) -> list[Path]:
 
 
 def _transcripts(ctx: BuildContext, out: VariantOutput, clips: list[Path]) -> list[str]:
-    files = {out.built.weight_name: out.built.weight.path} | {x.filepath: x.file.path for x in out.built.extra}
+    files = {out.built.weight_name: out.built.weight.path} | {
+        x.filepath: x.file.path for x in out.built.extra
+    }
     key = ctx.cache_key(
         "verify_speech",
         files={k: file_digest(p) for k, p in sorted(files.items())},
@@ -138,7 +140,9 @@ def _transcripts(ctx: BuildContext, out: VariantOutput, clips: list[Path]) -> li
         from ffruntime.runtime import RequestRejected
 
         try:
-            texts = transcribe_clips(out.variant.backend, files, clips, ctx.options.threads, out.variant.target)
+            texts = transcribe_clips(
+                out.variant.backend, files, clips, ctx.options.threads, out.variant.target
+            )
         except (BackendUnavailable, RuntimeFailure, RequestRejected) as exc:
             raise BuildError(f"variant {out.variant.name} does not load or run: {exc}") from None
         return {"transcripts": list(texts), "seconds": time.perf_counter() - start}

@@ -118,6 +118,8 @@ def test_verify_max_wer_fails_the_build(whisper_home: Path, whisper_folder: Path
 
 
 def test_ff_run_prints_the_transcript(whisper_home: Path, paris_wav: Path) -> None:
-    proc = _ff(whisper_home, "run", "whisper:tiny", "--audio", str(paris_wav), "--local", "--quantize", "int8")
+    proc = _ff(
+        whisper_home, "run", "whisper:tiny", "--audio", str(paris_wav), "--local", "--quantize", "int8"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
