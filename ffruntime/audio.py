@@ -96,6 +96,8 @@ def decode(data: bytes, max_seconds: float = DEFAULT_MAX_SECONDS) -> Audio:
                     raise AudioTooLong(f"the audio is longer than the limit of {max_seconds:.0f} s")
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
+    except RequestRejected:
+        raise
     except (av.error.FFmpegError, ValueError, IndexError) as exc:  # PyAV raises these for bad input
         raise AudioRejected(f"cannot decode the audio: {exc}") from None
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
