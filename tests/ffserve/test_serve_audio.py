@@ -168,7 +168,7 @@ def test_hostile_audio_gets_a_4xx_and_the_server_goes_on(server: Server, paris_w
         "empty": (b"", "clip.wav", 400, "empty"),
         "truncated": (wav[: len(wav) // 2], "clip.wav", 400, "truncated"),
         "not audio": (b"hello, this is a text file\n" * 40, "notes.wav", 400, "cannot decode"),
-        "lying extension": (png, "clip.mp3", 400, "cannot decode"),
+        "lying extension": (png, "clip.mp3", 400, "no audio"),
         "an hour of silence": (hour, "quiet.mp3", 413, "limit"),
         "over the size limit": (bytes(MAX_BODY + 1), "big.wav", 413, "larger than"),
     }
