@@ -76,7 +76,7 @@ def decode(data: bytes, max_seconds: float = DEFAULT_MAX_SECONDS) -> Audio:
     except ImportError:
         raise BackendUnavailable.missing("av", "speech", "decoding audio") from None
     limit = int(max_seconds * SAMPLE_RATE)
-    chunks: list[npt.NDArray[np.int16]] = []
+    chunks: list[npt.NDArray[np.generic]] = []
     have = 0
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:

@@ -63,7 +63,7 @@ def test_stored_types_are_ctranslate2s_and_load(whisper_folder: Path, tmp_path: 
         assert model.dtypes[name] == weight_type
         assert model.variables[name].shape == source.variables[name].shape
         if quant == "int8":  # per-row scales, as CTranslate2's converter writes them
-            scale = model.variables[name + "_scale"]
+            scale = model.variables[name + "_scale"].astype(np.float32)
             back = model.variables[name].astype(np.float32) / scale[:, None]
             assert np.allclose(back, source.variables[name].astype(np.float32), atol=float(1 / scale.min()))
         else:

@@ -101,6 +101,7 @@ def _transcode(src: Path, out: Path, codec: str) -> None:
     with av.open(str(src)) as inp, av.open(str(out), "w") as dst:
         rate = 48000 if codec == "libopus" else 22050
         stream = dst.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.AudioStream)
         if codec == "vorbis":
             stream.codec_context.options = {"strict": "experimental"}  # FFmpeg's own Vorbis encoder
             stream.layout = "stereo"  # which takes two channels only
@@ -145,6 +146,7 @@ def _silence_mp3(seconds: int) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp3", options={"write_xing": "0", "id3v2_version": "0"}) as dst:
         stream = dst.add_stream("libmp3lame", rate=8000)
+        assert isinstance(stream, av.AudioStream)
         stream.bit_rate = 8000
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 48000), dtype=np.int16), format="s16", layout="mono")
