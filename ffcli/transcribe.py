@@ -71,7 +71,7 @@ async def transcribe_local(
     """Load ``variant`` through ffruntime (as ``ff serve`` does) and stream the transcript's segments."""
     import ffruntime
     from ffruntime.errors import BackendUnavailable, RuntimeFailure
-    from ffruntime.runtime import RequestRejected, TranscribeRuntime, TranscriptionRequest
+    from ffruntime.runtime import RequestRejected, TranscribeRuntime, TranscriptionRequest, piece
     from ffruntime.settings import LoadSettings
 
     try:
@@ -86,7 +86,7 @@ async def transcribe_local(
             _, segments = await runtime.transcribe(request)
             first = True
             async for s in segments:
-                yield s.text.lstrip() if first else s.text
+                yield piece(s.text, first)
                 first = False
         except RequestRejected as exc:
             raise click.ClickException(f"{audio}: {exc}") from None

@@ -4,9 +4,11 @@ The variant's layers (``model.bin``, ``config.json``, ``tokenizer.json``, ``voca
 as symlinks under their layer paths, the folder faster-whisper's ``WhisperModel`` reads. Audio is
 decoded by :mod:`ffruntime.audio` (PyAV, bounded) before any model work. Concurrent requests: the model
 is loaded with ``num_workers = num_parallel`` CTranslate2 workers, so that many transcriptions run at
-once (the scheduler admits that many), each decoding in its own thread; ``compute_type`` ``default``
-keeps the stored type where the device runs it (int8 and float32 on CPUs; float16 weights are computed
-in float32 on a CPU).
+once (the scheduler admits that many), each decoding in its own thread. Within one request, audio
+longer than :data:`BATCH_ABOVE_SECONDS` runs batched (``BatchedInferencePipeline``: its speech cut into
+30-second chunks by the Silero VAD faster-whisper ships, :data:`BATCH_SIZE` chunks per model call).
+``compute_type`` ``default`` keeps the stored type where the device runs it (int8 and float32 on CPUs;
+float16 weights are computed in float32 on a CPU).
 
 Besides :class:`~ffruntime.runtime.TranscribeRuntime`, the model answers the Open Inference Protocol
 with one BYTES input ``audio`` (the encoded file) and one BYTES output ``text``.
@@ -36,6 +38,7 @@ from ffruntime.runtime import (
     TranscriptionInfo,
     TranscriptionRequest,
     Word,
+    transcript,
 )
 from ffruntime.settings import LoadSettings
 from ffruntime.tensors import decode_bytes, encode_bytes
@@ -45,6 +48,10 @@ MODEL_FILE: Final = "model.bin"
 AUDIO_INPUT: Final = TensorSpec("audio", "BYTES", (1,))
 TEXT_OUTPUT: Final = TensorSpec("text", "BYTES", (1,))
 _END: Final = object()
+BATCH_ABOVE_SECONDS: Final = 60.0
+"""Audio longer than this is transcribed in batches of 30-second chunks (faster-whisper's
+``BatchedInferencePipeline``); shorter audio sequentially, window after window (``WhisperModel``)."""
+BATCH_SIZE: Final = 8
 
 
 def _segment(s: Any) -> Segment:
@@ -67,7 +74,10 @@ class WhisperRuntime:
     """A loaded Whisper model (faster-whisper's ``WhisperModel`` over CTranslate2)."""
 
     def __init__(self, model: Any, folder: Path, workers: int, max_seconds: float) -> None:
+        from faster_whisper import BatchedInferencePipeline
+
         self._model = model
+        self._batched = BatchedInferencePipeline(model)
         self._folder = folder
         self._workers = workers
         self.max_seconds = max_seconds
@@ -106,14 +116,21 @@ class WhisperRuntime:
         temperature: float | tuple[float, ...] = (
             request.temperature if request.temperature is not None else (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
         )
+        # Longer than a window: its speech (found by faster-whisper's Silero VAD) goes through the model
+        # in batches of 30-second chunks, one batched generate call per BATCH_SIZE chunks.
+        transcribe = (
+            self._batched.transcribe if audio.seconds > BATCH_ABOVE_SECONDS else self._model.transcribe
+        )
+        extra = {"batch_size": BATCH_SIZE} if audio.seconds > BATCH_ABOVE_SECONDS else {}
         try:
-            segments, info = self._model.transcribe(
+            segments, info = transcribe(
                 audio.samples,
                 language=request.language,
                 task=request.task if self.multilingual else "transcribe",
                 initial_prompt=request.prompt or None,
                 temperature=temperature,
                 word_timestamps=request.words,
+                **extra,
             )
         except ValueError as exc:  # faster-whisper refuses an unknown language code this way
             raise RequestRejected(str(exc)) from None
@@ -177,7 +194,7 @@ class WhisperRuntime:
             raise RequestRejected(f"this model has one output, {TEXT_OUTPUT.name!r}")
         (audio,) = decode_bytes(raw, 1)
         _, segments = await self.transcribe(TranscriptionRequest(audio=audio, cancel=cancel))
-        text = "".join([s.text async for s in segments]).strip()
+        text = transcript([s.text async for s in segments])
         return {TEXT_OUTPUT.name: ("BYTES", [1], encode_bytes([text.encode("utf-8")]))}
 
 

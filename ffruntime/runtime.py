@@ -301,6 +301,18 @@ class TranscriptionInfo:
     duration: float  # seconds of audio
 
 
+def piece(text: str, first: bool) -> str:
+    """A segment's text as the next piece of a transcript: the first without leading space, the others
+    after one space (sequential segments carry theirs; batched chunks do not)."""
+    text = text.strip()
+    return text if first or not text else " " + text
+
+
+def transcript(texts: Sequence[str]) -> str:
+    """The segments' texts as one transcript."""
+    return "".join(piece(t, i == 0) for i, t in enumerate(texts))
+
+
 @runtime_checkable
 class TranscribeRuntime(Runtime, Protocol):
     """Speech to text: :meth:`transcribe` decodes the audio (a :class:`RequestRejected` for bad audio,

@@ -91,7 +91,7 @@ def transcribe_clips(
 ) -> list[str]:
     """Each clip's transcript by the variant made of ``files``, loaded as the server loads it."""
     from ffruntime.local import load_files
-    from ffruntime.runtime import TranscribeRuntime, TranscriptionRequest
+    from ffruntime.runtime import TranscribeRuntime, TranscriptionRequest, transcript
 
     async def run() -> list[str]:
         rt = await load_files(backend, dict(files), LoadSettings(threads=threads or 0, device=device))
@@ -101,7 +101,7 @@ def transcribe_clips(
             for clip in clips:
                 request = TranscriptionRequest(audio=clip.read_bytes(), temperature=0.0)
                 _, segments = await rt.transcribe(request)
-                out.append("".join([s.text async for s in segments]).strip())
+                out.append(transcript([s.text async for s in segments]))
             return out
         finally:
             await rt.close()

@@ -22,6 +22,7 @@ from ffruntime.runtime import (
     TranscribeRuntime,
     TranscriptionInfo,
     TranscriptionRequest,
+    piece,
 )
 from ffserve.encoding import JSONResponse
 from ffserve.errors import NotSupported
@@ -96,11 +97,11 @@ async def _streamed(e: AppState, form: AudioForm) -> Response:
     async def events() -> AsyncIterator[bytes]:
         parts: list[str] = []
         async for s in segments:
-            delta = s.text if parts else s.text.lstrip()
+            delta = piece(s.text, not parts)
             parts.append(delta)
             yield sse({"type": "transcript.text.delta", "delta": delta})
         usage = {"type": "duration", "seconds": max(1, round(info.duration))}
-        yield sse({"type": "transcript.text.done", "text": "".join(parts).strip(), "usage": usage})
+        yield sse({"type": "transcript.text.done", "text": "".join(parts), "usage": usage})
 
     async def close() -> None:
         req.cancel.set()

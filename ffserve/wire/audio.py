@@ -17,7 +17,7 @@ from typing import Final, Literal
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from ffruntime.runtime import Segment, TranscriptionInfo
+from ffruntime.runtime import Segment, TranscriptionInfo, transcript
 from ffserve.errors import BadRequest
 
 Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
@@ -139,7 +139,7 @@ def vtt(segments: Sequence[Segment]) -> str:
 
 
 def text_of(segments: Sequence[Segment]) -> str:
-    return "".join(s.text for s in segments).strip()
+    return transcript([s.text for s in segments])
 
 
 def verbose(

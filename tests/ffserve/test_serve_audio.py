@@ -115,6 +115,23 @@ def _transcode(src: Path, out: Path, codec: str) -> None:
         dst.mux(stream.encode(None))
 
 
+def test_a_minute_of_speech_runs_batched(ai: openai.OpenAI, paris_wav: Path) -> None:
+    """Audio over a minute goes through faster-whisper's batched pipeline (30-second chunks)."""
+    import wave
+
+    with wave.open(str(paris_wav)) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setparams(params)
+        out.writeframes((frames + bytes(2 * params.framerate)) * 11)  # 11 × (4.8 s + 1 s of silence)
+    got = ai.audio.transcriptions.create(
+        model=MODEL, file=("long.wav", buf.getvalue()), response_format="verbose_json"
+    )
+    assert 60 < got.duration < 66 and got.text.count("Paris") >= 5
+    assert got.segments and len(got.segments) >= 3 and got.segments[-1].end > 50
+
+
 def test_four_clients_at_once(ai: openai.OpenAI, paris_wav: Path) -> None:
     def one(_: int) -> str:
         with open(paris_wav, "rb") as f:
