@@ -275,7 +275,12 @@ def _folder_facts(folder: Path) -> SourceFacts:
         a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures
     )
     encoder = model_type in _ENCODER_TYPES and not generative and not classifier
-    return SourceFacts(embedding=sentence_transformers or encoder, classifier=classifier, chat_template=chat)
+    return SourceFacts(
+        embedding=sentence_transformers or encoder,
+        classifier=classifier,
+        chat_template=chat,
+        speech=model_type == "whisper",
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

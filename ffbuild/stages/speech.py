@@ -1,15 +1,20 @@
-"""The speech stage: a CTranslate2 Whisper folder → one CTranslate2 model per QUANTIZE type.
+"""The speech stage: a Whisper model → one CTranslate2 model per QUANTIZE type.
 
 ``FROM`` a CTranslate2 Whisper folder (``model.bin``, ``config.json``, ``tokenizer.json``, a vocabulary,
-as ``ct2-transformers-converter`` writes it); each variant's ``model.bin`` is the source's weights stored
+as ``ct2-transformers-converter`` writes it): each variant's ``model.bin`` is the source's weights stored
 at its type (``int8``, ``float16``, ``float32``) by :func:`ffbuild.stages.ct2_model.requantize`, and the
-folder's other files travel beside it unchanged. Each (source, type) is one build-cache entry keyed by
-the source folder's digest and the ctranslate2 version, so a rebuild with nothing changed stores nothing
-new.
+folder's other files travel beside it unchanged. ``FROM`` a Hugging Face Whisper folder (safetensors,
+``model_type`` ``whisper``): each type is converted by CTranslate2's own converter
+(``ctranslate2.converters.TransformersConverter`` with ``quantization``; it needs transformers and
+torch, the ``export`` extra), the tokenizer and preprocessor config copied beside it.
+
+Each (source, type) is one build-cache entry keyed by the source folder's digest and the versions of
+ctranslate2, transformers and torch, so a rebuild with nothing changed stores nothing new.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +47,8 @@ COMPANION_FILES: Final = (
 )
 """The files of a CTranslate2 Whisper folder that travel beside ``model.bin`` (those present)."""
 ARCHITECTURE: Final = "whisper"
+CONVERTER_PACKAGES: Final = ("ctranslate2", "transformers", "torch")
+"""What the stored weights depend on besides the source (part of the build-cache key)."""
 
 
 def _param_count(model_bin: Path) -> int:
@@ -76,35 +83,64 @@ def _built(v: Variant, folder: Path, meta: dict[str, CacheValue], secs: float, h
     )
 
 
+def convert_hf(source: Path, out: Path, quantization: str) -> None:
+    """CTranslate2's converter: the Hugging Face Whisper ``source`` into ``out`` at ``quantization``."""
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        raise BuildError("converting Whisper needs ctranslate2: pip install 'ferrousforge[speech]'") from None
+    for module in ("transformers", "torch"):
+        if importlib.util.find_spec(module) is None:
+            raise BuildError(
+                f"converting a Hugging Face Whisper folder needs {module}: "
+                "pip install 'ferrousforge[export]' (or FROM a CTranslate2 folder)"
+            )
+    copy = [n for n in ("tokenizer.json", "preprocessor_config.json") if (source / n).is_file()]
+    target = out / "converted"
+    try:
+        TransformersConverter(str(source), copy_files=copy).convert(str(target), quantization=quantization)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        raise BuildError(f"CTranslate2's converter failed on {source}: {exc}") from None
+    for p in target.iterdir():
+        p.rename(out / p.name)
+    target.rmdir()
+
+
 def run(ctx: BuildContext) -> str:
     """The speech stage: each ``speech`` variant stored at its CTranslate2 type (cached)."""
     f = ctx.fetched
-    if f is None or f.kind != FetchedKind.CT2_FOLDER or f.path is None:
+    if f is None or f.kind not in (FetchedKind.CT2_FOLDER, FetchedKind.HF_FOLDER) or f.path is None:
         raise BuildError(
             "speech (TASK transcribe) variants are built FROM a CTranslate2 Whisper folder (model.bin, "
-            "config.json, vocabulary); convert a Hugging Face Whisper folder first with CTranslate2's "
-            f"ct2-transformers-converter, not {f.description if f else 'nothing'}"
+            "config.json, vocabulary) or a Hugging Face Whisper folder, "
+            f"not {f.description if f else 'nothing'}"
         )
+    converting = f.kind == FetchedKind.HF_FOLDER
     source = f.path
     source_digest = folder_digest(source)
-    version = package_version("ctranslate2")
+    version: dict[str, CacheValue] = {p: package_version(p) for p in CONVERTER_PACKAGES}
     made = 0
     for v in ctx.plan.variants:
-        key = ctx.cache_key("speech", source=source_digest, quantization=v.quantization, ctranslate2=version)
+        key = ctx.cache_key(
+            "speech", source=source_digest, quantization=v.quantization, packages=version, hf=converting
+        )
         ctx.progress.step("speech", f"{f.description} → {v.quantization} CTranslate2")
 
         def produce(folder: Path, v: Variant = v) -> dict[str, CacheValue]:
-            try:
-                requantize(source / "model.bin", folder / "model.bin", v.quantization)
-            except CT2ModelError as exc:
-                raise BuildError(f"variant {v.name}: {exc}") from None
-            for name in COMPANION_FILES:
-                if (source / name).is_file():
-                    shutil.copyfile(source / name, folder / name)
+            if converting:
+                convert_hf(source, folder, v.quantization)
+            else:
+                try:
+                    requantize(source / "model.bin", folder / "model.bin", v.quantization)
+                except CT2ModelError as exc:
+                    raise BuildError(f"variant {v.name}: {exc}") from None
+                for name in COMPANION_FILES:
+                    if (source / name).is_file():
+                        shutil.copyfile(source / name, folder / name)
             files: dict[str, CacheValue] = {
                 p.name: [file_digest(p), p.stat().st_size] for p in sorted(folder.iterdir()) if p.is_file()
             }
-            return {"files": files, "params": _param_count(source / "model.bin")}
+            return {"files": files, "params": _param_count(folder / "model.bin")}
 
         start = time.perf_counter()
         entry, hit = ctx.cache.run("speech", key, produce)

@@ -123,3 +123,48 @@ def test_ff_run_prints_the_transcript(whisper_home: Path, paris_wav: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_hugging_face_whisper_folder_converts_with_ctranslate2s_converter(
+    whisper_folder: Path, paris_wav: Path, tmp_path: Path
+) -> None:
+    """A random tiny Whisper (HF folder) → int8 and float32 CTranslate2 variants that load and run."""
+    import asyncio
+
+    from ffruntime.local import load_files
+    from ffruntime.runtime import TranscribeRuntime, TranscriptionRequest
+    from ffruntime.settings import LoadSettings
+    from registry.artifact import open_variant, variants_of
+    from registry.reference import parse_reference
+    from registry.store import Store
+    from tests.models import RECIPE, cached_dir, random_whisper, sha256_of
+
+    tokenizer = whisper_folder / "tokenizer.json"
+    key = f"whisper-random-hf-{sha256_of(tokenizer)[:16]}-r{RECIPE}"
+    hf = cached_dir(key, "whisper-random", lambda d: random_whisper(tokenizer, d))
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM {hf}\nQUANTIZE int8 float32\n")  # TASK transcribe inferred from model_type
+    home = tmp_path / "home"
+    proc = _ff(home, "build", "-f", str(mf), "-t", "random-whisper:1", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    store = Store(home / "store")
+    variants = {v.name: v for v in variants_of(store, parse_reference("random-whisper:1"))}
+    assert set(variants) == {"int8-cpu", "float32-cpu"}
+    for name, weight_type in (("int8-cpu", "int8"), ("float32-cpu", "float32")):
+        files = open_variant(store, variants[name].descriptor.digest).files
+        assert {"model.bin", "config.json", "tokenizer.json", "vocabulary.json"} <= set(files)
+        model = read_model(files["model.bin"])
+        assert model.dtypes["encoder/layer_0/ffn/linear_0/weight"] == weight_type
+
+    async def run() -> float:
+        rt = await load_files("ctranslate2", files, LoadSettings(threads=2))
+        try:
+            assert isinstance(rt, TranscribeRuntime)
+            info, segments = await rt.transcribe(TranscriptionRequest(audio=paris_wav.read_bytes()))
+            [s async for s in segments]  # a random model says nothing sensible: it must only run
+            return info.duration
+        finally:
+            await rt.close()
+
+    assert 4.7 < asyncio.run(run()) < 4.9

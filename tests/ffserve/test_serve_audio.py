@@ -129,7 +129,7 @@ def test_a_minute_of_speech_runs_batched(ai: openai.OpenAI, paris_wav: Path) -> 
         model=MODEL, file=("long.wav", buf.getvalue()), response_format="verbose_json"
     )
     assert 60 < got.duration < 66 and got.text.count("Paris") >= 5
-    assert got.segments and len(got.segments) >= 3 and got.segments[-1].end > 50
+    assert got.segments and len(got.segments) >= 2 and got.segments[-1].end > 50
 
 
 def test_four_clients_at_once(ai: openai.OpenAI, paris_wav: Path) -> None:
