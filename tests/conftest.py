@@ -112,12 +112,18 @@ def paris_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def whisper_home(tmp_path_factory: pytest.TempPathFactory, whisper_folder: Path) -> Path:
     """FF_HOME with ``whisper:tiny`` built by ``ff build -f modelfiles/whisper`` from the package's folder
-    (int8, float16 and float32 variants, verified)."""
+    (int8, float16 and float32 variants, verified). Its build cache is kept across sessions (keys hold
+    the code and tool versions, so a change rebuilds): a later session packages without re-verifying."""
     import os
     import subprocess
     import sys
 
+    from tests.models import CACHE_ROOT
+
     home = tmp_path_factory.mktemp("whisper-home")
+    shared = CACHE_ROOT / "whisper-build-cache"
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(shared)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9", "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(root / "modelfiles" / "whisper")]
