@@ -138,7 +138,7 @@ def test_a_hugging_face_whisper_folder_converts_with_ctranslate2s_converter(
     from registry.artifact import open_variant, variants_of
     from registry.reference import parse_reference
     from registry.store import Store
-    from tests.models import RECIPE, cached_dir, random_whisper, sha256_of
+    from tests.models import CACHE_ROOT, RECIPE, cached_dir, random_whisper, sha256_of
 
     tokenizer = whisper_folder / "tokenizer.json"
     key = f"whisper-random-hf-{sha256_of(tokenizer)[:16]}-r{RECIPE}"
@@ -146,6 +146,8 @@ def test_a_hugging_face_whisper_folder_converts_with_ctranslate2s_converter(
     mf = tmp_path / "Modelfile"
     mf.write_text(f"FROM {hf}\nQUANTIZE int8 float32\n")  # TASK transcribe inferred from model_type
     home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(CACHE_ROOT / "whisper-build-cache")  # kept across sessions
     proc = _ff(home, "build", "-f", str(mf), "-t", "random-whisper:1", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     store = Store(home / "store")
