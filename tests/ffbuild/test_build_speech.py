@@ -147,7 +147,9 @@ def test_a_hugging_face_whisper_folder_converts_with_ctranslate2s_converter(
     mf.write_text(f"FROM {hf}\nQUANTIZE int8 float32\n")  # TASK transcribe inferred from model_type
     home = tmp_path / "home"
     home.mkdir()
-    (home / "cache").symlink_to(CACHE_ROOT / "whisper-build-cache")  # kept across sessions
+    shared = CACHE_ROOT / "whisper-build-cache"  # kept across sessions, as whisper_home's
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(shared)
     proc = _ff(home, "build", "-f", str(mf), "-t", "random-whisper:1", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     store = Store(home / "store")
