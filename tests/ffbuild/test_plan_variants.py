@@ -29,8 +29,8 @@ SOURCES = {
 }
 
 
-def plan(folder: Path, source: str, body: str, task: str = "generate", **kw: object) -> BuildPlan:
-    (folder / "Modelfile").write_text(f"FROM {SOURCES[source]}\nTASK {task}\n{body}\n")
+def plan(folder: Path, source: str, body: str, **kw: object) -> BuildPlan:
+    (folder / "Modelfile").write_text(f"FROM {SOURCES[source]}\nTASK generate\n{body}\n")
     return plan_file(folder / "Modelfile", **kw)  # type: ignore[arg-type]
 
 
@@ -250,7 +250,10 @@ def test_every_backend_and_type_in_the_tables_is_reachable(folder: Path) -> None
             for q in spec["quantizations"]:
                 if QUANTIZATIONS[q]["needs_imatrix"]:
                     continue
-                p = plan(folder, "hf", f"QUANTIZE {q}\nTARGET {device} BACKEND {backend}", task)
+                (folder / "Modelfile").write_text(
+                    f"FROM {SOURCES['hf']}\nTASK {task}\nQUANTIZE {q}\nTARGET {device} BACKEND {backend}\n"
+                )
+                p = plan_file(folder / "Modelfile")
                 family = {"gguf": "gguf", "ctranslate2": "speech"}.get(spec["format"], "onnx")
                 suffix = "" if backend == default_backend(family, device) else f"-{backend}"
                 assert names(p) == [(f"{q}-{device}{suffix}", backend)]
