@@ -23,6 +23,7 @@ class SourceKind(StrEnum):
     ONNX_FILE = "onnx-file"
     SAFETENSORS_FILE = "safetensors-file"
     HF_FOLDER = "hf-folder"
+    CT2_FOLDER = "ctranslate2-folder"  # a CTranslate2 model folder (model.bin, config.json, vocabulary)
     HF_REPO = "hf-repo"
     OCI = "oci"
 
@@ -84,6 +85,7 @@ class VerifyPolicy(BaseModel):
     max_perplexity_ratio: float | None = None  # perplexity / reference perplexity
     prompt: str | None = None  # a prompt the variant must complete
     min_cosine: float | None = None  # tensor variants: cosine to the source model (default by precision)
+    max_wer: float | None = None  # speech variants: word error rate on the verify clips, 0..1 (and more)
 
 
 class BuildPlan(BaseModel):

@@ -24,14 +24,14 @@ from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_flo
 from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
 from ffbuild.sources import SourceFacts, inspect_source, resolve_adapter, resolve_source
 from ffbuild.variants import QuantizeSpec, TargetSpec, expand, parse_quantize, parse_target
-from registry.choices import TASKS, TEXT_TASKS
+from registry.choices import SPEECH_TASKS, TASKS, TEXT_TASKS
 
 _SEMVER: Final = re.compile(
     r"v(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?)?)?"
 )
 _LABEL_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
-VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt", "min_cosine")
+VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt", "min_cosine", "max_wer")
 
 IGNORED_INSTRUCTIONS: Final = {
     "DRAFT": "ff does no speculative decoding: the draft model is neither built nor served",
@@ -223,6 +223,9 @@ class _Planner:
         if task not in TEXT_TASKS and any(v.quantization == "int4" for v in variants):
             int4 = Problem(f"int4 is for chat/generate models (ONNX Runtime GenAI), not TASK {task}")
             self.fail(c.task_ins or c.source_ins, 0, int4)
+        if task not in SPEECH_TASKS and c.source is not None and c.source.kind == SourceKind.CT2_FOLDER:
+            speech_only = Problem(f"a CTranslate2 folder serves TASK transcribe, not {task}")
+            self.fail(c.task_ins or c.source_ins, 0, speech_only)
         if task == "tensor" and any(v.family == "gguf" for v in variants):
             needs = Problem("TASK tensor needs an ONNX-family backend (onnxruntime, tvm, tensorrt)")
             self.fail(c.task_ins, 0, needs)
@@ -354,6 +357,8 @@ class _Planner:
         return variants
 
     def _infer_task(self, source: Source | None, facts: SourceFacts, template: str | None) -> str:
+        if facts.speech:
+            return "transcribe"
         if facts.embedding:
             return "embed"
         if facts.classifier:
@@ -425,6 +430,8 @@ def _verify(words: Sequence[str], verify: dict[str, float | str]) -> None:
             raise Problem(f"VERIFY {key}: {exc.message}", arg=i) from None
         if key in ("min_agreement", "min_cosine") and not 0 <= number <= 1:
             raise Problem(f"VERIFY {key}={value} is outside 0..1", arg=i)
+        if key == "max_wer" and number < 0:
+            raise Problem(f"VERIFY max_wer={value} is negative (0 means every word right)", arg=i)
         if key == "max_perplexity_ratio" and number < 1:
             raise Problem(f"VERIFY max_perplexity_ratio={value} is below 1 (1 means no loss)", arg=i)
         verify[key] = number

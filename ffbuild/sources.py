@@ -3,7 +3,8 @@
 
 Resolution, in order: ``hf://org/repo[@revision]``; a path (``~`` expanded, relative to the Modelfile's
 folder) that exists, which must be a ``.gguf`` / ``.onnx`` / ``.safetensors`` file or a Hugging Face
-folder (one with ``config.json``); text that looks like a path (``./``, ``/``, ``~``, a known suffix)
+folder (one with ``config.json``) or a CTranslate2 folder (``model.bin``, ``config.json``, a vocabulary);
+text that looks like a path (``./``, ``/``, ``~``, a known suffix)
 but does not exist is an error; anything else must be an OCI reference (``name:tag``,
 ``host/ns/name:tag``). Nothing is downloaded: a remote source is only checked for form.
 """
@@ -49,6 +50,7 @@ class SourceFacts:
     quantization: str | None = None  # a GGUF source's type (choices.QUANTIZATIONS key or ggml name)
     quantized: bool | None = None
     adapter: bool = False
+    speech: bool = False  # a CTranslate2 Whisper folder (TASK transcribe)
 
 
 def resolve_source(raw: str, base: Path) -> Source:
@@ -103,6 +105,8 @@ def inspect_source(source: Source) -> SourceFacts:
     """Read what a local (or HF-cached) source says about itself: config files or the GGUF header."""
     if source.kind == SourceKind.GGUF_FILE and source.path is not None:
         return _gguf_facts(source.path)
+    if source.kind == SourceKind.CT2_FOLDER and source.path is not None:
+        return SourceFacts(speech=is_whisper_config(_read_json(source.path / "config.json")))
     folder: Path | None = None
     if source.kind == SourceKind.HF_FOLDER:
         folder = source.path
@@ -163,6 +167,8 @@ def _looks_like_path(text: str) -> bool:
 
 def _local_source(raw: str, path: Path) -> Source:
     if path.is_dir():
+        if is_ct2_folder(path):
+            return Source(kind=SourceKind.CT2_FOLDER, raw=raw, path=path)
         if (path / "config.json").is_file():
             return Source(kind=SourceKind.HF_FOLDER, raw=raw, path=path)
         inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SOURCE_FORMATS)[:3]
@@ -188,6 +194,24 @@ def _local_source(raw: str, path: Path) -> Source:
             )
         return Source(kind=SourceKind.SAFETENSORS_FILE, raw=raw, path=path)
     return Source(kind=SourceKind.ONNX_FILE, raw=raw, path=path)
+
+
+CT2_VOCABULARIES = ("vocabulary.txt", "vocabulary.json", "shared_vocabulary.txt", "shared_vocabulary.json")
+"""The vocabulary files CTranslate2's converters write beside ``model.bin``."""
+
+
+def is_ct2_folder(path: Path) -> bool:
+    """A CTranslate2 model folder: ``model.bin``, ``config.json`` and a vocabulary file."""
+    return (
+        (path / "model.bin").is_file()
+        and (path / "config.json").is_file()
+        and any((path / name).is_file() for name in CT2_VOCABULARIES)
+    )
+
+
+def is_whisper_config(config: dict[str, Any]) -> bool:
+    """Whether a CTranslate2 ``config.json`` is a Whisper model's (its converter writes these keys)."""
+    return "suppress_ids" in config and "lang_ids" in config
 
 
 def _has_magic(path: Path, magic: bytes) -> bool:
@@ -251,7 +275,12 @@ def _folder_facts(folder: Path) -> SourceFacts:
         a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures
     )
     encoder = model_type in _ENCODER_TYPES and not generative and not classifier
-    return SourceFacts(embedding=sentence_transformers or encoder, classifier=classifier, chat_template=chat)
+    return SourceFacts(
+        embedding=sentence_transformers or encoder,
+        classifier=classifier,
+        chat_template=chat,
+        speech=model_type == "whisper",
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

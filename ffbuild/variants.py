@@ -25,7 +25,7 @@ from typing import Final
 from ffbuild.errors import Problem, did_you_mean
 from ffbuild.params import parse_bool
 from ffbuild.plan import SourceKind, Variant
-from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS, default_backend, variant_family
+from registry.choices import BACKENDS, DEVICES, QUANTIZATIONS, SPEECH_TASKS, default_backend, variant_family
 
 # Allowed ``device:detail`` details, and aliases mapped to the canonical spelling.
 DEVICE_DETAILS: Final[dict[str, tuple[re.Pattern[str], str]]] = {
@@ -35,7 +35,11 @@ DEVICE_DETAILS: Final[dict[str, tuple[re.Pattern[str], str]]] = {
 }
 DETAIL_ALIASES: Final = {"amd64": "x86_64", "x86-64": "x86_64", "aarch64": "arm64"}
 _OPTION_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-_FAMILY_BY_SOURCE: Final = {SourceKind.GGUF_FILE: "gguf", SourceKind.ONNX_FILE: "onnx"}
+_FAMILY_BY_SOURCE: Final = {
+    SourceKind.GGUF_FILE: "gguf",
+    SourceKind.ONNX_FILE: "onnx",
+    SourceKind.CT2_FOLDER: "ctranslate2",
+}
 
 
 @dataclass(frozen=True)
@@ -163,13 +167,16 @@ def parse_target(words: Sequence[str]) -> TargetSpec:
 
 
 def source_family(kind: SourceKind) -> str | None:
-    """ "gguf" or "onnx" for sources fixed to one format; None for weights that convert to either."""
+    """ "gguf", "onnx" or "ctranslate2" for sources fixed to one format; None for weights that convert
+    to either."""
     return _FAMILY_BY_SOURCE.get(kind)
 
 
 def default_quantization(backend: str, kind: SourceKind) -> str:
     if BACKENDS[backend]["format"] == "gguf":
         return "source" if kind in (SourceKind.GGUF_FILE, SourceKind.OCI) else "f16"
+    if BACKENDS[backend]["format"] == "ctranslate2":
+        return "int8"  # what faster-whisper runs on CPUs by default
     return "fp32"
 
 
@@ -182,17 +189,18 @@ def expand(
     problems: list[VariantProblem] = []
     seen: dict[str, str] = {}
     built: set[tuple[int | None, int]] = set()  # (type index, target index) pairs that make a variant
-    fixed = source_family(kind)
+    fixed = "ctranslate2" if task in SPEECH_TASKS else source_family(kind)
     for ti, t in enumerate(targets):
         pairs: list[tuple[int | None, str, str]] = []
         if quants:
             for index, q in enumerate(quants):
-                pairs.append((index, q, t.backend or default_backend(QUANTIZATIONS[q]["format"], t.device)))
+                family = "ctranslate2" if fixed == "ctranslate2" else QUANTIZATIONS[q]["format"]
+                pairs.append((index, q, t.backend or default_backend(family, t.device)))
         else:
             backend = t.backend or default_backend(fixed or "gguf", t.device)
             pairs.append((None, default_quantization(backend, kind), backend))
         for qi, q, backend in pairs:
-            checked = _check(q, t, backend, kind)
+            checked = _check(q, t, backend, kind, fixed)
             if checked is not None:
                 problem, on_quant = checked
                 blame = "quant" if on_quant and qi is not None else "backend" if t.backend else "target"
@@ -235,10 +243,12 @@ def expand(
     return variants, problems
 
 
-def _check(q: str, t: TargetSpec, backend: str, kind: SourceKind) -> tuple[Problem, bool] | None:
-    """Why ``q`` on ``t`` with ``backend`` cannot work, and whether the type (not the TARGET) is to blame."""
+def _check(
+    q: str, t: TargetSpec, backend: str, kind: SourceKind, fixed: str | None
+) -> tuple[Problem, bool] | None:
+    """Why ``q`` on ``t`` with ``backend`` cannot work, and whether the type (not the TARGET) is to blame;
+    ``fixed``: the format the source (or the speech task) ties the variants to."""
     spec = BACKENDS[backend]
-    fixed = source_family(kind)
     chosen_by_type = t.backend is None  # the type's family picked the backend
     if t.device not in spec["devices"]:
         return Problem(
@@ -257,6 +267,13 @@ def _check(q: str, t: TargetSpec, backend: str, kind: SourceKind) -> tuple[Probl
             "an ONNX source cannot be converted to GGUF for llamacpp"
             + (f" ({q} is a GGUF type)" if q != "source" else ""),
             hint="use fp32, fp16 or int8 with onnxruntime, tvm or tensorrt",
+        ), chosen_by_type
+    if (fixed == "ctranslate2") != (spec["format"] == "ctranslate2"):
+        return Problem(
+            f"a CTranslate2 Whisper folder runs only on ctranslate2, not {backend}"
+            if fixed == "ctranslate2"
+            else f"the ctranslate2 backend runs CTranslate2 Whisper models (TASK transcribe), not a {kind}",
+            hint="QUANTIZE int8 float16 float32 with BACKEND ctranslate2 (or none) for speech models",
         ), chosen_by_type
     if q != "source" and q not in spec["quantizations"]:
         shown = ", ".join(spec["quantizations"][:12]) + (", …" if len(spec["quantizations"]) > 12 else "")

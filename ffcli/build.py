@@ -104,11 +104,12 @@ def _print_table(result: BuildResult) -> None:
                 figure(report.get("agreement")),
                 figure(report.get("perplexity_ratio")),
                 figure(report.get("cosine")),
+                figure(report.get("wer")),
                 f"{v.built.seconds + v.verify_seconds:.1f}s" if v.did_work else "cached",
             ]
         )
     print_table(
-        ["VARIANT", "SIZE", "QUANTIZATION", "AGREEMENT", "PPL RATIO", "COSINE", "TIME"],
+        ["VARIANT", "SIZE", "QUANTIZATION", "AGREEMENT", "PPL RATIO", "COSINE", "WER", "TIME"],
         rows,
         title=f"{result.reference}  {result.index_digest[:19]}",
     )

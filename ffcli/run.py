@@ -1,4 +1,5 @@
-"""``ff run name:tag "prompt"``: a reply from a stored model, through ``ff serve`` when one answers.
+"""``ff run name:tag "prompt"``: a reply from a stored model, through ``ff serve`` when one answers;
+``ff run name:tag --audio clip.wav``: a speech model's transcript (:mod:`ffcli.transcribe`).
 
 When a server answers at ``$FF_HOST`` (default ``127.0.0.1:11435``; ``GET /api/version``) the request
 goes there (``POST /api/chat``, or ``/api/generate`` for a model whose ``/api/show`` lacks the ``chat``
@@ -19,9 +20,11 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import click
 
+from ffcli import transcribe
 from registry.artifact import ModelFiles, VariantRef, open_variant, variant_tag
 from registry.reference import Reference, ReferenceError, parse_reference
 from registry.select import SelectionError, select_stored
@@ -169,7 +172,13 @@ async def _print(pieces: AsyncIterator[str]) -> None:
 
 @click.command("run")
 @click.argument("reference")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option(
+    "--audio",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="transcribe this audio file with a speech model (PROMPT, if given, is Whisper's initial prompt)",
+)
 @click.option("--variant", default=None, help="the variant name, e.g. q8_0-cpu")
 @click.option("--quantize", default=None, help="choose the variant by quantization")
 @click.option("--target", default=None, help="choose the variant by target")
@@ -191,7 +200,8 @@ async def _print(pieces: AsyncIterator[str]) -> None:
 @click.option("--local", "force_local", is_flag=True, help="run here even when a server answers at $FF_HOST")
 def run_command(
     reference: str,
-    prompt: str,
+    prompt: str | None,
+    audio: Path | None,
     variant: str | None,
     quantize: str | None,
     target: str | None,
@@ -203,7 +213,9 @@ def run_command(
     num_ctx: int | None,
     force_local: bool,
 ) -> None:
-    """Generate a reply from a model in the store (streams tokens to the terminal)."""
+    """Generate a reply from a model in the store (streams tokens to the terminal), or transcribe --audio."""
+    if prompt is None and audio is None:
+        raise click.UsageError("give a PROMPT, or --audio FILE for a speech model")
     try:
         ref: Reference = parse_reference(reference)
     except ReferenceError as exc:
@@ -224,13 +236,22 @@ def run_command(
         model = str(ref)
         if chosen is not None and (variant or quantize or target or backend) and ref.tag:
             model = str(ref.with_tag(variant_tag(ref.tag, chosen.name)))
+        if audio is not None:
+            transcribe.write(transcribe.transcribe_server(url, model, audio, prompt, temperature) + "\n")
+            return
+        assert prompt is not None
         for piece in stream_server(url, model, prompt, options):
             sys.stdout.write(piece)
             sys.stdout.flush()
     else:
         assert chosen is not None and files is not None
         click.echo(f"{ref}: variant {chosen.name}", err=True)
-        asyncio.run(_print(generate_local(chosen, files, prompt, options, threads, num_ctx)))
+        if audio is not None:
+            pieces = transcribe.transcribe_local(chosen, files, audio, prompt, temperature, threads)
+            asyncio.run(_print(pieces))
+        else:
+            assert prompt is not None
+            asyncio.run(_print(generate_local(chosen, files, prompt, options, threads, num_ctx)))
     sys.stdout.write("\n")
 
 

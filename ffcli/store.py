@@ -16,7 +16,7 @@ from registry.artifact import (
     variant_tag,
     variants_of,
 )
-from registry.oci import ANN_AGREEMENT, ANN_COSINE, ANN_PPL_RATIO, OCI_INDEX
+from registry.oci import ANN_AGREEMENT, ANN_COSINE, ANN_PPL_RATIO, ANN_WER, OCI_INDEX
 from registry.reference import Reference, ReferenceError, parse_reference
 from registry.store import NotFoundError, Store, StoreError
 
@@ -90,6 +90,7 @@ def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles | None, dict[
         "agreement": float(ann[ANN_AGREEMENT]) if ANN_AGREEMENT in ann else None,
         "perplexity_ratio": float(ann[ANN_PPL_RATIO]) if ANN_PPL_RATIO in ann else None,
         "cosine": float(ann[ANN_COSINE]) if ANN_COSINE in ann else None,
+        "wer": float(ann[ANN_WER]) if ANN_WER in ann else None,
         "annotations": ann,
         "verify": files.verify,
         "present": True,
@@ -155,10 +156,12 @@ def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
             figure(i.get("agreement")),
             figure(i.get("perplexity_ratio")),
             figure(i.get("cosine")),
+            figure(i.get("wer")),
         ]
         for _, i in pairs
     ]
-    print_table(["VARIANT", "TARGET", "BACKEND", "QUANT", "SIZE", "AGREEMENT", "PPL RATIO", "COSINE"], rows)
+    head = ["VARIANT", "TARGET", "BACKEND", "QUANT", "SIZE", "AGREEMENT", "PPL RATIO", "COSINE", "WER"]
+    print_table(head, rows)
 
 
 @click.command("rm")

@@ -23,6 +23,7 @@ class Capability(StrEnum):
     GENERATE = "completion"
     EMBED = "embedding"
     TENSOR = "tensor"
+    TRANSCRIBE = "transcription"
 
 
 ParamValue = str | int | float | bool | list[str]
@@ -34,6 +35,10 @@ class RequestRejected(ValueError):
 
 class PromptTooLong(RequestRejected):
     """The prompt does not fit the model's context."""
+
+
+class MediaTooLarge(RequestRejected):
+    """An input is larger than its limit (audio longer than allowed); a 413."""
 
 
 @dataclass(frozen=True)
@@ -247,3 +252,73 @@ class TensorRuntime(Runtime, Protocol):
     async def infer(
         self, inputs: Mapping[str, Tensor], cancel: CancelFlag, outputs: Sequence[str] | None = None
     ) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """Speech to text: the encoded audio (any format FFmpeg reads) and Whisper's options.
+
+    ``task`` is ``transcribe`` (text in the spoken language) or ``translate`` (English text);
+    ``language`` an ISO-639-1 code or None to detect it; ``prompt`` Whisper's initial prompt;
+    ``temperature`` 0 decodes greedily (with the model's fallback temperatures when None);
+    ``words``: word timestamps too."""
+
+    audio: bytes
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    words: bool = False
+    cancel: CancelFlag = field(default_factory=CancelFlag)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of recognised speech, in seconds from the start of the audio."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscriptionInfo:
+    language: str
+    duration: float  # seconds of audio
+
+
+def piece(text: str, first: bool) -> str:
+    """A segment's text as the next piece of a transcript: the first without leading space, the others
+    after one space (sequential segments carry theirs; batched chunks do not)."""
+    text = text.strip()
+    return text if first or not text else " " + text
+
+
+def transcript(texts: Sequence[str]) -> str:
+    """The segments' texts as one transcript."""
+    return "".join(piece(t, i == 0) for i, t in enumerate(texts))
+
+
+@runtime_checkable
+class TranscribeRuntime(Runtime, Protocol):
+    """Speech to text: :meth:`transcribe` decodes the audio (a :class:`RequestRejected` for bad audio,
+    :class:`MediaTooLarge` for too long) and returns its facts and the segments as they are decoded."""
+
+    async def transcribe(
+        self, request: TranscriptionRequest
+    ) -> tuple[TranscriptionInfo, AsyncIterator[Segment]]: ...

@@ -17,7 +17,7 @@ from ffserve.builder import Builder
 from ffserve.errors import EXCEPTION_HANDLERS
 from ffserve.metrics import Metrics, RuntimeStats
 from ffserve.middleware import Guard
-from ffserve.routes import anthropic, ollama, ollama_create, ollama_models, openai, ops, responses, v2
+from ffserve.routes import anthropic, audio, ollama, ollama_create, ollama_models, openai, ops, responses, v2
 from ffserve.scheduler import Loader, Scheduler
 from ffserve.settings import Settings
 from ffserve.state import AppState
@@ -87,6 +87,7 @@ def create_app(
         # (no two of these lists match the same path, so the order changes nothing else).
         routes=[
             *openai.ROUTES,
+            *audio.ROUTES,
             *anthropic.ROUTES,
             *responses.ROUTES,
             *ollama.ROUTES,

@@ -82,6 +82,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/messages/count_tokens", "POST"): Operation(
         "Anthropic token count", anw.CountTokensRequest, anw.TokenCount
     ),
+    ("/v1/audio/transcriptions", "POST"): Operation(
+        "OpenAI speech to text (multipart form: file, model, language, prompt, temperature, "
+        "response_format, timestamp_granularities[], stream)"
+    ),
+    ("/v1/audio/translations", "POST"): Operation(
+        "OpenAI speech to English text (multipart form: file, model, prompt, temperature, response_format)"
+    ),
     ("/v1/models", "GET"): Operation("OpenAI model list", answer=rw.ModelList),
     ("/v1/models/{model}", "GET"): Operation("One OpenAI model", answer=rw.ModelObject),
     ("/health/live", "GET"): Operation("Liveness probe", answer=rw.Health),

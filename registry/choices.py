@@ -92,6 +92,22 @@ QUANTIZATIONS: Final[dict[str, Quantization]] = {
         "needs_imatrix": False,
         "description": "4-bit integer weights (chat/generate models on ONNX Runtime GenAI)",
     },
+    # CTranslate2 storage types by CTranslate2's own names (int8 above is shared: int8 weights with
+    # per-row scales, as CTranslate2's converter writes them).
+    "float32": {
+        "format": "ctranslate2",
+        "ftype": None,
+        "bits": 32,
+        "needs_imatrix": False,
+        "description": "32-bit float weights (CTranslate2)",
+    },
+    "float16": {
+        "format": "ctranslate2",
+        "ftype": None,
+        "bits": 16,
+        "needs_imatrix": False,
+        "description": "16-bit float weights (CTranslate2)",
+    },
 }
 
 
@@ -145,6 +161,15 @@ BACKENDS: Final[dict[str, Backend]] = {
         "preference": 3,
         "description": "NVIDIA TensorRT engine (built on the target GPU)",
     },
+    "ctranslate2": {
+        "format": "ctranslate2",
+        "devices": ("cpu", "cuda"),
+        "quantizations": ("int8", "float16", "float32"),
+        "extra": "speech",
+        "module": "faster_whisper",
+        "preference": 2,
+        "description": "CTranslate2 through faster-whisper (Whisper speech to text)",
+    },
 }
 
 TEXT_TASKS: Final = ("chat", "generate")
@@ -154,9 +179,13 @@ GENERATORS: Final[dict[str, tuple[str, str]]] = {"onnxruntime": ("onnxruntime_ge
 module it needs, the pip extra). ONNX Runtime runs LLMs through ONNX Runtime GenAI (its KV cache and
 search loop); on CUDA the same module comes from ``onnxruntime-genai-cuda``."""
 
-Family = Literal["gguf", "genai", "tensor"]
+Family = Literal["gguf", "genai", "tensor", "speech"]
 """What builds a variant: ``gguf`` (llama.cpp), ``genai`` (an LLM exported by ONNX Runtime GenAI; its GGUF
-conversion is the verify reference), ``tensor`` (ONNX export, then onnxruntime/TVM/TensorRT)."""
+conversion is the verify reference), ``tensor`` (ONNX export, then onnxruntime/TVM/TensorRT), ``speech``
+(a CTranslate2 Whisper model stored at each CTranslate2 type, verified by word error rate)."""
+
+SPEECH_TASKS: Final = ("transcribe",)
+"""Tasks whose variants are CTranslate2 Whisper models (the ``speech`` family)."""
 
 
 def variant_family(task: str, backend: str) -> Family:
@@ -164,14 +193,19 @@ def variant_family(task: str, backend: str) -> Family:
     (``Variant.family``) and the build's stages are chosen by it."""
     if BACKENDS[backend]["format"] == "gguf":
         return "gguf"
+    if BACKENDS[backend]["format"] == "ctranslate2":
+        return "speech"
     return "genai" if task in TEXT_TASKS and backend in GENERATORS else "tensor"
 
 
 def default_backend(family: str, device: str) -> str:
     """The backend a TARGET without BACKEND gets: llamacpp for ``gguf``; for the ONNX family (a type's
-    format ``onnx``, a variant's family ``genai`` or ``tensor``) onnxruntime where it runs, else tvm."""
+    format ``onnx``, a variant's family ``genai`` or ``tensor``) onnxruntime where it runs, else tvm;
+    ctranslate2 for the ``speech`` family (a type's format ``ctranslate2``)."""
     if family == "gguf":
         return "llamacpp"
+    if family in ("speech", "ctranslate2"):
+        return "ctranslate2"
     return "onnxruntime" if device in BACKENDS["onnxruntime"]["devices"] else "tvm"
 
 
@@ -192,6 +226,7 @@ TASKS: Final[dict[str, str]] = {
     "embed": "sentence embeddings",
     "classify": "sequence classification",
     "tensor": "raw tensors in and out (Open Inference Protocol)",
+    "transcribe": "speech to text (Whisper on CTranslate2)",
 }
 
 SOURCE_FORMATS: Final[dict[str, str]] = {

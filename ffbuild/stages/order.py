@@ -9,7 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ffbuild.stages import compile, fetch, genai, lora, onnx_export, package, quantize, verify, verify_tensor
+from ffbuild.stages import (
+    compile,
+    fetch,
+    genai,
+    lora,
+    onnx_export,
+    package,
+    quantize,
+    speech,
+    verify,
+    verify_speech,
+    verify_tensor,
+)
 from ffbuild.stages.context import BuildContext
 from ffbuild.stages.convert import stage as convert
 from registry.choices import Family
@@ -35,5 +47,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("compile", compile.run, ("tensor",)),
     Stage("verify", verify.run, ("gguf", "genai")),
     Stage("verify-tensor", verify_tensor.run, ("tensor",)),
+    Stage("speech", speech.run, ("speech",)),
+    Stage("verify-speech", verify_speech.run, ("speech",)),
     Stage("package", package.run),
 )

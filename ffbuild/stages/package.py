@@ -39,6 +39,7 @@ from registry.oci import (
     ANN_TARGET,
     ANN_TASK,
     ANN_VARIANT,
+    ANN_WER,
     ANNOTATION_FILEPATH,
     ANNOTATION_TITLE,
     FF_ADAPTER,
@@ -63,6 +64,7 @@ CAPABILITIES: dict[str, tuple[list[Modality], list[Modality]]] = {
     "embed": (["text"], ["embedding"]),
     "classify": (["text"], ["other"]),
     "tensor": (["other"], ["other"]),
+    "transcribe": (["audio"], ["text"]),
 }
 """ModelPack input/output types for each TASK."""
 
@@ -212,6 +214,9 @@ def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
             ann[ANN_AGREEMENT] = agreement
         if ratio is not None:
             ann[ANN_PPL_RATIO] = ratio
+        wer = _figure(p.verify.get("wer"))
+        if wer is not None:
+            ann[ANN_WER] = wer
     ann.update(p.annotations or {})
     ann.update(label_annotations(meta.labels or {}))
     return ann

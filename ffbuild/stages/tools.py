@@ -35,6 +35,9 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "tvm_tune": ("ffbuild.stages.tvm_compile",),
     "tvm_compile": ("ffbuild.stages.tvm_compile",),
     "tensorrt_build": ("ffbuild.stages.tensorrt_build",),
+    "speech": ("ffbuild.stages.speech",),
+    "speech_clips": ("ffbuild.stages.verify_speech",),
+    "verify_speech": ("ffbuild.stages.verify_speech", "ffruntime.ctranslate2"),
 }
 """The modules each stage runs (its ``run`` module, whose closure holds its worker), by
 the name its cache entries go under. A key covers their import closure (:mod:`ffbuild.stages.codekey`),

@@ -74,8 +74,8 @@ def _has_chat_template(v: VariantRef, files: ModelFiles) -> bool:
 def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
     if v.task == "embed":
         return ["embedding"]
-    if v.task in ("tensor", "classify"):
-        return []  # no Ollama capability: these answer the Open Inference Protocol (/v2) only
+    if v.task in ("tensor", "classify", "transcribe"):
+        return []  # no Ollama capability: these answer /v2 (and speech models /v1/audio) only
     caps = ["completion"]
     if files is not None and _has_chat_template(v, files):
         caps.append("chat")

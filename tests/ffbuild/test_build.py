@@ -42,10 +42,13 @@ def test_the_stages_in_order() -> None:
         "compile",
         "verify",
         "verify-tensor",
+        "speech",
+        "verify-speech",
         "package",
     ]
     families = {s.name: s.families for s in STAGES}
     assert families["export"] == ("tensor",) and families["genai"] == ("genai",)
+    assert families["speech"] == families["verify-speech"] == ("speech",)
     # each stage is the run() of its own module under ffbuild/stages/
     modules = [s.run.__module__ for s in STAGES]
     assert all(m.startswith("ffbuild.stages.") for m in modules) and len(set(modules)) == len(STAGES)

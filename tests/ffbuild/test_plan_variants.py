@@ -242,14 +242,19 @@ def test_a_bad_command_line_target(folder: Path) -> None:
 
 
 def test_every_backend_and_type_in_the_tables_is_reachable(folder: Path) -> None:
-    """Each (backend, device, type) the choices tables allow plans from a Hugging Face source."""
+    """Each (backend, device, type) the choices tables allow plans from a Hugging Face source (ctranslate2
+    for TASK transcribe, the task it serves)."""
     for backend, spec in BACKENDS.items():
+        task = "transcribe" if spec["format"] == "ctranslate2" else "generate"
         for device in spec["devices"]:
             for q in spec["quantizations"]:
                 if QUANTIZATIONS[q]["needs_imatrix"]:
                     continue
-                p = plan(folder, "hf", f"QUANTIZE {q}\nTARGET {device} BACKEND {backend}")
-                family = "gguf" if spec["format"] == "gguf" else "onnx"
+                (folder / "Modelfile").write_text(
+                    f"FROM {SOURCES['hf']}\nTASK {task}\nQUANTIZE {q}\nTARGET {device} BACKEND {backend}\n"
+                )
+                p = plan_file(folder / "Modelfile")
+                family = {"gguf": "gguf", "ctranslate2": "speech"}.get(spec["format"], "onnx")
                 suffix = "" if backend == default_backend(family, device) else f"-{backend}"
                 assert names(p) == [(f"{q}-{device}{suffix}", backend)]
 

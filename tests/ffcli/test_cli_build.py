@@ -84,6 +84,7 @@ def test_gguf_build_with_verify_prints_a_summary(tmp_path: Path, smollm2_gguf: P
         "PPL",
         "RATIO",
         "COSINE",
+        "WER",
         "TIME",
     ]
     rows = {line.split()[0]: line.split() for line in lines[2:]}
