@@ -4,6 +4,7 @@ The model: one variant whose weights are ``--layers`` layers of random bytes, ``
 (default 1100 MB in 4 layers), written with registry.artifact. Both tools talk to a Debian
 docker-registry on 127.0.0.1 (plain HTTP), started fresh for each round, so neither finds blobs already
 there (both would otherwise mount them from an earlier round's repository). Both verify digests.
+Each timed step starts after ``sync``, so neither pays for the writeback of the step before.
 Rounds interleave the tools (ff first in even rounds, skopeo first in odd ones). Prints MB/s and the
 ratio skopeo time / ff time (> 1: ff is faster) for each direction.
 
@@ -88,6 +89,10 @@ def _registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes, after the disk has caught up with earlier steps' writes (``sync``): the
+    registry and the stores write ~1 GB a step, and writeback left over from one step would slow
+    whichever tool runs next."""
+    os.sync()
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -130,7 +135,8 @@ def _round(i: int, work: Path, src: Store, times: dict[str, list[float]]) -> Non
 
 def _sweep(work: Path, src: Store, mb: float, rounds: int) -> None:
     """ff alone: push and pull times for several jobs values, and ranges on pull."""
-    settings = [TransferOptions(jobs=j) for j in (1, 2, 4, 8)] + [TransferOptions(jobs=4, range_parts=4)]
+    pairs = [(1, 1), (4, 1), (8, 1), (4, 4), (2, 8)]
+    settings = [TransferOptions(jobs=j, range_parts=r) for j, r in pairs]
     times: dict[str, list[float]] = {}
     for r in range(rounds):
         for n, opts in enumerate(settings if r % 2 == 0 else settings[::-1]):
