@@ -14,6 +14,7 @@ last range ends. A registry that answers a range request with the whole blob (20
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -37,10 +38,37 @@ READ_SIZE = 64 * 1024
 """Bytes read, hashed and written at a time: small enough to stay in the CPU's cache between the three
 (measured: 64 KiB pieces pulled a 600 MB blob about twice as fast as 1 MiB pieces on these machines)."""
 ALIGN = 1024 * 1024
+FLUSH_EVERY = 32 * 1024 * 1024
+"""Written bytes after which a background ``fdatasync`` starts, so the disk writes while the network
+reads and the ``fsync`` before the final rename has little left to do."""
 RETRIES = 3
 """How many times one pull resumes a blob whose connection broke before giving up."""
 SAVE_EVERY = 0.25
 """Seconds between rewrites of ``<hex>.ranges.json`` while ranges are landing."""
+
+
+class _Flusher:
+    """Starts ``fdatasync`` of a file in a background thread every ``FLUSH_EVERY`` written bytes (one at
+    a time): the page cache would otherwise hold the whole blob until the final ``fsync``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pending = fd, 0
+        self.thread: threading.Thread | None = None
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= FLUSH_EVERY and (self.thread is None or not self.thread.is_alive()):
+            self.pending = 0
+            self.thread = threading.Thread(target=self._sync, daemon=True, name="ff-flush")
+            self.thread.start()
+
+    def _sync(self) -> None:
+        with contextlib.suppress(OSError):  # the final fsync reports what matters
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 @dataclass
@@ -180,6 +208,7 @@ class _Job:
                 f.truncate()
                 self.event("pulling", offset)
                 last = [time.monotonic()]
+                flusher = _Flusher(f.fileno())
                 for chunk in iter_body(resp, READ_SIZE):
                     self.check_stop()
                     if offset + len(chunk) > size:
@@ -194,6 +223,8 @@ class _Job:
                     offset += len(chunk)
                     self.stats.transferred += len(chunk)
                     self.tick(offset, last)
+                    flusher.wrote(len(chunk))
+                flusher.close()
             if offset != size:
                 raise InterruptedTransfer(
                     f"download of {digest} stopped at {offset} of {size} bytes; pull again to resume"
@@ -275,6 +306,7 @@ class _Ranges:
                 f.truncate(self.size)
             self._save()
         fd = os.open(self.part, os.O_RDWR)
+        self.flusher = _Flusher(fd)
         try:
             with ThreadPoolExecutor(len(todo) + 1, thread_name_prefix="ff-range") as pool:
                 hashing = pool.submit(self._hash, fd)
@@ -288,6 +320,7 @@ class _Ranges:
                         self.landing.notify_all()
                 errors.append(hashing.exception())
         finally:
+            self.flusher.close()
             os.close(fd)
             self._save()
         for err in errors:
@@ -345,6 +378,7 @@ class _Ranges:
                         span[1] += len(chunk)
                         self.job.stats.transferred += len(chunk)
                         self.landing.notify_all()
+                        self.flusher.wrote(len(chunk))
                     self._progress()
             if span[1] != span[2]:
                 raise InterruptedTransfer(f"range {span[0]}-{span[2] - 1} of {self.job.digest} stopped early")

@@ -155,35 +155,12 @@ def push(
     media_type = doc.media_type or (OCI_INDEX if isinstance(doc, Index) else OCI_MANIFEST)
     result = PushResult(remote=str(target), digest=top.digest, media_type=media_type)
     progress(ProgressEvent("resolving", top.digest, top.size, 0, 0, str(target)))
-    blobs: dict[str, tuple[Descriptor, Path, str]] = {}
-    for m in manifests:
-        if not isinstance(m, Manifest):
-            raise RemoteError(f"{local}: nested indexes are not supported")
-        for d in [m.config, *m.layers]:
-            path = store.blob_path(d.digest)
-            if d.digest in blobs:
-                continue
-            if not path.is_file():
-                raise RemoteError(f"{local}: blob {d.digest} is missing from the store")
-            title = (d.annotations or {}).get(ANNOTATION_FILEPATH, "config" if d is m.config else "")
-            blobs[d.digest] = (d, path, title)
-
-    def send(d: Descriptor, path: Path, title: str) -> Callable[[], UploadStats]:
-        return lambda: upload_blob(
-            cl, repo, path, d, progress, title=title, options=opts, store=store, stop=stop
-        )
-
-    order = sorted(blobs.values(), key=lambda b: -b[0].size)
-    progress(ProgressEvent("total", total=sum(d.size for d, _, _ in order), title=f"{len(order)} blobs"))
-    for (d, _, _), st in zip(order, _each(opts.jobs, [send(*b) for b in order]), strict=True):
-        result.bytes_resumed += st.resumed
-        if st.present or st.mounted_from:
-            result.blobs_skipped += st.present
-            result.blobs_mounted += bool(st.mounted_from)
-            result.bytes_skipped += d.size
-        else:
-            result.blobs_uploaded += 1
-            result.bytes_uploaded += st.sent
+    if any(not isinstance(m, Manifest) for m in manifests):
+        raise RemoteError(f"{local}: nested indexes are not supported")
+    blobs = _push_blobs(
+        _PushJob(cl, repo, store, progress, opts, stop), [m for m in manifests if isinstance(m, Manifest)],
+        str(local), result,
+    )
     store.add_blob_sources(blobs, cl.host, repo)
     for d, data in children:
         put_manifest(cl, repo, d.digest, data, d.media_type)
@@ -197,6 +174,51 @@ def push(
     result.tags.insert(0, str(target))
     progress(ProgressEvent("success", top.digest, top.size, top.size, result.bytes_uploaded, str(target)))
     return result
+
+
+@dataclass(frozen=True)
+class _PushJob:
+    cl: RegistryClient
+    repo: str
+    store: Store
+    progress: ProgressFn
+    opts: TransferOptions
+    stop: threading.Event | None
+
+
+def _push_blobs(job: _PushJob, manifests: list[Manifest], local: str, result: PushResult) -> list[str]:
+    """Send every config and layer of ``manifests`` the repository lacks, ``jobs`` at a time, largest
+    first; count them in ``result``; return their digests."""
+    blobs: dict[str, tuple[Descriptor, Path, str]] = {}
+    for m in manifests:
+        for d in [m.config, *m.layers]:
+            path = job.store.blob_path(d.digest)
+            if d.digest in blobs:
+                continue
+            if not path.is_file():
+                raise RemoteError(f"{local}: blob {d.digest} is missing from the store")
+            title = (d.annotations or {}).get(ANNOTATION_FILEPATH, "config" if d is m.config else "")
+            blobs[d.digest] = (d, path, title)
+
+    def send(d: Descriptor, path: Path, title: str) -> Callable[[], UploadStats]:
+        return lambda: upload_blob(
+            job.cl, job.repo, path, d, job.progress, title=title, options=job.opts, store=job.store,
+            stop=job.stop,
+        )
+
+    order = sorted(blobs.values(), key=lambda b: -b[0].size)
+    total = sum(d.size for d, _, _ in order)
+    job.progress(ProgressEvent("total", total=total, title=f"{len(order)} blobs"))
+    for (d, _, _), st in zip(order, _each(job.opts.jobs, [send(*b) for b in order]), strict=True):
+        result.bytes_resumed += st.resumed
+        if st.present or st.mounted_from:
+            result.blobs_skipped += st.present
+            result.blobs_mounted += bool(st.mounted_from)
+            result.bytes_skipped += d.size
+        else:
+            result.blobs_uploaded += 1
+            result.bytes_uploaded += st.sent
+    return list(blobs)
 
 
 # --- pull --------------------------------------------------------------------------------------------

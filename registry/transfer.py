@@ -60,7 +60,7 @@ class TransferOptions:
     @classmethod
     def from_env(cls, **overrides: int | None) -> TransferOptions:
         """Defaults, then ``FF_*`` variables, then ``overrides`` that are not ``None`` (flags)."""
-        env = {
+        env: dict[str, tuple[str, Callable[[str], int]]] = {
             "jobs": ("FF_TRANSFER_JOBS", int),
             "chunk_size": ("FF_CHUNK_SIZE", parse_size),
             "range_parts": ("FF_RANGE_PARTS", int),
