@@ -33,10 +33,10 @@ MiB = 1024 * 1024
 class TransferOptions:
     """How a push or pull moves its blobs; each field has an ``FF_*`` variable (:meth:`from_env`).
 
-    Defaults were chosen by measurement (docs/benchmarks.md, "Transfer", 1.1 GB in 4 layers on a
-    shared 2-core machine): 4 blobs at once pulled ~1.5x faster than one at a time, and splitting the
-    blobs of 256 MiB and more into 4 ranges (hashed as they land) ~10% faster again; 8 jobs gained
-    nothing over 4.
+    Defaults were chosen by measurement (docs/benchmarks.md, "Transfer": 1.1 GB in 4 layers on a
+    shared, loaded 2-core machine): 4 blobs at once pushed faster than 1 and pulled no slower, 8 were
+    never better than 4, and 4 ranges for blobs of 256 MiB and more pulled 0-15% faster in most
+    comparisons (the spread between runs is as large).
     """
 
     jobs: int = 4
