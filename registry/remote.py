@@ -354,7 +354,7 @@ def pull(
         names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
         result = PullResult(remote=str(r), digest=digest, local_digest=digest, signed_by_key=key is not None)
         if isinstance(top.doc, Manifest) and is_ollama_manifest(top.doc):
-            return _pull_ollama(top, top.doc, store, names, progress, result, opts)
+            return _pull_ollama(top, top.doc, store, names, progress, result, opts, stop)
         _check_media_types(top)
         chosen = _choose(
             top.doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host,
@@ -374,7 +374,7 @@ def pull(
 
 def _pull_ollama(
     top: _Top, doc: Manifest, store: Store, names: list[Reference], progress: ProgressFn, result: PullResult,
-    opts: TransferOptions,
+    opts: TransferOptions, stop: threading.Event | None,
 ) -> PullResult:
     """An Ollama model (its config and layers) stored as a one-variant ff model."""
     result.ollama = True
@@ -382,7 +382,8 @@ def _pull_ollama(
         raise ArtifactError(f"{top.r}: Ollama config of {doc.config.size} bytes is over the limit")
     ff_layers(doc)  # refuses unsupported layer types before anything is fetched
     layer_blobs = [(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]
-    _fetch_blobs(top.cl, top.repo, store, [(doc.config, "config"), *layer_blobs], progress, result, opts)
+    blobs = [(doc.config, "config"), *layer_blobs]
+    _fetch_blobs(top.cl, top.repo, store, blobs, progress, result, opts, stop)
     index_desc, vname = store_ollama_model(store, doc, names)
     result.local_digest = index_desc.digest
     result.variants = [vname]
