@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +23,7 @@ from registry.artifact import ArtifactError, VariantRef, parse_manifest, safe_fi
 from registry.auth import client_for
 from registry.download import BlobStats, download_blob, partial_bytes
 from registry.errors import RemoteError as RemoteError
+from registry.errors import TransferInterrupted
 from registry.http import RegistryClient
 from registry.oci import (
     ANN_VARIANT,
@@ -91,18 +92,23 @@ SMALL_BLOB = 1024 * 1024
 """Pull fetches blobs under this size (configs, text layers) before the large ones."""
 
 
-def _each(jobs: int, work: list[Callable[[], T]]) -> list[T]:
-    """Run ``work`` with at most ``jobs`` at once, results in order; the first failure is raised once
-    what is running has stopped, and what has not started never starts."""
+def _each(jobs: int, work: list[Callable[[], T]], stop: threading.Event) -> list[T]:
+    """Run ``work`` with at most ``jobs`` at once, results in order. The first failure sets ``stop``
+    (the other transfers end at their next chunk, resumable), what has not started never starts, and
+    the failure is raised once all have ended (not the ``TransferInterrupted`` of the others)."""
     if jobs <= 1 or len(work) <= 1:
         return [w() for w in work]
     with ThreadPoolExecutor(min(jobs, len(work)), thread_name_prefix="ff-blob") as pool:
         futures = [pool.submit(w) for w in work]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+        for f in as_completed(futures):
+            if f.exception() is not None:
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                break
+    errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, TransferInterrupted)), errors[0])
+    return [f.result() for f in futures]
 
 
 def _remote(ref: str | Reference) -> Reference:
@@ -129,10 +135,11 @@ def push(
 
     Blobs go ``options.jobs`` at a time (default :meth:`TransferOptions.from_env`), largest first.
     Setting ``stop`` ends the push after each upload's chunk in flight (``TransferInterrupted``); the
-    next push of the same model resumes.
+    next push of the same model resumes. A blob that fails sets ``stop`` too, so the others end soon.
     """
     opts = options or TransferOptions.from_env()
     progress = serialised(progress)
+    stop = stop or threading.Event()
     local = parse_reference(ref)
     target = _remote(remote_ref or ref)
     top = store.resolve(local)
@@ -183,7 +190,7 @@ class _PushJob:
     store: Store
     progress: ProgressFn
     opts: TransferOptions
-    stop: threading.Event | None
+    stop: threading.Event
 
 
 def _push_blobs(job: _PushJob, manifests: list[Manifest], local: str, result: PushResult) -> list[str]:
@@ -209,7 +216,7 @@ def _push_blobs(job: _PushJob, manifests: list[Manifest], local: str, result: Pu
     order = sorted(blobs.values(), key=lambda b: -b[0].size)
     total = sum(d.size for d, _, _ in order)
     job.progress(ProgressEvent("total", total=total, title=f"{len(order)} blobs"))
-    for (d, _, _), st in zip(order, _each(job.opts.jobs, [send(*b) for b in order]), strict=True):
+    for (d, _, _), st in zip(order, _each(job.opts.jobs, [send(*b) for b in order], job.stop), strict=True):
         result.bytes_resumed += st.resumed
         if st.present or st.mounted_from:
             result.blobs_skipped += st.present
@@ -245,7 +252,7 @@ def check_variant(m: Manifest, where: str) -> None:
 
 def _fetch_blobs(
     cl: RegistryClient, repo: str, store: Store, descs: list[tuple[Descriptor, str]], progress: ProgressFn,
-    result: PullResult, opts: TransferOptions, stop: threading.Event | None = None,
+    result: PullResult, opts: TransferOptions, stop: threading.Event,
 ) -> None:
     missing = {d.digest: d.size for d, _ in descs if not store.has_blob(d.digest)}
     needed = sum(missing.values()) - sum(partial_bytes(store, dg) for dg in missing)
@@ -265,7 +272,7 @@ def _fetch_blobs(
     small = sorted((b for b in unique if b[0].size < SMALL_BLOB), key=lambda b: b[0].size)
     large = sorted((b for b in unique if b[0].size >= SMALL_BLOB), key=lambda b: -b[0].size)
     for group in (small, large):
-        for stats in _each(opts.jobs, [fetch(*b) for b in group]):
+        for stats in _each(opts.jobs, [fetch(*b) for b in group], stop):
             if stats.present:
                 result.blobs_present += 1
             else:
@@ -335,11 +342,13 @@ def pull(
 
     With ``verify_key`` (or ``FF_VERIFY_KEY``; ``FF_REQUIRE_SIGNATURE=1`` demands one) the index must
     carry a cosign signature by that key (:mod:`registry.signing`), checked before anything is stored.
-    Blobs move ``options.jobs`` at a time; setting ``stop`` ends the pull where it stands, resumable.
+    Blobs move ``options.jobs`` at a time; setting ``stop`` (as a failed blob does) ends the pull where it
+    stands, resumable.
     """
     key = required_key(verify_key)
     opts = options or TransferOptions.from_env()
     progress = serialised(progress)
+    stop = stop or threading.Event()
     with store.writing():  # prune waits: fetched blobs are unreachable until the tags are written
         r = _remote(ref)
         cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
@@ -374,7 +383,7 @@ def pull(
 
 def _pull_ollama(
     top: _Top, doc: Manifest, store: Store, names: list[Reference], progress: ProgressFn, result: PullResult,
-    opts: TransferOptions, stop: threading.Event | None,
+    opts: TransferOptions, stop: threading.Event,
 ) -> PullResult:
     """An Ollama model (its config and layers) stored as a one-variant ff model."""
     result.ollama = True
