@@ -30,3 +30,8 @@ class RemoteError(RegistryError):
 
 class SignatureError(RegistryError):
     """An artifact is unsigned, signed by another key, or its signature does not verify."""
+
+
+class TransferInterrupted(RegistryError):
+    """A push or pull stopped on request (SIGINT, SIGTERM) where it can resume: each upload after its
+    chunk in flight, each download where it stood. Running the same command again continues."""

@@ -26,6 +26,7 @@ import oras.auth.utils
 import oras.container
 import oras.provider
 import requests
+import requests.adapters
 import urllib3
 
 from registry.errors import AuthError as AuthError
@@ -102,6 +103,18 @@ def _error_text(resp: requests.Response) -> str:
     return resp.reason or ""
 
 
+class _Adapter(requests.adapters.HTTPAdapter):
+    """Connections that send request bodies in 1 MiB blocks (urllib3's default is 16 KiB: a 1 GB
+    upload would be 65,000 Python-level reads and sends), pooled enough for parallel blob streams."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block=block, blocksize=1 << 20, **kw)
+
+
+POOL_SIZE = 128
+"""Connections kept per host: blobs at once × ranges per blob, with room (TransferOptions caps 64 each)."""
+
+
 class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
     """Requests to one registry host, authenticated on demand."""
 
@@ -121,6 +134,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         self.plain_http = plain
         self._authorization: str | None = None
         self._bearer_scope: str | None = None
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, _Adapter(pool_maxsize=POOL_SIZE))
 
     # --- requests ----------------------------------------------------------------------------------
     def url(self, path: str) -> str:

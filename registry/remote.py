@@ -12,11 +12,18 @@ refused. Ollama-format manifests are converted on the way in (:mod:`registry.oll
 from __future__ import annotations
 
 import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 from registry.artifact import ArtifactError, VariantRef, parse_manifest, safe_filepath, variant_tag
 from registry.auth import client_for
+from registry.download import BlobStats, download_blob, partial_bytes
 from registry.errors import RemoteError as RemoteError
+from registry.errors import TransferInterrupted
 from registry.http import RegistryClient
 from registry.oci import (
     ANN_VARIANT,
@@ -39,12 +46,13 @@ from registry.store import Store
 from registry.transfer import (
     ProgressEvent,
     ProgressFn,
-    download_blob,
+    TransferOptions,
     get_manifest,
     no_progress,
     put_manifest,
-    upload_blob,
+    serialised,
 )
+from registry.upload import UploadStats, upload_blob
 
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
@@ -60,6 +68,8 @@ class PushResult:
     bytes_uploaded: int = 0
     blobs_skipped: int = 0
     bytes_skipped: int = 0
+    blobs_mounted: int = 0  # linked by the registry from another repository: no bytes sent
+    bytes_resumed: int = 0  # the registry kept these from an earlier, interrupted push
 
 
 @dataclass
@@ -75,6 +85,30 @@ class PullResult:
     bytes_resumed: int = 0
     ollama: bool = False
     signed_by_key: bool = False  # a signature by the --verify-key / FF_VERIFY_KEY key was checked
+
+
+T = TypeVar("T")
+SMALL_BLOB = 1024 * 1024
+"""Pull fetches blobs under this size (configs, text layers) before the large ones."""
+
+
+def _each(jobs: int, work: list[Callable[[], T]], stop: threading.Event) -> list[T]:
+    """Run ``work`` with at most ``jobs`` at once, results in order. The first failure sets ``stop``
+    (the other transfers end at their next chunk, resumable), what has not started never starts, and
+    the failure is raised once all have ended (not the ``TransferInterrupted`` of the others)."""
+    if jobs <= 1 or len(work) <= 1:
+        return [w() for w in work]
+    with ThreadPoolExecutor(min(jobs, len(work)), thread_name_prefix="ff-blob") as pool:
+        futures = [pool.submit(w) for w in work]
+        for f in as_completed(futures):
+            if f.exception() is not None:
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                break
+    errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, TransferInterrupted)), errors[0])
+    return [f.result() for f in futures]
 
 
 def _remote(ref: str | Reference) -> Reference:
@@ -94,8 +128,18 @@ def push(
     ca_file: str | None = None,
     progress: ProgressFn = no_progress,
     client: RegistryClient | None = None,
+    options: TransferOptions | None = None,
+    stop: threading.Event | None = None,
 ) -> PushResult:
-    """Push the local model ``ref`` to ``remote_ref`` (default: ``ref`` itself, which then needs a host)."""
+    """Push the local model ``ref`` to ``remote_ref`` (default: ``ref`` itself, which then needs a host).
+
+    Blobs go ``options.jobs`` at a time (default :meth:`TransferOptions.from_env`), largest first.
+    Setting ``stop`` ends the push after each upload's chunk in flight (``TransferInterrupted``); the
+    next push of the same model resumes. A blob that fails sets ``stop`` too, so the others end soon.
+    """
+    opts = options or TransferOptions.from_env()
+    progress = serialised(progress)
+    stop = stop or threading.Event()
     local = parse_reference(ref)
     target = _remote(remote_ref or ref)
     top = store.resolve(local)
@@ -118,25 +162,13 @@ def push(
     media_type = doc.media_type or (OCI_INDEX if isinstance(doc, Index) else OCI_MANIFEST)
     result = PushResult(remote=str(target), digest=top.digest, media_type=media_type)
     progress(ProgressEvent("resolving", top.digest, top.size, 0, 0, str(target)))
-    seen: set[str] = set()
-    for m in manifests:
-        if not isinstance(m, Manifest):
-            raise RemoteError(f"{local}: nested indexes are not supported")
-        for d in [m.config, *m.layers]:
-            if d.digest in seen:
-                continue
-            seen.add(d.digest)
-            path = store.blob_path(d.digest)
-            if not path.is_file():
-                raise RemoteError(f"{local}: blob {d.digest} is missing from the store")
-            title = (d.annotations or {}).get(ANNOTATION_FILEPATH, "config" if d is m.config else "")
-            sent = upload_blob(cl, repo, path, d, progress, title=title)
-            if sent:
-                result.blobs_uploaded += 1
-                result.bytes_uploaded += sent
-            else:
-                result.blobs_skipped += 1
-                result.bytes_skipped += d.size
+    if any(not isinstance(m, Manifest) for m in manifests):
+        raise RemoteError(f"{local}: nested indexes are not supported")
+    blobs = _push_blobs(
+        _PushJob(cl, repo, store, progress, opts, stop), [m for m in manifests if isinstance(m, Manifest)],
+        str(local), result,
+    )
+    store.add_blob_sources(blobs, cl.host, repo)
     for d, data in children:
         put_manifest(cl, repo, d.digest, data, d.media_type)
         progress(ProgressEvent("manifest", d.digest, d.size, d.size, 0, VariantRef(d).name))
@@ -149,6 +181,51 @@ def push(
     result.tags.insert(0, str(target))
     progress(ProgressEvent("success", top.digest, top.size, top.size, result.bytes_uploaded, str(target)))
     return result
+
+
+@dataclass(frozen=True)
+class _PushJob:
+    cl: RegistryClient
+    repo: str
+    store: Store
+    progress: ProgressFn
+    opts: TransferOptions
+    stop: threading.Event
+
+
+def _push_blobs(job: _PushJob, manifests: list[Manifest], local: str, result: PushResult) -> list[str]:
+    """Send every config and layer of ``manifests`` the repository lacks, ``jobs`` at a time, largest
+    first; count them in ``result``; return their digests."""
+    blobs: dict[str, tuple[Descriptor, Path, str]] = {}
+    for m in manifests:
+        for d in [m.config, *m.layers]:
+            path = job.store.blob_path(d.digest)
+            if d.digest in blobs:
+                continue
+            if not path.is_file():
+                raise RemoteError(f"{local}: blob {d.digest} is missing from the store")
+            title = (d.annotations or {}).get(ANNOTATION_FILEPATH, "config" if d is m.config else "")
+            blobs[d.digest] = (d, path, title)
+
+    def send(d: Descriptor, path: Path, title: str) -> Callable[[], UploadStats]:
+        return lambda: upload_blob(
+            job.cl, job.repo, path, d, job.progress, title=title, options=job.opts, store=job.store,
+            stop=job.stop,
+        )
+
+    order = sorted(blobs.values(), key=lambda b: -b[0].size)
+    total = sum(d.size for d, _, _ in order)
+    job.progress(ProgressEvent("total", total=total, title=f"{len(order)} blobs"))
+    for (d, _, _), st in zip(order, _each(job.opts.jobs, [send(*b) for b in order], job.stop), strict=True):
+        result.bytes_resumed += st.resumed
+        if st.present or st.mounted_from:
+            result.blobs_skipped += st.present
+            result.blobs_mounted += bool(st.mounted_from)
+            result.bytes_skipped += d.size
+        else:
+            result.blobs_uploaded += 1
+            result.bytes_uploaded += st.sent
+    return list(blobs)
 
 
 # --- pull --------------------------------------------------------------------------------------------
@@ -175,31 +252,34 @@ def check_variant(m: Manifest, where: str) -> None:
 
 def _fetch_blobs(
     cl: RegistryClient, repo: str, store: Store, descs: list[tuple[Descriptor, str]], progress: ProgressFn,
-    result: PullResult,
+    result: PullResult, opts: TransferOptions, stop: threading.Event,
 ) -> None:
     missing = {d.digest: d.size for d, _ in descs if not store.has_blob(d.digest)}
-    needed = sum(missing.values()) - sum(
-        store.partial_path(dg).stat().st_size for dg in missing if store.partial_path(dg).exists()
-    )
+    needed = sum(missing.values()) - sum(partial_bytes(store, dg) for dg in missing)
     free = shutil.disk_usage(store.root).free
     if needed > free:
         raise RemoteError(
             f"the pull needs {needed} more bytes in {store.root}, but only {free} are free; "
             "nothing was fetched"
         )
-    seen: set[str] = set()
-    # Smallest first: a bad config or text layer fails the pull before the weights are fetched.
-    for d, title in sorted(descs, key=lambda dt: dt[0].size):
-        if d.digest in seen:
-            continue
-        seen.add(d.digest)
-        stats = download_blob(cl, repo, store, d, progress, title=title)
-        if stats.present:
-            result.blobs_present += 1
-        else:
-            result.blobs_fetched += 1
-        result.bytes_downloaded += stats.transferred
-        result.bytes_resumed += stats.resumed
+    unique = list({d.digest: (d, title) for d, title in descs}.values())
+
+    def fetch(d: Descriptor, title: str) -> Callable[[], BlobStats]:
+        return lambda: download_blob(cl, repo, store, d, progress, title=title, options=opts, stop=stop)
+
+    progress(ProgressEvent("total", total=sum(d.size for d, _ in unique), title=f"{len(unique)} blobs"))
+    # Small blobs first: a bad config or text layer fails the pull before the weights are fetched.
+    small = sorted((b for b in unique if b[0].size < SMALL_BLOB), key=lambda b: b[0].size)
+    large = sorted((b for b in unique if b[0].size >= SMALL_BLOB), key=lambda b: -b[0].size)
+    for group in (small, large):
+        for stats in _each(opts.jobs, [fetch(*b) for b in group], stop):
+            if stats.present:
+                result.blobs_present += 1
+            else:
+                result.blobs_fetched += 1
+            result.bytes_downloaded += stats.transferred
+            result.bytes_resumed += stats.resumed
+    store.add_blob_sources([d.digest for d, _ in unique], cl.host, repo)
 
 
 def _choose(
@@ -255,13 +335,20 @@ def pull(
     host: HostInfo | None = None,
     client: RegistryClient | None = None,
     verify_key: str | None = None,
+    options: TransferOptions | None = None,
+    stop: threading.Event | None = None,
 ) -> PullResult:
     """Pull ``host/ns/name:tag`` (or ``…@sha256:…``) into the store; see the module docstring.
 
     With ``verify_key`` (or ``FF_VERIFY_KEY``; ``FF_REQUIRE_SIGNATURE=1`` demands one) the index must
     carry a cosign signature by that key (:mod:`registry.signing`), checked before anything is stored.
+    Blobs move ``options.jobs`` at a time; setting ``stop`` (as a failed blob does) ends the pull where it
+    stands, resumable.
     """
     key = required_key(verify_key)
+    opts = options or TransferOptions.from_env()
+    progress = serialised(progress)
+    stop = stop or threading.Event()
     with store.writing():  # prune waits: fetched blobs are unreachable until the tags are written
         r = _remote(ref)
         cl = client or client_for(r.host or "", insecure=insecure, ca_file=ca_file)
@@ -276,7 +363,7 @@ def pull(
         names = [r.with_tag(tag)] + ([parse_reference(local_name)] if local_name else [])
         result = PullResult(remote=str(r), digest=digest, local_digest=digest, signed_by_key=key is not None)
         if isinstance(top.doc, Manifest) and is_ollama_manifest(top.doc):
-            return _pull_ollama(top, top.doc, store, names, progress, result)
+            return _pull_ollama(top, top.doc, store, names, progress, result, opts, stop)
         _check_media_types(top)
         chosen = _choose(
             top.doc, target=target, quantize=quantize, variant=variant, all_variants=all_variants, host=host,
@@ -287,7 +374,7 @@ def pull(
         for v, _, m in fetched:
             blobs.append((m.config, f"{v.name} config"))
             blobs += [(d, (d.annotations or {}).get(ANNOTATION_FILEPATH, "")) for d in m.layers]
-        _fetch_blobs(cl, top.repo, store, blobs, progress, result)
+        _fetch_blobs(cl, top.repo, store, blobs, progress, result, opts, stop)
         _store_pulled(top, fetched, store, names, tag, result)
         n_top = len(data)
         progress(ProgressEvent("success", digest, n_top, n_top, result.bytes_downloaded, str(r)))
@@ -295,7 +382,8 @@ def pull(
 
 
 def _pull_ollama(
-    top: _Top, doc: Manifest, store: Store, names: list[Reference], progress: ProgressFn, result: PullResult
+    top: _Top, doc: Manifest, store: Store, names: list[Reference], progress: ProgressFn, result: PullResult,
+    opts: TransferOptions, stop: threading.Event,
 ) -> PullResult:
     """An Ollama model (its config and layers) stored as a one-variant ff model."""
     result.ollama = True
@@ -303,7 +391,8 @@ def _pull_ollama(
         raise ArtifactError(f"{top.r}: Ollama config of {doc.config.size} bytes is over the limit")
     ff_layers(doc)  # refuses unsupported layer types before anything is fetched
     layer_blobs = [(d, d.media_type.rsplit(".", 1)[-1]) for d in doc.layers]
-    _fetch_blobs(top.cl, top.repo, store, [(doc.config, "config"), *layer_blobs], progress, result)
+    blobs = [(doc.config, "config"), *layer_blobs]
+    _fetch_blobs(top.cl, top.repo, store, blobs, progress, result, opts, stop)
     index_desc, vname = store_ollama_model(store, doc, names)
     result.local_digest = index_desc.digest
     result.variants = [vname]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from registry.http import RegistryClient, RegistryError
 from registry.oci import Descriptor
-from registry.transfer import sha256_digest, upload_blob
+from registry.transfer import sha256_digest
+from registry.upload import upload_blob
 
 
 def upload_bytes(client: RegistryClient, repo: str, data: bytes, media_type: str) -> Descriptor:

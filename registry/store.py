@@ -6,6 +6,9 @@ Layout (https://github.com/opencontainers/image-spec/blob/main/image-layout.md):
     store/index.json            one descriptor per tag, named by org.opencontainers.image.ref.name
     store/blobs/sha256/<hex>    content-addressed blobs
     store/ingest/<hex>.partial  downloads in progress (resumable; never under the final name)
+    store/ingest/<hex>.ranges.json      which byte ranges of a parallel-range download have landed
+    store/ingest/<hex>.upload-<k>.json  an upload in progress to one registry repository (its URL)
+    store/sources/<hex>.json    registry repositories known to hold the blob (for mounts on push)
     store/locks/                file locks
 
 Every write is atomic (temp file in the same folder, fsync, rename: :mod:`registry.atomic`) and every
@@ -143,6 +146,73 @@ class Store:
     def partial_path(self, digest: str) -> Path:
         """Where a download of ``digest`` in progress lives (resumable, never the final name)."""
         return self.ingest / (self.blob_path(digest).name + ".partial")
+
+    def ranges_path(self, digest: str) -> Path:
+        """The record of which ranges of a parallel-range download have landed in its partial file."""
+        return self.ingest / (self.blob_path(digest).name + ".ranges.json")
+
+    def commit_hashed(self, tmp: Path, digest: str, size: int) -> None:
+        """Give ``tmp`` its final name; the caller hashed every byte it wrote and got ``digest``."""
+        if tmp.stat().st_size != size:
+            tmp.unlink(missing_ok=True)
+            raise DigestMismatchError(f"content is {tmp.stat().st_size} bytes, expected {size}")
+        final = self.blob_path(digest)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+        else:
+            replace_durably(tmp, final)
+
+    # --- uploads in progress and where blobs live remotely -------------------------------------------
+    def _upload_record(self, host: str, repo: str, digest: str) -> Path:
+        key = hashlib.sha256(f"{host}/{repo}".encode()).hexdigest()[:16]
+        return self.ingest / f"{self.blob_path(digest).name}.upload-{key}.json"
+
+    def upload_location(self, host: str, repo: str, digest: str) -> str | None:
+        """The URL of an interrupted upload of ``digest`` to ``host/repo``, if one was recorded."""
+        path = self._upload_record(host, repo, digest)
+        try:
+            rec = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(rec, dict) and rec.get("host") == host and rec.get("repo") == repo
+        loc = rec.get("location") if ok else None
+        return loc if isinstance(loc, str) else None
+
+    def save_upload_location(self, host: str, repo: str, digest: str, location: str | None) -> None:
+        """Record (atomically) or, with ``None``, forget the upload session of ``digest`` at ``host/repo``."""
+        path = self._upload_record(host, repo, digest)
+        if location is None:
+            path.unlink(missing_ok=True)
+            return
+        body = {"host": host, "repo": repo, "digest": digest, "location": location}
+        atomic_write_bytes(path, json.dumps(body, sort_keys=True).encode())
+
+    def _sources_path(self, digest: str) -> Path:
+        return self.root / "sources" / self.blob_path(digest).name
+
+    def blob_sources(self, digest: str, host: str) -> list[str]:
+        """Repositories of ``host`` that ff pulled ``digest`` from or pushed it to, latest first."""
+        try:
+            rec = json.loads(self._sources_path(digest).read_bytes())
+        except (OSError, ValueError):
+            return []
+        repos = rec.get(host) if isinstance(rec, dict) else None
+        return [r for r in repos if isinstance(r, str)] if isinstance(repos, list) else []
+
+    def add_blob_sources(self, digests: Iterable[str], host: str, repo: str) -> None:
+        """Remember that ``host/repo`` holds each of ``digests`` (at most 8 repositories a host)."""
+        (self.root / "sources").mkdir(exist_ok=True)
+        for digest in set(digests):
+            path = self._sources_path(digest)
+            with self.lock("sources-" + path.name):
+                try:
+                    rec = json.loads(path.read_bytes())
+                except (OSError, ValueError):
+                    rec = {}
+                rec = rec if isinstance(rec, dict) else {}
+                old = [r for r in rec.get(host) or [] if isinstance(r, str) and r != repo]
+                rec[host] = [repo, *old][:8]
+                atomic_write_bytes(path, json.dumps(rec, sort_keys=True).encode(), mode=0o644)
 
     def commit_file(
         self, tmp: Path, expected_digest: str | None = None, expected_size: int | None = None
@@ -378,5 +448,6 @@ class Store:
                 if digest not in keep:
                     size = path.stat().st_size
                     path.unlink(missing_ok=True)
+                    (self.root / "sources" / path.name).unlink(missing_ok=True)
                     removed.append((digest, size))
         return removed

@@ -177,7 +177,8 @@ def push_raw(host: str, repo: str, tag: str, blobs: list[bytes], manifest: dict[
 
     from registry.http import RegistryClient
     from registry.oci import Descriptor
-    from registry.transfer import put_manifest, upload_blob
+    from registry.transfer import put_manifest
+    from registry.upload import upload_blob
 
     client = RegistryClient(host)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,16 +208,21 @@ def blob_desc(data: bytes, media_type: str, filepath: str | None = None) -> dict
 
 
 class ThrottledProxy:
-    """A TCP proxy on 127.0.0.1 that slows the registry's answers to ``rate`` bytes/s and counts them.
+    """A TCP proxy on 127.0.0.1 that slows the registry's answers to ``rate`` bytes/s and counts them
+    (``downstream_bytes``); it counts requests too (``upstream_bytes``), slowed to ``up_rate`` if given.
 
     Used to make a pull slow enough to kill midway, and to count the bytes that really crossed.
     """
 
-    def __init__(self, upstream: str, rate: int, cut_after: int | None = None) -> None:
+    def __init__(
+        self, upstream: str, rate: int, cut_after: int | None = None, up_rate: int | None = None
+    ) -> None:
         import threading
 
         self.upstream = upstream
         self.rate = rate
+        self.up_rate = up_rate  # requests (uploads) slowed to this, when given
+        self.upstream_bytes = 0
         self.cut_after = cut_after  # drop the first connection that carries more than this
         self.cuts = 0
         self.downstream_bytes = 0
@@ -248,6 +254,11 @@ class ThrottledProxy:
         try:
             while data := src.recv(chunk):
                 dst.sendall(data)
+                if not throttle:
+                    with self._lock:
+                        self.upstream_bytes += len(data)
+                    if self.up_rate:
+                        time.sleep(len(data) / self.up_rate)
                 if throttle:
                     carried += len(data)
                     with self._lock:
@@ -323,3 +334,131 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def make_random_model(store: object, sizes: list[int], name: str = "weights:1", seed: int = 0) -> str:
+    """A one-variant model (``f16-cpu``) of several weight layers of random bytes, made with
+    registry.artifact; ``sizes`` in bytes, one layer each. Returns the index digest."""
+    import random
+
+    from registry.artifact import layer, tag_model, write_index, write_variant
+    from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig
+    from registry.oci import ANN_BACKEND, ANN_FORMAT, ANN_QUANTIZATION, ANN_TARGET, ANN_VARIANT, MODEL_WEIGHT
+    from registry.store import Store
+
+    assert isinstance(store, Store)
+    rng = random.Random(seed)
+    layers = []
+    for i, size in enumerate(sizes):
+        path = f"model-{i + 1:05d}-of-{len(sizes):05d}.safetensors"
+        layers.append(layer(store, MODEL_WEIGHT, path, data=rng.randbytes(size)))
+    config = ModelPackConfig(
+        descriptor=ModelDescriptor(name=name.split(":", 1)[0]),
+        config=ModelConfig(architecture="llama", format="safetensors", quantization="f16"),
+        modelfs=ModelFS(diff_ids=[d.digest for d in layers]),
+    )
+    ann = {ANN_VARIANT: "f16-cpu", ANN_TARGET: "cpu", ANN_BACKEND: "llamacpp", ANN_FORMAT: "safetensors",
+           ANN_QUANTIZATION: "f16"}
+    index = write_index(store, [write_variant(store, config, layers, ann)])
+    tag_model(store, name, index)
+    return index.digest
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of a registry, as registries in the field have one.
+
+    Like nginx by default, it reads a whole request body before forwarding the request, so a client
+    killed mid-body leaves the registry untouched. It counts request-body bytes per method
+    and kind (``blob`` for blob uploads, ``other``: ``body_bytes``), tracks how many blob uploads were
+    in flight at once (``peak``), refuses bodies over ``max_body`` with 413 after reading them (as
+    ECR caps upload requests), and reads bodies at most ``rate`` bytes a second.
+    """
+
+    def __init__(self, upstream: str, *, max_body: int | None = None, rate: int | None = None) -> None:
+        import http.client
+
+        proxy = self
+        self.upstream = upstream
+        self.max_body = max_body
+        self.rate = rate
+        self.body_bytes: dict[str, int] = {}
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.active = self.peak = 0
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: object) -> None:
+                return None
+
+            def _body(self) -> bytes | None:
+                n = int(self.headers.get("Content-Length") or 0)
+                kind = "blob" if "/blobs/uploads/" in self.path else "other"
+                buf = bytearray()
+                with proxy._lock:
+                    proxy.active += kind == "blob" and n > 0
+                    proxy.peak = max(proxy.peak, proxy.active)
+                try:
+                    while len(buf) < n:
+                        got = self.rfile.read(min(256 * 1024, n - len(buf)))
+                        if not got:
+                            return None  # the client went away mid-body: forward nothing
+                        buf += got
+                        with proxy._lock:
+                            proxy.body_bytes[kind] = proxy.body_bytes.get(kind, 0) + len(got)
+                        if proxy.rate:
+                            time.sleep(len(got) / proxy.rate)
+                finally:
+                    with proxy._lock:
+                        proxy.active -= kind == "blob" and n > 0
+                return bytes(buf)
+
+            def _handle(self) -> None:
+                body = self._body()
+                if body is None:
+                    self.close_connection = True
+                    return
+                if proxy.max_body is not None and len(body) > proxy.max_body:
+                    msg = b'{"errors":[{"code":"SIZE_INVALID","message":"request body too large"}]}'
+                    self.send_response(413)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    proxy.requests.append((self.command, self.path, 413))
+                    return
+                host, port = proxy.upstream.rsplit(":", 1)
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                proxy.requests.append((self.command, self.path, resp.status))
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    skip = ("connection", "transfer-encoding", "content-length", "date", "server")
+                    if k.lower() not in skip:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def uploaded(self) -> int:
+        """Request-body bytes of blob uploads so far (manifests not counted)."""
+        with self._lock:
+            return self.body_bytes.get("blob", 0)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
