@@ -1,8 +1,9 @@
 """Time `ff build` of SmolLM2 (f16 + q8_0 + q4_k_m) against llama.cpp's own tools, in the same run.
 
 Baseline: llama.cpp's ``convert_hf_to_gguf.py`` (with its vendored gguf-py) to f16, then ``llama-quantize``
-twice (q8_0, q4_k_m), all from the llama-cpp-python 0.3.36 source distribution. The sdist and the
-quantize tool build are cached under ``~/.cache/ferrousforge-bench``.
+twice (q8_0, q4_k_m), all from the llama-cpp-python 0.3.36 source distribution that ``.ci/setup`` keeps
+(found by :func:`ffbuild.stages.convert.source.llama_cpp_source`, the converter ``ff build`` runs too).
+The quantize tool build is cached under ``~/.cache/ferrousforge-bench``.
 
 Ours: ``ff build`` of ``modelfiles/smollm2`` with a fresh ``FF_HOME`` each round (so the build cache is
 cold), once with the verify stage and once with ``--no-verify``.
@@ -20,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -38,32 +38,15 @@ def _run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None 
 
 
 def llama_source() -> Path:
-    """The unpacked llama-cpp-python sdist (downloaded once with pip)."""
-    src = BENCH_CACHE / f"llama_cpp_python-{VERSION}"
-    if (src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
-        return src
-    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
-    dl = BENCH_CACHE / "sdist"
-    dl.mkdir(exist_ok=True)
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={VERSION}",
-            "-d",
-            str(dl),
-        ]
-    )
-    archive = next(dl.glob(f"llama_cpp_python-{VERSION}.tar.gz"))
-    with tempfile.TemporaryDirectory(dir=BENCH_CACHE) as tmp, tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-        os.replace(Path(tmp) / f"llama_cpp_python-{VERSION}", src)
-    return src
+    """The unpacked llama-cpp-python sdist .ci/setup keeps (the one ``ff build`` converts with)."""
+    sys.path.insert(0, str(REPO))
+    from ffbuild.stages.convert.source import llama_cpp_source
+    from ffbuild.stages.errors import StageError
+
+    try:
+        return llama_cpp_source(VERSION).root
+    except StageError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 TOOLS_BUILD = BENCH_CACHE / "build-server"  # llama.cpp's tools, configured with our library's flags
