@@ -76,3 +76,12 @@ def smollm2_lora(smollm2_hf: Path) -> Path:
 
     key = smollm2_hf.parent.name.replace("smollm2-hf", "smollm2-lora")
     return cached_dir(key, "lora", lambda d: peft_lora(smollm2_hf, d))
+
+
+@pytest.fixture(scope="session")
+def smollm2_lora_2(smollm2_hf: Path) -> Path:
+    """A second PEFT LoRA for :func:`smollm2_hf` (another seed, r=4): two ADAPTER lines."""
+    from tests.models import cached_dir, peft_lora
+
+    key = smollm2_hf.parent.name.replace("smollm2-hf", "smollm2-lora2")
+    return cached_dir(key, "lora", lambda d: peft_lora(smollm2_hf, d, seed=99, rank=4, alpha=8))

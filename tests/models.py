@@ -189,3 +189,58 @@ def add_model(
         }
         descs.append(write_variant(store, config, layers, ann))
     tag_model(store, ref, write_index(store, descs))
+
+
+_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 512, "initializer_range": 0.2}
+FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
+    # name: (transformers model_type, config beyond _TINY)
+    "qwen3": ("qwen3", {"head_dim": 16}),
+    "gemma3": ("gemma3_text", {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16}),
+    "phi3": ("phi3", {"pad_token_id": 0}),
+    "mistral": ("mistral", {"sliding_window": 8, "head_dim": 16}),
+    "granite": ("granite", {}),
+    "olmo2": ("olmo2", {}),
+    "smollm3": ("smollm3", {}),
+    "stablelm": ("stablelm", {}),
+    "qwen2moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                               "shared_expert_intermediate_size": 64}),
+    "granitemoe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+}
+"""Tiny random decoders by family, made by transformers from a config (numeric agreement checks only)."""
+
+
+def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised ``family`` decoder (hidden 64, 2 layers, f32) with the tokenizer of
+    ``tokenizer_folder`` (its vocabulary sizes the embedding), saved as a Hugging Face folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_type, extra = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **_TINY, **special, **extra)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+
+
+def random_bert(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised BERT encoder (hidden 64, 2 layers) with ``tokenizer_folder``'s WordPiece
+    tokenizer and sentence-transformers' mean pooling files (so the GGUF pools as the reference does)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512, initializer_range=0.2)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    for name in ("modules.json", "1_Pooling"):
+        src = tokenizer_folder / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copyfile(src, dest / name)

@@ -11,6 +11,7 @@ The stage that runs them through the build cache is :mod:`ffbuild.stages.convert
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -93,9 +94,13 @@ def _convert(
     config = _check_folder(folder)
     src = source or llama_cpp_source()
     what = f"{folder.name} ({architecture(config)}{', projector' if mmproj else ''})"
-    with atomic_output(out) as tmp:
-        args = [str(folder), "--outfile", str(tmp), "--outtype", outtype]
-        args += ["--model-name", name if name is not None else default_model_name(folder)]
+    name = name if name is not None else default_model_name(folder)
+    # The converter guesses metadata (general.finetune, basename) from the folder's own name: it sees the
+    # folder through a link called after the model, so a hub snapshot converts like the same folder.
+    with tempfile.TemporaryDirectory(prefix="ff-convert-") as tmpdir, atomic_output(out) as tmp:
+        seen = Path(tmpdir) / (name.replace("/", "_").strip(".") or "model")
+        seen.symlink_to(folder.resolve(), target_is_directory=True)
+        args = [str(seen), "--outfile", str(tmp), "--outtype", outtype, "--model-name", name]
         args += ["--mmproj"] if mmproj else []
         run_script(src, CONVERT_SCRIPT, args, what=what, report=report)
         if not tmp.is_file():
