@@ -244,3 +244,35 @@ def random_bert(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
             shutil.copytree(src, dest / name)
         elif src.is_file():
             shutil.copyfile(src, dest / name)
+
+
+IMAGE_PROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "min_pixels": 3136, "max_pixels": 12544,
+    "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "do_resize": True, "do_rescale": True,
+    "do_normalize": True, "do_convert_rgb": True,
+}
+
+
+def random_qwen2vl(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised Qwen2-VL (text hidden 64, 2 layers; vision width 32, 3 blocks: llama.cpp's
+    tensor map needs the merger's mlp.2 below the block count) with ``tokenizer_folder``'s tokenizer and
+    the image processor's ``preprocessor_config.json`` (written as JSON: Pillow is not a dependency)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    n = len(tokenizer)
+    config = Qwen2VLConfig(
+        text_config={"vocab_size": n, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 3, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+        image_token_id=n - 3, video_token_id=n - 4, vision_start_token_id=n - 5, vision_end_token_id=n - 6,
+    )
+    torch.manual_seed(seed)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    (dest / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR, indent=2) + "\n")
