@@ -198,10 +198,10 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
     "qwen3": ("qwen3", {"head_dim": 16}),
     "gemma3": ("gemma3_text", {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16}),
     "phi3": ("phi3", {"pad_token_id": 0}),
-    "mistral": ("mistral", {"sliding_window": 8, "head_dim": 16}),
+    "mistral": ("mistral", {"head_dim": 16}),  # llama.cpp runs Mistral as llama: no sliding window
     "granite": ("granite", {}),
     "olmo2": ("olmo2", {}),
-    "smollm3": ("smollm3", {}),
+    "smollm3": ("smollm3", {"pad_token_id": 0}),
     "stablelm": ("stablelm", {}),
     "qwen2moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                "shared_expert_intermediate_size": 64}),
@@ -224,6 +224,12 @@ def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
+    # as the Hub's SmolLM2 names it (transformers 5 writes TokenizersBackend; Phi-3's converter reads
+    # GPT2Tokenizer as "BPE, like Phi-4", anything else as SentencePiece)
+    config_path = dest / "tokenizer_config.json"
+    data = json.loads(config_path.read_text())
+    data["tokenizer_class"] = "GPT2Tokenizer"
+    config_path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def random_bert(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:

@@ -127,16 +127,23 @@ def test_the_base_must_be_a_model_folder(smollm2_lora: Path, smollm2_gguf: Path,
 
 
 @pytest.mark.slow
-def test_converter_failure_is_a_lora_error_quoting_it(smollm2_lora: Path, minilm_folder: Path, tmp_path: Path) -> None:
+def test_converter_failure_is_a_lora_error_quoting_it(
+    smollm2_lora: Path, minilm_folder: Path, tmp_path: Path
+) -> None:
     """Llama projections on a BERT base: llama.cpp's converter refuses, in its own words."""
-    with pytest.raises(LoraError, match="convert_lora_to_gguf.py .* failed on the adapter lora"):
+    with pytest.raises(LoraError, match=r"convert_lora_to_gguf\.py .* failed on the adapter lora"):
         convert_peft_lora(smollm2_lora, tmp_path / "out.gguf", base=minilm_folder)
     assert not (tmp_path / "out.gguf").exists()
 
 
 @pytest.mark.slow
 def test_two_adapters_apply_like_peft_stacked(
-    lora_gguf: Path, smollm2_lora: Path, smollm2_lora_2: Path, smollm2_hf: Path, smollm2_f32: Path, tmp_path: Path
+    lora_gguf: Path,
+    smollm2_lora: Path,
+    smollm2_lora_2: Path,
+    smollm2_hf: Path,
+    smollm2_f32: Path,
+    tmp_path: Path,
 ) -> None:
     """Two ADAPTER lines: llama.cpp applies both (scale 1 each) as PEFT does with both merged in."""
     import torch
