@@ -197,7 +197,6 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
     # name: (transformers model_type, config beyond _TINY)
     "qwen3": ("qwen3", {"head_dim": 16}),
     "gemma3": ("gemma3_text", {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16}),
-    "phi3": ("phi3", {"pad_token_id": 0}),
     "mistral": ("mistral", {"head_dim": 16}),  # llama.cpp runs Mistral as llama: no sliding window
     "granite": ("granite", {}),
     "olmo2": ("olmo2", {}),
@@ -207,7 +206,9 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
                                "shared_expert_intermediate_size": 64}),
     "granitemoe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2}),
 }
-"""Tiny random decoders by family, made by transformers from a config (numeric agreement checks only)."""
+"""Tiny random decoders by family, made by transformers from a config (numeric agreement checks only).
+Phi-3 is not among them: it converts, but llama.cpp's phi3 vocabulary loader looks up Phi's own special
+tokens, which SmolLM2's tokenizer (the one these models borrow) lacks ("unordered_map::at")."""
 
 
 def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
