@@ -8,7 +8,7 @@ The quantize tool build is cached under ``~/.cache/ferrousforge-bench``.
 Ours: ``ff build`` of ``modelfiles/smollm2`` with a fresh ``FF_HOME`` each round (so the build cache is
 cold), once with the verify stage and once with ``--no-verify``.
 
-    python bench/build.py [--rounds 1] [--hf-folder PATH] [--prepare-only]
+    python bench/build.py [--rounds 1] [--hf-folder PATH] [--prepare-only] [--library-quantize]
 
 Prints seconds for each and the ratio ours / baseline (target ≤ 1.1 without verify).
 """
@@ -110,10 +110,25 @@ def quantize_tool() -> Path:
     return llama_tool("llama-quantize")
 
 
-def baseline(hf_folder: Path, work: Path) -> float:
-    """convert_hf_to_gguf.py → f16, then llama-quantize → q8_0 and q4_k_m; return seconds."""
+def _library_quantize(src: Path, dst: Path, quant: str) -> None:
+    """``llama_model_quantize`` of the installed libllama (the function llama-quantize calls)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = os.cpu_count() or 2
+    ftypes = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+    params.ftype = ftypes[quant]
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama_model_quantize failed on {src} → {quant}")
+
+
+def baseline(hf_folder: Path, work: Path, *, library: bool = False) -> float:
+    """convert_hf_to_gguf.py → f16, then llama-quantize (or, with ``library``, the installed libllama's
+    ``llama_model_quantize``, which the tool calls) → q8_0 and q4_k_m; return seconds."""
     src = llama_source() / "vendor" / "llama.cpp"
-    exe = quantize_tool()
+    exe = None if library else quantize_tool()
     env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
     f16 = work / "model-f16.gguf"
     start = time.perf_counter()
@@ -130,7 +145,11 @@ def baseline(hf_folder: Path, work: Path) -> float:
         env=env,
     )
     for quant in ("Q8_0", "Q4_K_M"):
-        _run([str(exe), str(f16), str(work / f"model-{quant.lower()}.gguf"), quant])
+        out = work / f"model-{quant.lower()}.gguf"
+        if exe is None:
+            _library_quantize(f16, out, quant)
+        else:
+            _run([str(exe), str(f16), str(out), quant])
     return time.perf_counter() - start
 
 
@@ -184,8 +203,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--hf-folder", type=Path)
     ap.add_argument("--prepare-only", action="store_true", help="download and build the baseline tools")
+    ap.add_argument(
+        "--library-quantize",
+        action="store_true",
+        help="baseline quantizes by the installed libllama's llama_model_quantize (no llama-quantize build)",
+    )
     args = ap.parse_args()
-    quantize_tool()
+    if not args.library_quantize:
+        quantize_tool()
     if args.prepare_only:
         print(f"baseline ready under {BENCH_CACHE}")
         return
@@ -194,7 +219,7 @@ def main() -> None:
     for i in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
             work = Path(tmp)
-            base = baseline(hf, work)
+            base = baseline(hf, work, library=args.library_quantize)
             no_verify = ours(hf, work, verify=False)
             with_verify = ours(hf, work, verify=True)
         rows.append((base, no_verify, with_verify))
