@@ -1,11 +1,12 @@
 """The convert stage (:func:`run`): the GGUF the build starts from, and a multimodal model's projector.
 
 A Hugging Face folder is converted by llama.cpp's converter
-(:func:`ffbuild.stages.convert.convert_hf_to_gguf`, cached) to each float type the variants ask for, f16
-when they ask for none; a folder with a vision or audio tower also gives its projector (``--mmproj``, f16, ``ctx.projector``); a GGUF source is used as it
-is (with the projector GGUF of a second FROM line); a model from the store gives its highest-precision
-GGUF variant (and its projector). ``ctx.base`` is then the quantization source. Every cache key holds the
-converter's digest (:attr:`~ffbuild.stages.convert.source.LlamaCppSource.digest`).
+(:func:`ffbuild.stages.convert.convert_hf_to_gguf`, cached) to each float type the variants ask for,
+f16 when they ask for none; a folder with a vision or audio tower also gives its projector
+(``--mmproj``, f16, ``ctx.projector``); a GGUF source is used as it is (with the projector GGUF of a
+second FROM line); a model from the store gives its highest-precision GGUF variant (and its projector).
+``ctx.base`` is then the quantization source. Every cache key holds the converter's digest
+(:attr:`~ffbuild.stages.convert.source.LlamaCppSource.digest`).
 """
 
 from __future__ import annotations
