@@ -1,13 +1,14 @@
 """Time `ff build` of SmolLM2 (f16 + q8_0 + q4_k_m) against llama.cpp's own tools, in the same run.
 
 Baseline: llama.cpp's ``convert_hf_to_gguf.py`` (with its vendored gguf-py) to f16, then ``llama-quantize``
-twice (q8_0, q4_k_m), all from the llama-cpp-python 0.3.36 source distribution. The sdist and the
-quantize tool build are cached under ``~/.cache/ferrousforge-bench``.
+twice (q8_0, q4_k_m), all from the llama-cpp-python 0.3.36 source distribution that ``.ci/setup`` keeps
+(found by :func:`ffbuild.stages.convert.source.llama_cpp_source`, the converter ``ff build`` runs too).
+The quantize tool build is cached under ``~/.cache/ferrousforge-bench``.
 
 Ours: ``ff build`` of ``modelfiles/smollm2`` with a fresh ``FF_HOME`` each round (so the build cache is
 cold), once with the verify stage and once with ``--no-verify``.
 
-    python bench/build.py [--rounds 1] [--hf-folder PATH] [--prepare-only]
+    python bench/build.py [--rounds 1] [--hf-folder PATH] [--prepare-only] [--library-quantize]
 
 Prints seconds for each and the ratio ours / baseline (target ≤ 1.1 without verify).
 """
@@ -20,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -38,35 +38,24 @@ def _run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None 
 
 
 def llama_source() -> Path:
-    """The unpacked llama-cpp-python sdist (downloaded once with pip)."""
-    src = BENCH_CACHE / f"llama_cpp_python-{VERSION}"
-    if (src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
-        return src
-    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
-    dl = BENCH_CACHE / "sdist"
-    dl.mkdir(exist_ok=True)
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={VERSION}",
-            "-d",
-            str(dl),
-        ]
-    )
-    archive = next(dl.glob(f"llama_cpp_python-{VERSION}.tar.gz"))
-    with tempfile.TemporaryDirectory(dir=BENCH_CACHE) as tmp, tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-        os.replace(Path(tmp) / f"llama_cpp_python-{VERSION}", src)
-    return src
+    """The unpacked llama-cpp-python sdist .ci/setup keeps (the one ``ff build`` converts with)."""
+    sys.path.insert(0, str(REPO))
+    from ffbuild.stages.convert.source import llama_cpp_source
+    from ffbuild.stages.errors import StageError
+
+    try:
+        return llama_cpp_source(VERSION).root
+    except StageError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-TOOLS_BUILD = BENCH_CACHE / "build-server"  # llama.cpp's tools, configured with our library's flags
+def _build_dir(kind: str) -> Path:
+    """A CMake build folder of ``kind`` for the sdist in use (CMake refuses a folder configured from
+    another source folder, so each source gets its own)."""
+    import hashlib
+
+    tag = hashlib.sha256(str(llama_source()).encode()).hexdigest()[:8]
+    return BENCH_CACHE / f"{kind}-{VERSION}-{tag}"
 
 
 def library_flags() -> list[str]:
@@ -82,35 +71,36 @@ def library_flags() -> list[str]:
 def llama_tool(target: str) -> Path:
     """A llama.cpp tool (``llama-quantize``, ``llama-server``) built from the sdist's vendored sources
     with the same compiler and flags as our llama-cpp-python (for benchmarks only, never installed)."""
-    exe = TOOLS_BUILD / "bin" / target
+    tools_build = _build_dir("build-server")  # llama.cpp's tools, configured with our library's flags
+    exe = tools_build / "bin" / target
     if exe.is_file():
         return exe
     src = llama_source() / "vendor" / "llama.cpp"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TOOLS=ON",
              "-DLLAMA_BUILD_SERVER=ON", "-DBUILD_SHARED_LIBS=OFF"]
-    _run(["cmake", "-S", str(src), "-B", str(TOOLS_BUILD), *library_flags(), *flags])
-    _run(["cmake", "--build", str(TOOLS_BUILD), "--target", target, "-j", str(os.cpu_count() or 2)])
+    _run(["cmake", "-S", str(src), "-B", str(tools_build), *library_flags(), *flags])
+    _run(["cmake", "--build", str(tools_build), "--target", target, "-j", str(os.cpu_count() or 2)])
     if not exe.is_file():
         raise SystemExit(f"{target} was not built at {exe}")
     return exe
 
 
-NATIVE_BUILD = BENCH_CACHE / "build-native"  # the library as built before issue 10 (GCC, -march=native)
 
 
 def native_library() -> Path:
     """The folder of a llama.cpp shared library built the way llama-cpp-python was before issue 10 (plain
     ``pip install``: ``GGML_NATIVE=ON``, the machine's GCC), for ``LLAMA_CPP_LIB_PATH``; benchmarks only.
     On an AMX CPU with GCC 12 it crashes unless extra buffers are off (``FF_LLAMA_EXTRA_BUFFERS=0``)."""
-    lib = NATIVE_BUILD / "bin"
+    native_build = _build_dir("build-native")  # the library as built before issue 10 (GCC, -march=native)
+    lib = native_build / "bin"
     if (lib / "libllama.so").is_file():
         return lib
     src = llama_source() / "vendor" / "llama.cpp"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=ON",
              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
              "-DLLAMA_BUILD_SERVER=OFF"]
-    _run(["cmake", "-S", str(src), "-B", str(NATIVE_BUILD), *flags])
-    _run(["cmake", "--build", str(NATIVE_BUILD), "--target", "llama", "-j", str(os.cpu_count() or 2)])
+    _run(["cmake", "-S", str(src), "-B", str(native_build), *flags])
+    _run(["cmake", "--build", str(native_build), "--target", "llama", "-j", str(os.cpu_count() or 2)])
     if not (lib / "libllama.so").is_file():
         raise SystemExit(f"libllama.so was not built in {lib}")
     return lib
@@ -120,10 +110,25 @@ def quantize_tool() -> Path:
     return llama_tool("llama-quantize")
 
 
-def baseline(hf_folder: Path, work: Path) -> float:
-    """convert_hf_to_gguf.py → f16, then llama-quantize → q8_0 and q4_k_m; return seconds."""
+def _library_quantize(src: Path, dst: Path, quant: str) -> None:
+    """``llama_model_quantize`` of the installed libllama (the function llama-quantize calls)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = os.cpu_count() or 2
+    ftypes = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+    params.ftype = ftypes[quant]
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama_model_quantize failed on {src} → {quant}")
+
+
+def baseline(hf_folder: Path, work: Path, *, library: bool = False) -> float:
+    """convert_hf_to_gguf.py → f16, then llama-quantize (or, with ``library``, the installed libllama's
+    ``llama_model_quantize``, which the tool calls) → q8_0 and q4_k_m; return seconds."""
     src = llama_source() / "vendor" / "llama.cpp"
-    exe = quantize_tool()
+    exe = None if library else quantize_tool()
     env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
     f16 = work / "model-f16.gguf"
     start = time.perf_counter()
@@ -140,7 +145,11 @@ def baseline(hf_folder: Path, work: Path) -> float:
         env=env,
     )
     for quant in ("Q8_0", "Q4_K_M"):
-        _run([str(exe), str(f16), str(work / f"model-{quant.lower()}.gguf"), quant])
+        out = work / f"model-{quant.lower()}.gguf"
+        if exe is None:
+            _library_quantize(f16, out, quant)
+        else:
+            _run([str(exe), str(f16), str(out), quant])
     return time.perf_counter() - start
 
 
@@ -194,8 +203,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--hf-folder", type=Path)
     ap.add_argument("--prepare-only", action="store_true", help="download and build the baseline tools")
+    ap.add_argument(
+        "--library-quantize",
+        action="store_true",
+        help="baseline quantizes by the installed libllama's llama_model_quantize (no llama-quantize build)",
+    )
     args = ap.parse_args()
-    quantize_tool()
+    if not args.library_quantize:
+        quantize_tool()
     if args.prepare_only:
         print(f"baseline ready under {BENCH_CACHE}")
         return
@@ -204,7 +219,7 @@ def main() -> None:
     for i in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
             work = Path(tmp)
-            base = baseline(hf, work)
+            base = baseline(hf, work, library=args.library_quantize)
             no_verify = ours(hf, work, verify=False)
             with_verify = ours(hf, work, verify=True)
         rows.append((base, no_verify, with_verify))

@@ -105,6 +105,7 @@ class BuildPlan(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     requires: str | None = None
     draft: Source | None = None
+    projector: Path | None = None  # a second FROM: a multimodal projector GGUF (as Ollama's two FROM lines)
     renderer: str | None = None
     parser: str | None = None
     verify: VerifyPolicy = Field(default_factory=VerifyPolicy)

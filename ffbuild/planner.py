@@ -4,7 +4,8 @@ Entry points: :func:`make_plan` and :func:`plan_file`. Every instruction is chec
 is reported (the first error carries the others in ``more``), each at the word that caused it.
 Meanings follow Ollama where it has one: SYSTEM, TEMPLATE, RENDERER, PARSER — the last one wins;
 LICENSE and MESSAGE accumulate; ``PARAMETER stop`` accumulates, other parameters the last one wins.
-Differences: one FROM only (Ollama merges the files of several), one DRAFT, and ADAPTERs accumulate.
+Differences: one FROM model (Ollama merges the files of several; a second FROM may only be the model's
+multimodal projector GGUF, as Ollama's vision models have), one DRAFT, and ADAPTERs accumulate.
 DRAFT, RENDERER, PARSER and REQUIRES are checked but not acted on: each gets a warning in the plan.
 """
 
@@ -65,6 +66,7 @@ class _Collected:
     messages: list[Message] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     adapters: list[Adapter] = field(default_factory=list)
+    projector: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     verify: dict[str, float | str] = field(default_factory=dict)
     quants: list[tuple[str, _Origin]] = field(default_factory=list)
@@ -170,6 +172,7 @@ class _Planner:
             parameters=c.parameters,
             messages=tuple(c.messages),
             adapters=tuple(c.adapters),
+            projector=c.projector,
             licenses=tuple(c.licenses),
             labels=c.labels,
             requires=c.requires,
@@ -242,9 +245,14 @@ class _Planner:
         kw, args = ins.keyword, ins.args
         if kw == "FROM":
             if c.source_ins is not None:
+                second = resolve_source(args[0], self.context)
+                if c.projector is None and _is_projector(second):
+                    c.projector = second.path
+                    return
                 raise Problem(
                     f"more than one FROM (the first is on line {c.source_ins.line})",
-                    hint="ff builds one model from one source",
+                    hint="ff builds one model from one source; a second FROM may only name its multimodal "
+                    "projector GGUF (general.architecture clip, from convert_hf_to_gguf.py --mmproj)",
                 )
             c.source_ins = ins
             c.source = resolve_source(args[0], self.context)
@@ -378,6 +386,18 @@ class _Planner:
 def _unusable_path(raw: str, exc: OSError | ValueError) -> Problem:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return Problem(f"cannot use {printable(raw, 60)}: {reason}")
+
+
+def _is_projector(source: Source) -> bool:
+    """Whether a FROM names a multimodal projector GGUF (``general.architecture`` ``clip``)."""
+    if source.kind != SourceKind.GGUF_FILE or source.path is None:
+        return False
+    from registry.gguf_info import GGUFFormatError, read_gguf_header  # the gguf extra
+
+    try:
+        return read_gguf_header(source.path).kv.get("general.architecture") == "clip"
+    except (GGUFFormatError, OSError):
+        return False
 
 
 def _requires(text: str) -> str:

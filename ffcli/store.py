@@ -16,7 +16,7 @@ from registry.artifact import (
     variant_tag,
     variants_of,
 )
-from registry.oci import ANN_AGREEMENT, ANN_COSINE, ANN_PPL_RATIO, ANN_WER, OCI_INDEX
+from registry.oci import ANN_AGREEMENT, ANN_COSINE, ANN_PPL_RATIO, ANN_WER, OCI_INDEX, PROJECTOR_FILEPATH
 from registry.reference import Reference, ReferenceError, parse_reference
 from registry.store import NotFoundError, Store, StoreError
 
@@ -103,7 +103,8 @@ def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles | None, dict[
 @click.option("--modelfile", "show_modelfile", is_flag=True, help="print the Modelfile it was built from")
 @click.option("--json", "as_json", is_flag=True, help="print everything as JSON")
 def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
-    """Show a model: its variants with their verify figures, template, system prompt and parameters."""
+    """Show a model: its capabilities (input and output types), its variants with their verify figures,
+    template, system prompt and parameters."""
     ref = _ref(reference)
     try:
         store = Store()
@@ -120,11 +121,16 @@ def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
             raise click.ClickException(f"{ref} has no stored Modelfile")
         click.echo(first.modelfile, nl=not first.modelfile.endswith("\n"))
         return
+    caps = first.config.config.capabilities
+    inputs = list(caps.input_types or []) if caps else []
+    outputs = list(caps.output_types or []) if caps else []
     if as_json:
         doc = {
             "reference": str(ref),
             "digest": desc.digest,
             "task": first.annotations.get("io.ferrousforge.task"),
+            "capabilities": {"inputTypes": inputs, "outputTypes": outputs},
+            "projector": first.projector is not None,
             "architecture": first.config.config.architecture,
             "paramSize": first.config.config.param_size,
             "template": first.template,
@@ -141,6 +147,10 @@ def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
     click.echo(f"  architecture  {cfg.architecture or '-'}")
     click.echo(f"  parameters    {cfg.param_size or '-'}")
     click.echo(f"  task          {first.annotations.get('io.ferrousforge.task', '-')}")
+    if inputs or outputs:
+        click.echo(f"  capabilities  {', '.join(inputs) or '-'} → {', '.join(outputs) or '-'}")
+    if first.projector is not None:
+        click.echo(f"  projector     {PROJECTOR_FILEPATH} ({human_size(first.projector.stat().st_size)})")
     if first.system is not None:
         click.echo(f"  system        {first.system!r}")
     if first.params:

@@ -22,6 +22,7 @@ from registry.oci import (
     ANN_TARGET,
     ANN_TASK,
     ANN_VARIANT,
+    ANN_WEIGHT_ROLE,
     ANNOTATION_FILEPATH,
     ANNOTATION_TITLE,
     FF_ADAPTER,
@@ -40,6 +41,7 @@ from registry.oci import (
     MODEL_WEIGHT_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
+    ROLE_PROJECTOR,
     Descriptor,
     Index,
     Manifest,
@@ -263,6 +265,7 @@ class ModelFiles:
     weights: list[Path]
     weight_configs: list[Path]
     adapters: list[Path]
+    projector: Path | None = None  # a multimodal model's projector GGUF (the weight layer of role projector)
     template: str | None = None
     system: str | None = None
     params: dict[str, object] = field(default_factory=dict)
@@ -303,7 +306,9 @@ def open_variant(store: Store, digest: str) -> ModelFiles:
             raise NotFoundError(f"variant {digest}: layer {filepath} ({d.digest}) is missing from the store")
         out.files[filepath] = path
         mt = d.media_type
-        if mt == MODEL_WEIGHT:
+        if mt == MODEL_WEIGHT and (d.annotations or {}).get(ANN_WEIGHT_ROLE) == ROLE_PROJECTOR:
+            out.projector = path
+        elif mt == MODEL_WEIGHT:
             out.weights.append(path)
         elif mt == MODEL_WEIGHT_CONFIG:
             out.weight_configs.append(path)

@@ -352,3 +352,11 @@ def read_gguf_info(path: Path) -> GGUFInfo:
 def is_quantized(info: GGUFInfo) -> bool:
     """Whether the file's weights are already quantized (not f32/f16/bf16)."""
     return info.precision not in ("f32", "f16", "bf16", "f64")
+
+
+def projector_media(path: Path) -> tuple[str, ...]:
+    """What a multimodal projector GGUF encodes besides text: ``image`` and/or ``audio`` (its
+    ``clip.has_vision_encoder`` / ``clip.has_audio_encoder``), for ModelPack's ``capabilities.inputTypes``."""
+    kv = read_gguf_header(path).kv
+    kinds = (("image", "vision"), ("audio", "audio"))
+    return tuple(m for m, key in kinds if kv.get(f"clip.has_{key}_encoder"))

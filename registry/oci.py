@@ -53,10 +53,15 @@ ANN_AGREEMENT: Final = "io.ferrousforge.verify.agreement"
 ANN_PPL_RATIO: Final = "io.ferrousforge.verify.perplexity-ratio"
 ANN_COSINE: Final = "io.ferrousforge.verify.cosine"  # tensor variants: min cosine to the source model
 ANN_WER: Final = "io.ferrousforge.verify.wer"  # speech variants: word error rate on the verify clips
+ANN_WEIGHT_ROLE: Final = "io.ferrousforge.weight.role"  # on a weight layer: "projector" (multimodal)
+ROLE_PROJECTOR: Final = "projector"
+PROJECTOR_FILEPATH: Final = "mmproj.gguf"
+"""A multimodal variant's projector: a ModelPack weight layer with this filepath and role annotation."""
 
 # --- Ollama (read by `ff pull` for interop) ------------------------------------------------------------
 OLLAMA_MODEL: Final = "application/vnd.ollama.image.model"
 OLLAMA_ADAPTER: Final = "application/vnd.ollama.image.adapter"
+OLLAMA_PROJECTOR: Final = "application/vnd.ollama.image.projector"
 OLLAMA_TEMPLATE: Final = "application/vnd.ollama.image.template"
 OLLAMA_SYSTEM: Final = "application/vnd.ollama.image.system"
 OLLAMA_PARAMS: Final = "application/vnd.ollama.image.params"

@@ -1,7 +1,9 @@
 """Ollama-format models from an OCI registry, stored as ff models that can be served.
 
 An Ollama manifest is a Docker v2 image manifest whose layers have ``application/vnd.ollama.image.*``
-media types (model, template, system, params, messages, license, adapter). After its blobs are
+media types (model, projector, template, system, params, messages, license, adapter); a projector
+becomes a weight layer ``mmproj.gguf`` with ``io.ferrousforge.weight.role: projector``, as ``ff build``
+writes it. After its blobs are
 pulled and verified, this module writes a ModelPack variant manifest that reuses the same blobs with
 ff layer media types, an index holding that one variant, and tags them. Architecture and parameter
 count come from the GGUF header (the ``gguf`` package) when it can be read, else from Ollama's
@@ -15,7 +17,14 @@ import logging
 from pathlib import Path
 
 from registry.artifact import ArtifactError, tag_model, write_index, write_variant
-from registry.modelpack import ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig, param_size
+from registry.modelpack import (
+    ModelCapabilities,
+    ModelConfig,
+    ModelDescriptor,
+    ModelFS,
+    ModelPackConfig,
+    param_size,
+)
 from registry.oci import (
     ANN_BACKEND,
     ANN_FORMAT,
@@ -23,6 +32,7 @@ from registry.oci import (
     ANN_TARGET,
     ANN_TASK,
     ANN_VARIANT,
+    ANN_WEIGHT_ROLE,
     ANNOTATION_FILEPATH,
     ANNOTATION_TITLE,
     FF_ADAPTER,
@@ -38,8 +48,11 @@ from registry.oci import (
     OLLAMA_MESSAGES,
     OLLAMA_MODEL,
     OLLAMA_PARAMS,
+    OLLAMA_PROJECTOR,
     OLLAMA_SYSTEM,
     OLLAMA_TEMPLATE,
+    PROJECTOR_FILEPATH,
+    ROLE_PROJECTOR,
     Descriptor,
     Manifest,
 )
@@ -102,6 +115,12 @@ def ff_layers(m: Manifest) -> list[Descriptor]:
         if mt == OLLAMA_MODEL:
             weights += 1
             out.append(_layer(d, MODEL_WEIGHT, "model.gguf" if weights == 1 else f"model-{weights}.gguf"))
+        elif mt == OLLAMA_PROJECTOR:
+            if any(x.annotations and x.annotations.get(ANN_WEIGHT_ROLE) for x in out):
+                raise ArtifactError("Ollama manifest has two projector layers")
+            proj = _layer(d, MODEL_WEIGHT, PROJECTOR_FILEPATH)
+            role = {**(proj.annotations or {}), ANN_WEIGHT_ROLE: ROLE_PROJECTOR}
+            out.append(proj.model_copy(update={"annotations": role}))
         elif mt == OLLAMA_ADAPTER:
             adapters += 1
             out.append(_layer(d, FF_ADAPTER, f"adapters/{adapters}.gguf"))
@@ -116,29 +135,50 @@ def ff_layers(m: Manifest) -> list[Descriptor]:
             out.append(_layer(d, ff_type, path))
         else:
             raise ArtifactError(
-                f"Ollama layer type {mt} is not supported by ff (supported: model, adapter, template, "
-                "system, params, messages, license)"
+                f"Ollama layer type {mt} is not supported by ff (supported: model, projector, adapter, "
+                "template, system, params, messages, license)"
             )
     if weights == 0:
         raise ArtifactError("Ollama manifest has no model layer")
     return out
 
 
+def _capabilities(store: Store, layers: list[Descriptor]) -> ModelCapabilities | None:
+    """Text in, text out, plus what the projector layer (if any) encodes (image, audio)."""
+    proj = next((d for d in layers if (d.annotations or {}).get(ANN_WEIGHT_ROLE) == ROLE_PROJECTOR), None)
+    if proj is None:
+        return None
+    try:
+        from registry.gguf_info import projector_media
+
+        media = projector_media(store.blob_path(proj.digest))
+    except Exception as exc:  # a malformed header must not stop the pull; the field is optional
+        log.warning("cannot read the projector GGUF header %s: %s", proj.digest, exc)
+        media = ()
+    inputs = ["text", *media]
+    return ModelCapabilities.model_validate({"inputTypes": inputs, "outputTypes": ["text"]})
+
+
 def store_ollama_model(store: Store, m: Manifest, names: list[Reference]) -> tuple[Descriptor, str]:
     """Write the ff variant + index for a pulled Ollama manifest (blobs already in the store); tag it."""
     layers = ff_layers(m)
     cfg = _json_obj(store, m.config.digest)
-    weight = next(d for d in layers if d.media_type == MODEL_WEIGHT)
+    weight = next(
+        d for d in layers if d.media_type == MODEL_WEIGHT and ANN_WEIGHT_ROLE not in (d.annotations or {})
+    )
     arch, size = _gguf_facts(str(store.blob_path(weight.digest)))
     if arch is None and isinstance(cfg.get("model_family"), str):
         arch = str(cfg["model_family"])
     if size is None and isinstance(cfg.get("model_type"), str):
         size = str(cfg["model_type"])
     quant = str(cfg["file_type"]).lower() if isinstance(cfg.get("file_type"), str) else None
+    caps = _capabilities(store, layers)
     try:
-        config = ModelConfig(architecture=arch, format="gguf", param_size=size, quantization=quant)
+        config = ModelConfig(
+            architecture=arch, format="gguf", param_size=size, quantization=quant, capabilities=caps
+        )
     except ValueError:
-        config = ModelConfig(architecture=arch, format="gguf", quantization=quant)
+        config = ModelConfig(architecture=arch, format="gguf", quantization=quant, capabilities=caps)
     pack = ModelPackConfig(
         descriptor=ModelDescriptor(name=names[0].repository.rsplit("/", 1)[-1]),
         config=config,

@@ -131,3 +131,34 @@ def whisper_home(tmp_path_factory: pytest.TempPathFactory, whisper_folder: Path)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=root)
     assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
     return home
+
+
+@pytest.fixture(scope="session")
+def smollm2_lora_2(smollm2_hf: Path) -> Path:
+    """A second PEFT LoRA for :func:`smollm2_hf` (another seed, r=4): two ADAPTER lines."""
+    from tests.models import cached_dir, peft_lora
+
+    key = smollm2_hf.parent.name.replace("smollm2-hf", "smollm2-lora2")
+    return cached_dir(key, "lora", lambda d: peft_lora(smollm2_hf, d, seed=99, rank=4, alpha=8))
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_hf(smollm2_hf: Path) -> Path:
+    """A tiny random Qwen2-VL folder (vision + text), a multimodal model llama.cpp's converter takes."""
+    import importlib.metadata
+
+    from tests.models import RECIPE, cached_dir, random_qwen2vl
+
+    key = f"qwen2vl-tf{importlib.metadata.version('transformers')}-r{RECIPE}"
+    return cached_dir(key, "qwen2vl", lambda d: random_qwen2vl(smollm2_hf, d))
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_ggufs(qwen2vl_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(text model, projector) GGUFs of :func:`qwen2vl_hf`, by llama.cpp's converter (f16)."""
+    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
+
+    out = tmp_path_factory.mktemp("qwen2vl")
+    convert_hf_to_gguf(qwen2vl_hf, out / "model.gguf", "f16")
+    convert_projector(qwen2vl_hf, out / "mmproj.gguf", "f16")
+    return out / "model.gguf", out / "mmproj.gguf"

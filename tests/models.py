@@ -214,3 +214,97 @@ def random_whisper(tokenizer_json: Path, out: Path) -> None:
     WhisperForConditionalGeneration(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
+
+
+_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 512, "initializer_range": 0.2}
+FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
+    # name: (transformers model_type, config beyond _TINY)
+    "qwen3": ("qwen3", {"head_dim": 16}),
+    "gemma3": ("gemma3_text", {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16}),
+    "mistral": ("mistral", {"head_dim": 16}),  # llama.cpp runs Mistral as llama: no sliding window
+    "granite": ("granite", {}),
+    "olmo2": ("olmo2", {}),
+    "smollm3": ("smollm3", {"pad_token_id": 0}),
+    "stablelm": ("stablelm", {}),
+    "qwen2moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                               "shared_expert_intermediate_size": 64}),
+    "granitemoe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+}
+"""Tiny random decoders by family, made by transformers from a config (numeric agreement checks only).
+Phi-3 is not among them: it converts, but llama.cpp's phi3 vocabulary loader looks up Phi's own special
+tokens, which SmolLM2's tokenizer (the one these models borrow) lacks ("unordered_map::at")."""
+
+
+def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised ``family`` decoder (hidden 64, 2 layers, f32) with the tokenizer of
+    ``tokenizer_folder`` (its vocabulary sizes the embedding), saved as a Hugging Face folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_type, extra = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **_TINY, **special, **extra)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    # as the Hub's SmolLM2 names it (transformers 5 writes TokenizersBackend; Phi-3's converter reads
+    # GPT2Tokenizer as "BPE, like Phi-4", anything else as SentencePiece)
+    config_path = dest / "tokenizer_config.json"
+    data = json.loads(config_path.read_text())
+    data["tokenizer_class"] = "GPT2Tokenizer"
+    config_path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def random_bert(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised BERT encoder (hidden 64, 2 layers) with ``tokenizer_folder``'s WordPiece
+    tokenizer and sentence-transformers' mean pooling files (so the GGUF pools as the reference does)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512, initializer_range=0.2)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    for name in ("modules.json", "1_Pooling"):
+        src = tokenizer_folder / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copyfile(src, dest / name)
+
+
+IMAGE_PROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "min_pixels": 3136, "max_pixels": 12544,
+    "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "do_resize": True, "do_rescale": True,
+    "do_normalize": True, "do_convert_rgb": True,
+}
+
+
+def random_qwen2vl(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised Qwen2-VL (text hidden 64, 2 layers; vision width 32, 3 blocks: llama.cpp's
+    tensor map needs the merger's mlp.2 below the block count) with ``tokenizer_folder``'s tokenizer and
+    the image processor's ``preprocessor_config.json`` (written as JSON: Pillow is not a dependency)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    n = len(tokenizer)
+    config = Qwen2VLConfig(
+        text_config={"vocab_size": n, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 3, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+        image_token_id=n - 3, video_token_id=n - 4, vision_start_token_id=n - 5, vision_end_token_id=n - 6,
+    )
+    torch.manual_seed(seed)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    (dest / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR, indent=2) + "\n")

@@ -199,6 +199,7 @@ class BuildContext:
     fetched: Fetched | None = None
     floats: dict[str, Built] = field(default_factory=dict)  # conversions by float type
     base: Built | None = None  # the highest-precision GGUF: the quantization source
+    projector: Built | None = None  # a multimodal model's projector GGUF (one layer of every GGUF variant)
     outputs: list[VariantOutput] = field(default_factory=list)
     adapters: list[WeightFile] = field(default_factory=list)
     reference: Built | None = None  # the verify reference

@@ -33,13 +33,15 @@ class ConvertError(StageError):
 
 
 class UnsupportedArchitectureError(ConvertError):
-    """The folder's ``config.json`` names an architecture the converter does not know."""
+    """The folder's ``config.json`` names an architecture llama.cpp's converter does not register."""
 
-    def __init__(self, architecture: str, supported: Iterable[str]) -> None:
+    def __init__(self, architecture: str, supported: Iterable[str], projector: bool = False) -> None:
         self.architecture = architecture
         self.supported = tuple(sorted(supported))
+        what = "multimodal projector" if projector else "model"
         super().__init__(
-            f"unsupported model architecture {architecture!r}; the GGUF converter supports: "
+            f"unsupported {what} architecture {architecture!r}: llama.cpp's converter (the version the "
+            f"runtime loads) converts {len(self.supported)} {what} architectures: "
             + ", ".join(self.supported)
         )
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from ffbuild.plan import Message, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.context import BuildContext, ExtraLayer, JSONValue, WeightFile
 from ffbuild.stages.errors import StageError
 from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
+from registry.gguf_info import projector_media
 from registry.modelpack import (
     Modality,
     ModelCapabilities,
@@ -39,6 +41,7 @@ from registry.oci import (
     ANN_TARGET,
     ANN_TASK,
     ANN_VARIANT,
+    ANN_WEIGHT_ROLE,
     ANN_WER,
     ANNOTATION_FILEPATH,
     ANNOTATION_TITLE,
@@ -52,6 +55,8 @@ from registry.oci import (
     FF_VERIFY,
     MODEL_DOC,
     MODEL_WEIGHT,
+    PROJECTOR_FILEPATH,
+    ROLE_PROJECTOR,
     Descriptor,
     canonical_json,
 )
@@ -89,6 +94,8 @@ class VariantPayload:
     weight_name: str = "model.gguf"  # the weight layer's filepath
     extra: tuple[ExtraLayer, ...] = ()  # layers after the weight (tensor variants)
     annotations: Mapping[str, str] | None = None  # backend facts (e.g. the TensorRT version)
+    projector: WeightFile | None = None  # a multimodal model's projector GGUF (mmproj.gguf)
+    media: tuple[Modality, ...] = ()  # what the projector takes besides text (image, audio)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,10 @@ def _figure(value: JSONValue) -> str | None:
 def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Descriptor]:
     """The layers of one variant, in the fixed order of docs/artifact-format.md."""
     layers = [_file_layer(store, MODEL_WEIGHT, p.weight_name, p.weight)]
+    if p.projector is not None:
+        proj = _file_layer(store, MODEL_WEIGHT, PROJECTOR_FILEPATH, p.projector)
+        role = {**(proj.annotations or {}), ANN_WEIGHT_ROLE: ROLE_PROJECTOR}
+        layers.append(proj.model_copy(update={"annotations": role}))
     layers += [_file_layer(store, x.media_type, x.filepath, x.file) for x in p.extra]
     layers += [_file_layer(store, FF_ADAPTER, f"adapters/{i}.gguf", a) for i, a in enumerate(p.adapters)]
     for i, text in enumerate(meta.licenses):
@@ -170,6 +181,7 @@ def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Des
 
 def variant_config(meta: ModelMeta, p: VariantPayload, layers: list[Descriptor]) -> ModelPackConfig:
     inputs, outputs = CAPABILITIES.get(meta.task, (["text"], ["text"]))
+    inputs = [*inputs, *(m for m in p.media if m not in inputs)]
     try:
         return ModelPackConfig(
             descriptor=ModelDescriptor(name=meta.name, family=p.architecture),
@@ -197,7 +209,10 @@ def variant_annotations(meta: ModelMeta, p: VariantPayload) -> dict[str, str]:
         ANN_QUANTIZATION: v.quantization,
         ANN_TASK: meta.task,
         ANN_MIN_MEMORY: str(
-            p.weight.size + sum(x.file.size for x in p.extra) + sum(a.size for a in p.adapters)
+            p.weight.size
+            + sum(x.file.size for x in p.extra)
+            + sum(a.size for a in p.adapters)
+            + (p.projector.size if p.projector else 0)
         ),
     }
     if p.precision:
@@ -286,6 +301,8 @@ def run(ctx: BuildContext) -> str:
     """The package stage: every output of the build into the store as ``ctx.ref``."""
     meta = _meta(ctx)
     runtime = tools.runtime_version() if ctx.options.verify else None
+    projector = ctx.projector.weight if ctx.projector is not None else None
+    media = cast(tuple[Modality, ...], projector_media(projector.path)) if projector is not None else ()
     payloads = [
         VariantPayload(
             variant=o.variant,
@@ -300,6 +317,8 @@ def run(ctx: BuildContext) -> str:
             weight_name=o.built.weight_name,
             extra=o.built.extra,
             annotations=o.built.annotations,
+            projector=projector if o.variant.family == "gguf" else None,
+            media=media if o.variant.family == "gguf" else (),
         )
         for o in ctx.outputs
     ]
@@ -307,6 +326,7 @@ def run(ctx: BuildContext) -> str:
     for o, d in zip(ctx.outputs, variants, strict=True):
         adapters = 0 if o.variant.family == "genai" else sum(a.size for a in ctx.adapters)
         extra = sum(x.file.size for x in o.built.extra) + adapters
+        extra += projector.size if projector is not None and o.variant.family == "gguf" else 0
         o.manifest, o.size = d.digest, o.built.weight.size + extra
     ctx.index_digest, ctx.tags = index.digest, tags
     return f"{ctx.ref} → {index.digest[:19]}"

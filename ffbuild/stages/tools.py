@@ -1,6 +1,7 @@
 """Versions of the tools each build stage runs: part of every build-cache key.
 
-A key covers the packages a stage calls (llama-cpp-python, gguf, huggingface_hub) and the digest of
+A key covers the packages a stage calls (llama-cpp-python, gguf, torch and transformers, which llama.cpp's
+converter runs on) and the digest of
 the code the stage runs (the import closure of its modules within ff's packages), so upgrading a tool
 or changing any module a stage imports never reuses stale output.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from ffbuild import __version__
 from ffbuild.stages.codekey import SOURCE_ROOT, CodeKeyError, code_digest
 
-_PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors")
+_PACKAGES = ("llama_cpp_python", "gguf", "numpy", "safetensors", "torch", "transformers")
 _ONNX = "ffbuild.stages.onnx_export"
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "convert": ("ffbuild.stages.convert.stage",),

@@ -43,7 +43,7 @@ class Embedder:
         *,
         n_ctx: int,
         pooled_by_model: bool,
-        lora: Any,
+        loras: tuple[Any, ...],
         path: Path,
         threads: Threads | None = None,
     ) -> None:
@@ -51,7 +51,7 @@ class Embedder:
         self.threads = threads if threads is not None else Threads(most_threads(settings))
         self.model, self.settings, self.n_ctx = model, settings, n_ctx
         self.pooling = None if pooled_by_model else POOLING_MEAN
-        self.lora, self.path = lora, path
+        self.loras, self.path = loras, path
         self.n_embd = int(self.lc.llama_model_n_embd(model))
         self.ctx: Any = None
         self.context_params: Any = None
@@ -91,8 +91,7 @@ class Embedder:
             if not self.ctx:
                 raise RuntimeFailure(f"llama.cpp cannot create an embedding context for {self.path}: "
                                      + log_tail(log))
-            if self.lora:
-                attach_lora(self.ctx, self.lora, self.path)
+            attach_lora(self.ctx, self.loras, self.path)
         return self.ctx
 
     def run(self) -> None:

@@ -14,6 +14,7 @@ difference it makes is enough to flip a q8_0 greedy answer, so verify measures w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -48,7 +49,7 @@ class LlamaEval:
         path: Path,
         *,
         embedding: bool = False,
-        lora: Path | None = None,
+        lora: Path | Sequence[Path] | None = None,
         threads: int | None = None,
         settings: LoadSettings | None = None,
     ) -> None:
@@ -62,7 +63,7 @@ class LlamaEval:
         self.threads = Threads(most_threads(self.settings))  # as the server's engine decides, per decode
         self._model: Any = None
         self._ctx: Any = None
-        self._lora: Any = None
+        self._loras: tuple[Any, ...] = ()
         self.model_params = model_params(self.settings)  # what was loaded with, for comparison
         self.context_params: Any = None
         self._model = load_model(path, self.model_params)
@@ -70,8 +71,8 @@ class LlamaEval:
             self.vocab = Vocab(self._model)
             self.n_vocab = self.vocab.n_tokens
             self.n_embd = int(lc.llama_model_n_embd(self._model))
-            if lora is not None:
-                self._lora = lora_adapter(self._model, lora, path)
+            for adapter in [lora] if isinstance(lora, Path) else (lora or ()):
+                self._loras = (*self._loras, lora_adapter(self._model, adapter, path))
         except BaseException:
             self.close()
             raise
@@ -96,8 +97,7 @@ class LlamaEval:
         if not self._ctx:
             raise RuntimeFailure(f"llama.cpp cannot create a context for {self.path}: {log_tail(log)}")
         self.n_ctx = n_ctx
-        if self._lora:
-            attach_lora(self._ctx, self._lora, self.path)
+        attach_lora(self._ctx, self._loras, self.path)
         return self._ctx
 
     def __enter__(self) -> LlamaEval:
@@ -109,8 +109,9 @@ class LlamaEval:
         self.close()
 
     def close(self) -> None:
-        free_handles(self._ctx, self._lora, self._model)
-        self._ctx = self._lora = self._model = None
+        free_handles(self._ctx, self._loras, self._model)
+        self._ctx = self._model = None
+        self._loras = ()
 
     # -- vocabulary (see :class:`~ffruntime.llamacpp.vocab.Vocab`) ----------------------------
     def meta(self, key: str) -> str | None:

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -229,25 +229,29 @@ def lora_adapter(model: Any, lora: Path, path: Path) -> Any:
     return adapter
 
 
-def attach_lora(ctx: Any, adapter: Any, path: Path) -> None:
-    """Use ``adapter`` (scale 1) in the context ``ctx``."""
+def attach_lora(ctx: Any, adapters: Sequence[Any], path: Path) -> None:
+    """Use every one of ``adapters`` (scale 1 each, as Ollama applies a Modelfile's ADAPTERs) in ``ctx``."""
     from ffruntime.errors import RuntimeFailure
 
+    if not adapters:
+        return
     lc = binding()
-    adapters = (lc.llama_adapter_lora_p_ctypes * 1)(adapter)
-    scales = (ctypes.c_float * 1)(1.0)
-    if lc.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
-        raise RuntimeFailure(f"llama.cpp refused to attach the LoRA adapter to {path}")
+    n = len(adapters)
+    handles = (lc.llama_adapter_lora_p_ctypes * n)(*adapters)
+    scales = (ctypes.c_float * n)(*([1.0] * n))
+    if lc.llama_set_adapters_lora(ctx, handles, n, scales) != 0:
+        raise RuntimeFailure(f"llama.cpp refused to attach the LoRA adapters to {path}")
 
 
-def free_handles(ctx: Any, lora: Any, model: Any) -> None:
-    """Free a context, a LoRA adapter and a model (any may be null), in that order, quietly
+def free_handles(ctx: Any, loras: Sequence[Any], model: Any) -> None:
+    """Free a context, its LoRA adapters and a model (any may be null or empty), in that order, quietly
     (llama.cpp reports its freed buffers on stderr otherwise)."""
     lc = binding()
     with captured_log():
         if ctx:
             lc.llama_free(ctx)
-        if lora:
-            lc.llama_adapter_lora_free(lora)
+        for lora in loras:
+            if lora:
+                lc.llama_adapter_lora_free(lora)
         if model:
             lc.llama_model_free(model)

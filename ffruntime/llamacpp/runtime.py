@@ -66,13 +66,14 @@ class _Loaded:
     model_params: Any
     ctx: Any = None
     context_params: Any = None
-    lora: Any = None
+    loras: tuple[Any, ...] = ()  # every ADAPTER, in the Modelfile's order
     n_ctx_seq: int = 0
     n_seq: int = 1  # sequence slots
 
     def free(self) -> None:
-        free_handles(self.ctx, self.lora, self.model)
-        self.ctx = self.lora = self.model = None
+        free_handles(self.ctx, self.loras, self.model)
+        self.ctx = self.model = None
+        self.loras = ()
 
 
 class LlamaCppRuntime:
@@ -256,8 +257,8 @@ def _open(path: Any, files: ModelFiles, opts: LoadSettings, text: bool) -> _Load
     loaded = _Loaded(model, Vocab(model), {}, mparams)
     try:
         loaded.meta = loaded.vocab.metadata()
-        if files.adapters:
-            loaded.lora = lora_adapter(model, files.adapters[0], path)
+        for adapter in files.adapters:
+            loaded.loras = (*loaded.loras, lora_adapter(model, adapter, path))
         if text:
             n_seq = loaded.n_seq = slots_for(files, loaded.meta, opts)
             loaded.context_params = context_params(
@@ -267,8 +268,7 @@ def _open(path: Any, files: ModelFiles, opts: LoadSettings, text: bool) -> _Load
                 loaded.ctx = lc.llama_init_from_model(model, loaded.context_params)
             if not loaded.ctx:
                 raise RuntimeFailure(f"llama.cpp cannot create a context for {path}: {log_tail(log)}")
-            if loaded.lora:
-                attach_lora(loaded.ctx, loaded.lora, path)
+            attach_lora(loaded.ctx, loaded.loras, path)
             loaded.n_ctx_seq = min(int(lc.llama_n_ctx_seq(loaded.ctx)), opts.num_ctx)
     except BaseException:
         loaded.free()
@@ -293,7 +293,7 @@ async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> Ll
     threads = Threads(most_threads(opts))
     embedder = Embedder(
         loaded.model, opts, n_ctx=min(opts.num_ctx, n_train) if n_train > 0 else opts.num_ctx,
-        pooled_by_model=f"{arch}.pooling_type" in meta, lora=loaded.lora, path=path, threads=threads,
+        pooled_by_model=f"{arch}.pooling_type" in meta, loras=loaded.loras, path=path, threads=threads,
     )
     engine = Engine(
         loaded.ctx, loaded.vocab, n_slots=loaded.n_seq, n_batch=N_BATCH,

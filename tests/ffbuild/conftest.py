@@ -23,6 +23,13 @@ def smollm2_f16(smollm2_hf: Path, gguf_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_f32(smollm2_hf: Path, gguf_dir: Path) -> Path:
+    out = gguf_dir / "smollm2-f32.gguf"
+    convert_hf_to_gguf(smollm2_hf, out, "f32")
+    return out
+
+
+@pytest.fixture(scope="session")
 def smollm2_q8_0(smollm2_f16: Path, gguf_dir: Path) -> Path:
     out = gguf_dir / "smollm2-q8_0.gguf"
     quantize_gguf(smollm2_f16, out, "q8_0")

@@ -1,42 +1,41 @@
-"""The convert stage: a Hugging Face model folder → a GGUF file (f32, f16 or bf16) llama.cpp runs.
+"""Hugging Face folder → GGUF, by llama.cpp's own converter (no conversion code of ff's own).
 
-Reads config.json, the safetensors weights (memory-mapped, sharded or not) and the tokenizer files;
-writes GGUF hyper-parameters, vocabulary, special tokens, chat template and tensors with the ``gguf``
-package's writer and numpy only (no torch). The header is written first from the tensor plan and the
-data is streamed one tensor at a time into a temp file that is renamed into place at the end.
-
-The output is byte-deterministic: the same folder and options give the same file (no timestamps, a
-fixed key and tensor order), so build digests are reproducible.
+:func:`convert_hf_to_gguf` runs ``convert_hf_to_gguf.py`` from the llama-cpp-python source that
+``.ci/setup`` keeps (:mod:`ffbuild.stages.convert.source`: the same llama.cpp the runtime loads) in a
+subprocess (:mod:`ffbuild.stages.convert.runner`); :func:`convert_projector` runs it with ``--mmproj``
+for the vision/audio projector of a multimodal folder. Which architectures convert is whatever that
+converter registers (``conversion/``; ``python convert_hf_to_gguf.py --print-supported-models``).
+The stage that runs them through the build cache is :mod:`ffbuild.stages.convert.stage`.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
+from typing import Final
 
-import gguf
-import numpy as np
-
-from ffbuild.stages.convert.architectures import SUPPORTED_ARCHITECTURES, HFConfig, architecture_for
-from ffbuild.stages.convert.safetensors_reader import SafetensorsFolder
-from ffbuild.stages.convert.tensors import OUT_TYPES, PlannedTensor, plan_tensors, tensor_chunks
-from ffbuild.stages.convert.vocab import decoder_vocab, wordpiece_vocab, write_vocab
+from ffbuild.stages.convert.runner import Report, run_script, supported_architectures
+from ffbuild.stages.convert.source import CONVERT_SCRIPT, LlamaCppSource, llama_cpp_source
 from ffbuild.stages.errors import ConvertError
-from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info, size_label
+from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from registry.atomic import atomic_output
 
-__all__ = ["OUTTYPES", "SUPPORTED_ARCHITECTURES", "convert_hf_to_gguf", "default_model_name"]
+__all__ = [
+    "OUTTYPES",
+    "convert_hf_to_gguf",
+    "convert_projector",
+    "default_model_name",
+    "is_multimodal",
+    "supported_architectures",
+]
 
-OUTTYPES: tuple[str, ...] = tuple(OUT_TYPES)
-_FILE_TYPES = {
-    "f32": gguf.LlamaFileType.ALL_F32,
-    "f16": gguf.LlamaFileType.MOSTLY_F16,
-    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-}
-_NP_DTYPES = {
-    gguf.GGMLQuantizationType.F32: "float32",
-    gguf.GGMLQuantizationType.F16: "float16",
-    gguf.GGMLQuantizationType.BF16: "uint16",
-}
+OUTTYPES: Final = ("f32", "f16", "bf16")
+"""What the convert stage asks the converter for (other types come from the quantize stage)."""
+TOKENIZER_FILES: Final = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tekken.json")
+"""One of these must sit beside the weights: the vocabulary the GGUF carries."""
+MULTIMODAL_KEYS: Final = ("vision_config", "audio_config", "whisper_config")
+"""config.json keys of a model with a vision or audio tower (its projector converts with --mmproj)."""
 
 
 def default_model_name(folder: Path) -> str:
@@ -47,59 +46,98 @@ def default_model_name(folder: Path) -> str:
     return folder.name
 
 
-def convert_hf_to_gguf(folder: Path, out: Path, outtype: str = "f16", *, name: str | None = None) -> GGUFInfo:
-    """Convert the Hugging Face model in ``folder`` to a GGUF file at ``out`` and describe it.
-
-    ``outtype`` is ``f32``, ``f16`` or ``bf16`` (quantize the result with the quantize stage).
-    ``name`` sets ``general.name`` (default: :func:`default_model_name`). Unsupported architectures
-    raise :class:`~ffbuild.stages.errors.UnsupportedArchitectureError`; bad folders :class:`ConvertError`.
-    """
-    if outtype not in OUT_TYPES:
-        raise ConvertError(f"cannot convert to {outtype!r}: choose one of {', '.join(OUT_TYPES)}")
+def read_config(folder: Path) -> dict[str, object]:
+    """``config.json`` of a model folder, or :class:`ConvertError` saying what is wrong with it."""
     if not folder.is_dir():
         raise ConvertError(f"{folder} is not a folder")
-    cfg = HFConfig.read(folder)
-    arch = architecture_for(cfg)
-    vocab = wordpiece_vocab(folder, cfg) if arch.vocab == "wordpiece" else decoder_vocab(folder, cfg)
-    with SafetensorsFolder(folder) as st:
-        plan = plan_tensors(arch, cfg, st, outtype)
-        _check_embedding(plan, len(vocab.tokens))
-        writer = gguf.GGUFWriter(None, arch.name)
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(name if name is not None else default_model_name(folder))
-        writer.add_size_label(size_label(sum(t.n_elements for t in plan)))
-        arch.write_hparams(writer, cfg, folder)
-        writer.add_file_type(_FILE_TYPES[outtype])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_vocab(writer, vocab, folder)
-        for t in plan:
-            dtype = np.dtype(_NP_DTYPES[t.out_type])
-            writer.add_tensor_info(t.name, t.shape, dtype, t.nbytes, raw_dtype=t.out_type)
-        with atomic_output(out) as tmp:
-            writer.write_header_to_file(tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            writer.close()
-            _write_data(tmp, plan, st, writer.data_alignment)
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError(f"{folder} has no config.json: not a Hugging Face model folder") from None
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: expected a JSON object")
+    return data
+
+
+def architecture(config: dict[str, object]) -> str:
+    archs = config.get("architectures")
+    return str(archs[0]) if isinstance(archs, list) and archs else str(config.get("model_type", "?"))
+
+
+def is_multimodal(folder: Path) -> bool:
+    """Whether the folder's model has a vision or audio tower (so a projector to convert)."""
+    config = read_config(folder)
+    return any(isinstance(config.get(k), dict) for k in MULTIMODAL_KEYS)
+
+
+def _check_folder(folder: Path) -> dict[str, object]:
+    config = read_config(folder)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ConvertError(
+            f"{folder} ({architecture(config)}) has no tokenizer: the GGUF needs one of "
+            f"{', '.join(TOKENIZER_FILES)} beside config.json (copy them from the model's repository)"
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise ConvertError(f"{folder} ({architecture(config)}) has no weights (*.safetensors)")
+    return config
+
+
+def _convert(
+    folder: Path,
+    out: Path,
+    outtype: str,
+    name: str | None,
+    report: Report | None,
+    *,
+    mmproj: bool,
+    source: LlamaCppSource | None,
+) -> GGUFInfo:
+    if outtype not in OUTTYPES:
+        raise ConvertError(f"cannot convert to {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    config = _check_folder(folder)
+    src = source or llama_cpp_source()
+    what = f"{folder.name} ({architecture(config)}{', projector' if mmproj else ''})"
+    name = name if name is not None else default_model_name(folder)
+    # The converter guesses metadata (general.finetune, basename) from the folder's own name: it sees the
+    # folder through a link called after the model, so a hub snapshot converts like the same folder.
+    with tempfile.TemporaryDirectory(prefix="ff-convert-") as tmpdir, atomic_output(out) as tmp:
+        seen = Path(tmpdir) / (name.replace("/", "_").strip(".") or "model")
+        seen.symlink_to(folder.resolve(), target_is_directory=True)
+        args = [str(seen), "--outfile", str(tmp), "--outtype", outtype, "--model-name", name]
+        args += ["--mmproj"] if mmproj else []
+        run_script(src, CONVERT_SCRIPT, args, what=what, report=report)
+        if not tmp.is_file():
+            raise ConvertError(f"llama.cpp's converter wrote no GGUF for {what}")
     return read_gguf_info(out)
 
 
-def _check_embedding(plan: list[PlannedTensor], n_vocab: int) -> None:
-    embd = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
-    rows = next(t.shape[0] for t in plan if t.name == embd)
-    if rows != n_vocab:
-        raise ConvertError(f"the token embedding has {rows} rows but the vocabulary has {n_vocab} tokens")
+def convert_hf_to_gguf(
+    folder: Path,
+    out: Path,
+    outtype: str = "f16",
+    *,
+    name: str | None = None,
+    report: Report | None = None,
+    source: LlamaCppSource | None = None,
+) -> GGUFInfo:
+    """Convert the Hugging Face model in ``folder`` to the GGUF ``out`` (``f32``, ``f16`` or ``bf16``)
+    with llama.cpp's converter; describe it. ``name`` sets ``general.name`` (default:
+    :func:`default_model_name`); ``report`` receives progress messages. Raises :class:`ConvertError`
+    (:class:`~ffbuild.stages.errors.UnsupportedArchitectureError` for an architecture it lacks)."""
+    return _convert(folder, out, outtype, name, report, mmproj=False, source=source)
 
 
-def _write_data(path: Path, plan: list[PlannedTensor], st: SafetensorsFolder, align: int) -> None:
-    with path.open("ab") as f:
-        f.write(b"\0" * (-f.tell() % align))
-        for t in plan:
-            written = 0
-            for chunk in tensor_chunks(t, st):
-                f.write(chunk)  # type: ignore[arg-type]
-                written += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
-            if written != t.nbytes:
-                raise ConvertError(f"tensor {t.name}: wrote {written} bytes, expected {t.nbytes}")
-            f.write(b"\0" * (-written % align))
-
+def convert_projector(
+    folder: Path,
+    out: Path,
+    outtype: str = "f16",
+    *,
+    name: str | None = None,
+    report: Report | None = None,
+    source: LlamaCppSource | None = None,
+) -> GGUFInfo:
+    """The vision/audio projector of a multimodal folder as a GGUF (``convert_hf_to_gguf.py --mmproj``)."""
+    return _convert(folder, out, outtype, name, report, mmproj=True, source=source)

@@ -1,8 +1,12 @@
-"""The convert stage (:func:`run`): the GGUF the build starts from.
+"""The convert stage (:func:`run`): the GGUF the build starts from, and a multimodal model's projector.
 
-A Hugging Face folder is converted (:func:`ffbuild.stages.convert.convert_hf_to_gguf`, cached) to each
-float type the variants ask for, f16 when they ask for none; a GGUF source is used as it is; a model
-from the store gives its highest-precision GGUF variant. ``ctx.base`` is then the quantization source.
+A Hugging Face folder is converted by llama.cpp's converter
+(:func:`ffbuild.stages.convert.convert_hf_to_gguf`, cached) to each float type the variants ask for,
+f16 when they ask for none; a folder with a vision or audio tower also gives its projector
+(``--mmproj``, f16, ``ctx.projector``); a GGUF source is used as it is (with the projector GGUF of a
+second FROM line); a model from the store gives its highest-precision GGUF variant (and its projector).
+``ctx.base`` is then the quantization source. Every cache key holds the converter's digest
+(:attr:`~ffbuild.stages.convert.source.LlamaCppSource.digest`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from ffbuild.cache import folder_digest
+from ffbuild.cache import CacheValue, folder_digest
 from ffbuild.stages.context import (
     FLOAT_TYPES,
     BuildContext,
@@ -21,48 +25,93 @@ from ffbuild.stages.context import (
     cached_gguf,
     weight_file,
 )
-from ffbuild.stages.convert import convert_hf_to_gguf, default_model_name
+from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector, default_model_name, is_multimodal
+from ffbuild.stages.convert.source import llama_cpp_source
+from ffbuild.stages.errors import StageError
 from ffbuild.stages.fetch import stored_built
 from ffbuild.stages.gguf_info import read_gguf_info
+
+PROJECTOR_TYPE = "f16"
+"""Projectors stay f16: only the text model is quantized (as Ollama and llama.cpp ship them)."""
 
 
 def _requested_floats(ctx: BuildContext) -> list[str]:
     return [q for q in FLOAT_TYPES if any(v.quantization == q for v in ctx.plan.variants)]
 
 
-def _run_convert(fn: Callable[..., object], folder: Path, outtype: str, name: str, out: Path) -> object:
-    return fn(folder, out, outtype=outtype, name=name)
+def _make(
+    fn: Callable[..., object], folder: Path, outtype: str, name: str, ctx: BuildContext, out: Path
+) -> object:
+    return fn(folder, out, outtype, name=name, report=lambda msg: ctx.progress.step("convert", msg))
+
+
+def _convert_folder(ctx: BuildContext, folder: Path, description: str) -> str:
+    try:
+        src = llama_cpp_source()
+    except StageError as exc:
+        raise BuildError(str(exc)) from None
+    inputs: dict[str, CacheValue] = {"source": folder_digest(folder), "converter": src.digest}
+    wanted = _requested_floats(ctx) or ["f16"]
+    name = default_model_name(folder)  # general.name: part of the output, so part of the key
+    for outtype in wanted:
+        key = ctx.cache_key("convert", outtype=outtype, name=name, **inputs)
+        ctx.progress.step("convert", f"{description} → {outtype}")
+        make = functools.partial(_make, convert_hf_to_gguf, folder, outtype, name, ctx)
+        w, secs, hit = cached_gguf(ctx, "convert", key, make)
+        ctx.floats[outtype] = Built(outtype, w, read_gguf_info(w.path), secs, hit)
+    ctx.base = ctx.floats[wanted[0]]
+    summary = ", ".join(wanted)
+    if is_multimodal(folder):
+        key = ctx.cache_key("convert", outtype=PROJECTOR_TYPE, name=name, projector=True, **inputs)
+        ctx.progress.step("convert", f"{description} → projector ({PROJECTOR_TYPE})")
+        make = functools.partial(_make, convert_projector, folder, PROJECTOR_TYPE, name, ctx)
+        w, secs, hit = cached_gguf(ctx, "convert", key, make)
+        ctx.projector = Built(PROJECTOR_TYPE, w, read_gguf_info(w.path), secs, hit)
+        summary += " + projector"
+    hits = sum(b.cached for b in ctx.floats.values())
+    return summary + (" (cached)" if hits == len(wanted) else "")
+
+
+def _projector_file(ctx: BuildContext) -> None:
+    path = ctx.plan.projector
+    if path is None:
+        return
+    info = read_gguf_info(path)
+    if info.architecture != "clip":
+        raise BuildError(
+            f"the second FROM {path} is a {info.architecture} GGUF, not a multimodal projector "
+            "(general.architecture clip, as convert_hf_to_gguf.py --mmproj writes)"
+        )
+    ctx.projector = Built(info.quantization.lower(), weight_file(path), info)
 
 
 def run(ctx: BuildContext) -> str:
-    """The convert stage: ``ctx.floats`` (conversions by float type) and ``ctx.base``."""
+    """The convert stage: ``ctx.floats`` (conversions by float type), ``ctx.base`` and ``ctx.projector``."""
     f = ctx.fetched
     if f is None:
         raise BuildError("convert ran before fetch")
     if f.kind == FetchedKind.HF_FOLDER:
         assert f.path is not None
-        folder = f.path
-        source_digest = folder_digest(folder)
-        wanted = _requested_floats(ctx) or ["f16"]
-        name = default_model_name(folder)  # general.name: part of the output, so part of the key
-        for outtype in wanted:
-            key = ctx.cache_key("convert", source=source_digest, outtype=outtype, name=name)
-            ctx.progress.step("convert", f"{f.description} → {outtype}")
-            make = functools.partial(_run_convert, convert_hf_to_gguf, folder, outtype, name)
-            w, secs, hit = cached_gguf(ctx, "convert", key, make)
-            ctx.floats[outtype] = Built(outtype, w, read_gguf_info(w.path), secs, hit)
-        ctx.base = ctx.floats[wanted[0]]
-        hits = sum(b.cached for b in ctx.floats.values())
-        return f"{', '.join(wanted)}" + (" (cached)" if hits == len(wanted) else "")
+        return _convert_folder(ctx, f.path, f.description)
     if f.kind == FetchedKind.GGUF:
         assert f.path is not None
         info = read_gguf_info(f.path)
         if info.is_adapter:
             raise BuildError(f"FROM {f.path} is a LoRA adapter, not a model; name it with ADAPTER instead")
+        if info.architecture == "clip":
+            raise BuildError(
+                f"FROM {f.path} is a multimodal projector: give the model GGUF in the first FROM"
+            )
         ctx.base = Built(info.quantization.lower(), weight_file(f.path), info)
-        return f"source is {info.quantization} GGUF: nothing to convert"
+        _projector_file(ctx)
+        extra = " and its projector" if ctx.projector else ""
+        return f"source is {info.quantization} GGUF{extra}: nothing to convert"
     stored = [stored_built(sv) for sv in f.variants if sv.ref.format == "gguf" and sv.files.weights]
     if not stored:
         raise BuildError(f"FROM {f.description}: the model has no GGUF variant to build from")
     ctx.base = max(stored, key=lambda b: b.bits)
+    projectors = [sv.files.projector for sv in f.variants if sv.files.projector is not None]
+    if projectors:
+        p = projectors[0]
+        ctx.projector = Built(PROJECTOR_TYPE, weight_file(p), read_gguf_info(p))
     return f"reusing the weights of {f.description}: nothing to convert"

@@ -77,7 +77,7 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
                 out.built.weight.path,
                 reference=None if is_ref else ref.weight.path,
                 prompt=policy.prompt,
-                lora=adapters[0].path if adapters else None,
+                lora=[a.path for a in adapters],
                 threads=ctx.options.threads,
                 template=template,
             )

@@ -23,6 +23,7 @@ import collections
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def verify_gguf(
     reference: Path | None = None,
     text: str = DEFAULT_TEXT,
     prompt: str | None = None,
-    lora: Path | None = None,
+    lora: Path | Sequence[Path] | None = None,
     threads: int | None = None,
     template: str | None = None,
 ) -> VerifyReport:
@@ -196,7 +197,7 @@ def verify_gguf(
         loads=False,
         task="embed" if embedding else "generate",
         reference=str(reference) if reference is not None else None,
-        lora=str(lora) if lora is not None else None,
+        lora=(str(lora) if isinstance(lora, Path) else ", ".join(map(str, lora))) if lora else None,
     )
     try:
         if embedding:
@@ -216,7 +217,7 @@ def _verify_text(
     text: str,
     modelfile: ModelfilePrompt,
     prompt: str,
-    lora: Path | None,
+    lora: Path | Sequence[Path] | None,
     threads: int | None,
     report: VerifyReport,
 ) -> None:
@@ -224,7 +225,7 @@ def _verify_text(
     with LlamaEval(path, lora=lora, settings=eval_settings(threads)) as m:
         report.loads = True
         own = _eval_text(m, text)
-        if lora is None:  # the same pass this file would give as another variant's reference
+        if not lora:  # the same pass this file would give as another variant's reference
             _remember_text((*_file_key(path), text, threads), own)
         report.prompt = prompt
         _sample(m, modelfile, prompt, report)
@@ -241,7 +242,11 @@ def _verify_text(
 
 
 def _verify_embedding(
-    path: Path, reference: Path | None, lora: Path | None, threads: int | None, report: VerifyReport
+    path: Path,
+    reference: Path | None,
+    lora: Path | Sequence[Path] | None,
+    threads: int | None,
+    report: VerifyReport,
 ) -> None:
     ref = _reference_embeddings(*_file_key(reference), threads) if reference is not None else None
     with LlamaEval(path, embedding=True, lora=lora, settings=eval_settings(threads)) as m:

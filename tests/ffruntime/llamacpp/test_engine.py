@@ -311,30 +311,36 @@ def test_embedding_model_batches_requests_and_matches_verify(
             assert np.allclose(r.vectors[0], m.embed(t), atol=1e-4)
 
 
-def test_lora_adapter_serves_as_verify_measures(
-    tmp_path: Path, smollm2_gguf: Path, smollm2_lora: Path, smollm2_hf: Path
+def test_every_lora_adapter_serves_as_verify_measures(
+    tmp_path: Path, smollm2_gguf: Path, smollm2_lora: Path, smollm2_lora_2: Path, smollm2_hf: Path
 ) -> None:
-    """``files.adapters[0]`` is applied to the served context exactly as the verify stage applies it."""
+    """Every one of ``files.adapters`` (two ADAPTER lines) is applied to the served context, exactly as
+    the verify stage applies them; with only the first the answer differs."""
     import dataclasses
 
     from ffbuild.stages.lora import convert_peft_lora
     from ffruntime.llamacpp.eval import LlamaEval
 
-    adapter = tmp_path / "adapter.gguf"
-    convert_peft_lora(smollm2_lora, adapter, base=smollm2_hf)
+    adapters = [tmp_path / "a.gguf", tmp_path / "b.gguf"]
+    for folder, out in zip((smollm2_lora, smollm2_lora_2), adapters, strict=True):
+        convert_peft_lora(folder, out, base=smollm2_hf)
     v, files = stored(tmp_path, smollm2_gguf)
-    files = dataclasses.replace(files, adapters=[adapter])
+    files = dataclasses.replace(files, adapters=adapters)
     rt = asyncio.run(ffruntime.load(v, files, LoadSettings(num_parallel=2, num_ctx=256)))
     prompt = "The capital of France is"
     try:
-        assert isinstance(rt, LlamaCppRuntime) and rt.llama.lora
+        assert isinstance(rt, LlamaCppRuntime) and len(rt.llama.loras) == 2
         opts: dict[str, Any] = {"temperature": 0, "num_predict": 16}
         got = alone(rt, GenerationRequest(prompt=prompt, raw=True, options=opts))
     finally:
         asyncio.run(rt.close())
-    with LlamaEval(smollm2_gguf, lora=adapter) as m:
+    with LlamaEval(smollm2_gguf, lora=adapters) as m:
         want = m.generate(m.tokenize(prompt), 16)
+        both = m.logits(m.tokenize(prompt))
+    with LlamaEval(smollm2_gguf, lora=adapters[0]) as m:
+        first = m.logits(m.tokenize(prompt))
     assert got[1] is not None and list(got[1].context[got[1].prompt_tokens :]) == want
+    assert np.abs(both - first).max() > 0.05 * np.abs(first).max()  # the second adapter acts too
 
 
 def test_every_sampling_option_builds_a_chain_and_acts(rt: LlamaCppRuntime) -> None:

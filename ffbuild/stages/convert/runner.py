@@ -1,0 +1,122 @@
+"""Running one of llama.cpp's converter scripts in a subprocess: progress out, its errors in ff's words.
+
+The scripts log one line per tensor (``INFO:hf-to-gguf:blk.0.attn_q.weight, torch.bfloat16 --> F16,
+shape = {…}``) and a ``Writing: 45%|…`` bar; :func:`run_script` turns them into progress messages
+(at most a few a second). When the script fails, the error quotes its own message: the last line of
+its traceback, or what it logged as an error; ``Model X is not supported`` becomes an
+:class:`~ffbuild.stages.errors.UnsupportedArchitectureError` listing what the converter does support.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from ffbuild.stages.convert.source import CONVERT_SCRIPT, LlamaCppSource
+from ffbuild.stages.errors import ConvertError, UnsupportedArchitectureError
+
+Report = Callable[[str], None]
+
+_TENSOR: Final = re.compile(r"^INFO:[\w-]+:(\S+?),\s+torch\.\w+ --> (\w+), shape")
+_WRITING: Final = re.compile(r"Writing:\s+(\d+)%")
+_UNSUPPORTED: Final = re.compile(r"Model (\S+) is not supported|Architecture '([^']+)' not supported")
+_ERROR_LINE: Final = re.compile(r"^(?:ERROR:[\w-]+:|\w+(?:\.\w+)*(?:Error|Exception): )")
+_INTERVAL: Final = 0.5
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script finds its own gguf-py
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_MININTERVAL": "0.5"})
+    return env
+
+
+def _failure(lines: list[str]) -> str:
+    """The converter's own words for why it failed: its error lines, else the traceback's last line."""
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    chosen = errors[-3:] if errors else [ln for ln in lines if ln.strip()][-3:]
+    return "\n  ".join(re.sub(r"^ERROR:[\w-]+:", "", ln).strip() for ln in chosen) or "(no output)"
+
+
+class _Progress:
+    def __init__(self, report: Report | None, what: str) -> None:
+        self.report, self.what, self.tensors, self.last = report, what, 0, 0.0
+
+    def line(self, text: str) -> None:
+        if self.report is None:
+            return
+        if _TENSOR.match(text):
+            self.tensors += 1
+            msg = f"{self.what}: {self.tensors} tensors planned"
+        elif m := _WRITING.search(text):
+            msg = f"{self.what}: writing {m.group(1)}%"
+        else:
+            return
+        now = time.monotonic()
+        if now - self.last >= _INTERVAL:
+            self.last = now
+            self.report(msg)
+
+
+def run_script(
+    source: LlamaCppSource, script: str, args: list[str], *, what: str, report: Report | None = None
+) -> None:
+    """Run ``script`` of ``source`` with ``args``; raise :class:`ConvertError` quoting its failure."""
+    cmd = [sys.executable, str(source.script(script)), *args]
+    progress = _Progress(report, what)
+    tail: deque[str] = deque(maxlen=60)
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=source.llama_cpp
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            text = raw.rstrip("\n")
+            tail.append(text)
+            progress.line(text)
+        code = proc.wait()
+    if code == 0:
+        return
+    lines = list(tail)
+    for ln in lines:
+        if m := _UNSUPPORTED.search(ln):
+            arch = m.group(1) or m.group(2)
+            mmproj = "--mmproj" in args
+            raise UnsupportedArchitectureError(arch, supported_architectures(source, mmproj=mmproj), mmproj)
+    raise ConvertError(
+        f"llama.cpp's {script} (llama-cpp-python {source.version}) failed on {what}:\n  {_failure(lines)}"
+    )
+
+
+def supported_architectures(source: LlamaCppSource, *, mmproj: bool = False) -> tuple[str, ...]:
+    """The Hugging Face architectures the converter registers (text models, or projectors)."""
+    return _registered(source.llama_cpp)[1 if mmproj else 0]
+
+
+@functools.cache
+def _registered(llama_cpp: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    proc = subprocess.run(
+        [sys.executable, str(llama_cpp / CONVERT_SCRIPT), "--print-supported-models"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=llama_cpp,
+        check=False,
+    )
+    text: list[str] = []
+    mmproj: list[str] = []
+    into = text
+    for ln in (proc.stderr + proc.stdout).splitlines():
+        if ln.startswith("MMPROJ models"):
+            into = mmproj
+        elif ln.startswith("TEXT models"):
+            into = text
+        elif ln.startswith("  - "):
+            into.append(ln[4:].strip())
+    return tuple(text), tuple(mmproj)
