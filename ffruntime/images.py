@@ -59,7 +59,8 @@ def check_request(media: Sequence[Media], limits: MediaLimits) -> None:
         raise MediaTooLarge(f"{len(media)} images or clips in one request; at most {limits.request_items}")
     total = sum(len(m.data) for m in media)
     if total > limits.request_bytes:
-        raise MediaTooLarge(f"the request's images and clips hold {total} bytes; at most {limits.request_bytes}")
+        most = limits.request_bytes
+        raise MediaTooLarge(f"the request's images and clips hold {total} bytes; at most {most}")
 
 
 def audio_format(item: Media, label: str, limits: MediaLimits) -> str:
@@ -93,7 +94,8 @@ def decode_image(item: Media, label: str, limits: MediaLimits, pixels_left: int)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MediaTooLarge(f"{label}: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise MediaRejected(f"{label} is not an image in a format taken here (PNG, JPEG, WebP, GIF, BMP): {e}") from None
+        taken = ", ".join(IMAGE_FORMATS)
+        raise MediaRejected(f"{label} is not an image in a format taken here ({taken}): {e}") from None
     with im:
         fmt = str(im.format)
         mime = IMAGE_FORMATS[fmt]
@@ -106,8 +108,9 @@ def decode_image(item: Media, label: str, limits: MediaLimits, pixels_left: int)
             most = min(limits.image_pixels, pixels_left)
             which = "per image" if most == limits.image_pixels else "left in this request"
             raise MediaTooLarge(f"{label} is {width}×{height} pixels; at most {most} {which}")
-        if getattr(im, "n_frames", 1) > 1:
-            raise MediaRejected(f"{label} is animated ({im.n_frames} frames); send one frame as a still image")
+        frames = int(getattr(im, "n_frames", 1))
+        if frames > 1:
+            raise MediaRejected(f"{label} is animated ({frames} frames); send one frame as a still image")
         try:
             im.load()
             rgb = ImageOps.exif_transpose(im).convert("RGB")

@@ -156,7 +156,8 @@ class GenerationRequest:
 
     def media_needs(self) -> frozenset[Capability]:
         """The capabilities its media ask of a model (:attr:`Capability.VISION`, :attr:`Capability.AUDIO`)."""
-        return frozenset(Capability.VISION if m.kind == "image" else Capability.AUDIO for m in self.all_media())
+        kinds = {m.kind for m in self.all_media()}
+        return frozenset(Capability.VISION if k == "image" else Capability.AUDIO for k in kinds)
 
 
 DoneReason = Literal["stop", "length", "cancelled"]

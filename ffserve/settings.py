@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     num_ctx: int | None = Field(default=None, ge=16)  # None: the model's PARAMETER num_ctx, else 2048
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    allow_remote_images: bool = False  # fetch OpenAI image_url http(s) URLs (off: only data URLs)
     shutdown_timeout: float = 30.0
     access_log: bool = True
 

@@ -138,7 +138,8 @@ class Projector:
         with captured_log() as log:
             self.ctx = mtmd_cpp.mtmd_init_from_file(str(path).encode(), model, params)
         if not self.ctx:
-            raise RuntimeFailure(f"llama.cpp's multimodal library cannot load the projector {path}: {log_tail(log)}")
+            why = log_tail(log)
+            raise RuntimeFailure(f"llama.cpp's multimodal library cannot load the projector {path}: {why}")
         self.lc, self.n_embd, self.limits, self._wake = lc, n_embd, limits, wake
         self._no_callback = mtmd_cpp.mtmd_helper_post_decode_callback()  # a null function pointer
         self.vision = bool(mtmd_cpp.mtmd_support_vision(self.ctx))
@@ -209,7 +210,8 @@ class Projector:
     def _tokenize(self, text: str, bitmaps: list[Any], add_special: bool) -> MediaPrompt:
         m = self.m
         if text.count(MARKER) != len(bitmaps):
-            raise MediaRejected(f"the prompt holds {text.count(MARKER)} media markers for {len(bitmaps)} items")
+            n = text.count(MARKER)
+            raise MediaRejected(f"the prompt holds {n} media markers for {len(bitmaps)} items")
         raw = text.encode()
         inp = m.mtmd_input_text()
         inp.text, inp.text_len, inp.add_special, inp.parse_special = raw, len(raw), add_special, True
@@ -219,15 +221,16 @@ class Projector:
             with self._lock, captured_log() as log:
                 rc = m.mtmd_tokenize(self.ctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
             if rc != 0:
-                raise MediaRejected(f"libmtmd cannot tokenize the prompt with its media ({rc}): {log_tail(log)}")
+                why = log_tail(log)
+                raise MediaRejected(f"libmtmd cannot tokenize the prompt with its media ({rc}): {why}")
             tokens: list[int] = []
             parts: list[MediaPart] = []
             for i in range(int(m.mtmd_input_chunks_size(chunks))):
                 chunk = m.mtmd_input_chunks_get(chunks, i)
                 if m.mtmd_input_chunk_get_type(chunk) == 0:  # MTMD_INPUT_CHUNK_TYPE_TEXT
-                    n = ctypes.c_size_t()
-                    ids = m.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    tokens.extend(int(ids[k]) for k in range(n.value))
+                    count = ctypes.c_size_t()
+                    ids = m.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                    tokens.extend(int(ids[k]) for k in range(count.value))
                     continue
                 digest = (m.mtmd_input_chunk_get_id(chunk) or b"").decode()
                 n_tok = int(m.mtmd_input_chunk_get_n_tokens(chunk))

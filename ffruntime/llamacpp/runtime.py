@@ -20,8 +20,8 @@ from typing import Any
 from ffruntime.constraints import gbnf
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
-from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.images import MediaLimits
+from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
 from ffruntime.llamacpp.library import (
     attach_lora,
@@ -138,10 +138,11 @@ class LlamaCppRuntime:
     # --- text ---------------------------------------------------------------------------------------
     def prepare(self, request: GenerationRequest, emit: Callable[[object], None]) -> Job:
         """The request as an engine job: prompt rendered and tokenized, sampler built (any thread)."""
-        vocab, llama = self.llama.vocab, self.llama
+        vocab = self.llama.vocab
         media = self._media_of(request)
         try:
-            prompt, template_stops = build_prompt(_with_markers(request) if media else request, self.prompting)
+            prompt, template_stops = build_prompt(_with_markers(request) if media else request,
+                                                  self.prompting)
         except (ValueError, TemplateError) as exc:
             raise RequestRejected(str(exc)) from None
         stops = stop_strings(request.options, template_stops)
