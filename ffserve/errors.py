@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ffruntime.errors import BackendUnavailable
-from ffruntime.runtime import RequestRejected
+from ffruntime.runtime import MediaTooLarge, RequestRejected
 from ffserve.encoding import JSONResponse
 from registry.artifact import ArtifactError
 from registry.errors import AuthError, RegistryError, RemoteError, SignatureError
@@ -104,6 +104,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], type[ServeError]], ...] = (
     (ReferenceError, BadRequest),
     (SelectionError, BadRequest),  # no variant, or several, fit: the client must say which
     (RemoteError, BadRequest),  # a push or pull that cannot be done as asked
+    (MediaTooLarge, BodyTooLarge),  # an image or clip over the bytes or pixels allowed: a 413
     (RequestRejected, BadRequest),
     (BackendUnavailable, NotAvailable),
     (RegistryError, BadGateway),  # an unreachable, failing or misbehaving registry
