@@ -50,8 +50,8 @@ def server(qwen2vl_ggufs: tuple[Path, Path], smollm2_gguf: Path,
     modelfile = home / "Modelfile"
     modelfile.write_text(f"FROM {model}\nFROM {projector}\nPARAMETER temperature 0\nPARAMETER num_predict 8\n")
     env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
-    proc = subprocess.run([sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile),
-                           "-t", MODEL, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile), "-t", MODEL]
+    proc = subprocess.run([*cmd, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     add_model(Store(home / "store"), "text:latest", {"q4_1": smollm2_gguf}, params={"num_predict": 4})
     with start_server(home, tmp_path_factory.mktemp("logs"), FF_NUM_PARALLEL="4", FF_NUM_CTX="512") as s:
@@ -118,7 +118,8 @@ def bomb() -> bytes:
     """A PNG declaring 30000 × 30000 pixels (2.7 GB of RGB) in a few hundred bytes."""
     head = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
     rows = zlib.compress(b"\0" * (1 + 3 * 30000) * 4)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", head) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+    chunks = _png_chunk(b"IHDR", head) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def animated() -> bytes:
