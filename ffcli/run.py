@@ -201,7 +201,8 @@ async def _print(pieces: AsyncIterator[str]) -> None:
 )
 @click.option("--local", "force_local", is_flag=True, help="run here even when a server answers at $FF_HOST")
 @click.option("--image", "images", multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="an image file to send with the prompt (repeatable; the model needs a projector)")
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="an image file to send with the prompt (repeatable; the model needs a projector)")
 def run_command(
     reference: str,
     prompt: str,

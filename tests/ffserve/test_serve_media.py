@@ -48,7 +48,8 @@ def server(qwen2vl_ggufs: tuple[Path, Path], smollm2_gguf: Path,
     home = tmp_path_factory.mktemp("media-home")
     model, projector = qwen2vl_ggufs
     modelfile = home / "Modelfile"
-    modelfile.write_text(f"FROM {model}\nFROM {projector}\nPARAMETER temperature 0\nPARAMETER num_predict 8\n")
+    params = "PARAMETER temperature 0\nPARAMETER num_predict 8\n"
+    modelfile.write_text(f"FROM {model}\nFROM {projector}\n{params}")
     env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
     cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile), "-t", MODEL]
     proc = subprocess.run([*cmd, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)
