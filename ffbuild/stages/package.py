@@ -17,8 +17,8 @@ from ffbuild.plan import Message, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.context import BuildContext, ExtraLayer, JSONValue, WeightFile
 from ffbuild.stages.errors import StageError
-from registry.gguf_info import projector_media
 from registry.artifact import layer, tag_model, variant_tag, variants_of, write_index, write_variant
+from registry.gguf_info import projector_media
 from registry.modelpack import (
     Modality,
     ModelCapabilities,
