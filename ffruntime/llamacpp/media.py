@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,8 @@ class Projector:
         self._lock = threading.Lock()  # libmtmd's context: one tokenize or encode at a time
         self._cache: collections.OrderedDict[str, npt.NDArray[np.float32]] = collections.OrderedDict()
         self._cached_bytes = 0
-        self.encoded = self.cache_hits = 0
+        self.encoded = self.cache_hits = self.last_tokens = 0
+        self.encode_seconds = 0.0  # time the encoder thread spent in libmtmd's encoder
         self._queue: queue.SimpleQueue[MediaPart | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._encode_loop, name="mtmd-encoder", daemon=True)
         self._thread.start()
@@ -267,8 +269,11 @@ class Projector:
                 return hit
             if not part.chunk or not self.ctx:
                 raise RuntimeFailure("the request ended before its media were encoded")
+            t0 = time.perf_counter()
             with captured_log() as log:
                 rc = self.m.mtmd_encode_chunk(self.ctx, part.chunk)
+            self.encode_seconds += time.perf_counter() - t0
+            self.last_tokens = part.n_tokens
             if rc != 0:
                 raise RuntimeFailure(f"libmtmd could not encode an image or clip ({rc}): {log_tail(log)}")
             out = self.m.mtmd_get_output_embd(self.ctx)
