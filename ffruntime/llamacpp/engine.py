@@ -13,6 +13,11 @@ Prefix reuse: a finished sequence's KV stays in its slot. A new request takes th
 cached tokens share the longest prefix with its prompt, or copies the KV of any slot sharing a longer
 one (``llama_memory_seq_cp``), and decodes only the rest. A batch the KV cache cannot hold defers its
 youngest sequence (it is re-read later) or, alone, ends it with ``length``; it never crashes.
+
+Media (:mod:`ffruntime.llamacpp.media`): a job with images or audio holds each media chunk as a run of
+pseudo tokens. Its text is read in the shared batches up to a chunk; once the projector's thread has
+encoded the chunk, the step decodes its embeddings into the sequence alone (``_media_step``) and the
+text after it follows; ``pos_delta`` keeps M-RoPE positions, and a kept prefix never ends inside a chunk.
 """
 
 from __future__ import annotations
