@@ -4,13 +4,15 @@ One llama.cpp runtime (in process, as ``ff serve`` loads it) of the tiny random 
 converted by llama.cpp's converter at f16; text hidden 64, vision width 32), ``--slots`` sequence slots.
 Each round runs ``--text`` text-only chats (greedy, ``--tokens`` each) and measures their mean latency:
 
-- A: the text chats alone;
-- B: the same text chats with ``--images`` image chats (new random ``--side``-px images each round, so the
-  embedding cache never answers) submitted at the same moment.
+- none: the text chats alone;
+- text: with ``--images`` more chats asking "Describe this." without an image (the same batch load);
+- image: with ``--images`` chats asking it about an image (new random ``--side``-px images each round,
+  so the embedding cache never answers), all submitted at the same moment.
 
-Rounds alternate A, B, A, B … (the machine is shared: its load drifts). Printed: medians of A and B text
-latency, their ratio, and the image encodes' share of B's wall time (encode seconds measured by the
-projector's thread / wall), the bound the issue sets for the slowdown (B/A − 1 ≤ encode share).
+Rounds run none, text, image, none, text, image … (the machine is shared: its load drifts). Printed:
+medians of the text chats' latency per mode, the image/text ratio (what the images cost the text chats
+beyond sharing the batch), and the image encodes' share of the image rounds' wall time (encode seconds
+measured on the projector's thread / wall): the issue's bound for that ratio is 1 + this share.
 
     PYTHONPATH=$PWD python3 bench/media_mix.py --rounds 5
 """
@@ -92,28 +94,33 @@ async def main() -> None:
             assert isinstance(ev, Token) or ev is not None
         return time.perf_counter() - t0
 
-    async def one_round(with_images: bool) -> tuple[float, float, float]:
+    async def one_round(companions: str) -> tuple[float, float, float]:
         texts = [chat(f"Tell me about the number {i}.", None) for i in range(args.text)]
-        n_pics = args.images if with_images else 0
-        pics = [chat("Describe this.", png(rng, args.side)) for _ in range(n_pics)]
+        n = 0 if companions == "none" else args.images
+        pics = [chat("Describe this.", png(rng, args.side) if companions == "image" else None)
+                for _ in range(n)]
         enc0, t0 = proj.encode_seconds, time.perf_counter()
         done = await asyncio.gather(*texts, *pics)
         wall = time.perf_counter() - t0
         return statistics.mean(done[: args.text]), wall, proj.encode_seconds - enc0
 
-    await one_round(True)  # warm up both paths
-    a, b, share = [], [], []
+    await one_round("image")  # warm up every path
+    lat: dict[str, list[float]] = {"none": [], "text": [], "image": []}
+    share = []
     for r in range(args.rounds):
-        ta, _, _ = await one_round(False)
-        tb, wall, enc = await one_round(True)
-        a.append(ta)
-        b.append(tb)
+        row = []
+        for kind in lat:
+            t, wall, enc = await one_round(kind)
+            lat[kind].append(t)
+            row.append(f"{kind} {t * 1000:.0f} ms")
         share.append(enc / wall)
-        print(f"round {r + 1}: text alone {ta * 1000:.0f} ms, with images {tb * 1000:.0f} ms "
-              f"(×{tb / ta:.2f}); encodes {enc * 1000:.0f} ms of {wall * 1000:.0f} ms wall", flush=True)
-    ma, mb, ms = statistics.median(a), statistics.median(b), statistics.median(share)
-    print(f"median text latency: alone {ma * 1000:.0f} ms, with {args.images} image chats "
-          f"{mb * 1000:.0f} ms: ×{mb / ma:.2f}; image encodes' share of the wall {ms:.2f}")
+        print(f"round {r + 1}: text latency with companions " + ", ".join(row)
+              + f"; encodes {enc * 1000:.0f} ms of {wall * 1000:.0f} ms wall", flush=True)
+    m = {k: statistics.median(v) for k, v in lat.items()}
+    print(f"median text latency: alone {m['none'] * 1000:.0f} ms; with {args.images} text chats "
+          f"{m['text'] * 1000:.0f} ms; with {args.images} image chats {m['image'] * 1000:.0f} ms "
+          f"(×{m['image'] / m['text']:.2f} of the text companions); "
+          f"image encodes' share of the wall {statistics.median(share):.2f}")
     print(f"tokens per image: {proj.last_tokens}; encoded {proj.encoded}, cache hits {proj.cache_hits}")
     await rt.close()
 
