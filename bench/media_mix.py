@@ -121,6 +121,8 @@ async def main() -> None:
           f"{m['text'] * 1000:.0f} ms; with {args.images} image chats {m['image'] * 1000:.0f} ms "
           f"(×{m['image'] / m['text']:.2f} of the text companions); "
           f"image encodes' share of the wall {statistics.median(share):.2f}")
+    paired = statistics.median(i / t for i, t in zip(lat["image"], lat["text"], strict=True))
+    print(f"median of the rounds' image/text ratios: ×{paired:.2f}")
     print(f"tokens per image: {proj.last_tokens}; encoded {proj.encoded}, cache hits {proj.cache_hits}")
     await rt.close()
 
