@@ -49,7 +49,13 @@ def llama_source() -> Path:
         raise SystemExit(str(exc)) from None
 
 
-TOOLS_BUILD = BENCH_CACHE / "build-server"  # llama.cpp's tools, configured with our library's flags
+def _build_dir(kind: str) -> Path:
+    """A CMake build folder of ``kind`` for the sdist in use (CMake refuses a folder configured from
+    another source folder, so each source gets its own)."""
+    import hashlib
+
+    tag = hashlib.sha256(str(llama_source()).encode()).hexdigest()[:8]
+    return BENCH_CACHE / f"{kind}-{VERSION}-{tag}"
 
 
 def library_flags() -> list[str]:
@@ -65,35 +71,36 @@ def library_flags() -> list[str]:
 def llama_tool(target: str) -> Path:
     """A llama.cpp tool (``llama-quantize``, ``llama-server``) built from the sdist's vendored sources
     with the same compiler and flags as our llama-cpp-python (for benchmarks only, never installed)."""
-    exe = TOOLS_BUILD / "bin" / target
+    tools_build = _build_dir("build-server")  # llama.cpp's tools, configured with our library's flags
+    exe = tools_build / "bin" / target
     if exe.is_file():
         return exe
     src = llama_source() / "vendor" / "llama.cpp"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TOOLS=ON",
              "-DLLAMA_BUILD_SERVER=ON", "-DBUILD_SHARED_LIBS=OFF"]
-    _run(["cmake", "-S", str(src), "-B", str(TOOLS_BUILD), *library_flags(), *flags])
-    _run(["cmake", "--build", str(TOOLS_BUILD), "--target", target, "-j", str(os.cpu_count() or 2)])
+    _run(["cmake", "-S", str(src), "-B", str(tools_build), *library_flags(), *flags])
+    _run(["cmake", "--build", str(tools_build), "--target", target, "-j", str(os.cpu_count() or 2)])
     if not exe.is_file():
         raise SystemExit(f"{target} was not built at {exe}")
     return exe
 
 
-NATIVE_BUILD = BENCH_CACHE / "build-native"  # the library as built before issue 10 (GCC, -march=native)
 
 
 def native_library() -> Path:
     """The folder of a llama.cpp shared library built the way llama-cpp-python was before issue 10 (plain
     ``pip install``: ``GGML_NATIVE=ON``, the machine's GCC), for ``LLAMA_CPP_LIB_PATH``; benchmarks only.
     On an AMX CPU with GCC 12 it crashes unless extra buffers are off (``FF_LLAMA_EXTRA_BUFFERS=0``)."""
-    lib = NATIVE_BUILD / "bin"
+    native_build = _build_dir("build-native")  # the library as built before issue 10 (GCC, -march=native)
+    lib = native_build / "bin"
     if (lib / "libllama.so").is_file():
         return lib
     src = llama_source() / "vendor" / "llama.cpp"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=ON",
              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
              "-DLLAMA_BUILD_SERVER=OFF"]
-    _run(["cmake", "-S", str(src), "-B", str(NATIVE_BUILD), *flags])
-    _run(["cmake", "--build", str(NATIVE_BUILD), "--target", "llama", "-j", str(os.cpu_count() or 2)])
+    _run(["cmake", "-S", str(src), "-B", str(native_build), *flags])
+    _run(["cmake", "--build", str(native_build), "--target", "llama", "-j", str(os.cpu_count() or 2)])
     if not (lib / "libllama.so").is_file():
         raise SystemExit(f"libllama.so was not built in {lib}")
     return lib

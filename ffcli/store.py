@@ -102,7 +102,8 @@ def _variant_info(store: Store, v: VariantRef) -> tuple[ModelFiles | None, dict[
 @click.option("--modelfile", "show_modelfile", is_flag=True, help="print the Modelfile it was built from")
 @click.option("--json", "as_json", is_flag=True, help="print everything as JSON")
 def show_command(reference: str, show_modelfile: bool, as_json: bool) -> None:
-    """Show a model: its capabilities (input and output types), its variants with their verify figures, template, system prompt and parameters."""
+    """Show a model: its capabilities (input and output types), its variants with their verify figures,
+    template, system prompt and parameters."""
     ref = _ref(reference)
     try:
         store = Store()

@@ -358,4 +358,5 @@ def projector_media(path: Path) -> tuple[str, ...]:
     """What a multimodal projector GGUF encodes besides text: ``image`` and/or ``audio`` (its
     ``clip.has_vision_encoder`` / ``clip.has_audio_encoder``), for ModelPack's ``capabilities.inputTypes``."""
     kv = read_gguf_header(path).kv
-    return tuple(m for m, key in (("image", "vision"), ("audio", "audio")) if kv.get(f"clip.has_{key}_encoder"))
+    kinds = (("image", "vision"), ("audio", "audio"))
+    return tuple(m for m, key in kinds if kv.get(f"clip.has_{key}_encoder"))

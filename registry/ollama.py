@@ -2,7 +2,8 @@
 
 An Ollama manifest is a Docker v2 image manifest whose layers have ``application/vnd.ollama.image.*``
 media types (model, projector, template, system, params, messages, license, adapter); a projector
-becomes a weight layer ``mmproj.gguf`` with ``io.ferrousforge.weight.role: projector``, as ``ff build`` writes. After its blobs are
+becomes a weight layer ``mmproj.gguf`` with ``io.ferrousforge.weight.role: projector``, as ``ff build``
+writes it. After its blobs are
 pulled and verified, this module writes a ModelPack variant manifest that reuses the same blobs with
 ff layer media types, an index holding that one variant, and tags them. Architecture and parameter
 count come from the GGUF header (the ``gguf`` package) when it can be read, else from Ollama's
@@ -16,7 +17,14 @@ import logging
 from pathlib import Path
 
 from registry.artifact import ArtifactError, tag_model, write_index, write_variant
-from registry.modelpack import ModelCapabilities, ModelConfig, ModelDescriptor, ModelFS, ModelPackConfig, param_size
+from registry.modelpack import (
+    ModelCapabilities,
+    ModelConfig,
+    ModelDescriptor,
+    ModelFS,
+    ModelPackConfig,
+    param_size,
+)
 from registry.oci import (
     ANN_BACKEND,
     ANN_FORMAT,
@@ -111,7 +119,8 @@ def ff_layers(m: Manifest) -> list[Descriptor]:
             if any(x.annotations and x.annotations.get(ANN_WEIGHT_ROLE) for x in out):
                 raise ArtifactError("Ollama manifest has two projector layers")
             proj = _layer(d, MODEL_WEIGHT, PROJECTOR_FILEPATH)
-            out.append(proj.model_copy(update={"annotations": {**(proj.annotations or {}), ANN_WEIGHT_ROLE: ROLE_PROJECTOR}}))
+            role = {**(proj.annotations or {}), ANN_WEIGHT_ROLE: ROLE_PROJECTOR}
+            out.append(proj.model_copy(update={"annotations": role}))
         elif mt == OLLAMA_ADAPTER:
             adapters += 1
             out.append(_layer(d, FF_ADAPTER, f"adapters/{adapters}.gguf"))
@@ -154,7 +163,9 @@ def store_ollama_model(store: Store, m: Manifest, names: list[Reference]) -> tup
     """Write the ff variant + index for a pulled Ollama manifest (blobs already in the store); tag it."""
     layers = ff_layers(m)
     cfg = _json_obj(store, m.config.digest)
-    weight = next(d for d in layers if d.media_type == MODEL_WEIGHT and ANN_WEIGHT_ROLE not in (d.annotations or {}))
+    weight = next(
+        d for d in layers if d.media_type == MODEL_WEIGHT and ANN_WEIGHT_ROLE not in (d.annotations or {})
+    )
     arch, size = _gguf_facts(str(store.blob_path(weight.digest)))
     if arch is None and isinstance(cfg.get("model_family"), str):
         arch = str(cfg["model_family"])

@@ -197,17 +197,18 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
     # name: (transformers model_type, config beyond _TINY)
     "qwen3": ("qwen3", {"head_dim": 16}),
     "gemma3": ("gemma3_text", {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16}),
-    "phi3": ("phi3", {"pad_token_id": 0}),
-    "mistral": ("mistral", {"sliding_window": 8, "head_dim": 16}),
+    "mistral": ("mistral", {"head_dim": 16}),  # llama.cpp runs Mistral as llama: no sliding window
     "granite": ("granite", {}),
     "olmo2": ("olmo2", {}),
-    "smollm3": ("smollm3", {}),
+    "smollm3": ("smollm3", {"pad_token_id": 0}),
     "stablelm": ("stablelm", {}),
     "qwen2moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                "shared_expert_intermediate_size": 64}),
     "granitemoe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2}),
 }
-"""Tiny random decoders by family, made by transformers from a config (numeric agreement checks only)."""
+"""Tiny random decoders by family, made by transformers from a config (numeric agreement checks only).
+Phi-3 is not among them: it converts, but llama.cpp's phi3 vocabulary loader looks up Phi's own special
+tokens, which SmolLM2's tokenizer (the one these models borrow) lacks ("unordered_map::at")."""
 
 
 def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
@@ -224,6 +225,12 @@ def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
+    # as the Hub's SmolLM2 names it (transformers 5 writes TokenizersBackend; Phi-3's converter reads
+    # GPT2Tokenizer as "BPE, like Phi-4", anything else as SentencePiece)
+    config_path = dest / "tokenizer_config.json"
+    data = json.loads(config_path.read_text())
+    data["tokenizer_class"] = "GPT2Tokenizer"
+    config_path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def random_bert(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:

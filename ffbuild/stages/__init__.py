@@ -4,11 +4,13 @@ The stages run in the order of :data:`ffbuild.stages.order.STAGES`, each on the 
 (``Variant.family``: gguf, genai, tensor):
 
 - ``fetch`` — :mod:`~ffbuild.stages.fetch`: the source on this machine (file, HF folder or repo, store).
-- ``convert`` (gguf, genai) — :mod:`~ffbuild.stages.convert.stage`: the base GGUF, converted from a HF
-  folder by the :mod:`~ffbuild.stages.convert` package.
+- ``convert`` (gguf, genai) — :mod:`~ffbuild.stages.convert.stage`: the base GGUF (and a multimodal
+  model's projector), converted from a HF folder by llama.cpp's own converter
+  (:mod:`~ffbuild.stages.convert`).
 - ``quantize`` (gguf) — :mod:`~ffbuild.stages.quantize`: GGUF types through llama.cpp's quantizer.
 - ``genai`` (genai) — :mod:`~ffbuild.stages.genai`: ONNX Runtime GenAI exports.
-- ``adapters`` (gguf) — :mod:`~ffbuild.stages.lora`: ADAPTERs (GGUF LoRAs checked, PEFT converted).
+- ``adapters`` (gguf) — :mod:`~ffbuild.stages.lora`: ADAPTERs (GGUF LoRAs checked, PEFT converted by
+  llama.cpp's ``convert_lora_to_gguf.py``).
 - ``export`` (tensor) — :mod:`~ffbuild.stages.onnx_export`: ONNX graphs (fp32, then fp16/int8 by
   :mod:`~ffbuild.stages.onnx_quantize`).
 - ``compile`` (tensor) — :mod:`~ffbuild.stages.compile`: TVM libraries (:mod:`~ffbuild.stages.tvm_compile`)

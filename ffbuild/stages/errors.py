@@ -41,7 +41,8 @@ class UnsupportedArchitectureError(ConvertError):
         what = "multimodal projector" if projector else "model"
         super().__init__(
             f"unsupported {what} architecture {architecture!r}: llama.cpp's converter (the version the "
-            f"runtime loads) converts {len(self.supported)} {what} architectures: " + ", ".join(self.supported)
+            f"runtime loads) converts {len(self.supported)} {what} architectures: "
+            + ", ".join(self.supported)
         )
 
 

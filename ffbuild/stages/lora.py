@@ -128,7 +128,9 @@ def run(ctx: BuildContext) -> str:
             converter = llama_cpp_source().digest
         except StageError as exc:
             raise BuildError(str(exc)) from None
-        key = ctx.cache_key("lora", adapter=path_digest(a.path), base=folder_digest(folder), converter=converter)
+        key = ctx.cache_key(
+            "lora", adapter=path_digest(a.path), base=folder_digest(folder), converter=converter
+        )
         make = functools.partial(_convert, convert_peft_lora, a.path, folder, ctx)
         w, _, _ = cached_gguf(ctx, "lora", key, make)
         check_gguf_lora(w.path, base=ctx.base.weight.path)

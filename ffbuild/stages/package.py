@@ -153,7 +153,8 @@ def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Des
     layers = [_file_layer(store, MODEL_WEIGHT, p.weight_name, p.weight)]
     if p.projector is not None:
         proj = _file_layer(store, MODEL_WEIGHT, PROJECTOR_FILEPATH, p.projector)
-        layers.append(proj.model_copy(update={"annotations": {**(proj.annotations or {}), ANN_WEIGHT_ROLE: ROLE_PROJECTOR}}))
+        role = {**(proj.annotations or {}), ANN_WEIGHT_ROLE: ROLE_PROJECTOR}
+        layers.append(proj.model_copy(update={"annotations": role}))
     layers += [_file_layer(store, x.media_type, x.filepath, x.file) for x in p.extra]
     layers += [_file_layer(store, FF_ADAPTER, f"adapters/{i}.gguf", a) for i, a in enumerate(p.adapters)]
     for i, text in enumerate(meta.licenses):

@@ -90,7 +90,10 @@ def quantize_gguf(
     with atomic_output(dst) as tmp, captured_log() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0 or not tmp.is_file():
-            raise QuantizeError(f"llama.cpp could not quantize {src} to {key}: {log_tail(log)}")
+            raise QuantizeError(
+                f"llama.cpp could not quantize {src} (architecture {info.architecture}) to {key}: "
+                f"{log_tail(log)}; f16, bf16 and q8_0 take every architecture llama.cpp converts"
+            )
     return read_gguf_info(dst)
 
 

@@ -243,7 +243,7 @@ def lora_adapter(model: Any, lora: Path, path: Path) -> Any:
 
 
 def attach_lora(ctx: Any, adapters: Sequence[Any], path: Path) -> None:
-    """Use every one of ``adapters`` (each at scale 1, as Ollama applies a Modelfile's ADAPTERs) in ``ctx``."""
+    """Use every one of ``adapters`` (scale 1 each, as Ollama applies a Modelfile's ADAPTERs) in ``ctx``."""
     from ffruntime.errors import RuntimeFailure
 
     if not adapters:

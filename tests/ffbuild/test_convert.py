@@ -125,8 +125,6 @@ def test_minilm_tokenizes_like_its_tokenizer(minilm_folder: Path, minilm_f16: Pa
             assert m.tokenize(text, add_special=True) == ref.encode(text).ids, text
 
 
-
-
 def _copy_folder(src: Path, dst: Path) -> Path:
     """A writable copy with the big weight files symlinked."""
     dst.mkdir()
@@ -146,7 +144,9 @@ def _edit_json(path: Path, **changes: object) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_unsupported_architecture_names_it_and_lists_the_supported(minilm_folder: Path, tmp_path: Path) -> None:
+def test_unsupported_architecture_names_it_and_lists_the_supported(
+    minilm_folder: Path, tmp_path: Path
+) -> None:
     folder = _copy_folder(minilm_folder, tmp_path / "m")
     _edit_json(folder / "config.json", architectures=["NoSuchModelForCausalLM"])
     with pytest.raises(UnsupportedArchitectureError) as e:
@@ -166,7 +166,10 @@ def test_unsupported_architecture_names_it_and_lists_the_supported(minilm_folder
         (lambda f: (f / "config.json").unlink(), "no config.json"),
         (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
         (lambda f: (f / "model.safetensors").unlink(), r"no weights \(\*\.safetensors\)"),
-        (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.txt")], "BertModel\\) has no tokenizer"),
+        (
+            lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.txt")],
+            "BertModel\\) has no tokenizer",
+        ),
     ],
 )
 def test_bad_folders_are_refused_before_the_converter(

@@ -43,7 +43,9 @@ def _check_variant(store: Store, ref: str) -> tuple[Path, Path]:
             PROJECTOR_FILEPATH,
         ]
         assert (weights[1].annotations or {})[ANN_WEIGHT_ROLE] == ROLE_PROJECTOR
-        assert files.projector is not None and len(files.weights) == 1  # the runtime's weights[0] is the model
+        assert (
+            files.projector is not None and len(files.weights) == 1
+        )  # the runtime's weights[0] is the model
         caps = files.config.config.capabilities
         assert caps is not None and caps.input_types == ["text", "image"] and caps.output_types == ["text"]
     return files.weights[0], files.projector

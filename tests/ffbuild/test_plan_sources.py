@@ -151,12 +151,12 @@ def test_draft(models: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def gguf_lora(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+def gguf_lora(tmp_path_factory: pytest.TempPathFactory, smollm2_hf: Path) -> Path:
     """The example PEFT LoRA converted to a GGUF LoRA by the build's own adapter stage."""
     from ffbuild.stages.lora import convert_peft_lora
 
     out = tmp_path_factory.mktemp("lora") / "lora.gguf"
-    convert_peft_lora(EXAMPLE_LORA, out, base=smollm2_gguf)
+    convert_peft_lora(EXAMPLE_LORA, out, base=smollm2_hf)
     return out
 
 

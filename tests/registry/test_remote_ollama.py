@@ -11,6 +11,7 @@ from remote_testkit import RegistryServer, ollama_manifest, push_raw
 
 from registry.artifact import ArtifactError, open_variant, variants_of
 from registry.oci import (
+    ANN_WEIGHT_ROLE,
     DOCKER_MANIFEST,
     FF_PARAMS,
     FF_TEMPLATE,
@@ -18,9 +19,13 @@ from registry.oci import (
     OLLAMA_LICENSE,
     OLLAMA_MESSAGES,
     OLLAMA_PARAMS,
+    OLLAMA_PROJECTOR,
     OLLAMA_SYSTEM,
     OLLAMA_TEMPLATE,
+    PROJECTOR_FILEPATH,
+    ROLE_PROJECTOR,
 )
+from registry.reference import parse_reference
 from registry.remote import pull
 from registry.store import Store
 
@@ -73,11 +78,32 @@ def test_pull_ollama_manifest(registry_server: RegistryServer, smollm2_gguf: Pat
 
 
 
+def test_pull_ollama_manifest_with_a_projector(
+    registry_server: RegistryServer, qwen2vl_ggufs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An Ollama vision model (model + projector layers) pulls into the shape ff build writes."""
+    model, projector = qwen2vl_ggufs
+    manifest, blobs = ollama_manifest(model.read_bytes(), [(projector.read_bytes(), OLLAMA_PROJECTOR)])
+    push_raw(registry_server.host, "library/vlm", "1", blobs, manifest, DOCKER_MANIFEST)
+    store = Store(tmp_path / "store")
+    pull(f"{registry_server.host}/library/vlm:1", store=store, local_name="vlm:1")
+    (v,) = variants_of(store, parse_reference("vlm:1"))
+    files = open_variant(store, v.descriptor.digest)
+    assert files.weights == [store.blob_path(_digest(model.read_bytes()))]
+    assert files.projector == store.blob_path(_digest(projector.read_bytes()))
+    proj = [d for d in files.manifest.layers if (d.annotations or {}).get(ANN_WEIGHT_ROLE) == ROLE_PROJECTOR]
+    assert [(d.media_type, (d.annotations or {})["org.cncf.model.filepath"]) for d in proj] == [
+        (MODEL_WEIGHT, PROJECTOR_FILEPATH)
+    ]
+    caps = files.config.config.capabilities
+    assert caps is not None and caps.input_types == ["text", "image"]
+
+
 def test_unknown_ollama_layer_is_refused(registry_server: RegistryServer, tmp_path: Path) -> None:
-    projector = (b"proj", "application/vnd.ollama.image.projector")
-    manifest, blobs = ollama_manifest(b"GGUF" + b"\0" * 64, [projector])
+    unknown = (b"x", "application/vnd.ollama.image.embedding-table")
+    manifest, blobs = ollama_manifest(b"GGUF" + b"\0" * 64, [unknown])
     push_raw(registry_server.host, "library/vision", "1", blobs, manifest, DOCKER_MANIFEST)
     store = Store(tmp_path / "store")
-    with pytest.raises(ArtifactError, match=r"image\.projector is not supported"):
+    with pytest.raises(ArtifactError, match=r"image\.embedding-table is not supported"):
         pull(f"{registry_server.host}/library/vision:1", store=store)
     assert store.tags() == [] and list(store.blobs.iterdir()) == []  # refused before fetching

@@ -86,7 +86,13 @@ def _check_folder(folder: Path) -> dict[str, object]:
 
 
 def _convert(
-    folder: Path, out: Path, outtype: str, name: str | None, report: Report | None, *, mmproj: bool,
+    folder: Path,
+    out: Path,
+    outtype: str,
+    name: str | None,
+    report: Report | None,
+    *,
+    mmproj: bool,
     source: LlamaCppSource | None,
 ) -> GGUFInfo:
     if outtype not in OUTTYPES:
@@ -109,7 +115,12 @@ def _convert(
 
 
 def convert_hf_to_gguf(
-    folder: Path, out: Path, outtype: str = "f16", *, name: str | None = None, report: Report | None = None,
+    folder: Path,
+    out: Path,
+    outtype: str = "f16",
+    *,
+    name: str | None = None,
+    report: Report | None = None,
     source: LlamaCppSource | None = None,
 ) -> GGUFInfo:
     """Convert the Hugging Face model in ``folder`` to the GGUF ``out`` (``f32``, ``f16`` or ``bf16``)
@@ -120,7 +131,12 @@ def convert_hf_to_gguf(
 
 
 def convert_projector(
-    folder: Path, out: Path, outtype: str = "f16", *, name: str | None = None, report: Report | None = None,
+    folder: Path,
+    out: Path,
+    outtype: str = "f16",
+    *,
+    name: str | None = None,
+    report: Report | None = None,
     source: LlamaCppSource | None = None,
 ) -> GGUFInfo:
     """The vision/audio projector of a multimodal folder as a GGUF (``convert_hf_to_gguf.py --mmproj``)."""

@@ -103,7 +103,11 @@ def supported_architectures(source: LlamaCppSource, *, mmproj: bool = False) -> 
 def _registered(llama_cpp: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     proc = subprocess.run(
         [sys.executable, str(llama_cpp / CONVERT_SCRIPT), "--print-supported-models"],
-        capture_output=True, text=True, env=_env(), cwd=llama_cpp, check=False,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=llama_cpp,
+        check=False,
     )
     text: list[str] = []
     mmproj: list[str] = []

@@ -109,6 +109,7 @@ def llama_cpp_source(version: str | None = None) -> LlamaCppSource:
         where = f"{ENV_VAR}={named}" if named else str(root)
         raise ConverterMissingError(
             f"llama.cpp's converter (the llama-cpp-python {version} source) is not at {where}: run .ci/setup "
-            f"(its step 'llama.cpp converters: the llama-cpp-python sdist'), or by hand: {setup_command(version)}"
+            "(its step 'llama.cpp converters: the llama-cpp-python sdist'), or by hand: "
+            + setup_command(version)
         )
     return src

@@ -1,7 +1,7 @@
 """The convert stage (:func:`run`): the GGUF the build starts from, and a multimodal model's projector.
 
-A Hugging Face folder is converted by llama.cpp's converter (:func:`ffbuild.stages.convert.convert_hf_to_gguf`,
-cached) to each float type the variants ask for, f16 when they ask for none; a folder with a vision or
+A Hugging Face folder is converted by llama.cpp's converter
+(:func:`ffbuild.stages.convert.convert_hf_to_gguf`, cached) to each float type the variants ask for, f16 when they ask for none; a folder with a vision or
 audio tower also gives its projector (``--mmproj``, f16, ``ctx.projector``); a GGUF source is used as it
 is (with the projector GGUF of a second FROM line); a model from the store gives its highest-precision
 GGUF variant (and its projector). ``ctx.base`` is then the quantization source. Every cache key holds the
@@ -31,14 +31,16 @@ from ffbuild.stages.fetch import stored_built
 from ffbuild.stages.gguf_info import read_gguf_info
 
 PROJECTOR_TYPE = "f16"
-"""Projectors stay f16: the quantize stage quantizes the text model only (as Ollama and llama.cpp ship them)."""
+"""Projectors stay f16: only the text model is quantized (as Ollama and llama.cpp ship them)."""
 
 
 def _requested_floats(ctx: BuildContext) -> list[str]:
     return [q for q in FLOAT_TYPES if any(v.quantization == q for v in ctx.plan.variants)]
 
 
-def _make(fn: Callable[..., object], folder: Path, outtype: str, name: str, ctx: BuildContext, out: Path) -> object:
+def _make(
+    fn: Callable[..., object], folder: Path, outtype: str, name: str, ctx: BuildContext, out: Path
+) -> object:
     return fn(folder, out, outtype, name=name, report=lambda msg: ctx.progress.step("convert", msg))
 
 
@@ -96,7 +98,9 @@ def run(ctx: BuildContext) -> str:
         if info.is_adapter:
             raise BuildError(f"FROM {f.path} is a LoRA adapter, not a model; name it with ADAPTER instead")
         if info.architecture == "clip":
-            raise BuildError(f"FROM {f.path} is a multimodal projector: give the model GGUF in the first FROM")
+            raise BuildError(
+                f"FROM {f.path} is a multimodal projector: give the model GGUF in the first FROM"
+            )
         ctx.base = Built(info.quantization.lower(), weight_file(f.path), info)
         _projector_file(ctx)
         extra = " and its projector" if ctx.projector else ""
