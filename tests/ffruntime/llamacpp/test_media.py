@@ -171,3 +171,23 @@ def test_text_only_model_refuses_images(smollm2_gguf: Path, tmp_path: Path) -> N
             asyncio.run(run(runtime, ask(png(3))))
     finally:
         asyncio.run(runtime.close())
+
+
+def test_a_follow_up_about_the_same_image_reuses_its_kv(rt: LlamaCppRuntime) -> None:
+    """Prefix reuse covers media chunks: the second turn about a picture decodes only the new text, and
+    the picture is neither encoded nor decoded again."""
+    assert rt.projector is not None
+    image = png(40)
+    first, _ = asyncio.run(run(rt, ask(image, n=4)))
+    before = rt.stats()
+    follow = GenerationRequest(
+        messages=[ChatMessage("user", QUESTION, media=(Media(image),)), ChatMessage("assistant", first),
+                  ChatMessage("user", "And the colours?")],
+        options={"temperature": 0, "num_predict": 4})
+    _, done = asyncio.run(run(rt, follow))
+    after = rt.stats()
+    assert after["prefix_hits"] == before["prefix_hits"] + 1
+    assert after["prefix_tokens"] - before["prefix_tokens"] > 9  # the image's 9 tokens and the text before
+    assert after["media_chunks"] == before["media_chunks"]  # not decoded again
+    assert after["media_encoded"] == before["media_encoded"]  # nor encoded again (the cache)
+    assert done.prompt_tokens > 9
