@@ -84,7 +84,9 @@ def hf_model(folder: Path):  # type: ignore[no-untyped-def]
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    return Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    model.train(False)  # inference mode
+    return model
 
 
 def hf_pixels(folder: Path, image: bytes):  # type: ignore[no-untyped-def]
