@@ -12,6 +12,7 @@ defaults and PARAMETERs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import json
@@ -19,7 +20,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -89,14 +90,19 @@ def _chats(url: str, model: str) -> bool:
     return isinstance(shown, dict) and "chat" in (shown.get("capabilities") or [])
 
 
-def stream_server(url: str, model: str, prompt: str, options: dict[str, object]) -> Iterator[str]:
-    """The server's chat answer (its generate answer for a model without chat), streamed."""
+def stream_server(
+    url: str, model: str, prompt: str, options: dict[str, object], images: Sequence[bytes] = ()
+) -> Iterator[str]:
+    """The server's chat answer (its generate answer for a model without chat), streamed; ``images``
+    go with the prompt as Ollama's base64 ``images``."""
     common = {"model": model, "stream": True, "options": options}
+    pics = {"images": [base64.b64encode(b).decode() for b in images]} if images else {}
     try:
         if _chats(url, model):
-            resp = _post(url, "/api/chat", {**common, "messages": [{"role": "user", "content": prompt}]})
+            message = {"role": "user", "content": prompt, **pics}
+            resp = _post(url, "/api/chat", {**common, "messages": [message]})
         else:
-            resp = _post(url, "/api/generate", {**common, "prompt": prompt})
+            resp = _post(url, "/api/generate", {**common, "prompt": prompt, **pics})
     except _Refused as exc:
         raise click.ClickException(f"the server at {url} answered {exc.status}: {exc.detail}") from None
     except OSError as exc:
@@ -124,8 +130,10 @@ async def generate_local(
     options: dict[str, object],
     threads: int | None,
     num_ctx: int | None = None,
+    images: Sequence[bytes] = (),
 ) -> AsyncIterator[str]:
-    """Load ``variant`` through ffruntime (as ``ff serve`` does) and stream its answer to ``prompt``."""
+    """Load ``variant`` through ffruntime (as ``ff serve`` does) and stream its answer to ``prompt``
+    (with ``images``, for a model with a projector)."""
     import ffruntime
     from ffruntime.errors import BackendUnavailable, RuntimeFailure
     from ffruntime.options import model_options
@@ -133,6 +141,7 @@ async def generate_local(
         Capability,
         ChatMessage,
         GenerationRequest,
+        Media,
         RequestRejected,
         TextRuntime,
         Token,
@@ -150,10 +159,11 @@ async def generate_local(
         ):
             raise click.ClickException(f"{variant.name} does not generate text")
         opts = model_options(files.params, options)  # type: ignore[arg-type]
+        media = tuple(Media(b, "image") for b in images)
         if Capability.CHAT in runtime.capabilities:
-            request = GenerationRequest(messages=[ChatMessage("user", prompt)], options=opts)
+            request = GenerationRequest(messages=[ChatMessage("user", prompt, media=media)], options=opts)
         else:
-            request = GenerationRequest(prompt=prompt, options=opts)
+            request = GenerationRequest(prompt=prompt, options=opts, media=media)
         try:
             async for ev in runtime.generate(request):
                 if isinstance(ev, Token):
@@ -198,6 +208,9 @@ async def _print(pieces: AsyncIterator[str]) -> None:
     "2048); a running server keeps its own",
 )
 @click.option("--local", "force_local", is_flag=True, help="run here even when a server answers at $FF_HOST")
+@click.option("--image", "images", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="an image file to send with the prompt (repeatable; the model needs a projector)")
 def run_command(
     reference: str,
     prompt: str | None,
@@ -212,10 +225,12 @@ def run_command(
     threads: int | None,
     num_ctx: int | None,
     force_local: bool,
+    images: tuple[Path, ...],
 ) -> None:
     """Generate a reply from a model in the store (streams tokens to the terminal), or transcribe --audio."""
     if prompt is None and audio is None:
         raise click.UsageError("give a PROMPT, or --audio FILE for a speech model")
+    pictures = [_read_image(p) for p in images]
     try:
         ref: Reference = parse_reference(reference)
     except ReferenceError as exc:
@@ -240,7 +255,7 @@ def run_command(
             transcribe.write(transcribe.transcribe_server(url, model, audio, prompt, temperature) + "\n")
             return
         assert prompt is not None
-        for piece in stream_server(url, model, prompt, options):
+        for piece in stream_server(url, model, prompt, options, pictures):
             sys.stdout.write(piece)
             sys.stdout.flush()
     else:
@@ -251,8 +266,22 @@ def run_command(
             asyncio.run(_print(pieces))
         else:
             assert prompt is not None
-            asyncio.run(_print(generate_local(chosen, files, prompt, options, threads, num_ctx)))
+            asyncio.run(_print(generate_local(chosen, files, prompt, options, threads, num_ctx, pictures)))
     sys.stdout.write("\n")
+
+
+MAX_IMAGE_FILE = 64 << 20  # read no further: the server or runtime refuses far less (ffruntime.images)
+
+
+def _read_image(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_IMAGE_FILE + 1)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from None
+    if len(data) > MAX_IMAGE_FILE:
+        raise click.ClickException(f"{path} is over {MAX_IMAGE_FILE} bytes")
+    return data
 
 
 COMMANDS = [run_command]

@@ -24,6 +24,8 @@ class Capability(StrEnum):
     EMBED = "embedding"
     TENSOR = "tensor"
     TRANSCRIBE = "transcription"
+    VISION = "vision"  # takes images (a projector)
+    AUDIO = "audio"  # takes audio clips (a projector)
 
 
 ParamValue = str | int | float | bool | list[str]
@@ -37,8 +39,27 @@ class PromptTooLong(RequestRejected):
     """The prompt does not fit the model's context."""
 
 
-class MediaTooLarge(RequestRejected):
-    """An input is larger than its limit (audio longer than allowed); a 413."""
+class MediaRejected(RequestRejected):
+    """An image or audio clip that cannot be taken: not decodable, of another kind than declared,
+    animated, or the model takes no media of its kind; a 400."""
+
+
+class MediaTooLarge(MediaRejected):
+    """An image or clip over the bytes or pixels allowed per item or per request, or audio longer than
+    allowed; a 413."""
+
+
+MediaKind = Literal["image", "audio"]
+
+
+@dataclass(frozen=True)
+class Media:
+    """An image or audio clip as the client sent it: the file's bytes, the kind the client declared, and
+    the MIME type it declared, if any (``image/png``, ``audio/wav``); checked when decoded."""
+
+    data: bytes
+    kind: MediaKind = "image"
+    mime: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +81,7 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_name: str | None = None
     tool_call_id: str | None = None
-    images: tuple[bytes, ...] = ()
+    media: tuple[Media, ...] = ()  # images and clips of this turn, placed before its text
 
 
 @dataclass(frozen=True)
@@ -125,10 +146,20 @@ class GenerationRequest:
     constraint: Constraint = FreeText()  # format / response_format / a forced tool call
     # Tools (JSON-schema function specs, OpenAI/Ollama shape) offered to the chat template.
     tools: Sequence[Mapping[str, object]] | None = None
+    media: tuple[Media, ...] = ()  # images and clips of a ``prompt`` (chat: on each message)
     # Return each generated token's logprob, and the ``top_logprobs`` most likely alternatives.
     logprobs: bool = False
     top_logprobs: int = 0
     cancel: CancelFlag = field(default_factory=CancelFlag)
+
+    def all_media(self) -> tuple[Media, ...]:
+        """Every image and clip of the request, in prompt order (the prompt's, then each message's)."""
+        return (*self.media, *(m for msg in self.messages or () for m in msg.media))
+
+    def media_needs(self) -> frozenset[Capability]:
+        """The capabilities its media ask of a model (:attr:`Capability.VISION`, :attr:`Capability.AUDIO`)."""
+        kinds = {m.kind for m in self.all_media()}
+        return frozenset(Capability.VISION if k == "image" else Capability.AUDIO for k in kinds)
 
 
 DoneReason = Literal["stop", "length", "cancelled"]

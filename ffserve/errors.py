@@ -112,7 +112,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], type[ServeError]], ...] = (
     (ReferenceError, BadRequest),
     (SelectionError, BadRequest),  # no variant, or several, fit: the client must say which
     (RemoteError, BadRequest),  # a push or pull that cannot be done as asked
-    (MediaTooLarge, BodyTooLarge),  # audio longer than the limit: 413
+    (MediaTooLarge, BodyTooLarge),  # an image or clip over the bytes or pixels allowed, audio too long: 413
     (RequestRejected, BadRequest),
     (BackendUnavailable, NotAvailable),
     (RegistryError, BadGateway),  # an unreachable, failing or misbehaving registry

@@ -80,6 +80,9 @@ class Generation:
             self.request.options = model_options(self.model.resolved.files.params, self.request.options)
             if runtime is None or self.need not in runtime.capabilities:
                 raise NotSupported(f"{self.model.name} does not support {self.need.value}")
+            if missing := self.request.media_needs() - runtime.capabilities:
+                what = " or ".join(sorted("images" if c is Capability.VISION else "audio" for c in missing))
+                raise NotSupported(f"{self.model.name} does not take {what}")
             self._span = tracing.start("prefill")
             self._events = runtime.generate(self.request)
             self._first = await self._next()

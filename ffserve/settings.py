@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     max_upload_bytes: int = Field(default=256 * 1024**3, ge=1)  # one blob uploaded to /api/blobs/:digest
+    allow_remote_images: bool = False  # fetch OpenAI image_url http(s) URLs (off: only data URLs)
     shutdown_timeout: float = 30.0
     access_log: bool = True
 

@@ -24,6 +24,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "verify": ("ffbuild.stages.verify",),
     "genai": ("ffbuild.stages.genai",),
     "genai_verify": ("ffbuild.stages.verify",),
+    "verify_projector": ("ffbuild.stages.verify.projector",),
     "onnx_export": (_ONNX,),
     "onnx_source": (_ONNX,),
     "onnx_quantize": (_ONNX,),

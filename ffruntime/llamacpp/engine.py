@@ -16,6 +16,11 @@ Prefix reuse: a finished sequence's KV stays in its slot. A new request takes th
 cached tokens share the longest prefix with its prompt, or copies the KV of any slot sharing a longer
 one (``llama_memory_seq_cp``), and decodes only the rest. A batch the KV cache cannot hold defers its
 youngest sequence (it is re-read later) or, alone, ends it with ``length``; it never crashes.
+
+Media (:mod:`ffruntime.llamacpp.media`): a job with images or audio holds each media chunk as a run of
+pseudo tokens. Its text is read in the shared batches up to a chunk; once the projector's thread has
+encoded the chunk, the step decodes its embeddings into the sequence alone (``_media_step``) and the
+text after it follows; ``pos_delta`` keeps M-RoPE positions, and a kept prefix never ends inside a chunk.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -38,6 +43,9 @@ from ffruntime.llamacpp.text import TextStream
 from ffruntime.llamacpp.threads import Threads
 from ffruntime.llamacpp.vocab import Vocab
 from ffruntime.runtime import CancelFlag, Done, DoneReason, Token, TokenLogprob, TopLogprob
+
+if TYPE_CHECKING:
+    from ffruntime.llamacpp.media import MediaPrompt
 
 END = object()
 """Emitted after a sequence's last event."""
@@ -58,6 +66,12 @@ class Job:
     cancel: CancelFlag
     logprobs: bool = False
     top_logprobs: int = 0
+    media: MediaPrompt | None = None  # images/clips: their chunks are pseudo tokens in ``prompt``
+
+    def close(self) -> None:
+        self.sampler.close()
+        if self.media is not None:
+            self.media.close()
 
 
 @dataclass
@@ -67,6 +81,7 @@ class _Seq:
     text: TextStream
     order: int
     n_past: int = 0  # tokens of ``tokens`` in the slot's KV
+    pos_delta: int = 0  # position of token ``n_past`` minus ``n_past`` (media chunks of M-RoPE models)
     slot: _Slot | None = None
     generated: list[int] = field(default_factory=list)
     pending: list[TokenLogprob] = field(default_factory=list)
@@ -127,6 +142,7 @@ class Stats:
     finished: int = 0
     embed_batches: int = 0
     embed_inputs: int = 0
+    media_chunks: int = 0  # image/audio chunks decoded into sequences
 
 
 class Engine:
@@ -205,20 +221,22 @@ class Engine:
                                               t_start=time.perf_counter_ns()))
                 if self._side_work is not None and self._side_work.pending():
                     self._side_work.run()
-                if batch is not None and (self._active or self._waiting):
-                    self._step(batch)
+                if batch is not None and (self._active or self._waiting) and not self._step(batch):
+                    with self._cond:  # every sequence waits for its media's encoder, which wakes us
+                        if not (self._stop or self._incoming):
+                            self._cond.wait(0.05)
         finally:
             gone = RuntimeFailure("the model was unloaded")
             for seq in [*self._active, *self._waiting]:
                 self._fail(seq, gone)
             for job in self._incoming:
-                job.sampler.close()
+                job.close()
                 _safe_emit(job.emit, gone)
                 _safe_emit(job.emit, END)
             if batch is not None:
                 self.lc.llama_batch_free(batch)
 
-    def _step(self, batch: Any) -> None:
+    def _step(self, batch: Any) -> bool:
         for seq in [s for s in self._active if s.job.cancel.is_set]:
             self._finish(seq, "cancelled")
         for seq in [s for s in self._waiting if s.job.cancel.is_set]:
@@ -233,18 +251,19 @@ class Engine:
                 self._admit(seq, free)
             except Exception as exc:  # this request only
                 self._fail(seq, exc)
+        media = self._media_step()
         entries = self._plan()
         if not entries:
-            return
+            return media or not self._active
         rc, why = self._decode(batch, entries)
         if rc == 1:
             self._kv_full(entries)
-            return
+            return True
         if rc != 0:
             failure = RuntimeFailure(f"llama_decode failed ({rc}): {why}")
             for seq, _, _ in entries:
                 self._fail(seq, failure)
-            return
+            return True
         for seq, n, _ in entries:
             seq.n_past += n
         for seq, _, idx in entries:
@@ -253,6 +272,28 @@ class Engine:
                     self._output(seq, idx)
                 except Exception as exc:  # a failure while sampling one sequence ends that one only
                     self._fail(seq, exc)
+        return True
+
+    def _media_step(self) -> bool:
+        """Decode each encoded media chunk that a sequence reached (one ``llama_decode`` of embeddings
+        each: llama.cpp takes tokens or embeddings in a batch, not both); True when one was decoded."""
+        done = False
+        for seq in [s for s in self._active if s.job.media is not None]:
+            media = seq.job.media
+            assert media is not None and seq.slot is not None
+            part = media.part_at(seq.n_past)
+            if part is None or not part.done.is_set():
+                continue
+            try:
+                pos = media.decode(self.ctx, part, seq.slot.seq_id, seq.n_past + seq.pos_delta, self.n_batch)
+            except Exception as exc:  # this request only
+                self._fail(seq, exc)
+                continue
+            seq.pos_delta = pos - seq.n_past - part.n_tokens
+            seq.n_past += part.n_tokens
+            self.stats.media_chunks += 1
+            done = True
+        return done
 
     def _plan(self) -> list[tuple[_Seq, int, int]]:
         """(sequence, tokens to decode now, batch index of its logits or -1) for this step, in sequence id
@@ -268,6 +309,10 @@ class Engine:
             # A prompt is read up to its last token, which is then decoded alone, as after a reused
             # prefix: the logits of a sequence never depend on how much of its prompt was cached.
             n = min(len(seq.tokens) - seq.n_past - 1, budget)
+            if seq.job.media is not None:  # read text up to the next media chunk
+                n = min(n, seq.job.media.text_until(seq.n_past) - seq.n_past)
+                if n <= 0 and budget > 0:
+                    continue  # its chunk is being encoded
             if n <= 0:
                 break
             picked.append((seq, n))
@@ -288,7 +333,7 @@ class Engine:
             sid = seq.slot.seq_id
             for k in range(n):
                 batch.token[i] = seq.tokens[seq.n_past + k]
-                batch.pos[i] = seq.n_past + k
+                batch.pos[i] = seq.n_past + k + seq.pos_delta
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = sid
                 batch.logits[i] = i == idx
@@ -327,10 +372,13 @@ class Engine:
         else:
             shared = own
         keep = min(shared, len(tokens) - 1)  # the last prompt token is decoded again for its logits
-        if not lc.llama_memory_seq_rm(mem, slot.seq_id, keep, -1):
+        delta = 0
+        if seq.job.media is not None:  # never inside a media chunk; text after one sits off its index
+            keep, delta = seq.job.media.rewind(keep)
+        if not lc.llama_memory_seq_rm(mem, slot.seq_id, keep + delta, -1):
             lc.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
-            keep = 0
-        slot.cached, slot.seq, seq.slot, seq.n_past = [], seq, slot, keep
+            keep = delta = 0
+        slot.cached, slot.seq, seq.slot, seq.n_past, seq.pos_delta = [], seq, slot, keep, delta
         if keep:
             self.stats.prefix_hits += 1
             self.stats.prefix_tokens += keep
@@ -383,7 +431,7 @@ class Engine:
 
     def _finish(self, seq: _Seq, reason: DoneReason) -> None:
         self._release(seq)
-        seq.job.sampler.close()
+        seq.job.close()
         self.stats.finished += 1
         job = seq.job
         now = time.perf_counter_ns()
@@ -398,9 +446,9 @@ class Engine:
     def _fail(self, seq: _Seq, exc: BaseException) -> None:
         if seq.slot is not None:  # what the failed step left in the KV is not trusted
             self.lc.llama_memory_seq_rm(self.mem, seq.slot.seq_id, -1, -1)
-            seq.n_past = 0
+            seq.n_past = seq.pos_delta = 0
         self._release(seq)
-        seq.job.sampler.close()
+        seq.job.close()
         if seq in self._waiting:
             self._waiting.remove(seq)
         _safe_emit(seq.job.emit, exc)
@@ -422,7 +470,7 @@ class Engine:
             return
         assert youngest.slot is not None
         self.lc.llama_memory_seq_rm(self.mem, youngest.slot.seq_id, -1, -1)
-        youngest.n_past = 0
+        youngest.n_past = youngest.pos_delta = 0
         self._release(youngest)
         self._waiting.appendleft(youngest)
         self._hold_waiting = True

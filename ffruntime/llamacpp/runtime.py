@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from ffruntime.constraints import gbnf
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
+from ffruntime.images import MediaLimits
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
 from ffruntime.llamacpp.library import (
@@ -33,6 +35,7 @@ from ffruntime.llamacpp.library import (
     lora_adapter,
     model_params,
 )
+from ffruntime.llamacpp.media import MARKER, MediaPrompt, Projector
 from ffruntime.llamacpp.sampling import Sampler, sampling
 from ffruntime.llamacpp.threads import Threads, most_threads
 from ffruntime.llamacpp.vocab import Vocab, gguf_prompting
@@ -44,6 +47,8 @@ from ffruntime.runtime import (
     EmbedInput,
     Event,
     GenerationRequest,
+    Media,
+    MediaRejected,
     PromptTooLong,
     RequestRejected,
 )
@@ -93,6 +98,7 @@ class LlamaCppRuntime:
         self.prompting = prompting
         self._capabilities = capabilities
         self._memory = estimate_memory(files, loaded.meta, settings.with_(num_parallel=loaded.n_seq))
+        self.projector: Projector | None = None  # images/audio (a variant with a projector layer)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -124,19 +130,25 @@ class LlamaCppRuntime:
         out.update(embed_batches=self.embedder.batches, embed_inputs=self.embedder.inputs,
                    running=engine.busy, slots=len(engine.slots), threads=engine.threads.current,
                    thread_switches=engine.threads.switches, itl_p50_seconds=p50, itl_p99_seconds=p99)
+        if self.projector is not None:
+            out.update(media_encoded=self.projector.encoded, media_cache_hits=self.projector.cache_hits)
         return out
 
     async def close(self) -> None:
         await asyncio.to_thread(self.engine.close)
+        if self.projector is not None:
+            await asyncio.to_thread(self.projector.close)
         self.embedder.close()
         self.llama.free()
 
     # --- text ---------------------------------------------------------------------------------------
     def prepare(self, request: GenerationRequest, emit: Callable[[object], None]) -> Job:
         """The request as an engine job: prompt rendered and tokenized, sampler built (any thread)."""
-        vocab, llama = self.llama.vocab, self.llama
+        vocab = self.llama.vocab
+        media = self._media_of(request)
         try:
-            prompt, template_stops = build_prompt(request, self.prompting)
+            prompt, template_stops = build_prompt(_with_markers(request) if media else request,
+                                                  self.prompting)
         except (ValueError, TemplateError) as exc:
             raise RequestRejected(str(exc)) from None
         stops = stop_strings(request.options, template_stops)
@@ -145,7 +157,27 @@ class LlamaCppRuntime:
         context = list(request.context)
         if any(not 0 <= t < vocab.n_tokens for t in context):
             raise RequestRejected(f"context holds token ids outside the vocabulary (0..{vocab.n_tokens - 1})")
-        tokens = context + vocab.prompt_tokens(prompt, add_special=not context)
+        mprompt: MediaPrompt | None = None
+        if media:
+            if request.suffix:
+                raise RequestRejected("a request with images or audio takes no suffix")
+            assert self.projector is not None
+            bos = vocab.text(vocab.bos) if vocab.adds_bos and vocab.bos >= 0 else ""
+            add = not context and not (bos and prompt.startswith(bos))
+            mprompt = self.projector.prompt(prompt, media, add_special=add, model_name=self.variant.name)
+            tokens = mprompt.after(context)
+        else:
+            tokens = context + vocab.prompt_tokens(prompt, add_special=not context)
+        try:
+            return self._job(request, prompt, tokens, stops, s, grammar, emit, mprompt)
+        except BaseException:
+            if mprompt is not None:
+                mprompt.close()
+            raise
+
+    def _job(self, request: GenerationRequest, prompt: str, tokens: list[int], stops: list[str], s: Any,
+             grammar: str | None, emit: Callable[[object], None], mprompt: MediaPrompt | None) -> Job:
+        vocab, llama, context = self.llama.vocab, self.llama, list(request.context)
         if request.suffix:
             fim = vocab.fim()
             if fim is None:
@@ -162,7 +194,15 @@ class LlamaCppRuntime:
         sampler = Sampler(vocab.ptr, vocab.n_tokens, s, grammar)
         top = max(0, min(int(request.top_logprobs), 20))
         return Job(tokens, sampler, stops, s.num_predict if s.num_predict >= 0 else -1, limit, emit,
-                   request.cancel, logprobs=request.logprobs, top_logprobs=top)
+                   request.cancel, logprobs=request.logprobs, top_logprobs=top, media=mprompt)
+
+    def _media_of(self, request: GenerationRequest) -> list[Media]:
+        """The request's images and clips in prompt order; a model without a projector refuses any."""
+        media = list(request.all_media())
+        if media and self.projector is None:
+            kinds = " and ".join(sorted({"images" if m.kind == "image" else "audio" for m in media}))
+            raise MediaRejected(f"this model takes no {kinds}: it has no multimodal projector")
+        return media
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         if Capability.GENERATE not in self._capabilities:
@@ -218,6 +258,20 @@ class LlamaCppRuntime:
             raise asyncio.CancelledError() from None
         finally:
             cancel.set()
+
+
+def _with_markers(request: GenerationRequest) -> GenerationRequest:
+    """The request with a media marker per item before the text of its prompt or message (where
+    Ollama and llama-server put images that the text does not place)."""
+    def marked(text: str, n: int) -> str:
+        return MARKER * n + text if n else text
+
+    msgs = request.messages
+    return dataclasses.replace(
+        request, prompt=marked(request.prompt, len(request.media)),
+        messages=[dataclasses.replace(m, content=marked(m.content, len(m.media))) for m in msgs]
+        if msgs is not None else None,
+    )
 
 
 def kv_per_slot(meta: Mapping[str, str], num_ctx: int) -> int:
@@ -302,8 +356,23 @@ async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> Ll
     )
     prompting = gguf_prompting(loaded.vocab, ModelfilePrompt.of(files.template, files.system, files.messages))
     caps = {Capability.EMBED}
+    projector = None
     if text:
         caps.add(Capability.GENERATE)
         if prompting.chats:
             caps.add(Capability.CHAT)
-    return LlamaCppRuntime(variant, files, opts, loaded, engine, embedder, prompting, frozenset(caps))
+        if files.projector is not None:
+            try:
+                projector = await asyncio.to_thread(
+                    Projector, files.projector, loaded.model, int(binding().llama_model_n_embd(loaded.model)),
+                    threads=opts.n_threads, limits=MediaLimits(), wake=engine.wake)
+            except BaseException:
+                await asyncio.to_thread(engine.close)
+                embedder.close()
+                loaded.free()
+                raise
+            caps |= {Capability.VISION} if projector.vision else set()
+            caps |= {Capability.AUDIO} if projector.audio else set()
+    rt = LlamaCppRuntime(variant, files, opts, loaded, engine, embedder, prompting, frozenset(caps))
+    rt.projector = projector
+    return rt

@@ -30,6 +30,7 @@ from ffserve.generation import ClientGone, Generation, run_to_end, until_disconn
 from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body
+from ffserve.wire.media import ollama_image
 from ffserve.wire.ollama import (
     ChatRequest,
     EmbeddingsRequest,
@@ -156,10 +157,9 @@ async def generate(request: Request) -> Response:
     body = await parse_body(request, GenerateRequest)
     if not body.prompt and not body.raw:
         return await _load_only(e, body.model, body.keep_alive, {"response": ""})
-    if body.images:
-        raise NotSupported("images are not supported by this model's runtime")
     req = GenerationRequest(
         prompt=body.prompt,
+        media=tuple(ollama_image(b, f"images.{i}") for i, b in enumerate(body.images or ())),
         system=body.system,
         template=body.template,
         raw=body.raw,
@@ -175,10 +175,12 @@ async def generate(request: Request) -> Response:
     return await _answer(request, e, gen, body.stream, "generate", body.model)
 
 
-def _message(m: Message) -> ChatMessage:
+def _message(i: int, m: Message) -> ChatMessage:
     calls = tuple(ToolCall(c.function.name, c.function.arguments, c.id or "") for c in m.tool_calls or ())
+    images = tuple(ollama_image(b, f"messages.{i}.images.{j}") for j, b in enumerate(m.images or ()))
     return ChatMessage(
-        m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name, tool_call_id=m.tool_call_id
+        m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name, tool_call_id=m.tool_call_id,
+        media=images,
     )
 
 
@@ -189,11 +191,9 @@ async def chat(request: Request) -> Response:
         return await _load_only(
             e, body.model, body.keep_alive, {"message": {"role": "assistant", "content": ""}}
         )
-    if any(m.images for m in body.messages):
-        raise NotSupported("images are not supported by this model's runtime")
     tools, forced = toolcalls.plan(body.tools, body.tool_choice or body.options.tool_choice)
     req = GenerationRequest(
-        messages=[_message(m) for m in body.messages],
+        messages=[_message(i, m) for i, m in enumerate(body.messages)],
         options=body.options.params(),
         constraint=forced or format_constraint(body.format),
         tools=tools,

@@ -81,6 +81,10 @@ def _capabilities(v: VariantRef, files: ModelFiles | None) -> list[str]:
         caps.append("chat")
     if v.format == "gguf":
         caps.append("embedding")  # llama.cpp embeds with any GGUF text model
+    declared = files.config.config.capabilities if files is not None else None
+    if files is not None and files.projector is not None and declared is not None:
+        inputs = declared.input_types or []  # the variant's ModelPack capabilities.inputTypes
+        caps += [cap for kind, cap in (("image", "vision"), ("audio", "audio")) if kind in inputs]
     return caps
 
 

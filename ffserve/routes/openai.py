@@ -24,6 +24,7 @@ from ffruntime.runtime import (
     FreeText,
     GenerationRequest,
     JsonObject,
+    Media,
     Token,
     TokenLogprob,
     ToolCall,
@@ -34,16 +35,19 @@ from ffserve.errors import BadRequest, mapped_error
 from ffserve.generation import Answer, ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.models import canonical
 from ffserve.routes.ollama import GONE, embed_texts
+from ffserve.settings import Settings
 from ffserve.state import AppState, app_state
 from ffserve.streaming import SSE_DONE, EventStream, sse
-from ffserve.wire import parse_body
+from ffserve.wire import media, parse_body
 from ffserve.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ImageURL,
     NamedToolChoice,
     ResponseFormat,
 )
+from ffserve.wire.openai import ChatMessage as OpenAIMessage
 from registry.store import NotFoundError
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -210,7 +214,7 @@ async def _respond(
     return EventStream(reply.chunks(gen), gen.aclose, "text/event-stream")  # type: ignore[return-value]
 
 
-def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+def _messages(body: ChatCompletionRequest, settings: Settings) -> list[ChatMessage]:
     """OpenAI messages as runtime messages: ``developer`` is ``system``; a tool result is named by the
     call it answers."""
     names: dict[str, str] = {}
@@ -228,8 +232,32 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
             names[c.id] = c.function.name
         role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
         tool_name = (names.get(m.tool_call_id or "") or m.name) if role == "tool" else None
-        out.append(ChatMessage(role, m.text(), tuple(calls), tool_name, m.tool_call_id))
+        media = _media(m, f"messages.{i}", settings)
+        out.append(ChatMessage(role, m.text(), tuple(calls), tool_name, m.tool_call_id, media=media))
     return out
+
+
+def _media(m: OpenAIMessage, where: str, settings: Settings) -> tuple[Media, ...]:
+    """The message's image_url and input_audio parts, in order (their text goes before the text parts)."""
+    if not isinstance(m.content, list):
+        return ()
+    out: list[Media] = []
+    for j, p in enumerate(m.content):
+        at = f"{where}.content.{j}"
+        if p.type == "image_url":
+            url = p.image_url.url if isinstance(p.image_url, ImageURL) else p.image_url
+            if not url:
+                raise BadRequest(f"{at}: an image_url part needs image_url.url")
+            out.append(media.image_url(url, f"{at}.image_url", allow_remote=settings.allow_remote_images,
+                                       max_bytes=settings.max_body_bytes))
+        elif p.type == "input_audio":
+            if p.input_audio is None:
+                raise BadRequest(f"{at}: an input_audio part needs input_audio.data and .format")
+            out.append(media.input_audio(p.input_audio.data, p.input_audio.format, f"{at}.input_audio"))
+        elif p.type != "text":
+            raise BadRequest(f"{at}: content part type {p.type!r} is not taken here "
+                             "(text, image_url, input_audio)")
+    return tuple(out)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -240,7 +268,7 @@ async def chat_completions(request: Request) -> Response:
         body.tools, choice.function.name if isinstance(choice, NamedToolChoice) else choice
     )
     req = GenerationRequest(
-        messages=_messages(body),
+        messages=_messages(body, e.settings),
         options=body.options(body.max_completion_tokens).params(),
         constraint=forced or _constraint(body.response_format),
         tools=tools,

@@ -16,9 +16,21 @@ class _Req(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageURL(_Req):
+    url: str = Field(min_length=1)
+    detail: str | None = Field(default=None, max_length=16)
+
+
+class InputAudio(_Req):
+    data: str
+    format: str = Field(max_length=16)
+
+
 class ContentPart(_Req):
     type: str = Field(max_length=64)
     text: str = ""
+    image_url: ImageURL | str | None = None  # an object, or (as some clients send it) the URL itself
+    input_audio: InputAudio | None = None
 
 
 class FunctionCall(_Req):

@@ -15,6 +15,7 @@ from ffbuild.stages.context import (
     BuildContext,
     BuildError,
     Built,
+    FetchedKind,
     JSONValue,
     VariantOutput,
     VerifyPolicyError,
@@ -23,6 +24,7 @@ from ffbuild.stages.context import (
 from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
 from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
+from ffbuild.stages.verify.projector import MIN_COSINE
 
 _MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
 """Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
@@ -158,7 +160,41 @@ def run(ctx: BuildContext) -> str:
     ctx.reference = ref
     for out in llm_outputs(ctx):
         _verify_one(ctx, out, ref)
+    projector = _verify_projector(ctx, ref)
     _check_policy(ctx)
     return f"reference {ref.quantization}; " + ", ".join(
         f"{o.variant.name} {as_number(o.report.get('agreement')):.3f}" for o in llm_outputs(ctx) if o.report
-    )
+    ) + projector
+
+
+def _verify_projector(ctx: BuildContext, ref: Built) -> str:
+    """The projector layer's image embeddings against the source folder's vision tower (when the build
+    has both), reported on every GGUF variant; below :data:`projector.MIN_COSINE` the build fails."""
+    fetched = ctx.fetched
+    if ctx.projector is None or fetched is None or fetched.path is None:
+        return ""
+    if fetched.kind != FetchedKind.HF_FOLDER:
+        return ""
+    folder, proj = fetched.path, ctx.projector
+    key = ctx.cache_key("verify_projector", projector=proj.weight.digest, model=ref.weight.digest)
+    ctx.progress.step("verify", f"projector {proj.weight_name} against {folder.name}'s vision tower")
+
+    def produce(_: Path) -> dict[str, CacheValue]:
+        from ffbuild.stages.verify.projector import verify_projector
+
+        threads = ctx.options.threads or 0
+        return {"report": verify_projector(folder, ref.weight.path, proj.weight.path, threads)}
+
+    entry, _ = ctx.cache.run("verify_projector", key, produce)
+    report = entry.meta.get("report")
+    if not isinstance(report, dict):
+        raise BuildError(f"the verify cache entry {entry.path} is damaged; delete it and build again")
+    for out in gguf_outputs(ctx):
+        out.report = {**(out.report or {}), "projector": report}
+    low = report.get("min_cosine")
+    if isinstance(low, int | float) and low < MIN_COSINE:
+        raise VerifyPolicyError(f"verify failed, nothing was stored: the projector's image embeddings reach "
+                                f"cosine {low:.4f} against the source model's, below {MIN_COSINE}")
+    if isinstance(low, int | float):
+        return f"; projector cosine {low:.4f}"
+    return f"; projector not checked ({report.get('error')})"
