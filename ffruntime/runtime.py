@@ -36,6 +36,14 @@ class PromptTooLong(RequestRejected):
     """The prompt does not fit the model's context."""
 
 
+class UnsupportedSchema(RequestRejected):
+    """An output constraint's JSON schema uses ``feature``, which the grammar engine cannot enforce."""
+
+    def __init__(self, message: str, feature: str) -> None:
+        super().__init__(message)
+        self.feature = feature
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A function call the model made: ``arguments`` is the parsed JSON object."""
