@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ffruntime.errors import BackendUnavailable
-from ffruntime.runtime import RequestRejected
+from ffruntime.runtime import RequestRejected, UnsupportedSchema
 from ffserve.encoding import JSONResponse
 from registry.artifact import ArtifactError
 from registry.errors import AuthError, RegistryError, RemoteError, SignatureError
@@ -104,6 +104,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], type[ServeError]], ...] = (
     (ReferenceError, BadRequest),
     (SelectionError, BadRequest),  # no variant, or several, fit: the client must say which
     (RemoteError, BadRequest),  # a push or pull that cannot be done as asked
+    (UnsupportedSchema, BadRequest),  # a JSON schema feature constrained decoding cannot enforce, named
     (RequestRejected, BadRequest),
     (BackendUnavailable, NotAvailable),
     (RegistryError, BadGateway),  # an unreachable, failing or misbehaving registry

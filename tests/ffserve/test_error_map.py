@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
-from ffruntime.runtime import RequestRejected
+from ffruntime.runtime import RequestRejected, UnsupportedSchema
 from ffserve.errors import Blame, ModelNotFound, ServeError, mapped_error
 from registry.artifact import ArtifactError
 from registry.errors import AuthError, NetworkError, RegistryError, RemoteError, SignatureError
@@ -27,6 +27,7 @@ ANY = (Blame.SERVER, Blame.REGISTRY)
         (SelectionError("no variant matches"), ANY, 400),
         (RemoteError("cannot push a partial model"), ANY, 400),
         (RequestRejected("bad option"), ANY, 400),
+        (UnsupportedSchema("format: the JSON schema uses not, …", "not"), ANY, 400),
         (BackendUnavailable("pip install it"), ANY, 501),
         (NetworkError("unreachable"), ANY, 502),
         (RegistryError("the registry said 500"), ANY, 502),
