@@ -84,8 +84,7 @@ def _llguidance(vocab: Any, pieces: list[bytes], eos: int) -> Callable[[str], _W
 
 
 def _xgrammar(pieces: list[bytes], eos: int) -> Callable[[str], _Walk]:
-    import torch
-    import xgrammar as xgr
+    import xgrammar as xgr  # imports torch
 
     info = xgr.TokenizerInfo(pieces, xgr.VocabType.RAW, stop_token_ids=[eos])
     compiler = xgr.GrammarCompiler(info)
@@ -101,7 +100,6 @@ def _xgrammar(pieces: list[bytes], eos: int) -> Callable[[str], _Walk]:
             return np.unpackbits(bits, bitorder="little")[: len(pieces)].astype(bool)
 
         w.mask, w.take, w.done = mask, lambda t: None if m.accept_token(t) else None, m.is_terminated
-        del torch
         return w
 
     return make
@@ -135,7 +133,7 @@ def _run(name: str, make: Callable[[str], _Walk], corpus: list[dict[str, Any]], 
          eos: int, steps: int) -> None:
     import jsonschema
 
-    compiled, compile_ms, mask_us, valid, failures = 0, [], [], 0, []
+    compiled, compile_ms, mask_us, valid, complete, failures = 0, [], [], 0, 0, []
     for item in corpus:
         text = json.dumps(item["schema"])
         t0 = time.perf_counter()
@@ -147,7 +145,7 @@ def _run(name: str, make: Callable[[str], _Walk], corpus: list[dict[str, Any]], 
         compile_ms.append((time.perf_counter() - t0) * 1000)
         compiled += 1
         rng = random.Random(item["name"])
-        out = b""
+        out, ended = b"", False
         for _ in range(steps):
             t1 = time.perf_counter()
             allowed = walk.mask()
@@ -158,24 +156,31 @@ def _run(name: str, make: Callable[[str], _Walk], corpus: list[dict[str, Any]], 
             # prefer closing: take the stop token one time in four once it is allowed
             tok = eos if allowed[eos] and rng.random() < 0.25 else int(ids[rng.randrange(len(ids))])
             if tok == eos:
+                ended = True
                 break
             walk.take(tok)
             out += pieces[tok]
             if walk.done():
+                ended = True
                 break
+        if not ended:
+            continue  # still inside a long string or array after ``steps`` tokens: not judged
+        complete += 1
         try:
             doc = json.loads(out)
             v = jsonschema.validators.validator_for(item["schema"])
             v(item["schema"], format_checker=v.FORMAT_CHECKER).validate(doc)
             valid += 1
-        except (ValueError, jsonschema.ValidationError):
-            pass
+        except (ValueError, jsonschema.ValidationError) as exc:
+            why = str(exc).splitlines()[0][:80]
+            failures.append(f"{item['name']}: walk ended invalid: {why} {out[:60]!r}")
     q = statistics.quantiles(mask_us, n=20) if len(mask_us) > 1 else [0.0] * 19
-    print(f"{name:14s} compiled {compiled}/{len(corpus)}  compile median {statistics.median(compile_ms):7.1f} ms"
-          f"  mask median {statistics.median(mask_us):7.0f} µs p95 {q[18]:7.0f} µs"
-          f"  random walks valid {valid}/{compiled}")
+    med = statistics.median(compile_ms) if compile_ms else 0.0
+    print(f"{name:14s} compiled {compiled}/{len(corpus)}  compile median {med:7.1f} ms"
+          f"  mask median {statistics.median(mask_us or [0]):7.0f} µs p95 {q[18]:7.0f} µs"
+          f"  random walks ended {complete}, valid {valid}/{complete}")
     for f in failures:
-        print(f"    refused {f}")
+        print(f"    {f}")
 
 
 def main() -> None:
