@@ -5,12 +5,13 @@ once (about a second for 49k tokens, on the first constrained request) and a :cl
 from the grammar :func:`ffruntime.constraints.guidance_grammar` compiled. Each step the engine computes
 the masks of every constrained sequence in the batch at once (:func:`compute_masks`: llguidance's
 executor, in parallel threads, without the GIL), then for each sequence sets the logits of the tokens
-the grammar forbids to −inf (one ``unpackbits`` and one masked ``copyto`` over the vocabulary, no Python
+the grammar forbids to −inf (a table lookup per mask byte and one add over the vocabulary, no Python
 loop) and lets the sampler chain pick among the rest; the picked token is fed back with :meth:`Guide.accept`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,14 @@ if TYPE_CHECKING:
 
 MASK_THREADS = 4  # most threads llguidance's executor uses for one step's masks
 
+_PENALTIES: npt.NDArray[np.float32] = np.where(
+    np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.bool_),
+    np.float32(0.0),
+    np.float32(-np.inf),
+).astype(np.float32)
+"""Row ``b``: the logit penalties of the 8 tokens whose allowed-bits are byte ``b`` (llguidance's masks
+are little-endian bit sets: token ``i`` is bit ``i % 32`` of word ``i // 32``)."""
+
 
 class Guide:
     """One sequence's grammar state: the mask for its next token, and the tokens it took."""
@@ -41,10 +50,11 @@ class Guide:
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
 
     def constrain(self, logits: npt.NDArray[np.float32]) -> None:
-        """Forbidden tokens' logits to −inf, in place (the mask is computed already)."""
+        """Forbidden tokens' logits to −inf, in place (the mask is computed already): each mask byte
+        looks up its 8 penalties (0 or −inf) in :data:`_PENALTIES`, added to the logits in one pass."""
         self._check()
-        allowed = np.unpackbits(self.bits.view(np.uint8), count=self.n_vocab, bitorder="little").view(np.bool_)
-        np.copyto(logits, np.float32(-np.inf), where=~allowed)
+        penalties = _PENALTIES[self.bits.view(np.uint8)].reshape(-1)[: self.n_vocab]
+        np.add(logits, penalties, out=logits)
 
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token):
@@ -90,6 +100,28 @@ def compute_masks(guides: list[Guide]) -> None:
         g.bits = buf[i]
 
 
+def _tokenizer(vocab: Vocab) -> llguidance.LLTokenizer:
+    """llguidance's tokenizer of a llama.cpp vocabulary: every token's bytes (control tokens marked with
+    a leading 0xFF, as llguidance expects, so no grammar can produce them as text) and llama.cpp's own
+    tokenize function for the strings a grammar forces."""
+    import llguidance
+
+    lc = vocab.lc
+    special = lc.LLAMA_TOKEN_ATTR_CONTROL
+    user = lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+    tokens: list[bytes] = []
+    for t in range(vocab.n_tokens):
+        piece = vocab.piece(t, special=True)
+        attr = int(lc.llama_vocab_get_attr(vocab.ptr, t))
+        if attr & special or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+            piece = b"\xff" + piece
+        tokens.append(piece)
+    tokenize = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens, vocab_ptr=vocab.ptr, tokenize_fptr=tokenize, eos_token=vocab.eos, slices=None
+    )
+
+
 class Guides:
     """The constrained-decoding side of one loaded model (thread-safe)."""
 
@@ -101,9 +133,7 @@ class Guides:
     def tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                from llguidance.llamacpp import lltokenizer_from_vocab
-
-                self._tokenizer = lltokenizer_from_vocab(self._vocab.ptr, eos_token=self._vocab.eos)
+                self._tokenizer = _tokenizer(self._vocab)
             return self._tokenizer
 
     def guide(self, grammar: str) -> Guide:
