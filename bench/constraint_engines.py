@@ -55,7 +55,7 @@ class _Walk:
     """One engine's matcher for one schema: mask(), take(token), done()."""
 
     mask: Callable[[], np.ndarray]
-    take: Callable[[int], None]
+    take: Callable[[int], object]
     done: Callable[[], bool]
 
 
@@ -77,14 +77,14 @@ def _llguidance(vocab: Any, pieces: list[bytes], eos: int) -> Callable[[str], _W
             m.unsafe_compute_mask_ptr(buf.ctypes.data, buf.nbytes)
             return np.unpackbits(buf.view(np.uint8), bitorder="little")[: len(pieces)].astype(bool)
 
-        w.mask, w.take, w.done = mask, lambda t: None if m.consume_token(t) else None, m.is_stopped
+        w.mask, w.take, w.done = mask, m.consume_token, m.is_stopped
         return w
 
     return make
 
 
 def _xgrammar(pieces: list[bytes], eos: int) -> Callable[[str], _Walk]:
-    import xgrammar as xgr  # imports torch
+    import xgrammar as xgr  # type: ignore[import-not-found]  # imports torch
 
     info = xgr.TokenizerInfo(pieces, xgr.VocabType.RAW, stop_token_ids=[eos])
     compiler = xgr.GrammarCompiler(info)
@@ -99,14 +99,14 @@ def _xgrammar(pieces: list[bytes], eos: int) -> Callable[[str], _Walk]:
             bits = buf[0].numpy().view(np.uint8)
             return np.unpackbits(bits, bitorder="little")[: len(pieces)].astype(bool)
 
-        w.mask, w.take, w.done = mask, lambda t: None if m.accept_token(t) else None, m.is_terminated
+        w.mask, w.take, w.done = mask, m.accept_token, m.is_terminated
         return w
 
     return make
 
 
 def _outlines(pieces: list[bytes], eos: int) -> Callable[[str], _Walk]:
-    import outlines_core as oc
+    import outlines_core as oc  # type: ignore[import-not-found]
 
     table: dict[bytes, list[int]] = {}
     for i, p in enumerate(pieces):
@@ -123,7 +123,7 @@ def _outlines(pieces: list[bytes], eos: int) -> Callable[[str], _Walk]:
             out[np.asarray(guide.get_tokens(), dtype=np.int64)] = True
             return out
 
-        w.mask, w.take, w.done = mask, lambda t: None if guide.advance(t) else None, guide.is_finished
+        w.mask, w.take, w.done = mask, guide.advance, guide.is_finished
         return w
 
     return make

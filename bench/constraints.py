@@ -67,8 +67,10 @@ def ask(client: httpx.Client, url: str, model: str, route: str, item: dict[str, 
         body = {
             "model": model, "messages": messages, "seed": seed, "temperature": temperature,
             "max_tokens": max_tokens,
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": item["name"], "strict": True, "schema": item["schema"]}},
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": item["name"], "strict": True, "schema": item["schema"]},
+            },
         }
         r = client.post(f"{url}/v1/chat/completions", json=body)
         r.raise_for_status()
@@ -121,7 +123,8 @@ def serving(gguf: Path, parallel: int) -> Iterator[str]:
 
 def validity(url: str, seeds: int, max_tokens: int, workers: int) -> tuple[int, int]:
     """(valid, asked) over the corpus × seeds × temperatures 0, 1 × both routes; failures printed."""
-    jobs = [(route, item, seed, temp) for item in corpus() for seed in range(seeds)
+    # Seed-major: every prefix of the run covers the whole corpus, and progress lines say how far it got.
+    jobs = [(route, item, seed, temp) for seed in range(seeds) for item in corpus()
             for temp in (0.0, 1.0) for route in ROUTES]
     valid, counts = 0, {r: [0, 0] for r in ROUTES}
     t0 = time.perf_counter()
@@ -133,13 +136,15 @@ def validity(url: str, seeds: int, max_tokens: int, workers: int) -> tuple[int, 
             why = invalid(item["schema"], text)
             return None if why is None else f"{route} {item['name']} seed {seed} T={temp} ({reason}): {why}"
 
-        for job, why in zip(jobs, pool.map(one, jobs), strict=True):
+        for done, (job, why) in enumerate(zip(jobs, pool.map(one, jobs), strict=True), 1):
             counts[job[0]][1] += 1
             if why is None:
                 valid += 1
                 counts[job[0]][0] += 1
             else:
-                print("  INVALID", why)
+                print("  INVALID", why, flush=True)
+            if done % (2 * len(corpus())) == 0 or done == len(jobs):
+                print(f"  {valid}/{done} valid after {time.perf_counter() - t0:.0f} s", flush=True)
     took = time.perf_counter() - t0
     print(f"validity: {valid}/{len(jobs)} valid ({len(corpus())} schemas × {seeds} seeds × T 0,1 × routes) "
           f"in {took:.0f} s; " + ", ".join(f"{r} {v}/{n}" for r, (v, n) in counts.items()))
@@ -149,7 +154,10 @@ def validity(url: str, seeds: int, max_tokens: int, workers: int) -> tuple[int, 
 COST_PROMPT = "Write a long story about a lighthouse keeper, as JSON with a title and the story."
 COST_SCHEMA = {
     "type": "object",
-    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string", "minLength": 2000}},
+    "properties": {
+        "title": {"type": "string", "maxLength": 40},
+        "story": {"type": "string", "minLength": 2000},
+    },
     "required": ["title", "story"],
     "additionalProperties": False,
 }
@@ -175,8 +183,9 @@ def cost(url: str, rounds: int, tokens: int) -> float:
             free.append(_decode_rate(client, url, None, tokens))
             guided.append(_decode_rate(client, url, COST_SCHEMA, tokens))
     ratio = statistics.median(g / f for f, g in zip(free, guided, strict=True))
-    print(f"decode, {tokens} tokens, {rounds} alternating rounds (medians): free {statistics.median(free):.1f} "
-          f"tok/s, with a schema {statistics.median(guided):.1f} tok/s; ratio {ratio:.3f} (target ≥ 0.9)")
+    print(f"decode, {tokens} tokens, {rounds} alternating rounds (medians): "
+          f"free {statistics.median(free):.1f} "
+          f"tok/s, with a schema {statistics.median(guided):.1f} tok/s; ratio {ratio:.3f} (target ≥ 0.9)", flush=True)
     return ratio
 
 
@@ -186,7 +195,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=7, help="cost rounds; 0: validity only")
     ap.add_argument("--cost-tokens", type=int, default=128)
     ap.add_argument("--skip-validity", action="store_true")
     args = ap.parse_args()
@@ -194,7 +203,8 @@ def main() -> None:
 
     gguf = args.gguf or _default_gguf()
     with serving(gguf, args.workers) as url:
-        cost(url, args.rounds, args.cost_tokens)
+        if args.rounds > 0:
+            cost(url, args.rounds, args.cost_tokens)
         if not args.skip_validity:
             valid, asked = validity(url, args.seeds, args.max_tokens, args.workers)
             if valid != asked:

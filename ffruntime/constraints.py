@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import (
@@ -30,9 +31,14 @@ from ffruntime.runtime import (
     UnsupportedSchema,
 )
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+else:
+    JsonCompileOptions = dict
+
 MAX_SCHEMA_BYTES = 256 * 1024
 ANY_OBJECT: Mapping[str, object] = {"type": "object"}  # format "json" / response_format json_object
-JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
 """How the compiled JSON may be spaced: some whitespace between tokens, never unbounded (a model that
 keeps writing spaces or newlines in a document it was told to close would run to its length limit)."""
 
@@ -171,7 +177,7 @@ def guidance_grammar(constraint: Constraint) -> str | None:
     try:
         from llguidance import LLMatcher
     except ImportError as exc:
-        raise BackendUnavailable.missing("llguidance", "gguf", "Constrained output (format, schemas)") from exc
+        raise BackendUnavailable.missing("llguidance", "gguf", "Constrained output (JSON schemas)") from exc
     grammar = LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
     failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:

@@ -341,7 +341,8 @@ class Engine:
             return
         logp = None
         if job.logprobs or job.guide is not None:
-            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, idx), shape=(vocab.n_tokens,))
+            raw = self.lc.llama_get_logits_ith(self.ctx, idx)
+            logits = np.ctypeslib.as_array(raw, shape=(vocab.n_tokens,))
             if job.logprobs:
                 logp = log_softmax(logits)  # the model's own distribution, before any constraint
             if job.guide is not None:

@@ -80,7 +80,8 @@ def _executor() -> Any:
         if not _EXECUTOR:
             import llguidance
 
-            _EXECUTOR.append(llguidance.LLExecutor(num_threads=max(1, min(MASK_THREADS, os.cpu_count() or 1))))
+            threads = max(1, min(MASK_THREADS, os.cpu_count() or 1))
+            _EXECUTOR.append(llguidance.LLExecutor(num_threads=threads))
         return _EXECUTOR[0]
 
 
@@ -117,9 +118,10 @@ def _tokenizer(vocab: Vocab) -> llguidance.LLTokenizer:
             piece = b"\xff" + piece
         tokens.append(piece)
     tokenize = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-    return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+    out: llguidance.LLTokenizer = llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
         tokens=tokens, vocab_ptr=vocab.ptr, tokenize_fptr=tokenize, eos_token=vocab.eos, slices=None
     )
+    return out
 
 
 class Guides:

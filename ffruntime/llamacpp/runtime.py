@@ -3,8 +3,8 @@
 One model, one context with ``num_parallel`` sequence slots of ``num_ctx`` tokens each, driven by one
 :class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running sequence in one batch
 (continuous batching, prefix reuse, chunked prefill; see that module). The event loop never runs model
-code: requests are prepared (prompt rendered, tokenized, sampler and output constraint built) in a worker thread, events come
-back through an ``asyncio.Queue``. Model and context parameters come from
+code: requests are prepared (prompt rendered, tokenized, sampler and output constraint built) in a
+worker thread, events come back through an ``asyncio.Queue``. Model and context parameters come from
 :mod:`ffruntime.llamacpp.library`, as for the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval`.
 """
 
@@ -88,7 +88,7 @@ class LlamaCppRuntime:
         self.variant, self.files, self.settings = variant, files, settings
         self.llama, self.engine, self.embedder = loaded, engine, embedder
         self.prompting = prompting
-        self.guides = Guides(loaded.vocab)  # output constraints: llguidance's tokenizer, built when first needed
+        self.guides = Guides(loaded.vocab)  # output constraints (llguidance's tokenizer: when first needed)
         self._capabilities = capabilities
         self._memory = estimate_memory(files, loaded.meta, settings)
 

@@ -1,4 +1,4 @@
-"""ffruntime.constraints: wire values checked into the typed constraint; the constraint compiled by llguidance."""
+"""ffruntime.constraints: wire values checked into the typed constraint, compiled by llguidance."""
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def test_forced_call_schema_and_grammar() -> None:
     any_call = forced_tool_call([WEATHER, OTHER])
     assert any_call == ForcedToolCall((WEATHER, OTHER), None)
     assert constraint_schema(any_call) == tool_call_schema([WEATHER, OTHER])
-    assert "get_weather" in (guidance_grammar(any_call) or "") and "other" in (guidance_grammar(any_call) or "")
+    both = guidance_grammar(any_call) or ""
+    assert "get_weather" in both and "other" in both
     named = guidance_grammar(forced_tool_call([WEATHER, OTHER], "other")) or ""
     assert '"other"' in named and "get_weather" not in named
     with pytest.raises(RequestRejected, match="nope"):
