@@ -185,7 +185,8 @@ def cost(url: str, rounds: int, tokens: int) -> float:
     ratio = statistics.median(g / f for f, g in zip(free, guided, strict=True))
     print(f"decode, {tokens} tokens, {rounds} alternating rounds (medians): "
           f"free {statistics.median(free):.1f} "
-          f"tok/s, with a schema {statistics.median(guided):.1f} tok/s; ratio {ratio:.3f} (target ≥ 0.9)", flush=True)
+          f"tok/s, with a schema {statistics.median(guided):.1f} tok/s; ratio {ratio:.3f} (target ≥ 0.9)",
+          flush=True)
     return ratio
 
 
