@@ -155,6 +155,29 @@ def constraint_schema(constraint: Constraint) -> dict[str, object] | None:
             return tool_call_schema(tools, name)
 
 
+FORMAT_MAX_LENGTH = {"time": 24, "date-time": 35}
+"""RFC 3339 times allow any number of fractional digits; a greedy model may write them forever. These
+formats compile with a ``maxLength`` that still admits every offset and nanosecond precision
+(``23:59:60.123456789+01:00``; a date-time is ``YYYY-MM-DDT`` and that), so an answer always ends."""
+_NOT_SCHEMAS = frozenset({"enum", "const", "default", "examples"})  # values, never schemas
+
+
+def bounded(schema: object) -> object:
+    """A copy of ``schema`` whose time and date-time strings have a bounded length (FORMAT_MAX_LENGTH);
+    every string it admits is admitted by ``schema``."""
+    if isinstance(schema, list):
+        return [bounded(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _NOT_SCHEMAS else bounded(v) for k, v in schema.items()}
+    fmt = out.get("format")
+    limit = FORMAT_MAX_LENGTH.get(fmt) if isinstance(fmt, str) else None
+    if limit is not None:
+        current = out.get("maxLength")
+        out["maxLength"] = min(current, limit) if isinstance(current, int) else limit
+    return out
+
+
 def _feature(error: str) -> str:
     """The schema feature an llguidance error names (its messages are the source of the wording)."""
     head = error.strip().splitlines()[0] if error.strip() else error
@@ -178,7 +201,7 @@ def guidance_grammar(constraint: Constraint) -> str | None:
         from llguidance import LLMatcher
     except ImportError as exc:
         raise BackendUnavailable.missing("llguidance", "gguf", "Constrained output (JSON schemas)") from exc
-    grammar = LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
+    grammar = LLMatcher.grammar_from_json_schema(json.dumps(bounded(schema)), overrides=JSON_OPTIONS)
     failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         error = messages[0] if messages else "invalid grammar"

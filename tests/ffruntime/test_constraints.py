@@ -7,6 +7,8 @@ import json
 import pytest
 
 from ffruntime.constraints import (
+    FORMAT_MAX_LENGTH,
+    bounded,
     constraint_schema,
     forced_tool_call,
     format_constraint,
@@ -109,6 +111,25 @@ def test_json_and_schemas_compile_to_grammars() -> None:
     assert only["json_schema"]["properties"] == schema["properties"]
     assert "whitespace_pattern" in only["json_schema"]["x-guidance"]  # bounded whitespace
     assert guidance_grammar(JsonObject()) != guidance_grammar(json_schema(CITY))
+
+
+def test_times_are_bounded_never_narrowed_otherwise() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "when": {"type": "string", "format": "time", "maxLength": 10},
+            "format": {"type": "string", "enum": ["time"]},  # a property named format: not a format
+        },
+        "examples": [{"format": "time"}],
+    }
+    out = bounded(schema)
+    assert out["properties"]["at"] == {"type": "string", "format": "date-time", "maxLength": 35}  # type: ignore[index]
+    assert out["properties"]["when"]["maxLength"] == 10  # type: ignore[index]
+    assert out["properties"]["format"] == schema["properties"]["format"]  # type: ignore[index]
+    assert out["examples"] == schema["examples"]  # type: ignore[index]
+    longest = "2024-12-31T23:59:60.123456789+01:00"
+    assert len(longest) == FORMAT_MAX_LENGTH["date-time"] and len(longest[11:]) == FORMAT_MAX_LENGTH["time"]
 
 
 def test_forced_call_schema_and_grammar() -> None:
