@@ -21,6 +21,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -203,6 +204,7 @@ def main() -> None:
     from bench.serve import _default_gguf
 
     gguf = args.gguf or _default_gguf()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its server
     with serving(gguf, args.workers) as url:
         if args.rounds > 0:
             cost(url, args.rounds, args.cost_tokens)
