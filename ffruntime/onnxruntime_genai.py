@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnxruntime_genai as og
 
-from ffruntime.constraints import constraint_schema, guidance_grammar
+from ffruntime.constraints import bounded, constraint_schema, guidance_grammar
 from ffruntime.errors import RuntimeFailure
 from ffruntime.genai_model import GenAIModel, open_model
 from ffruntime.options import OPTIONS, number
@@ -182,7 +182,7 @@ class GenAIRuntime:
         if schema is None:
             return None
         guidance_grammar(constraint)
-        return json.dumps(schema)
+        return json.dumps(bounded(schema))
 
     def _plan(self, request: GenerationRequest) -> _Plan:
         if request.suffix:
