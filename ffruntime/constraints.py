@@ -38,9 +38,14 @@ else:
 
 MAX_SCHEMA_BYTES = 256 * 1024
 ANY_OBJECT: Mapping[str, object] = {"type": "object"}  # format "json" / response_format json_object
-JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
-"""How the compiled JSON may be spaced: some whitespace between tokens, never unbounded (a model that
-keeps writing spaces or newlines in a document it was told to close would run to its length limit)."""
+JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+"""How the compiled JSON is spaced: one space after each comma and colon, no other whitespace. llguidance
+lets a gap between tokens repeat without end even under a bounded ``whitespace_pattern`` (SmolLM2 wrote
+hundreds of ``\\n`` lines at temperature 1 and hit the length limit), so whitespace is fixed instead."""
 
 
 def _refs(node: object, path: str = "") -> Iterator[tuple[str, object]]:

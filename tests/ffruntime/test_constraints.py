@@ -109,7 +109,7 @@ def test_json_and_schemas_compile_to_grammars() -> None:
     grammar = json.loads(guidance_grammar(json_schema(schema)) or "")
     (only,) = grammar["grammars"]
     assert only["json_schema"]["properties"] == schema["properties"]
-    assert "whitespace_pattern" in only["json_schema"]["x-guidance"]  # bounded whitespace
+    assert only["json_schema"]["x-guidance"]["whitespace_flexible"] is False  # no endless whitespace
     assert guidance_grammar(JsonObject()) != guidance_grammar(json_schema(CITY))
 
 
