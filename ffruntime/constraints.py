@@ -160,10 +160,12 @@ def constraint_schema(constraint: Constraint) -> dict[str, object] | None:
             return tool_call_schema(tools, name)
 
 
-FORMAT_MAX_LENGTH = {"time": 24, "date-time": 35}
-"""RFC 3339 times allow any number of fractional digits; a greedy model may write them forever. These
-formats compile with a ``maxLength`` that still admits every offset and nanosecond precision
-(``23:59:60.123456789+01:00``; a date-time is ``YYYY-MM-DDT`` and that), so an answer always ends."""
+FORMAT_MAX_LENGTH = {"time": 24, "date-time": 35, "email": 64}
+"""RFC 3339 times allow any number of fractional digits, and an email address's parts may repeat; a
+model may write them forever (SmolLM2 did, at temperatures 0 and 1). These formats compile with a
+``maxLength``: times still admit every offset and nanosecond precision (``23:59:60.123456789+01:00``; a
+date-time is ``YYYY-MM-DDT`` and that); email addresses are held to 64 characters, a practical bound
+narrower than RFC 5321's 254 (an answer is still valid for the schema, only shorter)."""
 _NOT_SCHEMAS = frozenset({"enum", "const", "default", "examples"})  # values, never schemas
 
 
