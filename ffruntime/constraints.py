@@ -1,19 +1,26 @@
 """Output constraints: a request's ``format`` / ``response_format`` / forced tool call checked into the
-typed :data:`~ffruntime.runtime.Constraint`, and that constraint compiled to a GBNF grammar.
+typed :data:`~ffruntime.runtime.Constraint`, and that constraint compiled by llguidance.
 
 The routes call only the checking half (:func:`format_constraint`, :func:`json_schema`,
 :func:`forced_tool_call`): a schema is a valid JSON Schema whose every ``$ref`` is a local ``#/…``
-pointer that resolves, else a :class:`RequestRejected` naming the part of the request at fault. Each
-text runtime compiles the constraint for its engine: llama.cpp through :func:`gbnf` (llama-cpp-python's
-converter, imported when first needed; a schema it cannot convert is a :class:`RequestRejected` too),
-ONNX Runtime GenAI through its own JSON-schema guidance.
+pointer that resolves, else a :class:`RequestRejected` naming the part of the request at fault.
+
+Every constraint is a JSON schema (:func:`constraint_schema`), and one engine enforces them all:
+llguidance (chosen by measurement over xgrammar and outlines-core: docs/benchmarks.md). The llama.cpp
+runtime compiles :func:`guidance_grammar` into a token matcher (:mod:`ffruntime.llamacpp.guide`); ONNX
+Runtime GenAI hands the same schema to the llguidance it embeds. A schema using a feature llguidance
+cannot enforce (``uniqueItems``, ``not``, ``if``/``then``, an unknown ``format``, a look-around pattern)
+is an :class:`~ffruntime.runtime.UnsupportedSchema` naming it: a 400, before any decoding.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import (
     Constraint,
     ForcedToolCall,
@@ -21,9 +28,24 @@ from ffruntime.runtime import (
     JsonObject,
     JsonSchema,
     RequestRejected,
+    UnsupportedSchema,
 )
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+else:
+    JsonCompileOptions = dict
+
 MAX_SCHEMA_BYTES = 256 * 1024
+ANY_OBJECT: Mapping[str, object] = {"type": "object"}  # format "json" / response_format json_object
+JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+"""How the compiled JSON is spaced: one space after each comma and colon, no other whitespace. llguidance
+lets a gap between tokens repeat without end even under a bounded ``whitespace_pattern`` (SmolLM2 wrote
+hundreds of ``\\n`` lines at temperature 1 and hit the length limit), so whitespace is fixed instead."""
 
 
 def _refs(node: object, path: str = "") -> Iterator[tuple[str, object]]:
@@ -125,31 +147,76 @@ def forced_tool_call(tools: Sequence[Mapping[str, object]], name: str | None = N
     return ForcedToolCall(tuple(tools), name)
 
 
-def schema_grammar(schema: Mapping[str, object], source: str) -> str:
-    """The GBNF of JSON texts valid for ``schema`` (already checked)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        grammar: str = json_schema_to_gbnf(json.dumps(schema))
-    except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
-        raise RequestRejected(f"{source}: this JSON schema cannot be turned into a grammar: {exc}") from None
-    return grammar
-
-
-def json_grammar() -> str:
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    return str(JSON_GBNF)
-
-
-def gbnf(constraint: Constraint) -> str | None:
-    """The GBNF grammar that enforces ``constraint`` (llama.cpp's form); None for free text."""
+def constraint_schema(constraint: Constraint) -> dict[str, object] | None:
+    """The JSON schema the output must match (every engine compiles this one); None for free text."""
     match constraint:
         case FreeText():
             return None
         case JsonObject():
-            return json_grammar()
-        case JsonSchema(schema, source):
-            return schema_grammar(schema, source)
+            return dict(ANY_OBJECT)
+        case JsonSchema(schema):
+            return dict(schema)
         case ForcedToolCall(tools, name):
-            return schema_grammar(tool_call_schema(tools, name), "tools")
+            return tool_call_schema(tools, name)
+
+
+FORMAT_MAX_LENGTH = {"time": 24, "date-time": 35, "email": 64}
+"""RFC 3339 times allow any number of fractional digits, and an email address's parts may repeat; a
+model may write them forever (SmolLM2 did, at temperatures 0 and 1). These formats compile with a
+``maxLength``: times still admit every offset and nanosecond precision (``23:59:60.123456789+01:00``; a
+date-time is ``YYYY-MM-DDT`` and that); email addresses are held to 64 characters, a practical bound
+narrower than RFC 5321's 254 (an answer is still valid for the schema, only shorter)."""
+_NOT_SCHEMAS = frozenset({"enum", "const", "default", "examples"})  # values, never schemas
+
+
+def bounded(schema: object) -> object:
+    """A copy of ``schema`` whose time and date-time strings have a bounded length (FORMAT_MAX_LENGTH);
+    every string it admits is admitted by ``schema``."""
+    if isinstance(schema, list):
+        return [bounded(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _NOT_SCHEMAS else bounded(v) for k, v in schema.items()}
+    fmt = out.get("format")
+    limit = FORMAT_MAX_LENGTH.get(fmt) if isinstance(fmt, str) else None
+    if limit is not None:
+        current = out.get("maxLength")
+        out["maxLength"] = min(current, limit) if isinstance(current, int) else limit
+    return out
+
+
+def _feature(error: str) -> str:
+    """The schema feature an llguidance error names (its messages are the source of the wording)."""
+    head = error.strip().splitlines()[0] if error.strip() else error
+    if m := re.match(r"Unimplemented keys: \[(.*)\]", head):
+        return ", ".join(k.strip().strip('"') for k in m.group(1).split(",")) or head
+    if m := re.match(r"Unknown format: (.+)", head):
+        return f"format {m.group(1).strip()!r}"
+    lines = [line.strip() for line in error.strip().splitlines()]
+    if "regex" in head.lower() and len(lines) > 1:
+        return f"the pattern {lines[1]!r}"
+    return head[:200]
+
+
+def guidance_grammar(constraint: Constraint) -> str | None:
+    """The llguidance grammar that enforces ``constraint`` (tokenizer-independent, checked); None for
+    free text. A schema using a feature llguidance cannot enforce is an :class:`UnsupportedSchema`."""
+    schema = constraint_schema(constraint)
+    if schema is None:
+        return None
+    try:
+        from llguidance import LLMatcher
+    except ImportError as exc:
+        raise BackendUnavailable.missing("llguidance", "gguf", "Constrained output (JSON schemas)") from exc
+    grammar = LLMatcher.grammar_from_json_schema(json.dumps(bounded(schema)), overrides=JSON_OPTIONS)
+    failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if failed:
+        error = messages[0] if messages else "invalid grammar"
+        source = constraint.source if isinstance(constraint, JsonSchema) else "tools"
+        feature = _feature(error)
+        detail = " ".join(line.strip() for line in error.splitlines() if line.strip())[:300]
+        raise UnsupportedSchema(
+            f"{source}: the JSON schema uses {feature}, which constrained decoding cannot enforce ({detail})",
+            feature,
+        )
+    return grammar

@@ -12,8 +12,10 @@ Engine has only a static batch scheduler without stop strings or per-request see
 Prompts come from :mod:`ffruntime.prompting` (the Modelfile TEMPLATE, else the model's own chat
 template). Options: ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``seed``, ``repeat_penalty``,
 ``num_predict`` (none: until the end-of-sequence token or a full context), ``stop``. A JSON output
-constraint (``format``) is GenAI's guidance (llguidance) with a JSON schema; a forced tool call is
-refused. Imports neither torch nor transformers.
+constraint (``format``) is GenAI's guidance (the llguidance it embeds, the engine that constrains
+llama.cpp too) with the JSON schema of :func:`ffruntime.constraints.constraint_schema`, checked by
+:func:`~ffruntime.constraints.guidance_grammar` first (the same 400 for a feature it cannot enforce); a
+forced tool call is refused. Imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import onnxruntime_genai as og
 
+from ffruntime.constraints import bounded, constraint_schema, guidance_grammar
 from ffruntime.errors import RuntimeFailure
 from ffruntime.genai_model import GenAIModel, open_model
 from ffruntime.options import OPTIONS, number
@@ -46,10 +49,7 @@ from ffruntime.runtime import (
     DoneReason,
     Event,
     ForcedToolCall,
-    FreeText,
     GenerationRequest,
-    JsonObject,
-    JsonSchema,
     ParamValue,
     PromptTooLong,
     RequestRejected,
@@ -71,7 +71,6 @@ _SEARCH: dict[str, str] = {  # Ollama option → GenAI search option
 _NEUTRAL: dict[str, int | float] = {
     name: o.neutral for name, o in OPTIONS.items() if o.neutral is not None and name not in _SEARCH
 }
-JSON_ANY_OBJECT = {"type": "object"}
 # How many tokens a generator may run ahead of its reader: a slow client or a busy event loop makes the
 # worker wait instead of decoding on, so a cancel takes effect within this many steps.
 LOOKAHEAD = 8
@@ -174,18 +173,16 @@ class GenAIRuntime:
     @staticmethod
     def _guidance(constraint: Constraint) -> str | None:
         """The JSON schema GenAI's guidance (llguidance) constrains decoding to; None for free text."""
-        match constraint:
-            case FreeText():
-                return None
-            case JsonObject():
-                return json.dumps(JSON_ANY_OBJECT)
-            case JsonSchema(schema):
-                return json.dumps(schema)
-            case ForcedToolCall():
-                raise RequestRejected(
-                    "a forced tool call (tool_choice) is llama.cpp's; ONNX Runtime GenAI variants take "
-                    "format (a JSON schema)"
-                )
+        if isinstance(constraint, ForcedToolCall):
+            raise RequestRejected(
+                "a forced tool call (tool_choice) is llama.cpp's; ONNX Runtime GenAI variants take "
+                "format (a JSON schema)"
+            )
+        schema = constraint_schema(constraint)
+        if schema is None:
+            return None
+        guidance_grammar(constraint)
+        return json.dumps(bounded(schema))
 
     def _plan(self, request: GenerationRequest) -> _Plan:
         if request.suffix:

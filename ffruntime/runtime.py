@@ -62,6 +62,14 @@ class Media:
     mime: str | None = None
 
 
+class UnsupportedSchema(RequestRejected):
+    """An output constraint's JSON schema uses ``feature``, which the grammar engine cannot enforce."""
+
+    def __init__(self, message: str, feature: str) -> None:
+        super().__init__(message)
+        self.feature = feature
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A function call the model made: ``arguments`` is the parsed JSON object."""

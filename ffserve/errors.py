@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ffruntime.errors import BackendUnavailable
-from ffruntime.runtime import MediaTooLarge, RequestRejected
+from ffruntime.runtime import MediaTooLarge, RequestRejected, UnsupportedSchema
 from ffserve.encoding import JSONResponse
 from registry.artifact import ArtifactError
 from registry.errors import AuthError, RegistryError, RemoteError, SignatureError
@@ -113,6 +113,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], type[ServeError]], ...] = (
     (SelectionError, BadRequest),  # no variant, or several, fit: the client must say which
     (RemoteError, BadRequest),  # a push or pull that cannot be done as asked
     (MediaTooLarge, BodyTooLarge),  # an image or clip over the bytes or pixels allowed, audio too long: 413
+    (UnsupportedSchema, BadRequest),  # a JSON schema feature constrained decoding cannot enforce, named
     (RequestRejected, BadRequest),
     (BackendUnavailable, NotAvailable),
     (RegistryError, BadGateway),  # an unreachable, failing or misbehaving registry

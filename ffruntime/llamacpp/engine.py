@@ -10,7 +10,9 @@ One engine thread owns the context (the event loop never runs model code). At ev
    :class:`~ffruntime.llamacpp.pacing.Prefill` allows (their inter-token latency stays bounded), else a
    whole batch (``n_batch``);
 3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from measured step
-   times, and samples each sequence that produced logits with its own sampler chain.
+   times, and samples each sequence that produced logits with its own sampler chain; the logits of a
+   constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the masks of all constrained
+   sequences of the step are computed together).
 
 Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot whose
 cached tokens share the longest prefix with its prompt, or copies the KV of any slot sharing a longer
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ffruntime.errors import RuntimeFailure
+from ffruntime.llamacpp.guide import Guide, compute_masks
 from ffruntime.llamacpp.library import binding
 from ffruntime.llamacpp.pacing import Gaps, Prefill
 from ffruntime.llamacpp.sampling import Sampler, log_softmax, top_alternatives
@@ -66,6 +69,7 @@ class Job:
     cancel: CancelFlag
     logprobs: bool = False
     top_logprobs: int = 0
+    guide: Guide | None = None  # the output constraint (format, schema, forced tool call)
     media: MediaPrompt | None = None  # images/clips: their chunks are pseudo tokens in ``prompt``
 
     def close(self) -> None:
@@ -266,8 +270,9 @@ class Engine:
             return True
         for seq, n, _ in entries:
             seq.n_past += n
+        self._masks([seq for seq, _, idx in entries if idx >= 0 and seq.job.guide is not None])
         for seq, _, idx in entries:
-            if idx >= 0:
+            if idx >= 0 and seq.slot is not None:
                 try:
                     self._output(seq, idx)
                 except Exception as exc:  # a failure while sampling one sequence ends that one only
@@ -294,6 +299,14 @@ class Engine:
             self.stats.media_chunks += 1
             done = True
         return done
+
+    def _masks(self, guided: list[_Seq]) -> None:
+        """This step's token masks of the constrained sequences that sample now, computed together."""
+        try:
+            compute_masks([seq.job.guide for seq in guided if seq.job.guide is not None])
+        except Exception as exc:  # a misuse of llguidance's API: those sequences only
+            for seq in guided:
+                self._fail(seq, exc)
 
     def _plan(self) -> list[tuple[_Seq, int, int]]:
         """(sequence, tokens to decode now, batch index of its logits or -1) for this step, in sequence id
@@ -396,13 +409,19 @@ class Engine:
             self._finish(seq, "length")
             return
         logp = None
-        if job.logprobs:
+        if job.logprobs or job.guide is not None:
             raw = self.lc.llama_get_logits_ith(self.ctx, idx)
-            logp = log_softmax(np.ctypeslib.as_array(raw, shape=(vocab.n_tokens,)))
+            logits = np.ctypeslib.as_array(raw, shape=(vocab.n_tokens,))
+            if job.logprobs:
+                logp = log_softmax(logits)  # the model's own distribution, before any constraint
+            if job.guide is not None:
+                job.guide.constrain(logits)  # in llama.cpp's buffer, which the sampler chain reads
         tok = job.sampler.sample(self.ctx, idx)
         if vocab.is_eog(tok):
             self._finish(seq, "stop")
             return
+        if job.guide is not None:
+            job.guide.accept(tok)
         seq.generated.append(tok)
         seq.tokens.append(tok)
         piece = vocab.piece(tok)
@@ -414,7 +433,7 @@ class Engine:
         if text:
             job.emit(Token(text, tuple(seq.pending)))
             seq.pending = []
-        if seq.text.stopped:
+        if seq.text.stopped or (job.guide is not None and job.guide.stopped):
             self._finish(seq, "stop")
         elif 0 < job.max_new <= len(seq.generated) or len(seq.tokens) >= job.limit:
             self._finish(seq, "length")

@@ -4,9 +4,10 @@ One model, one context with ``num_parallel`` sequence slots of ``num_ctx`` token
 0: :func:`ffruntime.settings.parallel_slots` from the weights, the KV cache of a slot and the memory
 budget), driven by one :class:`~ffruntime.llamacpp.engine.Engine` thread that decodes every running
 sequence in one batch (continuous batching, prefix reuse, chunked prefill; see that module). The event
-loop never runs model code: requests are prepared (prompt rendered, tokenized, sampler built) in a
-worker thread, events come back through an ``asyncio.Queue``. Model and context parameters come from
-:mod:`ffruntime.llamacpp.library`, as for the verify stage's :class:`~ffruntime.llamacpp.eval.LlamaEval`.
+loop never runs model code: requests are prepared (prompt rendered, tokenized, sampler and output
+constraint built) in a worker thread, events come back through an ``asyncio.Queue``. Model and context
+parameters come from :mod:`ffruntime.llamacpp.library`, as for the verify stage's
+:class:`~ffruntime.llamacpp.eval.LlamaEval`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ffruntime.constraints import gbnf
+from ffruntime.constraints import guidance_grammar
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
 from ffruntime.images import MediaLimits
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
+from ffruntime.llamacpp.guide import Guides
 from ffruntime.llamacpp.library import (
     attach_lora,
     binding,
@@ -96,6 +98,7 @@ class LlamaCppRuntime:
         self.variant, self.files, self.settings = variant, files, settings
         self.llama, self.engine, self.embedder = loaded, engine, embedder
         self.prompting = prompting
+        self.guides = Guides(loaded.vocab)  # output constraints (llguidance's tokenizer: when first needed)
         self._capabilities = capabilities
         self._memory = estimate_memory(files, loaded.meta, settings.with_(num_parallel=loaded.n_seq))
         self.projector: Projector | None = None  # images/audio (a variant with a projector layer)
@@ -153,7 +156,7 @@ class LlamaCppRuntime:
             raise RequestRejected(str(exc)) from None
         stops = stop_strings(request.options, template_stops)
         s = sampling(request.options)
-        grammar = gbnf(request.constraint)
+        grammar = guidance_grammar(request.constraint)
         context = list(request.context)
         if any(not 0 <= t < vocab.n_tokens for t in context):
             raise RequestRejected(f"context holds token ids outside the vocabulary (0..{vocab.n_tokens - 1})")
@@ -191,10 +194,11 @@ class LlamaCppRuntime:
         limit = min(s.num_ctx, llama.n_ctx_seq) if s.num_ctx > 0 else llama.n_ctx_seq
         if len(tokens) >= limit:
             raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context is {limit} (num_ctx)")
-        sampler = Sampler(vocab.ptr, vocab.n_tokens, s, grammar)
+        guide = self.guides.guide(grammar) if grammar is not None else None
+        sampler = Sampler(vocab.n_tokens, s)
         top = max(0, min(int(request.top_logprobs), 20))
         return Job(tokens, sampler, stops, s.num_predict if s.num_predict >= 0 else -1, limit, emit,
-                   request.cancel, logprobs=request.logprobs, top_logprobs=top, media=mprompt)
+                   request.cancel, logprobs=request.logprobs, top_logprobs=top, media=mprompt, guide=guide)
 
     def _media_of(self, request: GenerationRequest) -> list[Media]:
         """The request's images and clips in prompt order; a model without a projector refuses any."""

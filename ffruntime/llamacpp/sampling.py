@@ -2,9 +2,10 @@
 
 :func:`sampling` reads the Ollama options (the Modelfile ``PARAMETER``s ∪ the request's), rejecting a
 wrong type as a 400 (types and allowed values from :data:`ffruntime.options.OPTIONS`; each field of
-:class:`Sampling` is an option there); :class:`Sampler` owns the ``llama_sampler`` chain (grammar, penalties,
+:class:`Sampling` is an option there); :class:`Sampler` owns the ``llama_sampler`` chain (penalties,
 top-k/typical/top-p/min-p, temperature, mirostat, seeded distribution, or greedy at temperature 0)
-that llama.cpp samples each step with.
+that llama.cpp samples each step with. Output constraints act before it, on the logits
+(:mod:`ffruntime.llamacpp.guide`).
 
 The defaults are llama-cpp-python's (what this server used before this engine), so a request without
 options samples as it did.
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ffruntime.llamacpp.library import binding, captured_log, log_tail
+from ffruntime.llamacpp.library import binding
 from ffruntime.options import number
 from ffruntime.runtime import ParamValue, RequestRejected
 
@@ -59,17 +60,11 @@ def sampling(options: Mapping[str, ParamValue]) -> Sampling:
 class Sampler:
     """A ``llama_sampler`` chain; :meth:`sample` picks (and accepts) the token of one batch output."""
 
-    def __init__(self, vocab: Any, n_vocab: int, s: Sampling, grammar: str | None) -> None:
+    def __init__(self, n_vocab: int, s: Sampling) -> None:
         lc = binding()
         self._lc = lc
         self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         try:
-            if grammar:
-                with captured_log() as log:
-                    g = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-                if not g:
-                    raise RequestRejected(f"invalid grammar: {log_tail(log)}")
-                self._add(g)
             if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
                 last_n = s.repeat_last_n if s.repeat_last_n >= 0 else 2**31 - 1
                 self._add(lc.llama_sampler_init_penalties(

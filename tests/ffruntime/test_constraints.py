@@ -1,14 +1,18 @@
-"""ffruntime.constraints: wire values checked into the typed constraint; the constraint compiled to GBNF."""
+"""ffruntime.constraints: wire values checked into the typed constraint, compiled by llguidance."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from ffruntime.constraints import (
+    FORMAT_MAX_LENGTH,
+    bounded,
+    constraint_schema,
     forced_tool_call,
     format_constraint,
-    gbnf,
-    json_grammar,
+    guidance_grammar,
     json_schema,
     tool_call_schema,
 )
@@ -19,6 +23,7 @@ from ffruntime.runtime import (
     JsonObject,
     JsonSchema,
     RequestRejected,
+    UnsupportedSchema,
 )
 
 WEATHER = {
@@ -34,7 +39,7 @@ CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required"
 
 def test_a_request_is_free_text_unless_asked() -> None:
     assert GenerationRequest().constraint == FreeText()
-    assert gbnf(FreeText()) is None
+    assert constraint_schema(FreeText()) is None and guidance_grammar(FreeText()) is None
 
 
 @pytest.mark.parametrize(
@@ -75,25 +80,56 @@ def test_bad_schemas_are_rejected_when_checked(schema: dict[str, object], words:
     assert str(err.value).startswith("format")
 
 
-def test_a_schema_the_converter_cannot_use_is_rejected_when_compiled() -> None:
-    c = json_schema({"type": "string", "pattern": "abc"}, "response_format.json_schema.schema")
-    with pytest.raises(RequestRejected) as err:
-        gbnf(c)
-    message = str(err.value)
-    assert message.startswith("response_format.json_schema.schema") and "grammar" in message
-    assert "Pattern" in message
+@pytest.mark.parametrize(
+    ("schema", "feature"),
+    [
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        ({"not": {"type": "string"}}, "not"),
+        ({"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}, "if, then"),
+        ({"type": "string", "format": "credit-card"}, "format 'credit-card'"),
+        ({"type": "string", "pattern": "(?=a)b"}, "the pattern '(?=a)b'"),
+    ],
+)
+def test_a_feature_the_engine_cannot_enforce_is_named(schema: dict[str, object], feature: str) -> None:
+    c = json_schema(schema, "response_format.json_schema.schema")  # a valid JSON schema: checked, kept
+    with pytest.raises(UnsupportedSchema) as err:
+        guidance_grammar(c)
+    assert err.value.feature == feature
+    assert isinstance(err.value, RequestRejected)  # a 400 through ffserve.errors' map
+    assert str(err.value).startswith(f"response_format.json_schema.schema: the JSON schema uses {feature}")
 
 
-def test_json_and_schemas_compile_to_gbnf() -> None:
-    assert gbnf(JsonObject()) == json_grammar() and "root" in json_grammar()
+def test_json_and_schemas_compile_to_grammars() -> None:
+    assert constraint_schema(JsonObject()) == {"type": "object"}
     schema = {
         "type": "object",
-        "properties": {"n": {"$ref": "#/$defs/n"}},
+        "properties": {"n": {"$ref": "#/$defs/n"}, "day": {"type": "string", "format": "date"}},
         "$defs": {"n": {"type": "integer"}},
     }
-    grammar = gbnf(json_schema(schema)) or ""
-    assert "root ::=" in grammar and "integer" in grammar
-    assert gbnf(json_schema(CITY)) != gbnf(json_schema(schema))
+    grammar = json.loads(guidance_grammar(json_schema(schema)) or "")
+    (only,) = grammar["grammars"]
+    assert only["json_schema"]["properties"] == schema["properties"]
+    assert only["json_schema"]["x-guidance"]["whitespace_flexible"] is False  # no endless whitespace
+    assert guidance_grammar(JsonObject()) != guidance_grammar(json_schema(CITY))
+
+
+def test_times_are_bounded_never_narrowed_otherwise() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "when": {"type": "string", "format": "time", "maxLength": 10},
+            "format": {"type": "string", "enum": ["time"]},  # a property named format: not a format
+        },
+        "examples": [{"format": "time"}],
+    }
+    out = bounded(schema)
+    assert out["properties"]["at"] == {"type": "string", "format": "date-time", "maxLength": 35}  # type: ignore[index]
+    assert out["properties"]["when"]["maxLength"] == 10  # type: ignore[index]
+    assert out["properties"]["format"] == schema["properties"]["format"]  # type: ignore[index]
+    assert out["examples"] == schema["examples"]  # type: ignore[index]
+    longest = "2024-12-31T23:59:60.123456789+01:00"
+    assert len(longest) == FORMAT_MAX_LENGTH["date-time"] and len(longest[11:]) == FORMAT_MAX_LENGTH["time"]
 
 
 def test_forced_call_schema_and_grammar() -> None:
@@ -103,10 +139,11 @@ def test_forced_call_schema_and_grammar() -> None:
     assert named_schema["properties"]["name"] == {"const": "other"}  # type: ignore[index]
     any_call = forced_tool_call([WEATHER, OTHER])
     assert any_call == ForcedToolCall((WEATHER, OTHER), None)
-    grammar = gbnf(any_call) or ""
-    assert '"\\"get_weather\\""' in grammar and '"\\"other\\""' in grammar
-    named = gbnf(forced_tool_call([WEATHER, OTHER], "other")) or ""
-    assert '"\\"other\\""' in named and "get_weather" not in named
+    assert constraint_schema(any_call) == tool_call_schema([WEATHER, OTHER])
+    both = guidance_grammar(any_call) or ""
+    assert "get_weather" in both and "other" in both
+    named = guidance_grammar(forced_tool_call([WEATHER, OTHER], "other")) or ""
+    assert '"other"' in named and "get_weather" not in named
     with pytest.raises(RequestRejected, match="nope"):
         forced_tool_call([WEATHER], "nope")
 

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
-from ffruntime.runtime import RequestRejected
+from ffruntime.runtime import RequestRejected, UnsupportedSchema
 from ffserve.errors import (
     GRPC_CODES,
     BadRequest,
@@ -39,6 +39,7 @@ ANY = (Blame.SERVER, Blame.REGISTRY)
         (SelectionError("no variant matches"), ANY, 400),
         (RemoteError("cannot push a partial model"), ANY, 400),
         (RequestRejected("bad option"), ANY, 400),
+        (UnsupportedSchema("format: the JSON schema uses not, …", "not"), ANY, 400),
         (BackendUnavailable("pip install it"), ANY, 501),
         (NetworkError("unreachable"), ANY, 502),
         (RegistryError("the registry said 500"), ANY, 502),

@@ -13,7 +13,6 @@ import pytest
 
 import ffruntime
 from ffruntime.llamacpp.runtime import LlamaCppRuntime
-from ffruntime.llamacpp.sampling import Sampler, sampling
 from ffruntime.runtime import (
     CancelFlag,
     Capability,
@@ -25,6 +24,7 @@ from ffruntime.runtime import (
     PromptTooLong,
     RequestRejected,
     Token,
+    UnsupportedSchema,
 )
 from ffruntime.settings import LoadSettings
 from registry.artifact import ModelFiles, VariantRef, open_variant, variants_of
@@ -42,7 +42,7 @@ PROMPTS = [
     "Say hello in Spanish.",
     "Why is the sky blue?",
 ]
-UNCONVERTIBLE = JsonSchema({"type": "string", "pattern": "abc"})  # a schema llama.cpp's converter refuses
+UNCONVERTIBLE = JsonSchema({"type": "array", "uniqueItems": True})  # a schema llguidance cannot enforce
 
 
 def stored(tmp: Path, gguf: Path, name: str = "tiny") -> tuple[VariantRef, ModelFiles]:
@@ -153,9 +153,10 @@ def test_cancel_and_errors_leave_the_others_alone(rt: LlamaCppRuntime) -> None:
     assert rt.stats()["running"] == 0
 
 
-def test_an_invalid_grammar_is_rejected(rt: LlamaCppRuntime) -> None:
-    with pytest.raises(RequestRejected, match="invalid grammar"):
-        Sampler(rt.llama.vocab.ptr, rt.llama.vocab.n_tokens, sampling({}), "root ::= nonsense (")
+def test_a_schema_the_engine_cannot_enforce_is_rejected_naming_the_feature(rt: LlamaCppRuntime) -> None:
+    with pytest.raises(UnsupportedSchema, match="uniqueItems") as err:
+        rt.prepare(GenerationRequest(prompt="x", constraint=UNCONVERTIBLE), lambda _: None)
+    assert err.value.feature == "uniqueItems"
 
 
 def test_stop_strings_end_the_text_before_them(rt: LlamaCppRuntime) -> None:
@@ -195,8 +196,41 @@ def test_json_format_and_schema_give_valid_json(rt: LlamaCppRuntime) -> None:
     r1 = GenerationRequest(messages=ask, constraint=JsonObject(), options=greedy)
     r2 = GenerationRequest(messages=ask, constraint=JsonSchema(schema), options=greedy)
     out1, out2 = together(rt, [r1, r2])
-    assert isinstance(json.loads(text_of(out1)), dict | list)
+    assert isinstance(json.loads(text_of(out1)), dict)
     assert isinstance(json.loads(text_of(out2))["city"], str)
+    assert out1[1] is not None and out1[1].reason == "stop"  # the grammar ended it, not the limit
+
+
+def test_a_constrained_string_never_holds_a_raw_newline(rt: LlamaCppRuntime) -> None:
+    """The bug llama-cpp-python's old converter had: its string rule admitted raw control characters,
+    so a strict answer could run on (``"France }\n\n…``) to the length limit, never closed."""
+    city = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+            "required": ["city", "country"], "additionalProperties": False}
+    ask = [ChatMessage("user", "What is the capital of France? Answer in JSON with city and country.")]
+    reqs = [GenerationRequest(messages=ask, constraint=JsonSchema(city),
+                              options={"temperature": t, "seed": seed, "num_predict": 120})
+            for t, seed in [(0, 0), (1.0, 1), (1.0, 2), (1.0, 3)]]
+    for tokens, done in together(rt, reqs):
+        assert done is not None and done.reason == "stop"
+        value = json.loads("".join(t.text for t in tokens))
+        assert set(value) == {"city", "country"}
+        assert not any(ch < " " for v in value.values() for ch in v)
+
+
+def test_constrained_and_free_sequences_batch_together(rt: LlamaCppRuntime) -> None:
+    """A free sequence beside constrained ones stays free (the masks are per sequence): prose to its limit."""
+    free = chat(PROMPTS[0], num_predict=24)
+    ask = [ChatMessage("user", "List two colours as JSON.")]
+    schema = {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 2, "maxItems": 2}
+    options = [{"temperature": 1.0, "seed": s, "num_predict": 60} for s in (1, 2, 3)]
+    guided = [GenerationRequest(messages=ask, constraint=JsonSchema(schema), options=o) for o in options]
+    out = together(rt, [free, *guided])
+    done = out[0][1]
+    assert done is not None and done.reason == "length" and done.completion_tokens == 24
+    assert not text_of(out[0]).lstrip().startswith(("{", "["))
+    for result in out[1:]:
+        value = json.loads(text_of(result))
+        assert isinstance(value, list) and len(value) == 2
 
 
 def test_logprobs_are_log_probabilities_sorted(rt: LlamaCppRuntime) -> None:
