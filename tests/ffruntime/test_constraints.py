@@ -8,6 +8,7 @@ import pytest
 
 from ffruntime.constraints import (
     FORMAT_MAX_LENGTH,
+    PATTERN_MAX_LENGTH,
     bounded,
     constraint_schema,
     forced_tool_call,
@@ -130,6 +131,26 @@ def test_times_are_bounded_never_narrowed_otherwise() -> None:
     assert out["examples"] == schema["examples"]  # type: ignore[index]
     longest = "2024-12-31T23:59:60.123456789+01:00"
     assert len(longest) == FORMAT_MAX_LENGTH["date-time"] and len(longest[11:]) == FORMAT_MAX_LENGTH["time"]
+
+
+def test_pattern_strings_are_bounded_and_still_match() -> None:
+    """A pattern with an unbounded repeat gets PATTERN_MAX_LENGTH; a schema's own maxLength stays, and a
+    property named ``pattern`` is not a pattern."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "version": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+\\.[0-9]+$"},
+            "code": {"type": "string", "pattern": "^[A-Z]+$", "maxLength": 8},
+            "pattern": {"type": "string"},
+        },
+    }
+    out = bounded(schema)
+    props = out["properties"]  # type: ignore[index]
+    assert props["version"]["maxLength"] == PATTERN_MAX_LENGTH
+    assert props["code"]["maxLength"] == 8
+    assert props["pattern"] == {"type": "string"}
+    assert "maxLength" not in out  # type: ignore[operator]
+    assert guidance_grammar(json_schema(out)) is not None  # llguidance takes pattern and maxLength together
 
 
 def test_forced_call_schema_and_grammar() -> None:
