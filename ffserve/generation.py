@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ffruntime import tracing
 from ffruntime.options import model_options
@@ -27,9 +28,11 @@ from ffruntime.runtime import (
     Token,
     TokenLogprob,
 )
+from ffserve.encoding import JSONResponse
 from ffserve.errors import NotSupported
 from ffserve.metrics import Metrics
 from ffserve.scheduler import Loaded, Scheduler
+from ffserve.streaming import EventStream
 
 T = TypeVar("T")
 
@@ -212,3 +215,30 @@ async def run_to_end(request: Request, gen: Generation) -> Answer:
             await gen.aclose()
 
     return await until_disconnected(request, work())
+
+
+GONE = Response(status_code=499)  # the client went away: nobody reads the answer
+
+
+async def respond(
+    request: Request,
+    gen: Generation,
+    stream: bool,
+    whole: Callable[[Answer], object],
+    events: Callable[[Generation], AsyncIterator[bytes]],
+    media_type: str = "text/event-stream",
+) -> Response:
+    """A generation's answer: ``whole(answer)`` as JSON, or when ``stream`` the ``events(gen)`` stream
+    (started first, so an error before the first token is still an HTTP error); 499 if the client left."""
+    if not stream:
+        try:
+            answer = await run_to_end(request, gen)
+        except ClientGone:
+            return GONE
+        return JSONResponse(whole(answer))
+    try:
+        await until_disconnected(request, gen.start())
+    except ClientGone:
+        await gen.aclose()
+        return GONE
+    return EventStream(events(gen), gen.aclose, media_type)  # type: ignore[return-value]

@@ -34,10 +34,9 @@ from ffruntime.runtime import (
 from ffserve import toolcalls
 from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, NotSupported
-from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
-from ffserve.routes.ollama import GONE
+from ffserve.generation import GONE, ClientGone, Generation, respond, run_to_end
 from ffserve.state import app_state
-from ffserve.streaming import EventStream, sse_event
+from ffserve.streaming import sse_event
 from ffserve.wire import parse_body
 from ffserve.wire.anthropic import (
     CountTokensRequest,
@@ -214,18 +213,7 @@ async def messages(request: Request) -> Response:
     req = _request(body, options)
     gen = Generation(e.scheduler, e.metrics, body.model, req, keep_alive=None, need=Capability.CHAT)
     reply = _Reply(body.model, toolcalls.tool_names(req.tools), list(body.stop_sequences or ()))
-    if not body.stream:
-        try:
-            answer = await run_to_end(request, gen)
-        except ClientGone:
-            return GONE
-        return JSONResponse(reply.whole(answer.text, answer.done))
-    try:
-        await until_disconnected(request, gen.start())
-    except ClientGone:
-        await gen.aclose()
-        return GONE
-    return EventStream(reply.events(gen), gen.aclose, "text/event-stream")  # type: ignore[return-value]
+    return await respond(request, gen, body.stream, lambda a: reply.whole(a.text, a.done), reply.events)
 
 
 async def count_tokens(request: Request) -> Response:

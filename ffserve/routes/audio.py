@@ -26,8 +26,7 @@ from ffruntime.runtime import (
 )
 from ffserve.encoding import JSONResponse
 from ffserve.errors import NotSupported
-from ffserve.generation import ClientGone, until_disconnected
-from ffserve.routes.ollama import GONE
+from ffserve.generation import GONE, ClientGone, until_disconnected
 from ffserve.scheduler import Loaded
 from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, sse

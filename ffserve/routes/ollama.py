@@ -26,7 +26,7 @@ from ffruntime.runtime import (
 from ffserve import logprobs, toolcalls
 from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, NotSupported
-from ffserve.generation import ClientGone, Generation, run_to_end, until_disconnected
+from ffserve.generation import GONE, ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.state import AppState, app_state
 from ffserve.streaming import EventStream, ndjson
 from ffserve.wire import parse_body
@@ -39,8 +39,6 @@ from ffserve.wire.ollama import (
     Message,
     now,
 )
-
-GONE = Response(status_code=499)
 
 if TYPE_CHECKING:
     import numpy as np

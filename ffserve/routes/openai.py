@@ -32,12 +32,12 @@ from ffruntime.runtime import (
 from ffserve import logprobs, toolcalls
 from ffserve.encoding import JSONResponse
 from ffserve.errors import BadRequest, mapped_error
-from ffserve.generation import Answer, ClientGone, Generation, run_to_end, until_disconnected
+from ffserve.generation import GONE, Answer, ClientGone, Generation, respond
 from ffserve.models import canonical
-from ffserve.routes.ollama import GONE, embed_texts
+from ffserve.routes.ollama import embed_texts
 from ffserve.settings import Settings
 from ffserve.state import AppState, app_state
-from ffserve.streaming import SSE_DONE, EventStream, sse
+from ffserve.streaming import SSE_DONE, sse
 from ffserve.wire import media, parse_body
 from ffserve.wire.openai import (
     ChatCompletionRequest,
@@ -200,18 +200,7 @@ async def _respond(
 ) -> Response:
     names = toolcalls.tool_names(gen.request.tools)
     reply = _Reply(chat, model, gen.request.logprobs, include_usage, names)
-    if not stream:
-        try:
-            answer = await run_to_end(request, gen)
-        except ClientGone:
-            return GONE
-        return JSONResponse(reply.whole(answer))
-    try:
-        await until_disconnected(request, gen.start())
-    except ClientGone:
-        await gen.aclose()
-        return GONE
-    return EventStream(reply.chunks(gen), gen.aclose, "text/event-stream")  # type: ignore[return-value]
+    return await respond(request, gen, stream, reply.whole, reply.chunks)
 
 
 def _messages(body: ChatCompletionRequest, settings: Settings) -> list[ChatMessage]:

@@ -26,8 +26,7 @@ from ffruntime.runtime import CancelFlag, Tensor, TensorRuntime, TensorSpec
 from ffserve import __version__
 from ffserve.encoding import JSONResponse
 from ffserve.errors import ModelNotFound, NotSupported
-from ffserve.generation import ClientGone, until_disconnected
-from ffserve.routes.ollama import GONE
+from ffserve.generation import GONE, ClientGone, until_disconnected
 from ffserve.routes.ops import ready as server_ready
 from ffserve.scheduler import Loaded
 from ffserve.state import AppState, app_state
