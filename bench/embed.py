@@ -43,7 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -386,26 +387,8 @@ def main() -> None:
     st, model = st_paths(_minilm_folder(), texts)
     ref = model.encode(check)
     results["sentence-transformers"] = {k: rate(f, args.seconds, args.rounds) for k, f in st.items()}
-    port, grpc_port = loadgen.free_port(), loadgen.free_port()
-    env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
-    env.update(FF_ACCESS_LOG="false", FF_PORT=str(port), FF_GRPC_PORT=str(grpc_port))
     oip: dict[str, dict[str, float]] = {}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ffcli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with serving(home, args.threads) as (url, grpc_port):
         for v in variants:
             paths, embed = direct_paths(home, v, args.threads, texts)
             got = np.array(embed(check))
@@ -427,9 +410,6 @@ def main() -> None:
             del paths, embed
             if args.oip:
                 oip[v] = oip_rates(url, f"127.0.0.1:{grpc_port}", v, texts, args.seconds, args.rounds)
-    finally:
-        server.terminate()
-        server.wait(30)
     shapes = list(st)
     base = results["sentence-transformers"]
     timing = f"median of {args.rounds}×{args.seconds}s, client {args.client}, {args.encoding}"
@@ -458,33 +438,37 @@ def print_oip(oip: dict[str, dict[str, float]], args: argparse.Namespace) -> Non
 
 def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.Namespace) -> None:
     """``--oip-only``: a server with FF_GRPC_PORT and the OIP comparison alone."""
+    with serving(home, args.threads) as (url, grpc_port):
+        address = f"127.0.0.1:{grpc_port}"
+        oip = {v: oip_rates(url, address, v, texts, args.seconds, args.rounds) for v in variants}
+    print_oip(oip, args)
+
+
+@contextmanager
+def serving(home: Path, threads: int) -> Iterator[tuple[str, int]]:
+    """``ff serve`` on ``home`` with ``threads`` threads and a gRPC port: (its URL, the gRPC port), once
+    it answers; stopped on leaving."""
+    import httpx
+
     from bench import loadgen
 
     port, grpc_port = loadgen.free_port(), loadgen.free_port()
-    env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "FF_HOME": str(home), "PYTHONPATH": str(REPO), "FF_NUM_THREADS": str(threads)}
     env.update(FF_ACCESS_LOG="false", FF_PORT=str(port), FF_GRPC_PORT=str(grpc_port))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ffcli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "ffcli", "serve"]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
         for _ in range(600):
             try:
                 if httpx.get(url + "/health/live", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        address = f"127.0.0.1:{grpc_port}"
-        oip = {v: oip_rates(url, address, v, texts, args.seconds, args.rounds) for v in variants}
+        yield url, grpc_port
     finally:
         server.terminate()
         server.wait(30)
-    print_oip(oip, args)
 
 
 if __name__ == "__main__":

@@ -59,16 +59,6 @@ def server(qwen2vl_ggufs: tuple[Path, Path], smollm2_gguf: Path,
         yield s
 
 
-@pytest.fixture(scope="module")
-def oc(server: Server) -> ollama.Client:
-    return ollama.Client(host=server.url)
-
-
-@pytest.fixture(scope="module")
-def ai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
 def image_message(image: bytes, mime: str = "image/png") -> list[dict[str, object]]:
     return [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                          {"type": "image_url", "image_url": {"url": data_url(image, mime)}}]}]
