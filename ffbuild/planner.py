@@ -11,28 +11,21 @@ DRAFT, RENDERER, PARSER and REQUIRES are checked but not acted on: each gets a w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from ffbuild.buildargs import resolve_args, substitute, substituted_text, unfaithful
-from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, did_you_mean, printable
+from ffbuild.errors import ModelfileError, ModelfilePlanError, Problem, SourceText, printable
+from ffbuild.instruction_words import parse_labels, parse_verify, requires_version, task_word
 from ffbuild.modelfile import Instruction, Modelfile, parse_file
 from ffbuild.modelfile_text import split_words
-from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert, parse_float32
+from ffbuild.params import DEPRECATED_PARAMETERS, ParamValue, convert
 from ffbuild.plan import Adapter, BuildPlan, Message, Source, SourceKind, Variant, VerifyPolicy
 from ffbuild.sources import SourceFacts, inspect_source, resolve_adapter, resolve_source
 from ffbuild.variants import QuantizeSpec, TargetSpec, expand, parse_quantize, parse_target
-from registry.choices import SPEECH_TASKS, TASKS, TEXT_TASKS
-
-_SEMVER: Final = re.compile(
-    r"v(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)"
-    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?)?)?"
-)
-_LABEL_KEY: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
-VERIFY_KEYS: Final = ("min_agreement", "max_perplexity_ratio", "prompt", "min_cosine", "max_wer")
+from registry.choices import SPEECH_TASKS, TEXT_TASKS
 
 IGNORED_INSTRUCTIONS: Final = {
     "DRAFT": "ff does no speculative decoding: the draft model is neither built nor served",
@@ -141,7 +134,7 @@ class _Planner:
         facts = self._inspect(source, source_ins)
         task_inferred = task is None
         if task is None:
-            task = self._infer_task(source, facts, template)
+            task = self._infertask_word(source, facts, template)
         variants = self._variants(source, quants, target_specs, task)
         self._check_variants(variants, task, c, facts, requantize)
 
@@ -278,7 +271,7 @@ class _Planner:
         elif kw == "PARSER":
             c.parser = args[0]
         elif kw == "REQUIRES":
-            c.requires = _requires(args[0])
+            c.requires = requires_version(args[0])
         elif kw == "QUANTIZE":
             spec = parse_quantize(args)
             c.requantize = c.requantize or bool(spec.requantize)
@@ -289,11 +282,11 @@ class _Planner:
             if c.task_ins is not None:
                 raise Problem(f"more than one TASK (the first is on line {c.task_ins.line})")
             c.task_ins = ins
-            c.task = _task(args[0])
+            c.task = task_word(args[0])
         elif kw == "LABEL":
-            _labels(args, c.labels)
+            parse_labels(args, c.labels)
         elif kw == "VERIFY":
-            _verify(args, c.verify)
+            parse_verify(args, c.verify)
 
     # -- pieces --------------------------------------------------------------------------------------
 
@@ -364,7 +357,7 @@ class _Planner:
                 self.fail(origin[0], origin[1], vp.problem)
         return variants
 
-    def _infer_task(self, source: Source | None, facts: SourceFacts, template: str | None) -> str:
+    def _infertask_word(self, source: Source | None, facts: SourceFacts, template: str | None) -> str:
         if facts.speech:
             return "transcribe"
         if facts.embedding:
@@ -398,63 +391,6 @@ def _is_projector(source: Source) -> bool:
         return read_gguf_header(source.path).kv.get("general.architecture") == "clip"
     except (GGUFFormatError, OSError):
         return False
-
-
-def _requires(text: str) -> str:
-    version = text if text.startswith("v") else "v" + text
-    if not _SEMVER.fullmatch(version):
-        raise Problem(f'REQUIRES "{text}" is not a version', hint="a semantic version, e.g. REQUIRES 0.6.0")
-    return version[1:]
-
-
-def _task(word: str) -> str:
-    task = word.lower()
-    if task not in TASKS:
-        raise Problem(f'unknown task "{word}"', expected=tuple(TASKS), hint=did_you_mean(task, TASKS))
-    return task
-
-
-def _labels(words: Sequence[str], labels: dict[str, str]) -> None:
-    for i, word in enumerate(words):
-        key, eq, value = word.partition("=")
-        if not eq:
-            raise Problem(f'LABEL takes key=value, not "{word}"', arg=i)
-        if not _LABEL_KEY.fullmatch(key):
-            raise Problem(f'invalid label key "{key}" (letters, digits, . _ / -)', arg=i)
-        labels[key] = value
-
-
-def _verify(words: Sequence[str], verify: dict[str, float | str]) -> None:
-    for i, word in enumerate(words):
-        key, eq, value = word.partition("=")
-        key = key.lower()
-        if not eq:
-            raise Problem(f'VERIFY takes key=value, not "{word}"', expected=VERIFY_KEYS, arg=i)
-        if key not in VERIFY_KEYS:
-            raise Problem(
-                f'unknown VERIFY key "{key}"',
-                expected=VERIFY_KEYS,
-                hint=did_you_mean(key, VERIFY_KEYS),
-                arg=i,
-            )
-        if key in verify:
-            raise Problem(f"VERIFY {key} is given twice", arg=i)
-        if key == "prompt":
-            if not value.strip():
-                raise Problem("VERIFY prompt is empty", arg=i)
-            verify[key] = value
-            continue
-        try:
-            number = parse_float32(value)
-        except Problem as exc:
-            raise Problem(f"VERIFY {key}: {exc.message}", arg=i) from None
-        if key in ("min_agreement", "min_cosine") and not 0 <= number <= 1:
-            raise Problem(f"VERIFY {key}={value} is outside 0..1", arg=i)
-        if key == "max_wer" and number < 0:
-            raise Problem(f"VERIFY max_wer={value} is negative (0 means every word right)", arg=i)
-        if key == "max_perplexity_ratio" and number < 1:
-            raise Problem(f"VERIFY max_perplexity_ratio={value} is below 1 (1 means no loss)", arg=i)
-        verify[key] = number
 
 
 def build_plan(
