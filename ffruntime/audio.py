@@ -20,10 +20,11 @@ import numpy.typing as npt
 
 from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import MediaTooLarge, RequestRejected
+from ffruntime.settings import MediaLimits
 
 SAMPLE_RATE: Final = 16_000
-DEFAULT_MAX_SECONDS: Final = 1800.0
-"""The longest audio a request may hold (30 minutes), unless the operator sets another."""
+DEFAULT_MAX_SECONDS: Final = MediaLimits.audio_seconds
+"""The longest audio a request may hold (30 minutes), unless the operator sets ``FF_MAX_AUDIO_SECONDS``."""
 _TRUNCATED: Final = 0.9  # decoded less than this share of the declared length: a truncated file
 
 

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from ffruntime.audio import DEFAULT_MAX_SECONDS, decode
+from ffruntime.audio import decode
 from ffruntime.errors import BackendUnavailable, RuntimeFailure
 from ffruntime.runtime import (
     CancelFlag,
@@ -225,7 +225,7 @@ async def load_files(files: dict[str, Path], settings: LoadSettings) -> WhisperR
     folder = _folder(files)
     device = settings.device.split(":", 1)[0]
     workers = max(1, settings.num_parallel)
-    max_seconds = float(settings.options.get("max_audio_seconds", DEFAULT_MAX_SECONDS))
+    max_seconds = settings.media.audio_seconds
     try:
         model = await asyncio.to_thread(
             WhisperModel,

@@ -28,20 +28,11 @@ from dataclasses import dataclass
 
 from ffruntime.errors import BackendUnavailable
 from ffruntime.runtime import Media, MediaRejected, MediaTooLarge
+from ffruntime.settings import MediaLimits
 
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif",
                  "BMP": "image/bmp"}
 AUDIO_FORMATS = {"wav": ("audio/wav", "audio/x-wav", "audio/wave"), "mp3": ("audio/mpeg", "audio/mp3")}
-
-
-@dataclass(frozen=True)
-class MediaLimits:
-    image_bytes: int = 20 << 20
-    image_pixels: int = 4096 * 4096
-    audio_bytes: int = 25 << 20
-    request_bytes: int = 64 << 20
-    request_pixels: int = 4 * 4096 * 4096
-    request_items: int = 16
 
 
 @dataclass(frozen=True)

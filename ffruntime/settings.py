@@ -75,6 +75,21 @@ def default_threads() -> int:
 
 
 @dataclass(frozen=True)
+class MediaLimits:
+    """Bounds on the images and audio clips of one request (hostile input; ``FF_MAX_IMAGE_BYTES`` …,
+    docs/serving.md). Bytes are checked before parsing, pixels from the header before decoding, audio
+    length from the header or by stopping the decode."""
+
+    image_bytes: int = 20 << 20
+    image_pixels: int = 4096 * 4096
+    audio_bytes: int = 25 << 20
+    audio_seconds: float = 1800.0
+    request_bytes: int = 64 << 20
+    request_pixels: int = 4 * 4096 * 4096
+    request_items: int = 16
+
+
+@dataclass(frozen=True)
 class LoadSettings:
     """How to load one variant.
 
@@ -94,6 +109,7 @@ class LoadSettings:
       (:func:`ffruntime.llamacpp.library.extra_buffers_safe`).
     - ``flash_attn``: llama.cpp flash attention (off, as the verify figures were measured).
     - ``options``: backend options from the variant's ``TARGET … key=value`` and the operator.
+    - ``media``: the bounds on a request's images and audio (:class:`MediaLimits`).
     """
 
     threads: int = 0
@@ -106,6 +122,7 @@ class LoadSettings:
     extra_buffers: bool | None = None
     flash_attn: bool = False
     options: Mapping[str, str] = field(default_factory=dict)
+    media: MediaLimits = field(default_factory=MediaLimits)
 
     @property
     def n_threads(self) -> int:
@@ -135,6 +152,7 @@ class LoadSettings:
         threads: int = 0,
         lanes: int = 0,
         num_parallel: int = 1,
+        media: MediaLimits | None = None,
     ) -> LoadSettings:
         """How ``ff run`` and ``ff serve`` load a model with PARAMETERs ``params``, given the user's own
         settings (``None``/0: not given): the context by :func:`context_length`, threads and lanes as
@@ -144,6 +162,7 @@ class LoadSettings:
             lanes=lanes,
             num_ctx=context_length(num_ctx, params),
             num_parallel=num_parallel,
+            media=media or MediaLimits(),
         )
 
     def with_(self, **changes: object) -> LoadSettings:

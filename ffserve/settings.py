@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ffruntime.settings import LoadSettings
+from ffruntime.settings import LoadSettings, MediaLimits
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -92,11 +92,27 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     max_upload_bytes: int = Field(default=256 * 1024**3, ge=1)  # one blob uploaded to /api/blobs/:digest
+    # Bounds on a request's images and audio (ffruntime.settings.MediaLimits; docs/serving.md).
+    max_image_bytes: int = Field(default=MediaLimits.image_bytes, ge=1)
+    max_image_pixels: int = Field(default=MediaLimits.image_pixels, ge=1)
+    max_audio_bytes: int = Field(default=MediaLimits.audio_bytes, ge=1)
+    max_audio_seconds: float = Field(default=MediaLimits.audio_seconds, gt=0)
+    max_media_items: int = Field(default=MediaLimits.request_items, ge=1)
+    max_media_bytes: int = Field(default=MediaLimits.request_bytes, ge=1)
+    max_media_pixels: int = Field(default=MediaLimits.request_pixels, ge=1)
     allow_remote_images: bool = False  # fetch OpenAI image_url http(s) URLs (off: only data URLs)
     shutdown_timeout: float = 30.0
     access_log: bool = True
 
-    @field_validator("max_memory", "max_body_bytes", "max_upload_bytes", mode="before")
+    @field_validator(
+        "max_memory",
+        "max_body_bytes",
+        "max_upload_bytes",
+        "max_image_bytes",
+        "max_audio_bytes",
+        "max_media_bytes",
+        mode="before",
+    )
     @classmethod
     def _bytes(cls, v: Any) -> Any:
         return parse_bytes(v) if isinstance(v, str) else v
@@ -143,4 +159,16 @@ class Settings(BaseSettings):
             threads=self.num_threads,
             lanes=self.graph_lanes,
             num_parallel=self.num_parallel,
+            media=self.media_limits(),
+        )
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            image_bytes=self.max_image_bytes,
+            image_pixels=self.max_image_pixels,
+            audio_bytes=self.max_audio_bytes,
+            audio_seconds=self.max_audio_seconds,
+            request_bytes=self.max_media_bytes,
+            request_pixels=self.max_media_pixels,
+            request_items=self.max_media_items,
         )

@@ -38,9 +38,10 @@ import numpy as np
 import numpy.typing as npt
 
 from ffruntime.errors import RuntimeFailure
-from ffruntime.images import MediaLimits, audio_format, check_request, decode_image
+from ffruntime.images import audio_format, check_request, decode_image
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.runtime import Media, MediaRejected
+from ffruntime.settings import MediaLimits
 
 MARKER = "<__media__>"
 """Where an item goes in the rendered prompt (libmtmd's default marker)."""

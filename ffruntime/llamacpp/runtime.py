@@ -22,7 +22,6 @@ from typing import Any
 from ffruntime.constraints import guidance_grammar
 from ffruntime.errors import RuntimeFailure
 from ffruntime.gotemplate import TemplateError
-from ffruntime.images import MediaLimits
 from ffruntime.llamacpp.embeddings import Embedder, EmbedJob
 from ffruntime.llamacpp.engine import END, Engine, Job
 from ffruntime.llamacpp.guide import Guides
@@ -369,7 +368,7 @@ async def load(variant: VariantRef, files: ModelFiles, opts: LoadSettings) -> Ll
             try:
                 projector = await asyncio.to_thread(
                     Projector, files.projector, loaded.model, int(binding().llama_model_n_embd(loaded.model)),
-                    threads=opts.n_threads, limits=MediaLimits(), wake=engine.wake)
+                    threads=opts.n_threads, limits=opts.media, wake=engine.wake)
             except BaseException:
                 await asyncio.to_thread(engine.close)
                 embedder.close()

@@ -7,8 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from ffruntime.images import MediaLimits, audio_format, check_request, decode_image
+from ffruntime.images import audio_format, check_request, decode_image
 from ffruntime.runtime import Media, MediaRejected, MediaTooLarge
+from ffruntime.settings import MediaLimits
 
 
 def encoded(im: Image.Image, fmt: str, **kw: object) -> bytes:

@@ -22,7 +22,8 @@ MAX_BODY = 6 * 1024 * 1024
 def server(whisper_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     logs = tmp_path_factory.mktemp("audio-logs")
     with start_server(
-        whisper_home, logs, FF_NUM_THREADS="2", FF_NUM_PARALLEL="2", FF_MAX_BODY_BYTES=str(MAX_BODY)
+        whisper_home, logs, FF_NUM_THREADS="2", FF_NUM_PARALLEL="2", FF_MAX_BODY_BYTES=str(MAX_BODY),
+        FF_MAX_AUDIO_SECONDS="120",
     ) as s:
         yield s
 
@@ -189,6 +190,7 @@ def test_hostile_audio_gets_a_4xx_and_the_server_goes_on(server: Server, paris_w
         "not audio": (b"hello, this is a text file\n" * 40, "notes.wav", 400, "cannot decode"),
         "lying extension": (png, "clip.mp3", 400, "no audio"),
         "an hour of silence": (hour, "quiet.mp3", 413, "limit"),
+        "over FF_MAX_AUDIO_SECONDS": (_silence_mp3(150), "quiet.mp3", 413, "the limit is 120 s"),
         "over the size limit": (bytes(MAX_BODY + 1), "big.wav", 413, "larger than"),
     }
     for case, (data, name, status, words) in cases.items():

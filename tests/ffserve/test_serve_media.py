@@ -55,7 +55,8 @@ def server(qwen2vl_ggufs: tuple[Path, Path], smollm2_gguf: Path,
     proc = subprocess.run([*cmd, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     add_model(Store(home / "store"), "text:latest", {"q4_1": smollm2_gguf}, params={"num_predict": 4})
-    with start_server(home, tmp_path_factory.mktemp("logs"), FF_NUM_PARALLEL="4", FF_NUM_CTX="512") as s:
+    with start_server(home, tmp_path_factory.mktemp("logs"), FF_NUM_PARALLEL="4", FF_NUM_CTX="512",
+                      FF_MAX_IMAGE_PIXELS=str(128 * 128)) as s:
         yield s
 
 
@@ -151,6 +152,13 @@ def test_hostile_image_is_a_4xx_and_the_server_keeps_serving(server: Server, cas
         "model": MODEL, "stream": False, "messages": [{"role": "user", "content": "hi", "images": [
             base64.b64encode(png(6)).decode()]}]})
     assert ok.status_code == 200 and ok.json()["message"]["content"]
+
+
+def test_the_operator_sets_the_pixel_limit(server: Server) -> None:
+    """FF_MAX_IMAGE_PIXELS (128² here) reaches the model: a 160×160 picture, fine at the default, is a 413."""
+    r = httpx.post(server.url + "/api/chat", timeout=60, json={"model": MODEL, "stream": False, "messages": [
+        {"role": "user", "content": "hi", "images": [base64.b64encode(png(8, side=160)).decode()]}]})
+    assert r.status_code == 413 and "160×160 pixels; at most 16384 per image" in r.json()["error"], r.text
 
 
 def test_transport_errors(server: Server) -> None:

@@ -54,6 +54,17 @@ def test_flags_beat_environment_beat_toml(tmp_path: Path, monkeypatch: pytest.Mo
         Settings()
 
 
+def test_media_limits_reach_the_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FF_MAX_IMAGE_BYTES", "1MiB")
+    monkeypatch.setenv("FF_MAX_AUDIO_SECONDS", "90")
+    media = Settings().load_settings({}).media
+    assert (media.image_bytes, media.audio_seconds) == (1 << 20, 90.0)
+    assert media.image_pixels == 4096 * 4096  # the others keep their defaults
+    monkeypatch.setenv("FF_MAX_MEDIA_ITEMS", "0")
+    with pytest.raises(ValueError, match="max_media_items"):
+        Settings()
+
+
 def test_threads_and_graph_lanes_reach_the_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FF_NUM_THREADS", "8")
     monkeypatch.setenv("FF_GRAPH_LANES", "2")

@@ -48,9 +48,9 @@ def llamacpp_embeddings(
     model: Path, projector: Path, images: list[bytes], threads: int
 ) -> list[npt.NDArray[np.float32]]:
     """Each image's embeddings through libmtmd (one row per image token)."""
-    from ffruntime.images import MediaLimits
     from ffruntime.llamacpp.library import binding, free_handles, load_model, model_params
     from ffruntime.llamacpp.media import MARKER, Projector
+    from ffruntime.settings import MediaLimits
 
     lc = binding()
     handle = load_model(model, model_params(LoadSettings(threads=threads)))
