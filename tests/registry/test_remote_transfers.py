@@ -9,13 +9,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 import requests
@@ -176,6 +177,36 @@ def test_push_killed_outright_still_completes(
     dst = Store(tmp_path / "store")
     pull(f"{registry_server.host}/resume/kill:1", store=dst, all_variants=True)
     assert _weights(dst) == _weights(Store(home / "store"))
+
+
+@pytest.mark.parametrize("cut", [MiB // 2, MiB], ids=["chunk-cut-off", "whole-chunk-answer-lost"])
+def test_distribution_drops_a_session_whose_chunk_was_cut(registry_server: RegistryServer, cut: int) -> None:
+    """Why a SIGKILLed push starts its blob over (docs/registry.md): after a ``PATCH`` whose body was
+    cut off, or that arrived whole but whose answer (the next signed ``_state``) was never read, the
+    only state the client holds names an offset the registry's upload file no longer has, and the
+    registry cancels the session on the next request — the ``GET`` a resuming client asks with."""
+    base, repo = f"http://{registry_server.host}", f"probe/{cut}"
+    body = os.urandom(2 * MiB)
+    r = requests.post(f"{base}/v2/{repo}/blobs/uploads/", timeout=10)
+    r = requests.patch(urljoin(base, r.headers["Location"]), data=body[:MiB], timeout=10,
+                       headers={"Content-Range": f"0-{MiB - 1}", "Content-Type": "application/octet-stream"})
+    assert r.status_code == 202 and r.headers["Range"] == f"0-{MiB - 1}"
+    state = urljoin(base, r.headers["Location"])  # what ff records after each chunk
+    assert requests.get(state, timeout=10).status_code == 204  # the session answers its offset
+    url = urlsplit(state)
+    head = (f"PATCH {url.path}?{url.query} HTTP/1.1\r\nHost: {registry_server.host}\r\n"
+            f"Content-Length: {MiB}\r\nContent-Range: {MiB}-{2 * MiB - 1}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", int(registry_server.host.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head.encode() + body[MiB : MiB + cut])  # then the pusher dies: the socket closes
+    deadline = time.monotonic() + 10
+    while _registry_uploads(registry_server, repo) != {url.path.rsplit("/", 1)[1]: MiB + cut}:
+        assert time.monotonic() < deadline, _registry_uploads(registry_server, repo)
+        time.sleep(0.05)
+    r = requests.get(state, timeout=10)
+    assert r.status_code == 404 and "BLOB_UPLOAD_INVALID" in r.text
+    assert f"upload resumed at wrong offest: {MiB + cut} != {MiB}" in registry_server.log_text()
+    assert requests.get(state.split("?")[0], timeout=10).status_code == 404  # no _state: no way in
 
 
 def test_killed_parallel_range_pull_resumes(
