@@ -135,7 +135,7 @@ def _round(i: int, work: Path, src: Store, times: dict[str, list[float]]) -> Non
 
 def _sweep(work: Path, src: Store, mb: float, rounds: int) -> None:
     """ff alone: push and pull times for several jobs values, and ranges on pull."""
-    pairs = [(1, 1), (4, 1), (8, 1), (4, 4), (2, 8)]
+    pairs = [(1, 1), (2, 1), (4, 1), (2, 4), (4, 4)]
     settings = [TransferOptions(jobs=j, range_parts=r) for j, r in pairs]
     times: dict[str, list[float]] = {}
     for r in range(rounds):

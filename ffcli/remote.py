@@ -53,7 +53,7 @@ def _output_options(f: F) -> F:
 def _transfer_options(f: F) -> F:
     return click.option(
         "--jobs", type=click.IntRange(1, 64), default=None, envvar="FF_TRANSFER_JOBS",
-        help="blobs moved at once (default 4, or $FF_TRANSFER_JOBS)",
+        help="blobs moved at once (default 2, or $FF_TRANSFER_JOBS)",
     )(f)
 
 

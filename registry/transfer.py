@@ -33,13 +33,16 @@ MiB = 1024 * 1024
 class TransferOptions:
     """How a push or pull moves its blobs; each field has an ``FF_*`` variable (:meth:`from_env`).
 
-    Defaults were chosen by measurement (docs/benchmarks.md, "Transfer": 1.1 GB in 4 layers on a
-    shared, loaded 2-core machine): 4 blobs at once pushed faster than 1 and pulled no slower, 8 were
-    never better than 4, and 4 ranges for blobs of 256 MiB and more pulled 0-15% faster in most
-    comparisons (the spread between runs is as large).
+    Defaults were chosen by measurement (docs/benchmarks.md, "Transfer": 1.1 GB in 4 layers, loopback
+    Debian docker-registry, quiet 2-core machine, ``bench/transfer.py --sweep --rounds 3``): 2 blobs at
+    once pushed in 2.83 s against 3.19 s with 4 and 4.48 s with 1, and pulled as fast as any other
+    setting (1.93 s). The registry's hashing and writing of one upload runs on one core, so on a
+    CPU-bound registry 2 streams, largest blob first, keep both cores busy and let the largest blob's
+    stream have a core of its own; more streams only share the cores. 4 ranges for blobs of 256 MiB and
+    more cost nothing beside 2 jobs (1.94 s) and help where one TCP stream cannot fill a link.
     """
 
-    jobs: int = 4
+    jobs: int = 2
     """``FF_TRANSFER_JOBS``: blobs moved at once."""
     chunk_size: int = 64 * MiB
     """``FF_CHUNK_SIZE``: largest upload request body; bigger blobs go as ``PATCH`` chunks of this

@@ -4,15 +4,19 @@ registries that cap request bodies (as ECR does). Blobs are tens of MB with smal
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 import requests
@@ -71,9 +75,12 @@ def test_options_and_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
         TransferOptions.from_env()
 
 
-def _push_killed(server: RegistryServer, home: Path, repo: str, sig: int) -> tuple[int, dict[str, Any]]:
+def _push_killed_then(
+    server: RegistryServer, home: Path, repo: str, sig: int, stopped: Callable[[], None] = lambda: None
+) -> tuple[int, dict[str, Any]]:
     """``ff push`` through a slow transparent proxy, sent ``sig`` once 60% of the big blob has gone,
-    then run again; returns (request bytes of the second run, its result line)."""
+    ``stopped()`` once it has exited, then run again; returns (request bytes of the second run, its
+    result line)."""
     proxy = ThrottledProxy(server.host, rate=1 << 30, up_rate=24 * MiB)
     remote = f"{proxy.host}/{repo}:1"
     env = {**os.environ, "FF_HOME": str(home), "FF_CHUNK_SIZE": "2MiB", "FF_TRANSFER_JOBS": "1"}
@@ -83,6 +90,7 @@ def _push_killed(server: RegistryServer, home: Path, repo: str, sig: int) -> tup
         _kill_when(proc, lambda: proxy.upstream_bytes > 0.6 * BIG, sig)  # the big blob goes first
         r = requests.get(f"http://{server.host}/v2/{repo}/manifests/1", timeout=10)
         assert r.status_code == 404  # nothing was tagged: no partial artifact
+        stopped()
         before = proxy.upstream_bytes
         out = subprocess.run([*FF, "push", "weights:1", remote, "--json"], env=env, capture_output=True,
                              text=True, timeout=120)
@@ -95,19 +103,60 @@ def _push_killed(server: RegistryServer, home: Path, repo: str, sig: int) -> tup
     return again, json.loads(out.stdout.splitlines()[-1])
 
 
-def test_push_stopped_by_sigterm_resumes_from_the_registrys_offset(
-    registry_server: RegistryServer, home: Path, tmp_path: Path
+def _registry_uploads(server: RegistryServer, repo: str) -> dict[str, int]:
+    """The registry's own upload sessions of ``repo``: session id -> bytes it holds (its
+    ``_uploads/<id>/data``)."""
+    root = server.storage / "docker/registry/v2/repositories" / repo / "_uploads"
+    return {p.parent.name: p.stat().st_size for p in root.glob("*/data")}
+
+
+_PATCH_LOG = re.compile(
+    r'msg="response completed".*http\.request\.method=PATCH .*http\.request\.uri="/v2/(?P<repo>[^"]+)'
+    r'/blobs/uploads/(?P<id>[0-9a-f-]+)\?_state=(?P<state>[^"&]+)".*http\.response\.status=202'
+)
+
+
+def _registry_patches(log: str, repo: str) -> list[tuple[str, int]]:
+    """(session id, offset) of each ``PATCH`` the registry accepted for ``repo``, in its log's order; the
+    offset is the one the registry signed into the request's ``_state`` (HMAC, then JSON)."""
+    found = []
+    for m in _PATCH_LOG.finditer(log):
+        if m["repo"] != repo:
+            continue
+        raw = base64.urlsafe_b64decode(unquote(m["state"]) + "==")
+        found.append((m["id"], int(json.loads(raw[32:])["Offset"])))  # after the HMAC-SHA256
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_push_stopped_by_a_signal_resumes_from_the_registrys_offset(
+    registry_server: RegistryServer, home: Path, tmp_path: Path, sig: int
 ) -> None:
-    """SIGTERM mid-blob: ff ends after the chunk in flight, keeping the session URL; the rerun asks the
-    registry for the offset (GET on the session) and sends less than half the 32 MiB blob again."""
-    again, result = _push_killed(registry_server, home, "resume/term", signal.SIGTERM)
+    """SIGTERM or SIGINT mid-blob (what CI runners and the kubelet send first): ff ends after the chunk
+    in flight, keeping the session URL; the rerun asks the registry for the offset (GET on the session)
+    and sends less than half the 32 MiB blob again. Counted on both sides: the proxy's request bytes,
+    and the registry's own — the bytes in its upload file after the stop, and the offsets it signed
+    into the rerun's ``PATCH`` requests."""
+    repo = f"resume/{signal.Signals(sig).name.lower()}"
+    state: dict[str, int] = {}
+    again, result = _push_killed_then(
+        registry_server, home, repo, sig, lambda: state.update(_registry_uploads(registry_server, repo))
+    )
     store = Store(home / "store")
     big = _big_digest(store)
     small = sum(n for d, n in _weights(store).items() if d != big) + 256 * 1024  # + headers, manifests
-    assert result["bytes_resumed"] >= 0.6 * BIG
+    [(session, held)] = state.items()  # only the big blob was in flight (1 job, largest first)
+    assert 0.6 * BIG <= held < BIG and held % (2 * MiB) == 0  # whole chunks: none was cut off
+    assert result["bytes_resumed"] == held
     assert again < BIG / 2 + small, f"{again} bytes sent again"
+    # The registry took each 2 MiB chunk of that one session exactly once over both runs: up to
+    # ``held`` before the stop, the rest (BIG - held bytes) in the rerun.
+    offsets = [o for s, o in _registry_patches(registry_server.log_text(), repo) if s == session]
+    assert offsets == list(range(0, BIG, 2 * MiB))
+    assert _registry_uploads(registry_server, repo) == {}  # committed
+    assert registry_server.blob_data(big).stat().st_size == BIG
     dst = Store(tmp_path / "store")
-    pull(f"{registry_server.host}/resume/term:1", store=dst, all_variants=True)
+    pull(f"{registry_server.host}/{repo}:1", store=dst, all_variants=True)
     assert sha256_file(dst.blob_path(big)) == (big, BIG)
 
 
@@ -116,11 +165,41 @@ def test_push_killed_outright_still_completes(
 ) -> None:
     """SIGKILL mid-chunk: distribution 2.8 invalidates the session (the chunk was cut off, or landed
     after its answer was lost); the rerun notices (404 on the session) and uploads the blob anew."""
-    _, result = _push_killed(registry_server, home, "resume/kill", signal.SIGKILL)
+    _, result = _push_killed_then(registry_server, home, "resume/kill", signal.SIGKILL)
     assert result["blobs_uploaded"] + result["blobs_skipped"] == 4  # 3 layers and the config
     dst = Store(tmp_path / "store")
     pull(f"{registry_server.host}/resume/kill:1", store=dst, all_variants=True)
     assert _weights(dst) == _weights(Store(home / "store"))
+
+
+@pytest.mark.parametrize("cut", [MiB // 2, MiB], ids=["chunk-cut-off", "whole-chunk-answer-lost"])
+def test_distribution_drops_a_session_whose_chunk_was_cut(registry_server: RegistryServer, cut: int) -> None:
+    """Why a SIGKILLed push starts its blob over (docs/registry.md): after a ``PATCH`` whose body was
+    cut off, or that arrived whole but whose answer (the next signed ``_state``) was never read, the
+    only state the client holds names an offset the registry's upload file no longer has, and the
+    registry cancels the session on the next request — the ``GET`` a resuming client asks with."""
+    base, repo = f"http://{registry_server.host}", f"probe/{cut}"
+    body = os.urandom(2 * MiB)
+    r = requests.post(f"{base}/v2/{repo}/blobs/uploads/", timeout=10)
+    r = requests.patch(urljoin(base, r.headers["Location"]), data=body[:MiB], timeout=10,
+                       headers={"Content-Range": f"0-{MiB - 1}", "Content-Type": "application/octet-stream"})
+    assert r.status_code == 202 and r.headers["Range"] == f"0-{MiB - 1}"
+    state = urljoin(base, r.headers["Location"])  # what ff records after each chunk
+    assert requests.get(state, timeout=10).status_code == 204  # the session answers its offset
+    url = urlsplit(state)
+    head = (f"PATCH {url.path}?{url.query} HTTP/1.1\r\nHost: {registry_server.host}\r\n"
+            f"Content-Length: {MiB}\r\nContent-Range: {MiB}-{2 * MiB - 1}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", int(registry_server.host.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head.encode() + body[MiB : MiB + cut])  # then the pusher dies: the socket closes
+    deadline = time.monotonic() + 10
+    while _registry_uploads(registry_server, repo) != {url.path.rsplit("/", 1)[1]: MiB + cut}:
+        assert time.monotonic() < deadline, _registry_uploads(registry_server, repo)
+        time.sleep(0.05)
+    r = requests.get(state, timeout=10)
+    assert r.status_code == 404 and "BLOB_UPLOAD_INVALID" in r.text
+    assert f"upload resumed at wrong offest: {MiB + cut} != {MiB}" in registry_server.log_text()
+    assert requests.get(state.split("?")[0], timeout=10).status_code == 404  # no _state: no way in
 
 
 def test_killed_parallel_range_pull_resumes(
