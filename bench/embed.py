@@ -292,8 +292,9 @@ def oip_rates(
     url: str, grpc_address: str, server_pid: int, variant: str, texts: list[str], seconds: float, rounds: int
 ) -> dict[str, dict[str, float]]:
     """One-sentence OIP infer calls from 16 concurrent clients over REST (``tritonclient.http.aio``) and
-    gRPC (``tritonclient.grpc.aio``), rounds interleaved: for each, the median of ``rounds`` of
-    requests/s and of the server's and this client process's CPU milliseconds per request."""
+    gRPC (``tritonclient.grpc.aio``), and liveness calls (the protocols alone), rounds interleaved: for
+    each, the median of ``rounds`` of requests/s and of the server's and this client process's CPU
+    milliseconds per request."""
     import numpy as np
     import tritonclient.grpc as tgrpc
     import tritonclient.grpc.aio as tgrpc_aio
@@ -342,7 +343,15 @@ def oip_rates(
         client_ms = (time.process_time() - mine0) / done * 1e3
         return {"rps": done / wall, "server_ms": server_ms, "client_ms": client_ms}
 
-    calls = {"REST": rest, "gRPC": grpc_call}
+    async def rest_live(text: str) -> None:
+        assert await http.is_server_live()
+
+    async def grpc_live(text: str) -> None:
+        assert await grpc.is_server_live()
+
+    # the protocols alone: a liveness call does no work in ff, so its CPU is the client's, the
+    # server's framework's (uvicorn + Starlette, grpcio) and the middleware's
+    calls = {"REST": rest, "gRPC": grpc_call, "REST live": rest_live, "gRPC live": grpc_live}
 
     async def warm(call: Callable[[str], Any]) -> None:  # load the model, open the connections
         await asyncio.gather(*(call(t) for t in texts[:16]))
@@ -438,18 +447,21 @@ def main() -> None:
         print_oip(oip, args)
 
 
+def _oip_cell(r: dict[str, float]) -> str:
+    return f"{r['rps']:>7.1f}/s (server {r['server_ms']:.2f}, client {r['client_ms']:.2f} ms)"
+
+
 def print_oip(oip: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
     timing = f"median of {args.rounds}×{args.seconds}s"
     clients = "tritonclient http.aio / grpc.aio"
     print(f"\nOIP infer, 1 sentence a request, 16 clients, {clients} ({timing}, interleaved)")
     print("requests/s, and CPU ms a request of the server and of the client process:")
     for v, r in oip.items():
-        ratio = r["gRPC"]["rps"] / r["REST"]["rps"]
-        cells = "   ".join(
-            f"{k} {r[k]['rps']:>7.1f}/s (server {r[k]['server_ms']:.2f}, client {r[k]['client_ms']:.2f} ms)"
-            for k in ("REST", "gRPC")
-        )
-        print(f"  {v:<14} {cells}   gRPC / REST {ratio:.2f}")
+        for a, b, label in (("REST", "gRPC", v), ("REST live", "gRPC live", "  (live)")):
+            ratio = r[b]["rps"] / r[a]["rps"]
+            cells = "   ".join(f"{k.split()[0]} {_oip_cell(r[k])}" for k in (a, b))
+            print(f"  {label:<14} {cells}   gRPC / REST {ratio:.2f}")
+    print("(live): ServerLive vs GET /v2/health/live, the protocols without inference")
 
 
 def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.Namespace) -> None:
