@@ -192,10 +192,12 @@ def test_stream_infer_answers_each_request_and_goes_on_after_a_bad_one(
     wrong = _client(grpc_server)
     refused: list[object] = []
     ended = threading.Event()
-    wrong.start_stream(
-        callback=lambda result, error: (refused.append(error), ended.set()),
-        headers={"authorization": "Bearer no"},
-    )
+
+    def on_refusal(result: object, error: InferenceServerException | None) -> None:
+        refused.append(error)
+        ended.set()
+
+    wrong.start_stream(callback=on_refusal, headers={"authorization": "Bearer no"})
     try:
         inp = tgrpc.InferInput("X", [1, 4], "FP32")
         inp.set_data_from_numpy(x[:1])
