@@ -22,7 +22,9 @@ against sentence-transformers, at batch 1, batch 32 and with 16 concurrent clien
   binary input and output) and ``tritonclient.grpc.aio`` (``ModelInfer`` on ``FF_GRPC_PORT``, raw
   tensors), 16 tasks in one event loop each, rounds interleaved (REST, gRPC, REST, …) against the same
   server; requests/s, gRPC / REST, and the CPU milliseconds a request costs the server process and
-  the client process (``/proc``), since on a 2-core machine both share the cores.
+  the client process (``/proc``), since on a 2-core machine both share the cores. Also gRPC over
+  ``ModelStreamInfer`` (``stream_infer``: each client its own stream, one request at a time, each
+  answer awaited before the next request) and liveness calls (the protocols without inference).
 
 Every path uses the same thread count (``--threads``, default: all cores; torch and ff both get it).
 Each figure is the median of ``--rounds`` timings of ``--seconds`` each. The cosine column is each
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -325,12 +328,49 @@ def oip_rates(
         got = (await grpc.infer(name, [inp], outputs=[out])).as_numpy("embedding")
         assert got is not None and got.size == 384
 
-    async def sixteen(call: Callable[[str], Any]) -> dict[str, float]:
+    def one_call(call: Callable[[str], Any]) -> Callable[[], Any]:
+        async def client() -> tuple[Callable[[str], Any], Callable[[], Any]]:
+            async def nothing() -> None:
+                return None
+
+            return call, nothing
+
+        return client
+
+    async def stream_client() -> tuple[Callable[[str], Any], Callable[[], Any]]:
+        """One client's own stream (``stream_infer``): a request, its answer, the next request."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def requests() -> Any:
+            while (item := await queue.get()) is not None:
+                yield item
+
+        answers = grpc.stream_infer(requests())
+
+        async def call(text: str) -> None:
+            inp = tgrpc.InferInput("text", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([text.encode()], dtype=object))
+            queue.put_nowait(
+                {"model_name": name, "inputs": [inp], "outputs": [tgrpc.InferRequestedOutput("embedding")]}
+            )
+            result, error = await answers.__anext__()
+            assert error is None and result.as_numpy("embedding").size == 384, error
+
+        async def close() -> None:
+            queue.put_nowait(None)
+            with contextlib.suppress(StopAsyncIteration):
+                await answers.__anext__()
+
+        return call, close
+
+    async def sixteen(make: Callable[[], Any]) -> dict[str, float]:
+        clients = [await make() for _ in range(16)]
         done = 0
         cpu0, mine0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
 
         async def client(k: int) -> None:
             nonlocal done
+            call, _ = clients[k]
             i = k
             while time.perf_counter() - t0 < seconds:
                 await call(texts[i % len(texts)])
@@ -341,6 +381,8 @@ def oip_rates(
         wall = time.perf_counter() - t0
         server_ms = (cpu_seconds(server_pid) - cpu0) / done * 1e3
         client_ms = (time.process_time() - mine0) / done * 1e3
+        for _, close in clients:
+            await close()
         return {"rps": done / wall, "server_ms": server_ms, "client_ms": client_ms}
 
     async def rest_live(text: str) -> None:
@@ -351,17 +393,23 @@ def oip_rates(
 
     # the protocols alone: a liveness call does no work in ff, so its CPU is the client's, the
     # server's framework's (uvicorn + Starlette, grpcio) and the middleware's
-    calls = {"REST": rest, "gRPC": grpc_call, "REST live": rest_live, "gRPC live": grpc_live}
+    calls = {
+        "REST": one_call(rest),
+        "gRPC": one_call(grpc_call),
+        "gRPC stream": stream_client,
+        "REST live": one_call(rest_live),
+        "gRPC live": one_call(grpc_live),
+    }
 
     async def warm(call: Callable[[str], Any]) -> None:  # load the model, open the connections
         await asyncio.gather(*(call(t) for t in texts[:16]))
 
-    for call in calls.values():
+    for call in (rest, grpc_call, rest_live, grpc_live):
         loop.run_until_complete(warm(call))
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in calls}
     for _ in range(rounds):
-        for k, call in calls.items():
-            runs[k].append(loop.run_until_complete(sixteen(call)))
+        for k, make in calls.items():
+            runs[k].append(loop.run_until_complete(sixteen(make)))
     loop.run_until_complete(http.close())
     loop.run_until_complete(grpc.close())
     loop.close()
@@ -457,11 +505,17 @@ def print_oip(oip: dict[str, dict[str, dict[str, float]]], args: argparse.Namesp
     print(f"\nOIP infer, 1 sentence a request, 16 clients, {clients} ({timing}, interleaved)")
     print("requests/s, and CPU ms a request of the server and of the client process:")
     for v, r in oip.items():
-        for a, b, label in (("REST", "gRPC", v), ("REST live", "gRPC live", "  (live)")):
+        rows = (
+            ("REST", "gRPC", v),
+            ("REST", "gRPC stream", "  (stream)"),
+            ("REST live", "gRPC live", "  (live)"),
+        )
+        for a, b, label in rows:
             ratio = r[b]["rps"] / r[a]["rps"]
             cells = "   ".join(f"{k.split()[0]} {_oip_cell(r[k])}" for k in (a, b))
             print(f"  {label:<14} {cells}   gRPC / REST {ratio:.2f}")
-    print("(live): ServerLive vs GET /v2/health/live, the protocols without inference")
+    print("(stream): each gRPC client on its own ModelStreamInfer stream (stream_infer), one request at a")
+    print("time; (live): ServerLive vs GET /v2/health/live, the protocols without inference")
 
 
 def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.Namespace) -> None:
