@@ -17,10 +17,14 @@ against sentence-transformers, at batch 1, batch 32 and with 16 concurrent clien
   ``openai`` client asks for them when it is not told otherwise (``--encoding float``: JSON numbers).
 
 - **OIP, REST vs gRPC** (``--oip``, or ``--oip-only`` for this part alone): the Open Inference
-  Protocol's infer call for one sentence at a time from 16 concurrent clients, over REST
-  (``POST /v2/models/<m>/infer``, JSON input, binary output, aiohttp) and over gRPC (``ModelInfer``
-  on ``FF_GRPC_PORT``, raw tensors, grpc.aio with tritonclient's stubs), rounds interleaved (REST,
-  gRPC, REST, …) against the same server; requests/s and gRPC / REST.
+  Protocol's infer call for one sentence at a time from 16 concurrent clients, with the unmodified
+  Triton clients as their users run them: ``tritonclient.http.aio`` (``POST /v2/models/<m>/infer``,
+  binary input and output) and ``tritonclient.grpc.aio`` (``ModelInfer`` on ``FF_GRPC_PORT``, raw
+  tensors), 16 tasks in one event loop each, rounds interleaved (REST, gRPC, REST, …) against the same
+  server; requests/s, gRPC / REST, and the CPU milliseconds a request costs the server process and
+  the client process (``/proc``), since on a 2-core machine both share the cores. Also gRPC over
+  ``ModelStreamInfer`` (``stream_infer``: each client its own stream, one request at a time, each
+  answer awaited before the next request) and liveness calls (the protocols without inference).
 
 Every path uses the same thread count (``--threads``, default: all cores; torch and ff both get it).
 Each figure is the median of ``--rounds`` timings of ``--seconds`` each. The cosine column is each
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -280,50 +285,92 @@ def wrk_rates(url: str, variant: str, texts: list[str], args: argparse.Namespace
     return rates
 
 
-def oip_rates(
-    url: str, grpc_address: str, variant: str, texts: list[str], seconds: float, rounds: int
-) -> dict[str, float]:
-    """Requests/s of one-sentence OIP infer calls from 16 concurrent clients, REST and gRPC rounds
-    interleaved; the median of ``rounds`` each."""
-    import aiohttp
-    from grpc import aio
-    from tritonclient.grpc import service_pb2 as pb
-    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds that process ``pid`` has used, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    from ffruntime.tensors import encode_bytes
+
+def oip_rates(
+    url: str, grpc_address: str, server_pid: int, variant: str, texts: list[str], seconds: float, rounds: int
+) -> dict[str, dict[str, float]]:
+    """One-sentence OIP infer calls from 16 concurrent clients over REST (``tritonclient.http.aio``) and
+    gRPC (``tritonclient.grpc.aio``), and liveness calls (the protocols alone), rounds interleaved: for
+    each, the median of ``rounds`` of requests/s and of the server's and this client process's CPU
+    milliseconds per request."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+    import tritonclient.grpc.aio as tgrpc_aio
+    import tritonclient.http as thttp
+    import tritonclient.http.aio as thttp_aio
 
     name = f"minilm-all:latest-{variant}"
     loop = asyncio.new_event_loop()
 
-    async def session() -> tuple[Any, Any]:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)), aio.insecure_channel(
+    async def clients() -> tuple[Any, Any]:  # made in the loop: aiohttp binds its session to it
+        return thttp_aio.InferenceServerClient(url.removeprefix("http://")), tgrpc_aio.InferenceServerClient(
             grpc_address
         )
 
-    http, channel = loop.run_until_complete(session())
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    http, grpc = loop.run_until_complete(clients())
 
     async def rest(text: str) -> None:
-        body = {
-            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
-            "outputs": [{"name": "embedding", "parameters": {"binary_data": True}}],
-        }
-        async with http.post(f"{url}/v2/models/{name}/infer", json=body) as r:
-            r.raise_for_status()
-            await r.read()
+        inp = thttp.InferInput("text", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([text.encode()], dtype=object))
+        out = thttp.InferRequestedOutput("embedding", binary_data=True)
+        got = (await http.infer(name, [inp], outputs=[out])).as_numpy("embedding")
+        assert got is not None and got.size == 384
 
-    async def grpc(text: str) -> None:
-        req = pb.ModelInferRequest(model_name=name, raw_input_contents=[encode_bytes([text.encode()])])
-        req.inputs.add(name="text", datatype="BYTES", shape=[1])
-        reply = await stub.ModelInfer(req)
-        assert len(reply.raw_output_contents[0]) == 384 * 4
+    async def grpc_call(text: str) -> None:
+        inp = tgrpc.InferInput("text", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([text.encode()], dtype=object))
+        out = tgrpc.InferRequestedOutput("embedding")
+        got = (await grpc.infer(name, [inp], outputs=[out])).as_numpy("embedding")
+        assert got is not None and got.size == 384
 
-    async def clients(call: Callable[[str], Any]) -> float:
+    def one_call(call: Callable[[str], Any]) -> Callable[[], Any]:
+        async def client() -> tuple[Callable[[str], Any], Callable[[], Any]]:
+            async def nothing() -> None:
+                return None
+
+            return call, nothing
+
+        return client
+
+    async def stream_client() -> tuple[Callable[[str], Any], Callable[[], Any]]:
+        """One client's own stream (``stream_infer``): a request, its answer, the next request."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def requests() -> Any:
+            while (item := await queue.get()) is not None:
+                yield item
+
+        answers = grpc.stream_infer(requests())
+
+        async def call(text: str) -> None:
+            inp = tgrpc.InferInput("text", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([text.encode()], dtype=object))
+            queue.put_nowait(
+                {"model_name": name, "inputs": [inp], "outputs": [tgrpc.InferRequestedOutput("embedding")]}
+            )
+            result, error = await answers.__anext__()
+            assert error is None and result.as_numpy("embedding").size == 384, error
+
+        async def close() -> None:
+            queue.put_nowait(None)
+            with contextlib.suppress(StopAsyncIteration):
+                await answers.__anext__()
+
+        return call, close
+
+    async def sixteen(make: Callable[[], Any]) -> dict[str, float]:
+        clients = [await make() for _ in range(16)]
         done = 0
-        t0 = time.perf_counter()
+        cpu0, mine0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
 
         async def client(k: int) -> None:
             nonlocal done
+            call, _ = clients[k]
             i = k
             while time.perf_counter() - t0 < seconds:
                 await call(texts[i % len(texts)])
@@ -331,22 +378,42 @@ def oip_rates(
                 i += 16
 
         await asyncio.gather(*(client(k) for k in range(16)))
-        return done / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        server_ms = (cpu_seconds(server_pid) - cpu0) / done * 1e3
+        client_ms = (time.process_time() - mine0) / done * 1e3
+        for _, close in clients:
+            await close()
+        return {"rps": done / wall, "server_ms": server_ms, "client_ms": client_ms}
 
-    calls = {"REST": rest, "gRPC": grpc}
+    async def rest_live(text: str) -> None:
+        assert await http.is_server_live()
+
+    async def grpc_live(text: str) -> None:
+        assert await grpc.is_server_live()
+
+    # the protocols alone: a liveness call does no work in ff, so its CPU is the client's, the
+    # server's framework's (uvicorn + Starlette, grpcio) and the middleware's
+    calls = {
+        "REST": one_call(rest),
+        "gRPC": one_call(grpc_call),
+        "gRPC stream": stream_client,
+        "REST live": one_call(rest_live),
+        "gRPC live": one_call(grpc_live),
+    }
+
     async def warm(call: Callable[[str], Any]) -> None:  # load the model, open the connections
         await asyncio.gather(*(call(t) for t in texts[:16]))
 
-    for call in calls.values():
+    for call in (rest, grpc_call, rest_live, grpc_live):
         loop.run_until_complete(warm(call))
-    runs: dict[str, list[float]] = {k: [] for k in calls}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in calls}
     for _ in range(rounds):
-        for k, call in calls.items():
-            runs[k].append(loop.run_until_complete(clients(call)))
+        for k, make in calls.items():
+            runs[k].append(loop.run_until_complete(sixteen(make)))
     loop.run_until_complete(http.close())
-    loop.run_until_complete(channel.close())
+    loop.run_until_complete(grpc.close())
     loop.close()
-    return {k: statistics.median(v) for k, v in runs.items()}
+    return {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
 
 
 def main() -> None:
@@ -387,8 +454,8 @@ def main() -> None:
     st, model = st_paths(_minilm_folder(), texts)
     ref = model.encode(check)
     results["sentence-transformers"] = {k: rate(f, args.seconds, args.rounds) for k, f in st.items()}
-    oip: dict[str, dict[str, float]] = {}
-    with serving(home, args.threads) as (url, grpc_port):
+    oip: dict[str, dict[str, dict[str, float]]] = {}
+    with serving(home, args.threads) as (url, grpc_port, pid):
         for v in variants:
             paths, embed = direct_paths(home, v, args.threads, texts)
             got = np.array(embed(check))
@@ -409,7 +476,7 @@ def main() -> None:
                 close()
             del paths, embed
             if args.oip:
-                oip[v] = oip_rates(url, f"127.0.0.1:{grpc_port}", v, texts, args.seconds, args.rounds)
+                oip[v] = oip_rates(url, f"127.0.0.1:{grpc_port}", pid, v, texts, args.seconds, args.rounds)
     shapes = list(st)
     base = results["sentence-transformers"]
     timing = f"median of {args.rounds}×{args.seconds}s, client {args.client}, {args.encoding}"
@@ -428,26 +495,41 @@ def main() -> None:
         print_oip(oip, args)
 
 
-def print_oip(oip: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+def _oip_cell(r: dict[str, float]) -> str:
+    return f"{r['rps']:>7.1f}/s (server {r['server_ms']:.2f}, client {r['client_ms']:.2f} ms)"
+
+
+def print_oip(oip: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
     timing = f"median of {args.rounds}×{args.seconds}s"
-    print(f"\nOIP infer, 1 sentence a request, 16 clients, requests/s ({timing}, REST and gRPC interleaved):")
+    clients = "tritonclient http.aio / grpc.aio"
+    print(f"\nOIP infer, 1 sentence a request, 16 clients, {clients} ({timing}, interleaved)")
+    print("requests/s, and CPU ms a request of the server and of the client process:")
     for v, r in oip.items():
-        ratio = r["gRPC"] / r["REST"]
-        print(f"  {v:<14} REST {r['REST']:>8.1f}   gRPC {r['gRPC']:>8.1f}   gRPC / REST {ratio:.2f}")
+        rows = (
+            ("REST", "gRPC", v),
+            ("REST", "gRPC stream", "  (stream)"),
+            ("REST live", "gRPC live", "  (live)"),
+        )
+        for a, b, label in rows:
+            ratio = r[b]["rps"] / r[a]["rps"]
+            cells = "   ".join(f"{k.split()[0]} {_oip_cell(r[k])}" for k in (a, b))
+            print(f"  {label:<14} {cells}   gRPC / REST {ratio:.2f}")
+    print("(stream): each gRPC client on its own ModelStreamInfer stream (stream_infer), one request at a")
+    print("time; (live): ServerLive vs GET /v2/health/live, the protocols without inference")
 
 
 def oip_main(home: Path, variants: list[str], texts: list[str], args: argparse.Namespace) -> None:
     """``--oip-only``: a server with FF_GRPC_PORT and the OIP comparison alone."""
-    with serving(home, args.threads) as (url, grpc_port):
+    with serving(home, args.threads) as (url, grpc_port, pid):
         address = f"127.0.0.1:{grpc_port}"
-        oip = {v: oip_rates(url, address, v, texts, args.seconds, args.rounds) for v in variants}
+        oip = {v: oip_rates(url, address, pid, v, texts, args.seconds, args.rounds) for v in variants}
     print_oip(oip, args)
 
 
 @contextmanager
-def serving(home: Path, threads: int) -> Iterator[tuple[str, int]]:
-    """``ff serve`` on ``home`` with ``threads`` threads and a gRPC port: (its URL, the gRPC port), once
-    it answers; stopped on leaving."""
+def serving(home: Path, threads: int) -> Iterator[tuple[str, int, int]]:
+    """``ff serve`` on ``home`` with ``threads`` threads and a gRPC port: (its URL, the gRPC port, its
+    process id), once it answers; stopped on leaving."""
     import httpx
 
     from bench import loadgen
@@ -465,7 +547,7 @@ def serving(home: Path, threads: int) -> Iterator[tuple[str, int]]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        yield url, grpc_port
+        yield url, grpc_port, server.pid
     finally:
         server.terminate()
         server.wait(30)

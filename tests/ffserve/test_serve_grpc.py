@@ -4,6 +4,7 @@ to scikit-learn's (and to REST's), errors as gRPC status codes, limits, concurre
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,3 +151,58 @@ def test_sixteen_concurrent_clients_each_get_their_answer(
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(one, range(0, 150, 3)))
     assert got == clf.predict(x[::3]).tolist()  # type: ignore[attr-defined]
+
+
+def test_stream_infer_answers_each_request_and_goes_on_after_a_bad_one(
+    grpc_server: Server, iris_home: tuple[Path, object, np.ndarray]
+) -> None:
+    _, clf, x = iris_home
+    c = _client(grpc_server)
+    got: dict[str, object] = {}
+    done = threading.Event()
+
+    def on_answer(result: object, error: InferenceServerException | None) -> None:
+        if error is not None:
+            got[f"error {len(got)}"] = error
+        else:
+            got[result.get_response().id] = result  # type: ignore[attr-defined]
+        if len(got) == 11:
+            done.set()
+
+    c.start_stream(callback=on_answer, headers=AUTH)
+    try:
+        for i in range(10):
+            inp = tgrpc.InferInput("X", [1, 4], "FP32")
+            inp.set_data_from_numpy(x[i * 15 : i * 15 + 1])
+            c.async_stream_infer("iris", [inp], request_id=f"r{i}")
+            if i == 4:  # a bad tensor in the middle: its own error, the stream goes on
+                bad = tgrpc.InferInput("X", [2, 4], "FP32")
+                bad.set_data_from_numpy(x[:2])
+                bad.set_shape([3, 4])  # 8 values sent for a [3, 4] tensor
+                c.async_stream_infer("iris", [bad], request_id="bad")
+        assert done.wait(60), f"answers: {sorted(got)}"
+    finally:
+        c.stop_stream()
+    labels = [int(got[f"r{i}"].as_numpy("label")[0]) for i in range(10)]  # type: ignore[attr-defined]
+    assert labels == clf.predict(x[::15][:10]).tolist()  # type: ignore[attr-defined]
+    errors = [v for k, v in got.items() if k.startswith("error")]
+    assert len(errors) == 1 and "input X" in errors[0].message()  # type: ignore[attr-defined]
+    assert _metric(grpc_server, "ModelStreamInfer", "OK") >= 10
+    assert _metric(grpc_server, "ModelStreamInfer", "INVALID_ARGUMENT") >= 1
+    wrong = _client(grpc_server)
+    refused: list[object] = []
+    ended = threading.Event()
+
+    def on_refusal(result: object, error: InferenceServerException | None) -> None:
+        refused.append(error)
+        ended.set()
+
+    wrong.start_stream(callback=on_refusal, headers={"authorization": "Bearer no"})
+    try:
+        inp = tgrpc.InferInput("X", [1, 4], "FP32")
+        inp.set_data_from_numpy(x[:1])
+        wrong.async_stream_infer("iris", [inp])
+        assert ended.wait(30)
+    finally:
+        wrong.stop_stream()
+    assert "UNAUTHENTICATED" in str(refused[0].status())  # type: ignore[attr-defined]
