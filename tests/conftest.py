@@ -162,3 +162,38 @@ def qwen2vl_ggufs(qwen2vl_hf: Path, tmp_path_factory: pytest.TempPathFactory) ->
     convert_hf_to_gguf(qwen2vl_hf, out / "model.gguf", "f16")
     convert_projector(qwen2vl_hf, out / "mmproj.gguf", "f16")
     return out / "model.gguf", out / "mmproj.gguf"
+
+
+@pytest.fixture(scope="session")
+def qwen2audio_hf(smollm2_hf: Path) -> Path:
+    """A tiny random Qwen2-Audio folder (Whisper-style audio tower + projector + Qwen2 text model), the
+    audio-language model llama.cpp's converter and libmtmd take (projector type QWEN2A)."""
+    import importlib.metadata
+
+    from tests.models import RECIPE, cached_dir, random_qwen2audio
+
+    key = f"qwen2audio-tf{importlib.metadata.version('transformers')}-r{RECIPE}"
+    return cached_dir(key, "qwen2audio", lambda d: random_qwen2audio(smollm2_hf, d))
+
+
+def wav_16k(src: Path) -> bytes:
+    """``src`` (any audio file) as 16 kHz mono 16-bit WAV bytes (PyAV's resampler): the rate Whisper-style
+    encoders take, so libmtmd and transformers read the very same samples."""
+    import io
+    import wave
+
+    import av
+
+    pcm = bytearray()
+    with av.open(str(src)) as f:
+        rs = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for frame in [*f.decode(audio=0), None]:
+            for out in rs.resample(frame):
+                pcm += out.to_ndarray().astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(pcm))
+    return buf.getvalue()
