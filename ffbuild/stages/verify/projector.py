@@ -22,7 +22,13 @@ from ffruntime.runtime import Media
 from ffruntime.settings import LoadSettings
 
 MIN_COSINE = 0.99
+NOT_AN_IMAGE_PROJECTOR = ("an audio projector: the build compares image embeddings only (audio is compared "
+                          "with transformers in ff's tests, docs/serving.md)")
 SIDE = 84  # a multiple of 28 (14-px patches merged 2×2) that no processor here resizes differently
+
+
+class _AudioOnly(Exception):
+    """The projector encodes audio, not images: there is nothing for this check to compare."""
 
 
 def fixed_images() -> list[bytes]:
@@ -58,6 +64,8 @@ def llamacpp_embeddings(
         proj = Projector(projector, handle, int(lc.llama_model_n_embd(handle)), threads=max(1, threads),
                          limits=MediaLimits(), wake=lambda: None)
         try:
+            if not proj.vision:
+                raise _AudioOnly(NOT_AN_IMAGE_PROJECTOR)
             out = []
             for data in images:
                 prompt = proj.prompt(MARKER + ".", [Media(data)], add_special=False, model_name=model.name)
@@ -104,6 +112,8 @@ def verify_projector(folder: Path, model: Path, projector: Path, threads: int) -
     try:
         ours = llamacpp_embeddings(model, projector, images, threads)
         theirs = transformers_embeddings(folder, images)
+    except _AudioOnly as exc:
+        return {"error": str(exc)}
     except Exception as exc:  # the report says why; the policy decides
         return {"error": f"{type(exc).__name__}: {exc}"}
     cosines: list[CacheValue] = []
