@@ -175,25 +175,3 @@ def qwen2audio_hf(smollm2_hf: Path) -> Path:
     key = f"qwen2audio-tf{importlib.metadata.version('transformers')}-r{RECIPE}"
     return cached_dir(key, "qwen2audio", lambda d: random_qwen2audio(smollm2_hf, d))
 
-
-def wav_16k(src: Path) -> bytes:
-    """``src`` (any audio file) as 16 kHz mono 16-bit WAV bytes (PyAV's resampler): the rate Whisper-style
-    encoders take, so libmtmd and transformers read the very same samples."""
-    import io
-    import wave
-
-    import av
-
-    pcm = bytearray()
-    with av.open(str(src)) as f:
-        rs = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        for frame in [*f.decode(audio=0), None]:
-            for out in rs.resample(frame):
-                pcm += out.to_ndarray().astype("<i2").tobytes()
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(bytes(pcm))
-    return buf.getvalue()

@@ -317,8 +317,12 @@ def random_qwen2audio(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> N
     3000 frames, 750 tokens each) with ``tokenizer_folder``'s tokenizer and a Whisper feature extractor
     made from its constructor (Qwen2-Audio's settings)."""
     import torch
-    from transformers import AutoTokenizer, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
-    from transformers import WhisperFeatureExtractor
+    from transformers import (
+        AutoTokenizer,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     n = len(tokenizer)

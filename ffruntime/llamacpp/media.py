@@ -5,10 +5,11 @@ A variant with a projector layer (``mmproj.gguf``) loads a :class:`Projector` be
 - :meth:`Projector.prompt` (a request's worker thread) checks and decodes each item (images with Pillow,
   :mod:`ffruntime.images`; audio with PyAV, :mod:`ffruntime.audio`, bounded in seconds as it decodes),
   makes libmtmd bitmaps whose id is the item's SHA-256, and tokenizes the rendered prompt (a
-  :data:`MARKER` where each item goes) into libmtmd's chunks. The result, a :class:`MediaPrompt`, is the job's token list with each media chunk
-  as a run of *pseudo tokens* (one negative id per chunk position, derived from the digest), so the
-  engine's prefix reuse compares and keeps image chunks like text: the same image in the same place is
-  the same run, and a sequence that shares it reuses its KV without encoding or decoding it again.
+  :data:`MARKER` where each item goes) into libmtmd's chunks. The result, a :class:`MediaPrompt`, is
+  the job's token list with each media chunk as a run of *pseudo tokens* (one negative id per chunk
+  position, derived from the digest), so the engine's prefix reuse compares and keeps image chunks
+  like text: the same image in the same place is the same run, and a sequence that shares it reuses
+  its KV without encoding or decoding it again.
 - Encoding starts at once on the projector's own thread (not the engine's): while an image is encoded
   the engine keeps decoding every other sequence. libmtmd's encoder (the vision tower, on its own ggml
   context) and ``llama_decode`` share no state, so the two run side by side on different cores; the

@@ -16,8 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import wav_16k
-from tests.ffruntime.llamacpp.test_media_audio import wav_tone
+from tests.ffruntime.llamacpp.test_media_audio import wav_16k, wav_tone
 from tests.ffserve.serve_testkit import Server, start_server
 from tests.ffserve.test_serve_audio import _silence_mp3, _transcode
 
@@ -29,7 +28,8 @@ MODEL = "alm:latest"
 def server(qwen2audio_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("audio-media-home")
     modelfile = home / "Modelfile"
-    modelfile.write_text(f"FROM {qwen2audio_hf}\nQUANTIZE f16\nPARAMETER temperature 0\nPARAMETER num_predict 6\n")
+    params = "PARAMETER temperature 0\nPARAMETER num_predict 6\n"
+    modelfile.write_text(f"FROM {qwen2audio_hf}\nQUANTIZE f16\n{params}")
     env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
     cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile), "-t", MODEL]
     proc = subprocess.run([*cmd, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)

@@ -18,9 +18,8 @@ import pytest
 
 import ffruntime
 from ffruntime.llamacpp.runtime import LlamaCppRuntime
-from ffruntime.runtime import Capability, ChatMessage, Media, MediaRejected, MediaTooLarge
+from ffruntime.runtime import Capability, ChatMessage, GenerationRequest, Media, MediaRejected, MediaTooLarge
 from ffruntime.settings import LoadSettings, MediaLimits
-from tests.conftest import wav_16k
 from tests.ffruntime.llamacpp.test_engine import stored
 from tests.ffruntime.llamacpp.test_media import png, run
 
@@ -46,7 +45,8 @@ def qwen2audio_f32(qwen2audio_hf: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def rt(qwen2audio_f32: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppRuntime]:
+def rt(qwen2audio_f32: tuple[Path, Path],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppRuntime]:
     model, projector = qwen2audio_f32
     v, files = stored(tmp_path_factory.mktemp("alm"), model, "alm")
     files = dataclasses.replace(files, projector=projector)
@@ -57,9 +57,7 @@ def rt(qwen2audio_f32: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
     asyncio.run(runtime.close())
 
 
-def ask(audio: bytes | None, text: str = QUESTION, n: int = 16, mime: str = "audio/wav"):  # type: ignore[no-untyped-def]
-    from ffruntime.runtime import GenerationRequest
-
+def ask(audio: bytes | None, text: str = QUESTION, n: int = 16, mime: str = "audio/wav") -> GenerationRequest:
     media = (Media(audio, "audio", mime),) if audio is not None else ()
     return GenerationRequest(messages=[ChatMessage("user", text, media=media)],
                              options={"temperature": 0, "num_predict": n})
@@ -68,7 +66,8 @@ def ask(audio: bytes | None, text: str = QUESTION, n: int = 16, mime: str = "aud
 def samples(wav: bytes) -> npt.NDArray[np.float32]:
     with wave.open(io.BytesIO(wav)) as w:
         assert w.getframerate() == 16000 and w.getnchannels() == 1
-        return (np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768).astype(np.float32)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    return (pcm.astype(np.float32) / 32768).astype(np.float32)
 
 
 def hf_model(folder: Path):  # type: ignore[no-untyped-def]
@@ -113,7 +112,8 @@ def test_audio_embeddings_match_transformers(rt: LlamaCppRuntime, qwen2audio_hf:
     assert cos.min() >= 0.9999, cos.min()  # measured 0.9999997 (f32 on both sides)
 
 
-def test_greedy_tokens_match_transformers_generate(rt: LlamaCppRuntime, qwen2audio_hf: Path, clip: bytes) -> None:
+def test_greedy_tokens_match_transformers_generate(rt: LlamaCppRuntime, qwen2audio_hf: Path,
+                                                   clip: bytes) -> None:
     import torch
 
     _, done = asyncio.run(run(rt, ask(clip)))
@@ -137,7 +137,7 @@ def test_clips_and_text_share_the_engine(rt: LlamaCppRuntime, clip: bytes) -> No
     """Half the requests with a clip (two different clips), all at once: each answers as it does alone."""
     quiet = wav_tone(2.0)
 
-    def reqs():  # type: ignore[no-untyped-def]
+    def reqs() -> list[GenerationRequest]:
         return [ask([clip, quiet][i // 2 % 2], n=6) if i % 2 == 0 else ask(None, f"Say {i}.", n=6)
                 for i in range(8)]
 
@@ -149,6 +149,26 @@ def test_clips_and_text_share_the_engine(rt: LlamaCppRuntime, clip: bytes) -> No
 
     first = asyncio.run(alone())
     assert asyncio.run(together()) == first
+
+
+def wav_16k(src: Path) -> bytes:
+    """``src`` (any audio file) as 16 kHz mono 16-bit WAV bytes (PyAV's resampler): the rate Whisper-style
+    encoders take, so libmtmd and transformers read the very same samples."""
+    import av
+
+    pcm = bytearray()
+    with av.open(str(src)) as f:
+        rs = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for frame in [*f.decode(audio=0), None]:
+            for out in rs.resample(frame):
+                pcm += out.to_ndarray().astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(pcm))
+    return buf.getvalue()
 
 
 def wav_tone(seconds: float, hz: float = 440.0) -> bytes:
@@ -164,8 +184,8 @@ def wav_tone(seconds: float, hz: float = 440.0) -> bytes:
 
 
 def test_audio_model_refuses_images(rt: LlamaCppRuntime) -> None:
-    req = ask(None)
-    req.messages[0] = ChatMessage("user", QUESTION, media=(Media(png(1)),))
+    req = GenerationRequest(messages=[ChatMessage("user", QUESTION, media=(Media(png(1)),))],
+                            options={"num_predict": 2})
     with pytest.raises(MediaRejected, match="does not take images"):
         asyncio.run(run(rt, req))
 
@@ -184,7 +204,7 @@ def test_truncated_and_long_clips(rt: LlamaCppRuntime) -> None:
     whole = wav_tone(3.0)
     with pytest.raises(MediaRejected, match="truncated"):
         asyncio.run(run(rt, ask(whole[: len(whole) // 2])))
-    with pytest.raises(MediaTooLarge, match="limit of 40 s|limit is 40 s"):
+    with pytest.raises(MediaTooLarge, match=r"limit of 40 s|limit is 40 s"):
         asyncio.run(run(rt, ask(wav_tone(41.0))))
     text, _ = asyncio.run(run(rt, ask(None, "Say hi.", n=2)))  # still serving
     assert text
