@@ -162,3 +162,27 @@ def qwen2vl_ggufs(qwen2vl_hf: Path, tmp_path_factory: pytest.TempPathFactory) ->
     convert_hf_to_gguf(qwen2vl_hf, out / "model.gguf", "f16")
     convert_projector(qwen2vl_hf, out / "mmproj.gguf", "f16")
     return out / "model.gguf", out / "mmproj.gguf"
+
+
+@pytest.fixture(scope="session")
+def qwen2audio_hf(smollm2_hf: Path) -> Path:
+    """A tiny random Qwen2-Audio folder (Whisper-style audio tower + projector + Qwen2 text model), the
+    audio-language model llama.cpp's converter and libmtmd take (projector type QWEN2A)."""
+    import importlib.metadata
+
+    from tests.models import RECIPE, cached_dir, random_qwen2audio
+
+    key = f"qwen2audio-tf{importlib.metadata.version('transformers')}-r{RECIPE}"
+    return cached_dir(key, "qwen2audio", lambda d: random_qwen2audio(smollm2_hf, d))
+
+
+
+@pytest.fixture(scope="session")
+def qwen2audio_ggufs(qwen2audio_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(text model, audio projector) GGUFs of :func:`qwen2audio_hf`, by llama.cpp's converter (f16)."""
+    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
+
+    out = tmp_path_factory.mktemp("qwen2audio")
+    convert_hf_to_gguf(qwen2audio_hf, out / "model.gguf", "f16")
+    convert_projector(qwen2audio_hf, out / "mmproj.gguf", "f16")
+    return out / "model.gguf", out / "mmproj.gguf"

@@ -308,3 +308,34 @@ def random_qwen2vl(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None
     Qwen2VLForConditionalGeneration(config).save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     (dest / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR, indent=2) + "\n")
+
+
+def random_qwen2audio(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised Qwen2-Audio (text hidden 64, 2 layers; a Whisper-style audio encoder of
+    width 32, 3 layers (llama.cpp's tensor map needs conv2 below
+    the block count), 128 mel bins, 1500 positions: llama.cpp encodes every clip as 30 s windows of
+    3000 frames, 750 tokens each) with ``tokenizer_folder``'s tokenizer and a Whisper feature extractor
+    made from its constructor (Qwen2-Audio's settings)."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    n = len(tokenizer)
+    config = Qwen2AudioConfig(
+        text_config={"model_type": "qwen2", "vocab_size": n, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 2048, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id},
+        audio_config={"d_model": 32, "encoder_layers": 3, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                      "num_mel_bins": 128, "max_source_positions": 1500},
+        audio_token_index=n - 3,
+    )
+    torch.manual_seed(seed)
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(dest)

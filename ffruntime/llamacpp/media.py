@@ -3,12 +3,13 @@
 A variant with a projector layer (``mmproj.gguf``) loads a :class:`Projector` beside its text model.
 
 - :meth:`Projector.prompt` (a request's worker thread) checks and decodes each item (images with Pillow,
-  :mod:`ffruntime.images`; audio by libmtmd's own WAV/MP3 reader), makes libmtmd bitmaps whose id is the
-  item's SHA-256, and tokenizes the rendered prompt (a :data:`MARKER` where each item goes) into
-  libmtmd's chunks. The result, a :class:`MediaPrompt`, is the job's token list with each media chunk
-  as a run of *pseudo tokens* (one negative id per chunk position, derived from the digest), so the
-  engine's prefix reuse compares and keeps image chunks like text: the same image in the same place is
-  the same run, and a sequence that shares it reuses its KV without encoding or decoding it again.
+  :mod:`ffruntime.images`; audio with PyAV, :mod:`ffruntime.audio`, bounded in seconds as it decodes),
+  makes libmtmd bitmaps whose id is the item's SHA-256, and tokenizes the rendered prompt (a
+  :data:`MARKER` where each item goes) into libmtmd's chunks. The result, a :class:`MediaPrompt`, is
+  the job's token list with each media chunk as a run of *pseudo tokens* (one negative id per chunk
+  position, derived from the digest), so the engine's prefix reuse compares and keeps image chunks
+  like text: the same image in the same place is the same run, and a sequence that shares it reuses
+  its KV without encoding or decoding it again.
 - Encoding starts at once on the projector's own thread (not the engine's): while an image is encoded
   the engine keeps decoding every other sequence. libmtmd's encoder (the vision tower, on its own ggml
   context) and ``llama_decode`` share no state, so the two run side by side on different cores; the
@@ -200,15 +201,27 @@ class Projector:
         else:
             if not self.audio:
                 raise MediaRejected(f"{model_name} does not take audio")
-            audio_format(item, label, self.limits)
-            buf = (ctypes.c_uint8 * len(item.data)).from_buffer_copy(item.data)
-            with self._lock, captured_log():
-                bitmap = m.mtmd_helper_bitmap_init_from_buf(self.ctx, buf, len(item.data), False)
-            if not bitmap:
-                raise MediaRejected(f"{label} cannot be decoded as audio")
+            bitmap = self._audio_bitmap(item, label)
         if not bitmap:
             raise RuntimeFailure(f"libmtmd made no bitmap of {label}")
         return bitmap
+
+    def _audio_bitmap(self, item: Media, label: str) -> Any:
+        """A checked clip (WAV or MP3 by its bytes) decoded by PyAV into 16 kHz mono samples, bounded
+        by :attr:`MediaLimits.audio_seconds` as it decodes (an hour-long MP3 of a few MiB costs only
+        the limit's worth of decoding); empty, non-audio and truncated files are 400s, too long 413."""
+        from ffruntime.audio import SAMPLE_RATE, AudioRejected, decode
+
+        audio_format(item, label, self.limits)
+        rate = int(self.m.mtmd_get_audio_sample_rate(self.ctx))
+        if rate != SAMPLE_RATE:
+            raise RuntimeFailure(f"the projector takes {rate} Hz audio; ff decodes clips at {SAMPLE_RATE} Hz")
+        try:
+            samples = np.ascontiguousarray(decode(item.data, self.limits.audio_seconds).samples)
+        except AudioRejected as exc:
+            raise MediaRejected(f"{label}: {exc}") from None
+        ptr = samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        return self.m.mtmd_bitmap_init_from_audio(samples.size, ptr)
 
     def _tokenize(self, text: str, bitmaps: list[Any], add_special: bool) -> MediaPrompt:
         m = self.m

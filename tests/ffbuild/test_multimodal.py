@@ -83,8 +83,8 @@ def test_a_second_from_must_be_a_projector(smollm2_gguf: Path, tmp_path: Path) -
     assert "multimodal projector GGUF" in str(e.value)
 
 
-def _mtmd_loads(model: Path, projector: Path) -> None:
-    """llama.cpp's multimodal library (what serving images will use) takes the pair, with vision."""
+def _mtmd_loads(model: Path, projector: Path, *, vision: bool = True, audio: bool = False) -> None:
+    """llama.cpp's multimodal library (what serving media uses) takes the pair, with what it encodes."""
     from llama_cpp import mtmd_cpp
 
     from ffruntime.llamacpp.library import binding, free_handles, load_model, model_params
@@ -100,8 +100,28 @@ def _mtmd_loads(model: Path, projector: Path) -> None:
         ctx = mtmd_cpp.mtmd_init_from_file(str(projector).encode(), handle, params)
         assert ctx, f"mtmd refused {projector}"
         try:
-            assert mtmd_cpp.mtmd_support_vision(ctx) and not mtmd_cpp.mtmd_support_audio(ctx)
+            assert bool(mtmd_cpp.mtmd_support_vision(ctx)) is vision
+            assert bool(mtmd_cpp.mtmd_support_audio(ctx)) is audio
         finally:
             mtmd_cpp.mtmd_free(ctx)
     finally:
         free_handles(None, (), handle)
+
+
+def test_audio_folder_builds_an_audio_projector(qwen2audio_hf: Path, tmp_path: Path) -> None:
+    """A Qwen2-Audio folder: the text model and its audio projector (libmtmd's QWEN2A); ``ff show`` lists
+    audio; libmtmd loads the stored pair with audio and without vision."""
+    (tmp_path / "Modelfile").write_text(f"FROM {qwen2audio_hf}\nQUANTIZE f16\n")
+    ff("build", "-f", str(tmp_path / "Modelfile"), "-t", "alm:1", home=tmp_path / "home")
+    (v,) = variants_of(Store(tmp_path / "home" / "store"), parse_reference("alm:1"))
+    files = open_variant(Store(tmp_path / "home" / "store"), v.descriptor.digest)
+    caps = files.config.config.capabilities
+    assert caps is not None and caps.input_types == ["text", "audio"]
+    shown = ff("show", "alm:1", home=tmp_path / "home")
+    assert "capabilities  text, audio → text" in shown and f"projector     {PROJECTOR_FILEPATH}" in shown
+    doc = json.loads(ff("show", "alm:1", "--json", home=tmp_path / "home"))
+    assert doc["capabilities"] == {"inputTypes": ["text", "audio"], "outputTypes": ["text"]}
+    report = doc["variants"][0]["verify"]["projector"]
+    assert report["clips"] == 2 and report["min_cosine"] >= 0.99, report  # the verify stage's audio check
+    assert files.projector is not None
+    _mtmd_loads(files.weights[0], files.projector, vision=False, audio=True)

@@ -1,6 +1,6 @@
-"""The verify stage's projector check on the tiny random Qwen2-VL: libmtmd's image embeddings of the
-fixed image set agree with transformers' vision tower; ``ff build`` of the folder reports the figure on
-every GGUF variant."""
+"""The verify stage's projector check on the tiny random Qwen2-VL and Qwen2-Audio: libmtmd's image (audio)
+embeddings of the fixed image set (clips) agree with transformers' vision (audio) tower; ``ff build`` of
+the folder reports the figure on every GGUF variant."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ffbuild.stages.verify.projector import MIN_COSINE, fixed_images, verify_projector
+from ffbuild.stages.verify.projector import MIN_COSINE, fixed_clips, fixed_images, verify_projector
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +52,21 @@ def test_build_reports_the_projector_cosine(qwen2vl_hf: Path, tmp_path: Path) ->
                                       text=True, timeout=120).stdout)
     reports = [v["verify"] for v in shown["variants"]]
     assert reports and all(r["projector"]["min_cosine"] >= MIN_COSINE for r in reports), reports
+
+
+def test_audio_projector_agrees_with_the_audio_tower(qwen2audio_hf: Path, qwen2audio_ggufs: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    """Each fixed clip is one 30 s window (750 tokens); an f16 projector stays within the bound, and the
+    same architecture with other random weights does not."""
+    from tests.models import random_qwen2audio
+
+    model, projector = qwen2audio_ggufs
+    report = verify_projector(qwen2audio_hf, model, projector, threads=1)
+    assert "error" not in report, report
+    assert report["clips"] == len(fixed_clips()) == 2 and report["tokens"] == [750, 750]
+    low = report["min_cosine"]
+    assert isinstance(low, float) and MIN_COSINE <= low <= 1.0001, report
+    other = tmp_path / "other"
+    random_qwen2audio(qwen2audio_hf, other, seed=7)
+    low = verify_projector(other, model, projector, threads=1)["min_cosine"]
+    assert isinstance(low, float) and low < MIN_COSINE, low

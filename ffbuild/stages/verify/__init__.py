@@ -168,8 +168,9 @@ def run(ctx: BuildContext) -> str:
 
 
 def _verify_projector(ctx: BuildContext, ref: Built) -> str:
-    """The projector layer's image embeddings against the source folder's vision tower (when the build
-    has both), reported on every GGUF variant; below :data:`projector.MIN_COSINE` the build fails."""
+    """The projector layer's image (or audio) embeddings against the source folder's vision (or audio)
+    tower (when the build has both), reported on every GGUF variant; below :data:`projector.MIN_COSINE`
+    the build fails."""
     fetched = ctx.fetched
     if ctx.projector is None or fetched is None or fetched.path is None:
         return ""
@@ -177,7 +178,7 @@ def _verify_projector(ctx: BuildContext, ref: Built) -> str:
         return ""
     folder, proj = fetched.path, ctx.projector
     key = ctx.cache_key("verify_projector", projector=proj.weight.digest, model=ref.weight.digest)
-    ctx.progress.step("verify", f"projector {proj.weight_name} against {folder.name}'s vision tower")
+    ctx.progress.step("verify", f"projector {proj.weight_name} against {folder.name}'s encoder")
 
     def produce(_: Path) -> dict[str, CacheValue]:
         from ffbuild.stages.verify.projector import verify_projector
@@ -193,7 +194,7 @@ def _verify_projector(ctx: BuildContext, ref: Built) -> str:
         out.report = {**(out.report or {}), "projector": report}
     low = report.get("min_cosine")
     if isinstance(low, int | float) and low < MIN_COSINE:
-        raise VerifyPolicyError(f"verify failed, nothing was stored: the projector's image embeddings reach "
+        raise VerifyPolicyError(f"verify failed, nothing was stored: the projector's embeddings reach "
                                 f"cosine {low:.4f} against the source model's, below {MIN_COSINE}")
     if isinstance(low, int | float):
         return f"; projector cosine {low:.4f}"
