@@ -8,6 +8,7 @@ by :mod:`ffbuild.stages.verify.genai`, each report through the build cache.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ffbuild.cache import CacheValue
@@ -25,6 +26,7 @@ from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
 from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
 from ffbuild.stages.verify.projector import MIN_COSINE
+from ffruntime.settings import available_cores
 
 _MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
 """Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
@@ -140,6 +142,13 @@ def _check_policy(ctx: BuildContext) -> None:
         raise VerifyPolicyError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
 
 
+def verify_workers(ctx: BuildContext, variants: int) -> int:
+    """How many GGUF variants are verified side by side: one per core (each evaluator starts on one
+    thread, :mod:`ffruntime.llamacpp.threads`, so one at a time left the other cores idle; measured on
+    2 cores, SmolLM2 f16 + q8_0 + q4_k_m: docs/benchmarks.md), fewer when ``--threads`` gives each more."""
+    return max(1, min(variants, available_cores() // max(1, ctx.options.threads or 1)))
+
+
 def gguf_outputs(ctx: BuildContext) -> list[VariantOutput]:
     return [o for o in ctx.outputs if o.built.format == "gguf"]
 
@@ -158,8 +167,13 @@ def run(ctx: BuildContext) -> str:
         candidates.append(ctx.base)
     ref = max(candidates, key=lambda b: b.bits)
     ctx.reference = ref
+    side_by_side = gguf_outputs(ctx)
+    with ThreadPoolExecutor(verify_workers(ctx, len(side_by_side)), thread_name_prefix="ff-verify") as pool:
+        for _ in pool.map(lambda o: _verify_one(ctx, o, ref), side_by_side):
+            pass
     for out in llm_outputs(ctx):
-        _verify_one(ctx, out, ref)
+        if out not in side_by_side:  # ONNX Runtime GenAI exports: one at a time
+            _verify_one(ctx, out, ref)
     projector = _verify_projector(ctx, ref)
     _check_policy(ctx)
     return f"reference {ref.quantization}; " + ", ".join(
