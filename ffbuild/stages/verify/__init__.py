@@ -7,6 +7,8 @@ by :mod:`ffbuild.stages.verify.genai`, each report through the build cache.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,10 +24,12 @@ from ffbuild.stages.context import (
     VerifyPolicyError,
     as_number,
 )
+from ffbuild.stages.errors import StageError
 from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
-from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
+from ffbuild.stages.verify.gguf import DEFAULT_TEXT, VerifyReport, reference_text, verify_gguf
 from ffbuild.stages.verify.projector import MIN_COSINE
+from ffruntime.errors import RuntimeFailure
 from ffruntime.settings import available_cores
 
 _MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
@@ -106,6 +110,30 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     secs = entry.meta.get("seconds")
     out.verify_seconds = float(secs) if isinstance(secs, int | float) and not hit else 0.0
     out.verified_now = not hit
+
+
+def ahead(ctx: BuildContext) -> None:
+    """Once a fresh float GGUF exists (the convert stage made it; it is the reference of every variant
+    quantized from it), make its pass over the verification text in the background, while the quantize
+    stage runs: the verify stage then finds it made (:func:`~ffbuild.stages.verify.gguf.reference_text`
+    is made once per file, whoever asks first). Not on a rebuild whose conversion came from the cache
+    (its verify results are likely cached too), nor twice."""
+    base = ctx.base
+    if not ctx.options.verify or base is None or base.cached or base.weight.path.suffix != ".gguf":
+        return
+    if any(t.name == "ff-verify-ahead" for t in ctx.ahead) or not any(
+        v.family == "gguf" for v in ctx.plan.variants
+    ):
+        return
+    path, threads = base.weight.path, ctx.options.threads
+
+    def work() -> None:
+        with contextlib.suppress(StageError, RuntimeFailure):  # the verify stage meets it and reports it
+            reference_text(path, DEFAULT_TEXT, threads)
+
+    thread = threading.Thread(target=work, name="ff-verify-ahead")
+    ctx.ahead.append(thread)
+    thread.start()
 
 
 def _check_policy(ctx: BuildContext) -> None:

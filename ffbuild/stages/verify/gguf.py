@@ -173,7 +173,9 @@ def _reference_text(path: Path, size: int, mtime_ns: int, text: str, threads: in
     return result
 
 
-def _reference_embeddings(path: Path, size: int, mtime_ns: int, threads: int | None) -> tuple[FloatArray, ...]:
+def _reference_embeddings(
+    path: Path, size: int, mtime_ns: int, threads: int | None
+) -> tuple[FloatArray, ...]:
     with _once(("embed", path, size, mtime_ns, threads)):
         return _embeddings(path, size, mtime_ns, threads)
 
