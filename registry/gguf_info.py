@@ -349,7 +349,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     """Summarise the GGUF file at ``path``; a file that is not GGUF raises :class:`GGUFError`.
     Remembered per process for the file as it is (device, inode, size, mtime): a build reads each of its
     GGUFs' summaries several times (quantize, verify, package), and parsing a 49k-token vocabulary costs."""
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:
+        return info_from_header(read_gguf_header(path))  # its error says what is wrong with the path
     return _info(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
