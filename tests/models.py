@@ -230,10 +230,14 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
     "qwen2moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                "shared_expert_intermediate_size": 64}),
     "granitemoe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "phi4": ("phi3", {}),  # Phi-4's layout: Phi3ForCausalLM with a GPT-2 BPE tokenizer
 }
 """Tiny random decoders by family, made by transformers from a config (numeric agreement checks only).
-Phi-3 is not among them: it converts, but llama.cpp's phi3 vocabulary loader looks up Phi's own special
-tokens, which SmolLM2's tokenizer (the one these models borrow) lacks ("unordered_map::at")."""
+The Phi-3 architecture is checked as Phi-4 ships it (``Phi3ForCausalLM`` with a GPT-2 BPE tokenizer, the
+one these models borrow from SmolLM2), in a folder named ``phi4``: for a model whose name says Phi-3,
+llama.cpp's vocabulary loader looks up Phi-3-mini's SentencePiece tokens (``<unk>``, ``<s>``, ``</s>``),
+which a BPE vocabulary lacks ("unordered_map::at"); a Phi-3-mini with its own SentencePiece
+``tokenizer.model`` is not among these checks."""
 
 
 DECISIVE = 30.0
