@@ -56,6 +56,18 @@ def _family_plan(plan: BuildPlan, families: tuple[Family, ...] | None) -> BuildP
     return plan.model_copy(update={"variants": variants}) if variants else None
 
 
+def _start_ahead(ctx: BuildContext, plan: BuildPlan, later: tuple[Stage, ...]) -> None:
+    """Let each later stage of this build start what it can in the background (:attr:`Stage.ahead`)."""
+    narrowed = ctx.plan
+    ctx.plan = plan
+    try:
+        for stage in later:
+            if stage.ahead is not None and _family_plan(plan, stage.families) is not None:
+                stage.ahead(ctx)
+    finally:
+        ctx.plan = narrowed
+
+
 def build(
     plan: BuildPlan,
     ref: Reference,
@@ -77,18 +89,23 @@ def build(
     hits0, misses0 = len(ctx.cache.hits), len(ctx.cache.misses)
     tracing.configure("ff-build")  # OTEL_* set: a span for the build, a child per stage
     with tracing.span("ff build", reference=str(ref), variants=len(plan.variants)):
-        for stage in STAGES:
-            narrowed = _family_plan(plan, stage.families)
-            if narrowed is None:
-                continue
-            ctx.plan = narrowed
-            ctx.progress.start(stage.name)
-            start = time.perf_counter()
-            with tracing.span(f"build.{stage.name}", stage=stage.name):
-                summary = stage.run(ctx)
-            secs = time.perf_counter() - start
-            ctx.timings.append(StageTiming(stage.name, secs, summary))
-            ctx.progress.done(stage.name, secs, summary)
+        try:
+            for i, stage in enumerate(STAGES):
+                narrowed = _family_plan(plan, stage.families)
+                if narrowed is None:
+                    continue
+                _start_ahead(ctx, plan, STAGES[i + 1 :])
+                ctx.plan = narrowed
+                ctx.progress.start(stage.name)
+                start = time.perf_counter()
+                with tracing.span(f"build.{stage.name}", stage=stage.name):
+                    summary = stage.run(ctx)
+                secs = time.perf_counter() - start
+                ctx.timings.append(StageTiming(stage.name, secs, summary))
+                ctx.progress.done(stage.name, secs, summary)
+        finally:
+            for thread in ctx.ahead:
+                thread.join()
     return BuildResult(
         reference=str(ref),
         index_digest=ctx.index_digest,

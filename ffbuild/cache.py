@@ -35,16 +35,26 @@ class CacheError(Exception):
     """The cache folder cannot be used (permissions, a corrupt entry that cannot be removed)."""
 
 
-_digest_memo: dict[tuple[str, int, int, int], str] = {}
+_digest_memo: dict[tuple[int, int, int, int], str] = {}
+"""sha256 by (device, inode, size, mtime_ns): the file hashed, wherever it was renamed to since."""
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file, remembered per (path, inode, size, mtime) for this process."""
+    """sha256 of a file, remembered per (device, inode, size, mtime) for this process."""
     st = path.stat()
-    memo_key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    memo_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if memo_key not in _digest_memo:
         _digest_memo[memo_key] = sha256_file(path)[0]
     return _digest_memo[memo_key]
+
+
+def hashed_stat(path: Path, digest: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of ``path`` when this process hashed it, as it is now, to ``digest``
+    (:func:`file_digest`); the store then links it without reading it again."""
+    st = path.stat()
+    if _digest_memo.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) != digest:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def folder_digest(folder: Path) -> str:

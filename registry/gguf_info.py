@@ -13,6 +13,7 @@ the build (every stage) and the store (Ollama-format pulls) read GGUF headers.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import re
 import struct
@@ -345,7 +346,18 @@ def info_from_header(header: GGUFHeader) -> GGUFInfo:
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """Summarise the GGUF file at ``path``; a file that is not GGUF raises :class:`GGUFError`."""
+    """Summarise the GGUF file at ``path``; a file that is not GGUF raises :class:`GGUFError`.
+    Remembered per process for the file as it is (device, inode, size, mtime): a build reads each of its
+    GGUFs' summaries several times (quantize, verify, package), and parsing a 49k-token vocabulary costs."""
+    try:
+        st = path.stat()
+    except OSError:
+        return info_from_header(read_gguf_header(path))  # its error says what is wrong with the path
+    return _info(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _info(path: Path, dev: int, ino: int, size: int, mtime_ns: int) -> GGUFInfo:
     return info_from_header(read_gguf_header(path))
 
 

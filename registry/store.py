@@ -259,10 +259,15 @@ class Store:
         link: bool = False,
         expected_digest: str | None = None,
         expected_size: int | None = None,
+        hashed_as: tuple[int, int, int] | None = None,
     ) -> tuple[str, int]:
         """Add a file as a blob, verified against ``expected_digest``/``expected_size`` when given:
         copied; moved when ``move``; hard-linked when ``link`` (only for files nobody will edit in place,
-        such as build outputs) and the file system allows, else copied."""
+        such as build outputs) and the file system allows, else copied.
+
+        ``hashed_as``: the (inode, size, mtime_ns) of ``src`` when the caller hashed it to
+        ``expected_digest`` in this process; a hard link to that very inode, unchanged since, is that
+        content, so it is not read and hashed a second time (a copy always is)."""
         if expected_digest is not None and self.has_blob(expected_digest):
             return expected_digest, self.blob_path(expected_digest).stat().st_size
         tmp = self.temp_file("add")
@@ -280,6 +285,11 @@ class Store:
                     pass
             if not done:
                 shutil.copyfile(src, tmp)
+            elif link and expected_digest is not None and hashed_as is not None:
+                st = tmp.stat()
+                if (st.st_ino, st.st_size, st.st_mtime_ns) == hashed_as:
+                    self.commit_hashed(tmp, expected_digest, st.st_size)
+                    return expected_digest, st.st_size
             return self.commit_file(tmp, expected_digest, expected_size)
         finally:
             tmp.unlink(missing_ok=True)

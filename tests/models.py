@@ -230,15 +230,35 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
     "qwen2moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                "shared_expert_intermediate_size": 64}),
     "granitemoe": ("granitemoe", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "phi4": ("phi3", {}),  # Phi-4's layout: Phi3ForCausalLM with a GPT-2 BPE tokenizer
 }
 """Tiny random decoders by family, made by transformers from a config (numeric agreement checks only).
-Phi-3 is not among them: it converts, but llama.cpp's phi3 vocabulary loader looks up Phi's own special
-tokens, which SmolLM2's tokenizer (the one these models borrow) lacks ("unordered_map::at")."""
+The Phi-3 architecture is checked as Phi-4 ships it (``Phi3ForCausalLM`` with a GPT-2 BPE tokenizer, the
+one these models borrow from SmolLM2), in a folder named ``phi4``: for a model whose name says Phi-3,
+llama.cpp's vocabulary loader looks up Phi-3-mini's SentencePiece tokens (``<unk>``, ``<s>``, ``</s>``),
+which a BPE vocabulary lacks ("unordered_map::at"); a Phi-3-mini with its own SentencePiece
+``tokenizer.model`` is not among these checks."""
+
+
+DECISIVE = 30.0
+"""How much :func:`random_decoder` scales its token embeddings (see there)."""
+DECODER_RECIPE = "d30"
+"""Part of the cache key of :func:`random_decoder`'s folders: change it when the recipe changes."""
 
 
 def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:
     """A randomly initialised ``family`` decoder (hidden 64, 2 layers, f32) with the tokenizer of
-    ``tokenizer_folder`` (its vocabulary sizes the embedding), saved as a Hugging Face folder."""
+    ``tokenizer_folder`` (its vocabulary sizes the embedding), saved as a Hugging Face folder.
+
+    Its next-token logits are made decisive, like a trained model's: a purely random model's top two
+    logits (out of 49k) lie about 0.16 standard deviations apart at the median, so q8_0's rounding flips
+    5-15 % of its greedy tokens however right the conversion is. Here the token embeddings are scaled by
+    :data:`DECISIVE` (so the residual stream carries the current token, as the first thing a trained model
+    learns) and an untied output head is the embedding matrix with its rows shuffled (a random bigram
+    table: token ``t`` favours one next token; a tied head favours ``t`` itself). The top logit then stands
+    about 1.5-4 standard deviations above the next at the median, while the layers still move every
+    logit and pick the winner at 0-15 % of positions (measured on tests/ffbuild/test_families.py's
+    text)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -248,6 +268,12 @@ def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **_TINY, **special, **extra)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        if head.data_ptr() != emb.data_ptr():  # untied: a shuffled copy of the embeddings
+            head.copy_(emb[torch.randperm(emb.shape[0])])
+        emb.mul_(DECISIVE)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     # as the Hub's SmolLM2 names it (transformers 5 writes TokenizersBackend; Phi-3's converter reads

@@ -39,13 +39,15 @@ def module_file(name: str, root: Path = SOURCE_ROOT) -> Path | None:
     return None
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
+def _type_checking_lines(node: ast.If) -> range | None:
+    """The lines of the body of ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``), else None."""
+    test = node.test
+    named = (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+    if not (named or "TYPE_CHECKING" in ast.unparse(test)):
+        return None
+    return range(node.body[0].lineno, (node.body[-1].end_lineno or node.body[-1].lineno) + 1)
 
 
 def _dynamic_import(node: ast.Call) -> str | None:
@@ -63,27 +65,36 @@ def module_imports(path: Path, name: str, *, type_only: bool = False) -> list[tu
 
     ``certain`` is False for the ``pkg.name`` of ``from pkg import name``, which may name a module or
     only an attribute of ``pkg``. Imports under ``if TYPE_CHECKING:`` are left out unless ``type_only``.
+    Remembered per process for the file as it is (size, mtime): every stage's closure shares the files.
     """
+    st = path.stat()
+    return list(_module_imports(path, name, type_only, st.st_size, st.st_mtime_ns))
+
+
+@functools.cache
+def _module_imports(
+    path: Path, name: str, type_only: bool, size: int, mtime_ns: int
+) -> tuple[tuple[str, int, bool], ...]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    skip = set() if type_only else _type_checking_lines(tree)
     here = name.split(".")
     package = here if path.name == "__init__.py" else here[:-1]
-    out: list[tuple[str, int, bool]] = []
-    for node in ast.walk(tree):
-        if getattr(node, "lineno", 0) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            out += [(a.name, node.lineno, True) for a in node.names]
+    found: list[tuple[str, int, bool]] = []
+    skip: list[range] = []
+    for node in ast.walk(tree):  # one walk: the imports, and the TYPE_CHECKING blocks to drop after
+        if isinstance(node, ast.If) and not type_only and (lines := _type_checking_lines(node)) is not None:
+            skip.append(lines)
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno, True) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package[: len(package) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            out.append((base, node.lineno, True))
-            out += [(f"{base}.{a.name}", node.lineno, False) for a in node.names]
+            found.append((base, node.lineno, True))
+            found += [(f"{base}.{a.name}", node.lineno, False) for a in node.names]
         elif isinstance(node, ast.Call) and (dynamic := _dynamic_import(node)) is not None:
-            out.append((dynamic, node.lineno, True))
-    return out
+            found.append((dynamic, node.lineno, True))
+    return tuple(f for f in found if not any(f[1] in r for r in skip))
 
 
 def _with_parents(name: str) -> list[str]:

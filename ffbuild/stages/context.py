@@ -7,6 +7,7 @@ never reaches up into the pipeline (:mod:`ffbuild.build`) that runs it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,6 +208,7 @@ class BuildContext:
     index_digest: str = ""
     tags: list[str] = field(default_factory=list)
     timings: list[StageTiming] = field(default_factory=list)
+    ahead: list[threading.Thread] = field(default_factory=list)  # work started ahead of its stage
 
     def cache_key(self, stage: str, **inputs: CacheValue) -> str:
         """The cache key of a stage run: its inputs plus the versions of the tools it runs."""

@@ -30,11 +30,14 @@ from registry.choices import Family
 @dataclass(frozen=True)
 class Stage:
     """A step of the build. ``families``: the stage sees only the variants of those families
-    (``Variant.family``) in ``ctx.plan`` and is skipped when there are none; ``None``: it sees them all."""
+    (``Variant.family``) in ``ctx.plan`` and is skipped when there are none; ``None``: it sees them all.
+    ``ahead``: called before each earlier stage runs (with the whole plan), it may start work of this
+    stage in the background whose inputs exist already (the build waits for it before it ends)."""
 
     name: str
     run: Callable[[BuildContext], str]
     families: tuple[Family, ...] | None = None
+    ahead: Callable[[BuildContext], None] | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -45,7 +48,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("adapters", lora.run, ("gguf",)),
     Stage("export", onnx_export.run, ("tensor",)),
     Stage("compile", compile.run, ("tensor",)),
-    Stage("verify", verify.run, ("gguf", "genai")),
+    Stage("verify", verify.run, ("gguf", "genai"), ahead=verify.ahead),
     Stage("verify-tensor", verify_tensor.run, ("tensor",)),
     Stage("speech", speech.run, ("speech",)),
     Stage("verify-speech", verify_speech.run, ("speech",)),

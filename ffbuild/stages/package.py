@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from ffbuild.cache import hashed_stat
 from ffbuild.plan import Message, Variant
 from ffbuild.stages import tools
 from ffbuild.stages.context import BuildContext, ExtraLayer, JSONValue, WeightFile
@@ -117,7 +118,10 @@ def add_blob(store: Store, f: WeightFile) -> None:
     """Put a large file in the store under its digest, verified: hard-linked when the build owns it
     (and the file system allows), else copied (a user's own file may be edited in place later)."""
     try:
-        store.add_file(f.path, link=f.build_owned, expected_digest=f.digest, expected_size=f.size)
+        hashed = hashed_stat(f.path, f.digest) if f.build_owned else None
+        store.add_file(
+            f.path, link=f.build_owned, expected_digest=f.digest, expected_size=f.size, hashed_as=hashed
+        )
     except DigestMismatchError as exc:
         raise PackageError(
             f"{f.path} does not match the digest recorded when it was made ({exc}); "

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -51,17 +52,27 @@ def binding() -> ModuleType:
 
 
 _LOG_CALLBACK: list[Any] = []  # the installed callback, kept alive while llama.cpp may call it
+_COLLECTING = threading.local()  # per thread: a stack of (min_level, lines) of open captured_log blocks
 
 
 def _quiet_log(llama_cpp: ModuleType) -> None:
     """llama.cpp's warnings and errors go to the ``ffruntime.llamacpp`` logger (debug level, as the
-    callers report failures themselves); its info and debug lines (per batch, per KV copy) nowhere."""
+    callers report failures themselves), or to the innermost :func:`captured_log` block open on the
+    thread that logs; its info and debug lines (per batch, per KV copy) nowhere. The one callback is
+    installed once and never replaced: threads that call llama.cpp side by side (the verify stage, the
+    server's engine and its helpers) each collect their own lines, and no thread can free a callback
+    that llama.cpp is calling on another."""
     if _LOG_CALLBACK:
         return
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def _forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if level in (2, 3):
+        stack: list[tuple[int, list[str]]] | None = getattr(_COLLECTING, "stack", None)
+        if stack:
+            min_level, lines = stack[-1]
+            if level >= min_level and level != 5:
+                lines.append(text.decode("utf-8", "replace").rstrip())
+        elif level in (2, 3):
             log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
     _LOG_CALLBACK.append(_forward)
@@ -70,20 +81,16 @@ def _quiet_log(llama_cpp: ModuleType) -> None:
 
 @contextlib.contextmanager
 def captured_log(min_level: int = 2) -> Iterator[list[str]]:
-    """Collect llama.cpp log lines at ``min_level`` or above (2 warn, 3 error) while the block runs."""
-    llama_cpp = binding()
+    """Collect the llama.cpp log lines this thread logs at ``min_level`` or above (2 warn, 3 error) while
+    the block runs."""
+    binding()
     lines: list[str] = []
-
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def _collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if level >= min_level and level != 5:
-            lines.append(text.decode("utf-8", "replace").rstrip())
-
-    llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
+    stack: list[tuple[int, list[str]]] = _COLLECTING.__dict__.setdefault("stack", [])
+    stack.append((min_level, lines))
     try:
         yield lines
     finally:
-        llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
+        stack.pop()
 
 
 def log_tail(lines: list[str], n: int = 5) -> str:

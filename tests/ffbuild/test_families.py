@@ -1,11 +1,15 @@
 """Families llama.cpp's converter knows, proved numerically: a tiny random model of each (made by
 transformers from a config, cached) is built by ``ff build`` (f16 and q8_0, verify on), its stored
 GGUFs are loaded by ffruntime, and their logits (embeddings for BERT) agree with transformers' on the
-same tokens: cosine ≥ 0.999 at every position and greedy next-token agreement ≥ 0.95 at f16; at q8_0 a
-mean cosine ≥ 0.99 (the top-2 margins of random logits are so small that q8_0 flips 5-15 % of greedy
-tokens, so its agreement is held to ≥ 0.75 only). Random weights prove the
-conversion, not quality (the real SmolLM2 and MiniLM builds are tests/ffbuild/test_build_smollm2.py and
-test_convert.py)."""
+same tokens at every position of a 62-token text: greedy next-token agreement ≥ 0.95 at f16 and at
+q8_0, cosine ≥ 0.999 at every position at f16 and ≥ 0.99 on average at q8_0.
+
+The decoders' logits are decisive, as a trained model's are (:func:`tests.models.random_decoder`: token
+embeddings scaled, an untied head a shuffled copy of them): with purely random weights the top two of
+49k logits are so close (0.16 standard deviations at the median) that q8_0's rounding flipped 5-15 % of
+the greedy tokens of a correct conversion. Every position is compared, against transformers' f32 model.
+Random weights prove the conversion, not quality (the real SmolLM2 and MiniLM builds are
+tests/ffbuild/test_build_smollm2.py and test_convert.py)."""
 
 from __future__ import annotations
 
@@ -23,11 +27,15 @@ from ffruntime.llamacpp.eval import LlamaEval
 from registry.artifact import open_variant, variants_of
 from registry.reference import parse_reference
 from registry.store import Store
-from tests.models import FAMILIES, RECIPE, cached_dir, random_bert, random_decoder
+from tests.models import DECODER_RECIPE, FAMILIES, RECIPE, cached_dir, random_bert, random_decoder
 
 pytestmark = pytest.mark.slow
 
-TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
+TEXT = (
+    "The river rises in the hills to the north of the town and runs south through a wide valley of farms "
+    "and small villages. In spring the water is high and fast, and the old stone bridge near the market "
+    "is sometimes closed for a few days. Most of the year, however, the river is calm."
+)
 SENTENCES = [
     "The cat sleeps on the warm windowsill.",
     "Paris is the capital of France.",
@@ -37,7 +45,8 @@ CACHE = Path.home() / ".cache" / "ferrousforge-tests" / "families-build-cache"
 
 
 def _key(name: str) -> str:
-    return f"family-{name}-tf{importlib.metadata.version('transformers')}-r{RECIPE}"
+    recipe = RECIPE if name == "bert" else f"{RECIPE}-{DECODER_RECIPE}"
+    return f"family-{name}-tf{importlib.metadata.version('transformers')}-r{recipe}"
 
 
 def _build(folder: Path, tmp_path: Path, task: str) -> dict[str, Path]:
@@ -67,16 +76,18 @@ def test_decoder_family_matches_transformers(family: str, smollm2_hf: Path, tmp_
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
     ggufs = _build(folder, tmp_path, "generate")
-    assert set(ggufs) == {"f16", "q8_0"}
+    assert set(ggufs) == {"f16", "q8_0"} and len(ids) >= 60
     for quant, path in ggufs.items():
         with LlamaEval(path, threads=1) as m:
             ours = m.logits(ids)
         cos = _cosines(ours, ref)
         agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+        print(f"{family} {quant}: agreement {agree:.3f}, cosine min {cos.min():.5f} mean {cos.mean():.5f}")
+        assert agree >= 0.95, (family, quant, agree)
         if quant == "f16":
-            assert cos.min() >= 0.999 and agree >= 0.95, (family, quant, cos.min(), agree)
-        else:  # q8_0 of random weights: tiny top-2 margins flip (measured 0.85-0.95)
-            assert cos.mean() >= 0.99 and agree >= 0.75, (family, quant, cos.mean(), agree)
+            assert cos.min() >= 0.999, (family, quant, cos.min())
+        else:
+            assert cos.mean() >= 0.99, (family, quant, cos.mean())
 
 
 def test_bert_encoder_matches_transformers(minilm_folder: Path, tmp_path: Path) -> None:

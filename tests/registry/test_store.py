@@ -180,3 +180,25 @@ def test_digest_pinned_tag_must_match(tmp_path: Path) -> None:
     assert store.resolve(f"m:1@{a.digest}").digest == a.digest
     with pytest.raises(NotFoundError, match="pinned"):
         store.resolve(f"m:1@{b.digest}")
+
+
+def test_a_link_to_a_file_hashed_as_it_is_now_is_not_hashed_again(tmp_path: Path) -> None:
+    """``hashed_as``: the caller hashed this inode at this size and mtime; a changed file is hashed."""
+    store = Store(tmp_path / "s")
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"weights")
+    st = f.stat()
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    f.write_bytes(b"WEIGHTS")  # the same size; restore the mtime: to the store it is the file hashed
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.add_file(f, link=True, expected_digest=_digest(b"weights"), hashed_as=stamp)[0] == _digest(
+        b"weights"
+    )  # trusted, not read (which is why only build outputs, never edited in place, pass it)
+    g = tmp_path / "other.gguf"
+    g.write_bytes(b"fresh")
+    stale = (g.stat().st_ino, 5, g.stat().st_mtime_ns - 1)  # hashed before its last write: read again
+    with pytest.raises(DigestMismatchError):
+        store.add_file(g, link=True, expected_digest=_digest(b"other"), hashed_as=stale)
+    assert store.add_file(g, link=True, expected_digest=_digest(b"fresh"), hashed_as=stale)[0] == _digest(
+        b"fresh"
+    )

@@ -7,7 +7,10 @@ by :mod:`ffbuild.stages.verify.genai`, each report through the build cache.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ffbuild.cache import CacheValue
@@ -21,10 +24,13 @@ from ffbuild.stages.context import (
     VerifyPolicyError,
     as_number,
 )
+from ffbuild.stages.errors import StageError
 from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
-from ffbuild.stages.verify.gguf import VerifyReport, verify_gguf
+from ffbuild.stages.verify.gguf import DEFAULT_TEXT, VerifyReport, reference_text, verify_gguf
 from ffbuild.stages.verify.projector import MIN_COSINE
+from ffruntime.errors import RuntimeFailure
+from ffruntime.settings import available_cores
 
 _MACHINE_FIELDS = ("path", "reference", "lora", "seconds")
 """Report fields that name local paths or wall time: left out of verify.json so digests reproduce."""
@@ -106,6 +112,30 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     out.verified_now = not hit
 
 
+def ahead(ctx: BuildContext) -> None:
+    """Once a fresh float GGUF exists (the convert stage made it; it is the reference of every variant
+    quantized from it), make its pass over the verification text in the background, while the quantize
+    stage runs: the verify stage then finds it made (:func:`~ffbuild.stages.verify.gguf.reference_text`
+    is made once per file, whoever asks first). Not on a rebuild whose conversion came from the cache
+    (its verify results are likely cached too), nor twice."""
+    base = ctx.base
+    if not ctx.options.verify or base is None or base.cached or base.weight.path.suffix != ".gguf":
+        return
+    if any(t.name == "ff-verify-ahead" for t in ctx.ahead) or not any(
+        v.family == "gguf" for v in ctx.plan.variants
+    ):
+        return
+    path, threads = base.weight.path, ctx.options.threads
+
+    def work() -> None:
+        with contextlib.suppress(StageError, RuntimeFailure):  # the verify stage meets it and reports it
+            reference_text(path, DEFAULT_TEXT, threads)
+
+    thread = threading.Thread(target=work, name="ff-verify-ahead")
+    ctx.ahead.append(thread)
+    thread.start()
+
+
 def _check_policy(ctx: BuildContext) -> None:
     policy = ctx.plan.verify
     failures: list[str] = []
@@ -140,6 +170,13 @@ def _check_policy(ctx: BuildContext) -> None:
         raise VerifyPolicyError("verify failed, nothing was stored:\n  " + "\n  ".join(failures))
 
 
+def verify_workers(ctx: BuildContext, variants: int) -> int:
+    """How many GGUF variants are verified side by side: one per core (each evaluator starts on one
+    thread, :mod:`ffruntime.llamacpp.threads`, so one at a time left the other cores idle; measured on
+    2 cores, SmolLM2 f16 + q8_0 + q4_k_m: docs/benchmarks.md), fewer when ``--threads`` gives each more."""
+    return max(1, min(variants, available_cores() // max(1, ctx.options.threads or 1)))
+
+
 def gguf_outputs(ctx: BuildContext) -> list[VariantOutput]:
     return [o for o in ctx.outputs if o.built.format == "gguf"]
 
@@ -158,8 +195,13 @@ def run(ctx: BuildContext) -> str:
         candidates.append(ctx.base)
     ref = max(candidates, key=lambda b: b.bits)
     ctx.reference = ref
+    side_by_side = gguf_outputs(ctx)
+    with ThreadPoolExecutor(verify_workers(ctx, len(side_by_side)), thread_name_prefix="ff-verify") as pool:
+        for _ in pool.map(lambda o: _verify_one(ctx, o, ref), side_by_side):
+            pass
     for out in llm_outputs(ctx):
-        _verify_one(ctx, out, ref)
+        if out not in side_by_side:  # ONNX Runtime GenAI exports: one at a time
+            _verify_one(ctx, out, ref)
     projector = _verify_projector(ctx, ref)
     _check_policy(ctx)
     return f"reference {ref.quantization}; " + ", ".join(

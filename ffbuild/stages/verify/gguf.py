@@ -13,8 +13,10 @@ For a text model it measures, through llama.cpp:
 For an embedding model (a GGUF with a pooling type, e.g. BERT) ``agreement`` is the mean cosine
 similarity to the reference's embeddings of :data:`EMBED_SENTENCES`, and there is no perplexity.
 
-The reference is evaluated first and only its results are kept (cached per file and text), so two
-models are never loaded at once and a build with many variants evaluates its reference once.
+Each file's pass over the text is kept (per file and text) and made once, under a lock per file, so a
+build evaluates its reference once even when it verifies its variants side by side (one thread each,
+:func:`ffbuild.stages.verify.run`): a variant measures itself first and then waits for the reference's
+pass if another thread is still making it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,31 +141,47 @@ def _sample(m: LlamaEval, modelfile: ModelfilePrompt, prompt: str, report: Verif
 
 _TextKey = tuple[Path, int, int, str, int | None]  # file (path, size, mtime), text, threads
 _TEXT_EVALS: collections.OrderedDict[_TextKey, _TextEval] = collections.OrderedDict()
+_LOCKS: dict[object, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _once(key: object) -> threading.Lock:
+    """The lock under which the result for ``key`` is made (so threads verifying side by side wait for
+    one pass over a file instead of each making its own)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def _remember_text(key: _TextKey, result: _TextEval) -> None:
-    _TEXT_EVALS[key] = result
-    _TEXT_EVALS.move_to_end(key)
-    while len(_TEXT_EVALS) > 16:
-        _TEXT_EVALS.popitem(last=False)
+    with _LOCKS_GUARD:
+        _TEXT_EVALS[key] = result
+        _TEXT_EVALS.move_to_end(key)
+        while len(_TEXT_EVALS) > 16:
+            _TEXT_EVALS.popitem(last=False)
 
 
 def _reference_text(path: Path, size: int, mtime_ns: int, text: str, threads: int | None) -> _TextEval:
     """The pass over ``text`` of a file, from the cache when the file was verified or used as a reference
     already (a build verifies its f16 first, then measures every quantization against it)."""
     key = (path, size, mtime_ns, text, threads)
-    if (hit := _TEXT_EVALS.get(key)) is not None:
-        return hit
-    with LlamaEval(path, settings=eval_settings(threads)) as m:
-        result = _eval_text(m, text)
-    _remember_text(key, result)
+    with _once(key):
+        if (hit := _TEXT_EVALS.get(key)) is not None:
+            return hit
+        with LlamaEval(path, settings=eval_settings(threads)) as m:
+            result = _eval_text(m, text)
+        _remember_text(key, result)
     return result
 
 
-@functools.lru_cache(maxsize=16)
 def _reference_embeddings(
     path: Path, size: int, mtime_ns: int, threads: int | None
 ) -> tuple[FloatArray, ...]:
+    with _once(("embed", path, size, mtime_ns, threads)):
+        return _embeddings(path, size, mtime_ns, threads)
+
+
+@functools.lru_cache(maxsize=16)
+def _embeddings(path: Path, size: int, mtime_ns: int, threads: int | None) -> tuple[FloatArray, ...]:
     with LlamaEval(path, embedding=True, settings=eval_settings(threads)) as m:
         return tuple(m.embed(s) for s in EMBED_SENTENCES)
 
@@ -221,14 +240,18 @@ def _verify_text(
     threads: int | None,
     report: VerifyReport,
 ) -> None:
-    ref = _reference_text(*_file_key(reference), text, threads) if reference is not None else None
     with LlamaEval(path, lora=lora, settings=eval_settings(threads)) as m:
         report.loads = True
-        own = _eval_text(m, text)
-        if not lora:  # the same pass this file would give as another variant's reference
-            _remember_text((*_file_key(path), text, threads), own)
+        if lora:
+            own = _eval_text(m, text)
+        else:  # the same pass this file gives as another variant's reference: made once
+            key = (*_file_key(path), text, threads)
+            with _once(key):
+                own = _TEXT_EVALS.get(key) or _eval_text(m, text)
+                _remember_text(key, own)
         report.prompt = prompt
         _sample(m, modelfile, prompt, report)
+    ref = _reference_text(*_file_key(reference), text, threads) if reference is not None else None
     report.perplexity = round(own.perplexity, 4)
     report.tokens_evaluated = len(own.tokens)
     if ref is not None:
