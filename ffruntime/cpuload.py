@@ -14,8 +14,8 @@ import os
 import threading
 import time
 
-PERIOD = 0.1  # seconds between samples
-WINDOW = 0.4  # seconds the reading spans (the kernel counts busy time in ticks of 10 ms: 40 per core)
+PERIOD = 0.05  # seconds between samples
+WINDOW = 0.2  # seconds the reading spans (the kernel counts busy time in ticks of 10 ms: 20 per core)
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest time is inside user)
 
 

@@ -7,7 +7,7 @@ while nothing else runs and collapse (10-40× slower) as soon as another process
 thread (no barrier at all: ggml runs a one-thread graph on the calling thread) never collapses. What can
 change while the process runs is the thread count of the next decode (``llama_set_n_threads``).
 
-The rule: before each step, the cores other processes kept busy over the last 0.4 s
+The rule: before each step, the cores other processes kept busy over the last 0.2 s
 (:mod:`ffruntime.cpuload`: ``/proc/stat`` less this process's own CPU time) decide how many cores are
 free, and the step runs on that many threads (at least 1, at most the settings' :func:`most_threads`):
 
