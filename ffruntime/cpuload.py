@@ -66,15 +66,23 @@ class CpuLoad:
         while self._sample():
             time.sleep(self.period)
 
-    def others(self) -> float | None:
-        """Cores busy with other processes over the last window (``None``: not measurable here)."""
+    def others(self, span: float = WINDOW) -> float | None:
+        """Cores busy with other processes over the last ``span`` seconds (at least one sample period;
+        ``None``: not measurable here)."""
         with self._lock:
-            if len(self._samples) < 2:
-                return None
-            (t0, b0, own0), (t1, b1, own1) = self._samples[0], self._samples[-1]
+            samples = list(self._samples)
+        if len(samples) < 2:
+            return None
+        t1, b1, own1 = samples[-1]
+        t0, b0, own0 = next((s for s in samples[:-1] if t1 - s[0] <= span + self.period / 2), samples[-2])
         if t1 - t0 <= 0:
             return None
         return max(0.0, ((b1 - b0) - (own1 - own0)) / (t1 - t0))
+
+    def readings(self) -> tuple[float, float] | None:
+        """(the last sample period, the whole window): :meth:`others` over both."""
+        recent, window = self.others(self.period), self.others()
+        return None if recent is None or window is None else (recent, window)
 
 
 _shared: CpuLoad | None = None

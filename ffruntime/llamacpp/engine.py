@@ -14,9 +14,10 @@ One engine thread owns the context (the event loop never runs model code). At ev
    constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the masks of all constrained
    sequences of the step are computed together).
 
-Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot whose
-cached tokens share the longest prefix with its prompt, or copies the KV of any slot sharing a longer
-one (``llama_memory_seq_cp``), and decodes only the rest. A batch the KV cache cannot hold defers its
+Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot that keeps
+the running sequence ids in the fewest runs (:func:`~ffruntime.llamacpp.slots.pick_slot`), keeps the
+prefix its own cache shares with the prompt, or copies the KV of any slot sharing a longer one
+(``llama_memory_seq_cp``), and decodes only the rest. A batch the KV cache cannot hold defers its
 youngest sequence (it is re-read later) or, alone, ends it with ``length``; it never crashes.
 
 Media (:mod:`ffruntime.llamacpp.media`): a job with images or audio holds each media chunk as a run of

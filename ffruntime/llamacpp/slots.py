@@ -37,13 +37,16 @@ def id_runs(ids: set[int]) -> int:
 
 
 def pick_slot(free: list[Slot], busy: set[int], tokens: list[int]) -> Slot:
-    """The free slot for a new sequence: one whose cached prefix is worth keeping, else the one that leaves
-    the running sequences in the fewest runs of consecutive ids (llama.cpp decodes each run as its own
-    forward pass), else the least recently used (its cache is the least likely to be wanted)."""
+    """The free slot for a new sequence: the one that leaves the running sequences in the fewest runs of
+    consecutive ids (llama.cpp decodes each run as its own forward pass, every step of the generation),
+    then one whose own cached prefix is worth keeping, then the least recently used (its cache is the
+    least likely to be wanted). A prefix cached in another slot is not lost: the engine copies it into the
+    slot picked (``llama_memory_seq_cp``). Prefix first, as before, left 4 streams of a benchmark that
+    had run 8 in 4 runs of one sequence each: 0.79× of llama-server instead of ≥ 1 (docs/benchmarks.md)."""
 
     def worth(s: Slot) -> tuple[int, int, float]:
         own = common_prefix(s.cached, tokens)
-        return (own if own >= MIN_SHARED else 0, -id_runs(busy | {s.seq_id}), -s.last_used)
+        return (-id_runs(busy | {s.seq_id}), own if own >= MIN_SHARED else 0, -s.last_used)
 
     return max(free, key=worth)
 

@@ -7,13 +7,15 @@ while nothing else runs and collapse (10-40× slower) as soon as another process
 thread (no barrier at all: ggml runs a one-thread graph on the calling thread) never collapses. What can
 change while the process runs is the thread count of the next decode (``llama_set_n_threads``).
 
-The rule: before each step, the cores other processes kept busy over the last 0.2 s
-(:mod:`ffruntime.cpuload`: ``/proc/stat`` less this process's own CPU time) decide how many cores are
-free, and the step runs on that many threads (at least 1, at most the settings' :func:`most_threads`):
+The rule: before each step, the cores other processes kept busy (:mod:`ffruntime.cpuload`:
+``/proc/stat`` less this process's own CPU time, over the last 0.05 s sample and the last 0.2 s) decide
+how many cores are free, and the step runs on that many threads (at least 1, at most the settings'
+:func:`most_threads`):
 
-- fewer as soon as the others use more than :data:`DOWN_SLACK` of a core beyond the free ones (a busy
-  process sharing a core with a spinning thread still gets a third to a half of it, so it shows);
-- more only once they use less than :data:`UP_SLACK` (a little hysteresis against flapping).
+- fewer as soon as both readings say the others use more than :data:`DOWN_SLACK` of a core beyond the
+  free ones (a busy process sharing a core with a spinning thread still gets a third to a half of it,
+  so it shows);
+- more once the last sample says they use less than :data:`UP_SLACK` (hysteresis against flapping).
 
 So an idle machine decodes on every core from its first step and a crowded one starts on fewer. A safety
 net for what the measurement cannot see (cores shared with other containers, a cgroup quota): two steps
@@ -55,13 +57,16 @@ def most_threads(settings: LoadSettings) -> int:
     return given if given > 0 else available_cores()
 
 
-def free_cores(cores: int, others: float, current: int) -> int:
-    """Threads for the next step on ``cores`` cores of which other processes keep ``others`` busy, from
-    ``current`` threads: fewer beyond :data:`DOWN_SLACK`, more only below :data:`UP_SLACK`."""
-    down = cores - max(0, math.ceil(others - DOWN_SLACK))
+def free_cores(cores: int, others: tuple[float, float], current: int) -> int:
+    """Threads for the next step on ``cores`` cores of which other processes keep ``others`` busy (over
+    the last sample period and over the window), from ``current`` threads: fewer when both readings are
+    beyond :data:`DOWN_SLACK`, more when the last period is below :data:`UP_SLACK` (a neighbour that
+    stopped gives its core back within a period, not a window)."""
+    recent, window = others
+    down = cores - max(0, math.ceil(min(recent, window) - DOWN_SLACK))
     if down < current:
         return down
-    return max(current, cores - max(0, math.ceil(others - UP_SLACK)))
+    return max(current, cores - max(0, math.ceil(recent - UP_SLACK)))
 
 
 class Threads:
@@ -72,7 +77,7 @@ class Threads:
         most: int,
         *,
         clock: Callable[[], float] = time.perf_counter,
-        others: Callable[[], float | None] | None = None,
+        others: Callable[[], tuple[float, float] | None] | None = None,
         cores: int | None = None,
     ) -> None:
         self.most = max(1, most)
@@ -80,7 +85,7 @@ class Threads:
         if others is None and self.most > 1:
             from ffruntime.cpuload import shared
 
-            others = shared().others
+            others = shared().readings
         self._others = others
         self.clock = clock
         self.current = self._free(self.most)

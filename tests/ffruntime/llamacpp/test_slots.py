@@ -26,12 +26,14 @@ def test_a_new_sequence_fills_the_hole_between_running_ones() -> None:
     assert pick_slot([Slot(6), Slot(7)], {0, 1}, [1]).seq_id in (6, 7)  # either starts a second run
 
 
-def test_a_cached_prefix_worth_keeping_beats_contiguity() -> None:
+def test_contiguity_beats_a_cached_prefix_which_decides_between_equals() -> None:
     prompt = list(range(100, 100 + MIN_SHARED + 4))
     cached = Slot(5, cached=prompt[: MIN_SHARED + 1])
-    assert pick_slot([Slot(1), cached], {0, 2}, prompt) is cached
-    short = Slot(5, cached=prompt[: MIN_SHARED - 1])  # too short to matter: contiguity decides
-    assert pick_slot([Slot(1), short], {0, 2}, prompt).seq_id == 1
+    assert pick_slot([Slot(1), cached], {0, 2}, prompt).seq_id == 1  # the engine copies the prefix over
+    beside = Slot(2, cached=prompt[: MIN_SHARED + 1])
+    assert pick_slot([Slot(0), beside], {1}, prompt) is beside  # {0, 1} and {1, 2}: one run each
+    short = Slot(2, cached=prompt[: MIN_SHARED - 1])  # too short to matter: the least recently used
+    assert pick_slot([Slot(0, last_used=1.0), short], {1}, prompt).seq_id == 2
 
 
 def test_the_batch_is_in_sequence_id_order() -> None:

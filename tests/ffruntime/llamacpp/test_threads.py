@@ -30,18 +30,20 @@ def test_most_threads_and_free_cores() -> None:
     assert most_threads(LoadSettings()) == available_cores()
     assert most_threads(LoadSettings(threads=3)) == 3
     assert most_threads(LoadSettings(threads=1, threads_batch=2)) == 2
-    assert free_cores(2, 0.0, 1) == 2 and free_cores(2, 0.05, 2) == 2  # idle: every core at once
-    assert free_cores(2, 1.0, 2) == 1 and free_cores(2, 0.4, 2) == 1  # a busy process (or a share of one)
-    assert free_cores(2, 0.2, 1) == 1 and free_cores(2, 0.2, 2) == 2  # between the slacks: no change
-    assert free_cores(16, 3.0, 16) == 13 and free_cores(2, 5.0, 2) <= 0
+    assert free_cores(2, (0.0, 0.0), 1) == 2 and free_cores(2, (0.05, 0.1), 2) == 2  # idle: every core
+    assert free_cores(2, (1.0, 1.0), 2) == 1 and free_cores(2, (0.4, 0.5), 2) == 1  # busy (a share of one)
+    assert free_cores(2, (0.2, 0.2), 1) == 1 and free_cores(2, (0.2, 0.2), 2) == 2  # between the slacks
+    assert free_cores(2, (0.0, 0.9), 1) == 2  # a neighbour that stopped: back within one sample
+    assert free_cores(2, (0.9, 0.1), 2) == 2  # one busy sample alone takes no thread away
+    assert free_cores(16, (3.0, 3.0), 16) == 13 and free_cores(2, (5.0, 5.0), 2) <= 0
 
 
 class Load:
     def __init__(self, others: float | None) -> None:
         self.others = others
 
-    def __call__(self) -> float | None:
-        return self.others
+    def __call__(self) -> tuple[float, float] | None:
+        return None if self.others is None else (self.others, self.others)
 
 
 def step(t: Threads, clock: Clock, seconds_by_threads: dict[int, float], n_tokens: int = 1) -> int:
@@ -94,10 +96,11 @@ def test_cpu_load_sees_a_busy_process() -> None:
     busy = subprocess.Popen([sys.executable, "-c", spin])
     try:
         time.sleep(1.0)
-        others = load.others()
+        others, readings = load.others(), load.readings()
     finally:
         busy.wait()
     assert others is not None and others >= 0.5
+    assert readings is not None and min(readings) >= 0.3  # the last sample and the window both see it
     stat = "cpu  9 9 9 9\ncpu0 100 0 100 50 0 0 0 0\ncpu1 7 0 0 0\n"
     assert busy_seconds({0}, stat) == 200 / os.sysconf("SC_CLK_TCK")  # user + system of cpu0 only
 
