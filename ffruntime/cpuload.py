@@ -48,6 +48,8 @@ class CpuLoad:
         keep = max(2, round(window / period) + 1)
         self._samples: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=keep)
         self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._reading: tuple[float, float] | None = None
         self.ok = self._sample()
         if self.ok:
             threading.Thread(target=self._run, name="ff-cpuload", daemon=True).start()
@@ -80,9 +82,13 @@ class CpuLoad:
         return max(0.0, ((b1 - b0) - (own1 - own0)) / (t1 - t0))
 
     def readings(self) -> tuple[float, float] | None:
-        """(the last sample period, the whole window): :meth:`others` over both."""
-        recent, window = self.others(self.period), self.others()
-        return None if recent is None or window is None else (recent, window)
+        """(the last sample period, the whole window): :meth:`others` over both (computed once a sample)."""
+        last = self._samples[-1][0] if self._samples else None
+        if last != self._read_at:
+            recent, window = self.others(self.period), self.others()
+            self._reading = None if recent is None or window is None else (recent, window)
+            self._read_at = last
+        return self._reading
 
 
 _shared: CpuLoad | None = None

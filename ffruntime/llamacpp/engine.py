@@ -190,7 +190,7 @@ class Engine:
                 job.close()
                 self._emit(job, gone)
                 self._emit(job, END)
-            self._outbox.flush()
+            self._outbox.close()
             if batch is not None:
                 self.lc.llama_batch_free(batch)
 
