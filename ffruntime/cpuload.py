@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-PERIOD = 0.05  # seconds between samples
+PERIOD = 0.025  # seconds between samples
 WINDOW = 0.2  # seconds the reading spans (the kernel counts busy time in ticks of 10 ms: 20 per core)
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest time is inside user)
 
@@ -30,9 +30,9 @@ def busy_seconds(cpus: set[int], text: str) -> float:
     """Busy seconds of ``cpus`` since boot from the text of ``/proc/stat``."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total = 0
-    for line in text.splitlines():
-        if not line.startswith("cpu") or line.startswith("cpu "):
-            continue
+    for line in text.split("\n", (os.cpu_count() or 1) + 1)[1:-1]:  # the per-core lines follow "cpu "
+        if not line.startswith("cpu"):
+            break
         name, *fields = line.split()
         if int(name[3:]) in cpus:
             total += sum(int(fields[i]) for i in _BUSY_FIELDS if i < len(fields))

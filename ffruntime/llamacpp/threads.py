@@ -8,7 +8,7 @@ thread (no barrier at all: ggml runs a one-thread graph on the calling thread) n
 change while the process runs is the thread count of the next decode (``llama_set_n_threads``).
 
 The rule: before each step, the cores other processes kept busy (:mod:`ffruntime.cpuload`:
-``/proc/stat`` less this process's own CPU time, over the last 0.05 s sample and the last 0.2 s) decide
+``/proc/stat`` less this process's own CPU time, over the last 0.025 s sample and the last 0.2 s) decide
 how many cores are free, and the step runs on that many threads (at least 1, at most the settings'
 :func:`most_threads`):
 
