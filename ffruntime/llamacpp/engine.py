@@ -9,10 +9,10 @@ One engine thread owns the context (the event loop never runs model code). At ev
    streams keep generating. While some are generating, the prompt tokens of a step are what
    :class:`~ffruntime.llamacpp.pacing.Prefill` allows (their inter-token latency stays bounded), else a
    whole batch (``n_batch``);
-3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from measured step
-   times, and samples each sequence that produced logits with its own sampler chain; the logits of a
-   constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the masks of all constrained
-   sequences of the step are computed together).
+3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from the measured
+   CPU use of other processes, and samples each sequence that produced logits with its own sampler
+   chain; the logits of a constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the
+   masks of all constrained sequences of the step are computed together).
 
 Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot that keeps
 the running sequence ids in the fewest runs (:func:`~ffruntime.llamacpp.slots.pick_slot`), keeps the
