@@ -107,7 +107,9 @@ class LoadSettings:
     - ``device``: ``cpu``, ``cuda``, ``cuda:1`` … (the variant's device unless told otherwise).
     - ``extra_buffers``: llama.cpp's extra CPU buffer types (repack/AMX); ``None`` decides per library
       (:func:`ffruntime.llamacpp.library.extra_buffers_safe`).
-    - ``flash_attn``: llama.cpp flash attention (off, as the verify figures were measured).
+    - ``flash_attn``: llama.cpp flash attention; ``None``: llama.cpp decides (on where the device has it,
+      as llama-server's default; on the CPU it keeps V untransposed, so writing the KV cache and attending
+      over it cost less: docs/serving.md, "Why ff was slower than llama-server").
     - ``options``: backend options from the variant's ``TARGET … key=value`` and the operator.
     - ``media``: the bounds on a request's images and audio (:class:`MediaLimits`).
     """
@@ -120,7 +122,7 @@ class LoadSettings:
     memory_budget: int = 0
     device: str = "cpu"
     extra_buffers: bool | None = None
-    flash_attn: bool = False
+    flash_attn: bool | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     media: MediaLimits = field(default_factory=MediaLimits)
 

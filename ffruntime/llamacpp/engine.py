@@ -9,14 +9,15 @@ One engine thread owns the context (the event loop never runs model code). At ev
    streams keep generating. While some are generating, the prompt tokens of a step are what
    :class:`~ffruntime.llamacpp.pacing.Prefill` allows (their inter-token latency stays bounded), else a
    whole batch (``n_batch``);
-3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from measured step
-   times, and samples each sequence that produced logits with its own sampler chain; the logits of a
-   constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the masks of all constrained
-   sequences of the step are computed together).
+3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from the measured
+   CPU use of other processes, and samples each sequence that produced logits with its own sampler
+   chain; the logits of a constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the
+   masks of all constrained sequences of the step are computed together).
 
-Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot whose
-cached tokens share the longest prefix with its prompt, or copies the KV of any slot sharing a longer
-one (``llama_memory_seq_cp``), and decodes only the rest. A batch the KV cache cannot hold defers its
+Prefix reuse: a finished sequence's KV stays in its slot. A new request takes the free slot that keeps
+the running sequence ids in the fewest runs (:func:`~ffruntime.llamacpp.slots.pick_slot`), keeps the
+prefix its own cache shares with the prompt, or copies the KV of any slot sharing a longer one
+(``llama_memory_seq_cp``), and decodes only the rest. A batch the KV cache cannot hold defers its
 youngest sequence (it is re-read later) or, alone, ends it with ``length``; it never crashes.
 
 Media (:mod:`ffruntime.llamacpp.media`): a job with images or audio holds each media chunk as a run of
@@ -27,6 +28,7 @@ text after it follows; ``pos_delta`` keeps M-RoPE positions, and a kept prefix n
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import threading
@@ -40,8 +42,10 @@ import numpy as np
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.guide import Guide, compute_masks
 from ffruntime.llamacpp.library import binding
+from ffruntime.llamacpp.outbox import Outbox
 from ffruntime.llamacpp.pacing import Gaps, Prefill
 from ffruntime.llamacpp.sampling import Sampler, log_softmax, top_alternatives
+from ffruntime.llamacpp.slots import MIN_SHARED, Slot, Stats, common_prefix, pick_slot
 from ffruntime.llamacpp.text import TextStream
 from ffruntime.llamacpp.threads import Threads
 from ffruntime.llamacpp.vocab import Vocab
@@ -52,9 +56,6 @@ if TYPE_CHECKING:
 
 END = object()
 """Emitted after a sequence's last event."""
-
-MIN_SHARED = 16  # shortest prefix worth copying from another slot's KV
-
 
 @dataclass
 class Job:
@@ -71,6 +72,8 @@ class Job:
     top_logprobs: int = 0
     guide: Guide | None = None  # the output constraint (format, schema, forced tool call)
     media: MediaPrompt | None = None  # images/clips: their chunks are pseudo tokens in ``prompt``
+    loop: asyncio.AbstractEventLoop | None = None  # with ``put``: events go to this loop once a step
+    put: Callable[[object], None] | None = None  # (:mod:`ffruntime.llamacpp.outbox`), else via ``emit``
 
     def close(self) -> None:
         self.sampler.close()
@@ -86,67 +89,12 @@ class _Seq:
     order: int
     n_past: int = 0  # tokens of ``tokens`` in the slot's KV
     pos_delta: int = 0  # position of token ``n_past`` minus ``n_past`` (media chunks of M-RoPE models)
-    slot: _Slot | None = None
+    slot: Slot | None = None
     generated: list[int] = field(default_factory=list)
     pending: list[TokenLogprob] = field(default_factory=list)
     t_start: int = 0
     t_first: int = 0
     t_last: int = 0  # when its last token was sampled
-
-
-@dataclass
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # the KV's tokens while no sequence owns the slot
-    seq: _Seq | None = None
-    last_used: float = 0.0
-
-    def kv_tokens(self) -> list[int]:
-        return self.seq.tokens[: self.seq.n_past] if self.seq is not None else self.cached
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def id_runs(ids: set[int]) -> int:
-    """Runs of consecutive integers in ``ids``: {0, 1, 3} has two."""
-    return sum(1 for i in ids if i - 1 not in ids)
-
-
-def pick_slot(free: list[_Slot], busy: set[int], tokens: list[int]) -> _Slot:
-    """The free slot for a new sequence: one whose cached prefix is worth keeping, else the one that leaves
-    the running sequences in the fewest runs of consecutive ids (llama.cpp decodes each run as its own
-    forward pass), else the least recently used (its cache is the least likely to be wanted)."""
-
-    def worth(s: _Slot) -> tuple[int, int, float]:
-        own = common_prefix(s.cached, tokens)
-        return (own if own >= MIN_SHARED else 0, -id_runs(busy | {s.seq_id}), -s.last_used)
-
-    return max(free, key=worth)
-
-
-@dataclass
-class Stats:
-    """Counters since load (the server exports them as metrics)."""
-
-    steps: int = 0  # llama_decode calls
-    batch_tokens: int = 0  # tokens decoded, all steps
-    batch_sequences: int = 0  # sequences in each step, summed
-    last_batch_sequences: int = 0
-    max_batch_sequences: int = 0
-    prompt_tokens: int = 0  # prompt tokens decoded (not reused)
-    prefix_hits: int = 0  # requests that reused a cached prefix
-    prefix_tokens: int = 0  # prompt tokens reused instead of decoded
-    deferred: int = 0  # sequences put back because the KV cache was full
-    finished: int = 0
-    embed_batches: int = 0
-    embed_inputs: int = 0
-    media_chunks: int = 0  # image/audio chunks decoded into sequences
 
 
 class Engine:
@@ -171,9 +119,10 @@ class Engine:
         self.threads = threads  # the embedder's decodes go through it too (the same thread)
         self.prefill = Prefill(n_batch, prefill_chunk)
         self.gaps = Gaps()
-        self.slots = [_Slot(i) for i in range(n_slots)]
+        self.slots = [Slot(i) for i in range(n_slots)]
         self.stats = Stats()
         self._side_work = side_work  # embedding batches, run between decoding steps
+        self._outbox = Outbox()  # this step's events, posted just before the next decode
         self._cond = threading.Condition()
         self._incoming: list[Job] = []
         self._waiting: collections.deque[_Seq] = collections.deque()
@@ -224,19 +173,24 @@ class Engine:
                     self._waiting.append(_Seq(job, list(job.prompt), TextStream(job.stops), self._order,
                                               t_start=time.perf_counter_ns()))
                 if self._side_work is not None and self._side_work.pending():
+                    self._outbox.flush()
                     self._side_work.run()
                 if batch is not None and (self._active or self._waiting) and not self._step(batch):
+                    self._outbox.flush()
                     with self._cond:  # every sequence waits for its media's encoder, which wakes us
                         if not (self._stop or self._incoming):
                             self._cond.wait(0.05)
+                if not self._active:  # else the next step's decode posts them
+                    self._outbox.flush()
         finally:
             gone = RuntimeFailure("the model was unloaded")
             for seq in [*self._active, *self._waiting]:
                 self._fail(seq, gone)
             for job in self._incoming:
                 job.close()
-                _safe_emit(job.emit, gone)
-                _safe_emit(job.emit, END)
+                self._emit(job, gone)
+                self._emit(job, END)
+            self._outbox.close()
             if batch is not None:
                 self.lc.llama_batch_free(batch)
 
@@ -289,6 +243,7 @@ class Engine:
             part = media.part_at(seq.n_past)
             if part is None or not part.done.is_set():
                 continue
+            self._outbox.flush()  # the other sequences' tokens do not wait for this decode
             try:
                 pos = media.decode(self.ctx, part, seq.slot.seq_id, seq.n_past + seq.pos_delta, self.n_batch)
             except Exception as exc:  # this request only
@@ -354,6 +309,7 @@ class Engine:
             if n > 1 or not seq.generated:
                 prompt += n
         batch.n_tokens = i
+        self._outbox.flush()  # the event loops stream the last step's tokens while this one computes
         t0 = time.perf_counter()
         rc = self.threads.decode(self.lc, self.ctx, batch, i)  # no captured_log here: 0.2 ms a step
         if rc == 0 and prompt:
@@ -370,7 +326,7 @@ class Engine:
         return rc, "see llama.cpp's log" if rc not in (0, 1) else ""
 
     # --- sequences -----------------------------------------------------------------------------------
-    def _admit(self, seq: _Seq, free: list[_Slot]) -> None:
+    def _admit(self, seq: _Seq, free: list[Slot]) -> None:
         tokens = seq.tokens
         slot = pick_slot(free, {s.seq_id for s in self.slots if s.seq is not None}, tokens)
         own = common_prefix(slot.cached, tokens)
@@ -431,7 +387,7 @@ class Engine:
             seq.pending.append(TokenLogprob(vocab.text(tok), float(logp[tok]), tuple(piece), top))
         text = seq.text.feed(piece)
         if text:
-            job.emit(Token(text, tuple(seq.pending)))
+            self._emit(job, Token(text, tuple(seq.pending)))
             seq.pending = []
         if seq.text.stopped or (job.guide is not None and job.guide.stopped):
             self._finish(seq, "stop")
@@ -456,11 +412,11 @@ class Engine:
         now = time.perf_counter_ns()
         first = seq.t_first or now
         if reason != "cancelled" and (tail := seq.text.flush()):
-            _safe_emit(job.emit, Token(tail, tuple(seq.pending)))
+            self._emit(job, Token(tail, tuple(seq.pending)))
         done = Done(reason, len(job.prompt), len(seq.generated), first - seq.t_start, now - first,
                     (*job.prompt, *seq.generated), seq.text.matched if reason == "stop" else None)
-        _safe_emit(job.emit, done)
-        _safe_emit(job.emit, END)
+        self._emit(job, done)
+        self._emit(job, END)
 
     def _fail(self, seq: _Seq, exc: BaseException) -> None:
         if seq.slot is not None:  # what the failed step left in the KV is not trusted
@@ -470,8 +426,14 @@ class Engine:
         seq.job.close()
         if seq in self._waiting:
             self._waiting.remove(seq)
-        _safe_emit(seq.job.emit, exc)
-        _safe_emit(seq.job.emit, END)
+        self._emit(seq.job, exc)
+        self._emit(seq.job, END)
+
+    def _emit(self, job: Job, item: object) -> None:
+        if job.loop is not None and job.put is not None:
+            self._outbox.add(job.loop, job.put, item)
+        else:
+            _safe_emit(job.emit, item)
 
     def _kv_full(self, entries: list[tuple[_Seq, int, int]]) -> None:
         """The KV cache could not hold this batch: free idle slots' caches, defer the youngest sequence,

@@ -206,7 +206,7 @@ def context_params(
     params.kv_unified = kv_unified  # False: each sequence its own KV stream of n_ctx / n_seq_max cells
     if pooling is not None:
         params.pooling_type = pooling
-    params.flash_attn_type = 1 if settings.flash_attn else 0
+    params.flash_attn_type = -1 if settings.flash_attn is None else int(settings.flash_attn)  # -1: auto
     params.no_perf = True
     return params
 

@@ -217,6 +217,7 @@ class LlamaCppRuntime:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         job = await asyncio.to_thread(self.prepare, request, emit)
+        job.loop, job.put = loop, events.put_nowait  # the engine posts a step's events together
         try:
             self.engine.submit(job)
         except BaseException:

@@ -13,6 +13,7 @@ options samples as it did.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,11 +59,18 @@ def sampling(options: Mapping[str, ParamValue]) -> Sampling:
 
 
 class Sampler:
-    """A ``llama_sampler`` chain; :meth:`sample` picks (and accepts) the token of one batch output."""
+    """A ``llama_sampler`` chain; :meth:`sample` picks (and accepts) the token of one batch output.
+
+    Greedy decoding without penalties is an argmax over the logits in llama.cpp's buffer (the first
+    maximum, as llama.cpp's greedy sampler picks): ``llama_sampler_sample`` first copies the whole
+    vocabulary into a candidate array, 125–150 µs a token for SmolLM2's 49,152 tokens, against ~15 µs."""
 
     def __init__(self, n_vocab: int, s: Sampling) -> None:
         lc = binding()
         self._lc = lc
+        self.n_vocab = n_vocab
+        penalties = s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty
+        self.greedy = s.temperature <= 0 and not penalties  # nothing stateful in the chain
         self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         try:
             if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
@@ -98,6 +106,10 @@ class Sampler:
         self._lc.llama_sampler_chain_add(self.chain, smpl)  # the chain owns it from now on
 
     def sample(self, ctx: Any, idx: int) -> int:
+        if self.greedy:
+            address = ctypes.cast(self._lc.llama_get_logits_ith(ctx, idx), ctypes.c_void_p).value
+            row = (ctypes.c_float * self.n_vocab).from_address(address or 0)  # ctypes caches the type
+            return int(np.frombuffer(memoryview(row), dtype=np.float32).argmax())
         return int(self._lc.llama_sampler_sample(self.chain, ctx, idx))
 
     def close(self) -> None:

@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 MODELFILE = REPO / "modelfiles" / "smollm2" / "Modelfile"
 SOURCE_ARG = "SOURCE"  # modelfiles/smollm2's ARG naming its source
 HOME = Path.home() / ".cache" / "ferrousforge-tests" / "build-home"
-QUESTION = "What is the capital of France?"
+# The bare question leaves q8_0 a near-tie between "The" and "L'Étoile, …" that kernel paths tip either
+# way (flash attention, llama.cpp's default, tips it to "L"); asked for one sentence, "The" leads by 1.6
+# (tests/ffserve/test_serve_registry.py).
+QUESTION = "What is the capital of France? Answer in one sentence."
 FF = [sys.executable, "-c", "from ffcli import main; main()"]
 
 

@@ -21,7 +21,7 @@ from tests.models import add_model
 
 STORY = "Write a long story about a dragon."
 LONG = "Write a story about a dragon in about 200 words."
-SAMPLED: dict[str, float | int] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 11}
+SAMPLED: dict[str, float | int] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 10}  # ends itself
 WEATHER_PARAMS = {
     "type": "object",
     "properties": {

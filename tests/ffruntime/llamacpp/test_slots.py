@@ -7,7 +7,8 @@ step in id order, 104 ms in the order [3, 4, 0, 1, 2, 5, 7, 6] (docs/benchmarks.
 
 from __future__ import annotations
 
-from ffruntime.llamacpp.engine import MIN_SHARED, Engine, Job, _Seq, _Slot, id_runs, pick_slot
+from ffruntime.llamacpp.engine import Engine, Job, _Seq
+from ffruntime.llamacpp.slots import MIN_SHARED, Slot, id_runs, pick_slot
 from ffruntime.llamacpp.text import TextStream
 from ffruntime.llamacpp.threads import Threads
 from ffruntime.runtime import CancelFlag
@@ -20,17 +21,19 @@ def test_id_runs() -> None:
 
 
 def test_a_new_sequence_fills_the_hole_between_running_ones() -> None:
-    free = [_Slot(3, last_used=1.0), _Slot(1, last_used=2.0), _Slot(5, last_used=0.5)]
+    free = [Slot(3, last_used=1.0), Slot(1, last_used=2.0), Slot(5, last_used=0.5)]
     assert pick_slot(free, {0, 2}, [1, 2, 3]).seq_id == 1  # {0, 1, 2}: one run
-    assert pick_slot([_Slot(6), _Slot(7)], {0, 1}, [1]).seq_id in (6, 7)  # either starts a second run
+    assert pick_slot([Slot(6), Slot(7)], {0, 1}, [1]).seq_id in (6, 7)  # either starts a second run
 
 
-def test_a_cached_prefix_worth_keeping_beats_contiguity() -> None:
+def test_contiguity_beats_a_cached_prefix_which_decides_between_equals() -> None:
     prompt = list(range(100, 100 + MIN_SHARED + 4))
-    cached = _Slot(5, cached=prompt[: MIN_SHARED + 1])
-    assert pick_slot([_Slot(1), cached], {0, 2}, prompt) is cached
-    short = _Slot(5, cached=prompt[: MIN_SHARED - 1])  # too short to matter: contiguity decides
-    assert pick_slot([_Slot(1), short], {0, 2}, prompt).seq_id == 1
+    cached = Slot(5, cached=prompt[: MIN_SHARED + 1])
+    assert pick_slot([Slot(1), cached], {0, 2}, prompt).seq_id == 1  # the engine copies the prefix over
+    beside = Slot(2, cached=prompt[: MIN_SHARED + 1])
+    assert pick_slot([Slot(0), beside], {1}, prompt) is beside  # {0, 1} and {1, 2}: one run each
+    short = Slot(2, cached=prompt[: MIN_SHARED - 1])  # too short to matter: the least recently used
+    assert pick_slot([Slot(0, last_used=1.0), short], {1}, prompt).seq_id == 2
 
 
 def test_the_batch_is_in_sequence_id_order() -> None:

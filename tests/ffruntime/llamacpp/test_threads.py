@@ -4,10 +4,15 @@ the rules on measured step times, then the engine on the real SmolLM2 choosing a
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+from ffruntime.cpuload import CpuLoad, busy_seconds
 from ffruntime.llamacpp.pacing import FIRST_CHUNK, ITL_FACTOR, MIN_CHUNK, Gaps, Prefill
-from ffruntime.llamacpp.threads import COLLAPSE, PROBE_FIRST, PROBE_MOST, Threads, ladder, most_threads
+from ffruntime.llamacpp.threads import COLLAPSE, HOLD_MOST, Threads, free_cores, most_threads
 from ffruntime.runtime import GenerationRequest
 from ffruntime.settings import LoadSettings, available_cores
 from tests.ffruntime.llamacpp.test_engine import open_runtime, run
@@ -21,68 +26,83 @@ class Clock:
         return self.now
 
 
-def test_the_ladder_halves_down_to_one_thread() -> None:
-    assert ladder(2) == [2, 1] and ladder(8) == [8, 4, 2, 1] and ladder(1) == [1] and ladder(6) == [6, 3, 1]
+def test_most_threads_and_free_cores() -> None:
     assert most_threads(LoadSettings()) == available_cores()
     assert most_threads(LoadSettings(threads=3)) == 3
     assert most_threads(LoadSettings(threads=1, threads_batch=2)) == 2
+    assert free_cores(2, (0.0, 0.0), 1) == 2 and free_cores(2, (0.05, 0.1), 2) == 2  # idle: every core
+    assert free_cores(2, (1.0, 1.0), 2) == 1 and free_cores(2, (0.4, 0.5), 2) == 1  # busy (a share of one)
+    assert free_cores(2, (0.2, 0.2), 1) == 1 and free_cores(2, (0.2, 0.2), 2) == 2  # between the slacks
+    assert free_cores(2, (0.0, 0.9), 1) == 2  # a neighbour that stopped: back within one sample
+    assert free_cores(2, (0.9, 0.1), 2) == 2  # one busy sample alone takes no thread away
+    assert free_cores(16, (3.0, 3.0), 16) == 13 and free_cores(2, (5.0, 5.0), 2) <= 0
+
+
+class Load:
+    def __init__(self, others: float | None) -> None:
+        self.others = others
+
+    def __call__(self) -> tuple[float, float] | None:
+        return None if self.others is None else (self.others, self.others)
 
 
 def step(t: Threads, clock: Clock, seconds_by_threads: dict[int, float], n_tokens: int = 1) -> int:
     """One step as the engine runs it: choose, 'decode' in the given time, record."""
-    idx = t._choose(("text", n_tokens.bit_length()))
-    threads = t.rungs[idx].threads
-    t.record(idx, "text", n_tokens, seconds_by_threads[threads])
+    threads = t.choose()
+    t.record(threads, "text", n_tokens, seconds_by_threads[threads])
     clock.now += seconds_by_threads[threads]
     return threads
 
 
-def test_an_idle_machine_gets_every_core_within_a_second_and_probes_ever_more_rarely() -> None:
-    clock = Clock()
-    t = Threads(2, clock=clock)
-    assert t.current == 1  # the side that cannot collapse first
-    idle = {2: 0.010, 1: 0.016}
-    used = [step(t, clock, idle) for _ in range(3000)]
-    assert t.current == 2 and t.switches == 1
-    assert used.index(2) <= PROBE_FIRST / 0.016 + 1
-    assert used.count(1) - used.index(2) <= 8  # probes of one thread lost, each wait doubled up to PROBE_MOST
-    assert t.rungs[1].wait == PROBE_MOST
+def test_an_idle_machine_gets_every_core_from_the_first_step_and_a_busy_core_takes_one_away() -> None:
+    clock, load = Clock(), Load(0.02)
+    t = Threads(2, clock=clock, others=load, cores=2)
+    assert t.current == 2
+    assert [step(t, clock, {2: 0.010, 1: 0.016}) for _ in range(10)] == [2] * 10
+    load.others = 0.9  # another process is busy: one thread at the next step
+    assert step(t, clock, {2: 0.5, 1: 0.017}) == 1 and t.switches == 1
+    load.others = 1.0
+    assert all(step(t, clock, {2: 0.5, 1: 0.017}) == 1 for _ in range(100))
+    load.others = 0.0  # it ended
+    assert step(t, clock, {2: 0.010, 1: 0.016}) == 2
+    assert Threads(2, clock=clock, others=Load(1.0), cores=2).current == 1  # crowded from the start
+    assert Threads(1, clock=clock, others=Load(0.0), cores=2).choose() == 1  # FF_NUM_THREADS=1
+    assert Threads(4, clock=clock, others=Load(0.0), cores=2).choose() == 2  # never more than the cores
 
 
-def test_a_contended_machine_falls_back_within_two_steps_and_stays_near_one_threads_rate() -> None:
+def test_a_collapse_the_load_cannot_explain_caps_the_count_for_a_doubling_hold() -> None:
     clock = Clock()
-    t = Threads(2, clock=clock)
+    t = Threads(2, clock=clock, others=Load(0.0), cores=2)  # e.g. a neighbour the machine cannot see
     for _ in range(50):
         step(t, clock, {2: 0.010, 1: 0.016})
-    contended = {2: 0.010 * COLLAPSE * 10, 1: 0.017}  # spinning threads collapse beside a busy process
+    contended = {2: 0.010 * COLLAPSE * 10, 1: 0.017}
     used = [step(t, clock, contended) for _ in range(3)]
-    assert used.count(2) == 2 and t.current == 1  # two collapsing steps (a probe of 1 may come between)
+    assert used == [2, 2, 1] and t.collapses == 1
     start, steps = clock.now, 0
-    while clock.now - start < 120:
+    while clock.now - start < 120:  # the neighbour stays: each hold ends in two collapsing steps
         step(t, clock, contended)
         steps += 1
-    one_thread_rate = 1 / contended[1]
-    assert steps / (clock.now - start) >= 0.9 * one_thread_rate
-    assert t.current == 1
-    # the cores are free again: a probe of two threads wins within PROBE_MOST seconds
-    start = clock.now
-    while t.current == 1:
-        step(t, clock, {2: 0.010, 1: 0.016})
-    assert clock.now - start <= PROBE_MOST + 1
+    assert steps / (clock.now - start) >= 0.9 / contended[1]
+    assert t._hold == HOLD_MOST
+    clock.now += HOLD_MOST  # it went away
+    assert step(t, clock, {2: 0.010, 1: 0.016}) == 2
+    assert t.mean("text", 1) is not None and t.mean("text", 300) is None
 
 
-def test_probes_are_judged_against_the_same_batch_size() -> None:
-    clock = Clock()
-    t = Threads(2, clock=clock)
-    for _ in range(100):
-        step(t, clock, {2: 0.010, 1: 0.016}, n_tokens=1)
-    clock.now += PROBE_FIRST * 64
-    assert t.current == 2
-    # no two-thread figure for a big batch: no probe on it (it could not be judged)
-    assert t._choose(("text", (300).bit_length())) == t.at
-    t.record(1, "text", 300, 0.05)  # a probe measured anyway only measures
-    assert t.current == 2 and t.mean("text", 300, threads=1) == 0.05
-    assert t.mean("text", 300) is None
+def test_cpu_load_sees_a_busy_process() -> None:
+    load = CpuLoad()
+    assert load.ok and 1 <= len(load.cpus) == available_cores()
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 2: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(1.0)
+        others, readings = load.others(), load.readings()
+    finally:
+        busy.wait()
+    assert others is not None and others >= 0.5
+    assert readings is not None and min(readings) >= 0.3  # the last sample and the window both see it
+    stat = "cpu  9 9 9 9\ncpu0 100 0 100 50 0 0 0 0\ncpu1 7 0 0 0\n"
+    assert busy_seconds({0}, stat) == 200 / os.sysconf("SC_CLK_TCK")  # user + system of cpu0 only
 
 
 def test_prefill_budget_keeps_a_mixed_step_within_the_itl_factor() -> None:
@@ -143,7 +163,7 @@ def test_the_engine_reports_threads_and_inter_token_latency(tmp_path: Path, smol
         results = asyncio.run(both())
         assert [t.text for t in results[0][0]] == [t.text for t in alone[0]]  # type: ignore[index]
         stats = rt.stats()
-        assert stats["threads"] in ladder(available_cores())
+        assert 1 <= stats["threads"] <= available_cores()
         assert 0 < stats["itl_p50_seconds"] <= stats["itl_p99_seconds"]
         assert rt.engine.prefill.per_token is not None  # the long prompt's chunks were measured
     finally:
