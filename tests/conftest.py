@@ -156,12 +156,9 @@ def qwen2vl_hf(smollm2_hf: Path) -> Path:
 @pytest.fixture(scope="session")
 def qwen2vl_ggufs(qwen2vl_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(text model, projector) GGUFs of :func:`qwen2vl_hf`, by llama.cpp's converter (f16)."""
-    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
+    from tests.models import multimodal_ggufs
 
-    out = tmp_path_factory.mktemp("qwen2vl")
-    convert_hf_to_gguf(qwen2vl_hf, out / "model.gguf", "f16")
-    convert_projector(qwen2vl_hf, out / "mmproj.gguf", "f16")
-    return out / "model.gguf", out / "mmproj.gguf"
+    return multimodal_ggufs(qwen2vl_hf, tmp_path_factory.mktemp("qwen2vl"), "f16")
 
 
 @pytest.fixture(scope="session")
@@ -176,13 +173,9 @@ def qwen2audio_hf(smollm2_hf: Path) -> Path:
     return cached_dir(key, "qwen2audio", lambda d: random_qwen2audio(smollm2_hf, d))
 
 
-
 @pytest.fixture(scope="session")
 def qwen2audio_ggufs(qwen2audio_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(text model, audio projector) GGUFs of :func:`qwen2audio_hf`, by llama.cpp's converter (f16)."""
-    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
+    from tests.models import multimodal_ggufs
 
-    out = tmp_path_factory.mktemp("qwen2audio")
-    convert_hf_to_gguf(qwen2audio_hf, out / "model.gguf", "f16")
-    convert_projector(qwen2audio_hf, out / "mmproj.gguf", "f16")
-    return out / "model.gguf", out / "mmproj.gguf"
+    return multimodal_ggufs(qwen2audio_hf, tmp_path_factory.mktemp("qwen2audio"), "f16")

@@ -365,3 +365,12 @@ def random_qwen2audio(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> N
     Qwen2AudioForConditionalGeneration(config).save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     WhisperFeatureExtractor(feature_size=128).save_pretrained(dest)
+
+
+def multimodal_ggufs(folder: Path, out: Path, ftype: str) -> tuple[Path, Path]:
+    """(text model, projector) GGUFs of a multimodal Hugging Face folder, by llama.cpp's converter."""
+    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
+
+    convert_hf_to_gguf(folder, out / "model.gguf", ftype)
+    convert_projector(folder, out / "mmproj.gguf", ftype)
+    return out / "model.gguf", out / "mmproj.gguf"

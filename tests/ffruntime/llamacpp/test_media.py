@@ -26,6 +26,7 @@ from ffruntime.runtime import (
 )
 from ffruntime.settings import LoadSettings
 from tests.ffruntime.llamacpp.test_engine import stored
+from tests.models import multimodal_ggufs
 
 pytestmark = pytest.mark.slow
 SIDE = 84  # 6×6 patches of 14 px, 3×3 tokens after the 2×2 merge: llama.cpp and transformers resize alike
@@ -44,12 +45,7 @@ def png(seed: int, side: int = SIDE) -> bytes:
 @pytest.fixture(scope="module")
 def qwen2vl_f32(qwen2vl_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The tiny Qwen2-VL's text model and projector at f32 (numeric agreement, not size, is the point)."""
-    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
-
-    out = tmp_path_factory.mktemp("qwen2vl-f32")
-    convert_hf_to_gguf(qwen2vl_hf, out / "model.gguf", "f32")
-    convert_projector(qwen2vl_hf, out / "mmproj.gguf", "f32")
-    return out / "model.gguf", out / "mmproj.gguf"
+    return multimodal_ggufs(qwen2vl_hf, tmp_path_factory.mktemp("qwen2vl-f32"), "f32")
 
 
 @pytest.fixture(scope="module")

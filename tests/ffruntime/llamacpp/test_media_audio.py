@@ -22,6 +22,7 @@ from ffruntime.runtime import Capability, ChatMessage, GenerationRequest, Media,
 from ffruntime.settings import LoadSettings, MediaLimits
 from tests.ffruntime.llamacpp.test_engine import stored
 from tests.ffruntime.llamacpp.test_media import png, run
+from tests.models import multimodal_ggufs
 
 pytestmark = pytest.mark.slow
 TOKENS_PER_WINDOW = 750  # libmtmd encodes 30 s windows of 3000 mel frames: conv stride 2, avg-pool 2
@@ -36,12 +37,7 @@ def clip(paris_wav: Path) -> bytes:
 @pytest.fixture(scope="module")
 def qwen2audio_f32(qwen2audio_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The tiny Qwen2-Audio's text model and projector at f32 (numeric agreement is the point)."""
-    from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector
-
-    out = tmp_path_factory.mktemp("qwen2audio-f32")
-    convert_hf_to_gguf(qwen2audio_hf, out / "model.gguf", "f32")
-    convert_projector(qwen2audio_hf, out / "mmproj.gguf", "f32")
-    return out / "model.gguf", out / "mmproj.gguf"
+    return multimodal_ggufs(qwen2audio_hf, tmp_path_factory.mktemp("qwen2audio-f32"), "f32")
 
 
 @pytest.fixture(scope="module")
