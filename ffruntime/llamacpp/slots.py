@@ -4,19 +4,23 @@ consecutive ids), and :class:`Stats`, what the server exports as metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ffruntime.llamacpp.engine import _Seq
+from typing import Protocol
 
 MIN_SHARED = 16  # shortest prefix worth copying from another slot's KV
+
+
+class Occupant(Protocol):
+    """What a slot reads of the sequence that owns it (the engine's running sequence)."""
+
+    tokens: list[int]
+    n_past: int  # tokens of ``tokens`` in the slot's KV
 
 
 @dataclass
 class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # the KV's tokens while no sequence owns the slot
-    seq: _Seq | None = None
+    seq: Occupant | None = None
     last_used: float = 0.0
 
     def kv_tokens(self) -> list[int]:
