@@ -27,7 +27,7 @@ import collections
 
 import numpy as np
 
-PROMPT_STEP = 1.25  # a prompt-only step beside generating sequences may take this many decode-only steps
+PROMPT_STEP = 1.0  # a prompt-only step beside generating sequences may take this many decode-only steps
 FIRST_CHUNK = 16  # prompt tokens of a prompt-only step before the cost model has both measurements
 MIN_CHUNK = 4
 GROWTH = 2  # a chunk is at most this many times the last one read beside generating sequences
