@@ -4,11 +4,11 @@ One engine thread owns the context (the event loop never runs model code). At ev
 
 1. retires cancelled sequences and admits waiting ones into free sequence slots (a slot is a llama.cpp
    sequence id with its own KV stream of ``num_ctx`` cells);
-2. builds one batch: the last sampled token of every generating sequence, then prompt chunks of the
-   sequences still reading their prompt, so a long prompt is read a chunk per step while the other
-   streams keep generating. While some are generating, the prompt tokens of a step are what
-   :class:`~ffruntime.llamacpp.pacing.Prefill` allows (their inter-token latency stays bounded), else a
-   whole batch (``n_batch``);
+2. builds one batch. While some sequences are generating, steps alternate between the last sampled
+   token of each of them (decode-only) and one chunk of one prompt still being read (prompt-only, the
+   size :class:`~ffruntime.llamacpp.pacing.Prefill` allows, so their inter-token latency stays bounded):
+   each is one forward pass, where a mixed batch would be two. While none is generating, prompt chunks
+   of a whole batch (``n_batch``);
 3. decodes it on the thread count :class:`~ffruntime.llamacpp.threads.Threads` picks from the measured
    CPU use of other processes, and samples each sequence that produced logits with its own sampler
    chain; the logits of a constrained sequence are masked first (:mod:`ffruntime.llamacpp.guide`: the
@@ -129,6 +129,8 @@ class Engine:
         self._active: list[_Seq] = []
         self._order = 0
         self._hold_waiting = False  # after a full KV cache: admit again once a sequence retires
+        self._prompt_turn = False  # while some generate: the next step reads a prompt chunk alone
+        self._kind = "decode"  # this step's kind: decode (only), prompt (one chunk alone) or full
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"llamacpp-{name}", daemon=True)
         self._thread.start()
@@ -266,13 +268,39 @@ class Engine:
     def _plan(self) -> list[tuple[_Seq, int, int]]:
         """(sequence, tokens to decode now, batch index of its logits or -1) for this step, in sequence id
         order: llama.cpp splits a batch over per-sequence KV streams into one forward pass per run of
-        consecutive ids in increasing order (``split_equal``), so any other order costs extra passes."""
+        consecutive ids in increasing order (``split_equal``), so any other order costs extra passes.
+
+        While some sequences generate, steps alternate: a decode-only step (their tokens, one pass), then
+        a prompt-only step (one chunk of one prompt, one pass, sized by :class:`Prefill`); a prompt chunk
+        beside decode tokens would be a second pass (:mod:`ffruntime.llamacpp.pacing`). While none
+        generates, prompts are read a whole batch at a time."""
         generating = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         reading = [s for s in self._active if len(s.tokens) - s.n_past > 1]
-        picked: list[tuple[_Seq, int]] = [(s, 1) for s in generating[: self.n_batch]]
-        budget = self.n_batch - len(picked)
-        if generating:
-            budget = min(budget, self.prefill.budget(self.threads.mean("text", len(generating))))
+        picked: list[tuple[_Seq, int]] = []
+        self._kind = "decode"
+        if generating and self._prompt_turn:
+            budget = self.prefill.budget(self.threads.mean("text", len(generating)), self.threads.current)
+            picked = self._chunks(reading, budget, one=True)
+            self._kind = "prompt"
+        if not picked:
+            self._kind = "decode" if generating else "full"
+            picked = [(s, 1) for s in generating[: self.n_batch]]
+            if not generating:
+                picked = self._chunks(reading, self.n_batch, one=False)
+        self._prompt_turn = self._kind == "decode"
+        picked.sort(key=lambda e: e[0].slot.seq_id if e[0].slot is not None else -1)
+        entries: list[tuple[_Seq, int, int]] = []
+        pos = 0
+        for seq, n in picked:
+            pos += n
+            entries.append((seq, n, pos - 1 if seq.n_past + n == len(seq.tokens) else -1))
+        return entries
+
+    @staticmethod
+    def _chunks(reading: list[_Seq], budget: int, *, one: bool) -> list[tuple[_Seq, int]]:
+        """Prompt chunks of up to ``budget`` tokens in all (of the first sequence that can read, if
+        ``one``)."""
+        picked: list[tuple[_Seq, int]] = []
         for seq in reading:
             # A prompt is read up to its last token, which is then decoded alone, as after a reused
             # prefix: the logits of a sequence never depend on how much of its prompt was cached.
@@ -285,13 +313,9 @@ class Engine:
                 break
             picked.append((seq, n))
             budget -= n
-        picked.sort(key=lambda e: e[0].slot.seq_id if e[0].slot is not None else -1)
-        entries: list[tuple[_Seq, int, int]] = []
-        pos = 0
-        for seq, n in picked:
-            pos += n
-            entries.append((seq, n, pos - 1 if seq.n_past + n == len(seq.tokens) else -1))
-        return entries
+            if one:
+                break
+        return picked
 
     def _decode(self, batch: Any, entries: list[tuple[_Seq, int, int]]) -> tuple[int, str]:
         i = 0
@@ -312,10 +336,8 @@ class Engine:
         self._outbox.flush()  # the event loops stream the last step's tokens while this one computes
         t0 = time.perf_counter()
         rc = self.threads.decode(self.lc, self.ctx, batch, i)  # no captured_log here: 0.2 ms a step
-        if rc == 0 and prompt:
-            decoding = i - prompt
-            self.prefill.record(time.perf_counter() - t0, prompt,
-                                self.threads.mean("text", decoding) if decoding else None)
+        if rc == 0 and (self._kind != "full" or len(entries) == 1):  # one forward pass: a measure
+            self.prefill.record(time.perf_counter() - t0, i, self._kind != "decode", self.threads.current)
         st = self.stats
         st.steps += 1
         st.batch_tokens += i

@@ -46,13 +46,13 @@ def test_the_batch_is_in_sequence_id_order() -> None:
             seq.slot = engine.slots[sid]
             engine.slots[sid].seq = seq
             engine._active.append(seq)
-        entries = engine._plan()
-        assert [e[0].slot.seq_id for e in entries if e[0].slot] == [0, 2, 3]
-        # beside generating sequences a step reads at most prefill_chunk prompt tokens (here all the
-        # first reader's, the last token held); then one token each for the others
-        assert [e[1] for e in entries] == [8, 1, 1]
+        entries = engine._plan()  # while some generate: a decode-only step first …
+        assert [(e[0].slot.seq_id, e[1]) for e in entries if e[0].slot] == [(2, 1), (3, 1)]
         # logits only where a sequence's last token is decoded, at its index in the batch
-        assert [e[2] for e in entries] == [-1, 8, 9]
+        assert [e[2] for e in entries] == [0, 1]
+        # … then a prompt-only step: one chunk of one prompt, at most prefill_chunk tokens
+        assert [(e[0].slot.seq_id, e[1], e[2]) for e in engine._plan() if e[0].slot] == [(0, 8, -1)]
+        assert [e[0].slot.seq_id for e in engine._plan() if e[0].slot] == [2, 3]  # and so on
         for seq in [s for s in engine._active if len(s.tokens) - s.n_past == 1]:
             engine._active.remove(seq)
         entries = engine._plan()  # nobody generating: prompts are read a whole batch at a time

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ffruntime.cpuload import CpuLoad, busy_seconds
-from ffruntime.llamacpp.pacing import FIRST_CHUNK, ITL_FACTOR, MIN_CHUNK, Gaps, Prefill
+from ffruntime.llamacpp.pacing import FIRST_CHUNK, MIN_CHUNK, PROMPT_STEP, Gaps, Prefill
 from ffruntime.llamacpp.threads import COLLAPSE, HOLD_MOST, Threads, free_cores, most_threads
 from ffruntime.runtime import GenerationRequest
 from ffruntime.settings import LoadSettings, available_cores
@@ -105,17 +105,35 @@ def test_cpu_load_sees_a_busy_process() -> None:
     assert busy_seconds({0}, stat) == 200 / os.sysconf("SC_CLK_TCK")  # user + system of cpu0 only
 
 
-def test_prefill_budget_keeps_a_mixed_step_within_the_itl_factor() -> None:
+def test_a_prompt_only_step_is_sized_from_a_fixed_pass_cost_and_a_per_token_cost() -> None:
+    # A fake machine: a pass of n tokens costs 10 ms + 0.05 ms per token, on 2 threads.
+    def seconds(n: int) -> float:
+        return 0.010 + 0.00005 * n
+
     p = Prefill(512)
-    assert p.budget(0.01) == FIRST_CHUNK  # nothing measured yet: a small first chunk
-    p.record(0.010 + 64 * 0.0005, 64, 0.010)  # 64 prompt tokens beside a 10 ms decode: 0.5 ms each
-    assert p.per_token is not None and abs(p.per_token - 0.0005) < 1e-9
-    budget = p.budget(0.010)
-    assert budget == int((ITL_FACTOR - 1) * 0.010 / 0.0005)
-    assert p.budget(1e-6) == MIN_CHUNK and p.budget(10.0) == 512
+    decode = seconds(64)  # 64 sequences generating: their decode-only step
+    assert p.cost(2) is None and p.budget(decode, 2) == FIRST_CHUNK  # nothing measured yet
+    p.record(seconds(512), 512, True, 2)  # a whole-batch prompt step while nothing generated
+    assert p.cost(2) is None  # no decode-only pass yet: the fixed cost is unknown
+    p.record(decode, 64, False, 2)
+    cost = p.cost(2)
+    assert cost is not None and abs(cost[0] - 0.010) < 1e-9 and abs(cost[1] - 0.00005) < 1e-9
+    fit = int((PROMPT_STEP * decode - 0.010) / 0.00005)  # the chunk whose step takes PROMPT_STEP decodes
+    sizes = []
+    for _ in range(6):  # from the first chunk it may only double each step, up to the fit
+        n = p.budget(decode, 2)
+        sizes.append(n)
+        p.record(seconds(n), n, True, 2)
+        p.record(decode, 64, False, 2)
+    assert sizes[0] == 2 * FIRST_CHUNK < fit and all(abs(n - fit) <= 1 for n in sizes[1:])  # float noise
+    assert seconds(fit) <= PROMPT_STEP * decode + 1e-12 < seconds(fit + 2)
+    # the gap a generating sequence sees: one decode-only step and one prompt-only step
+    assert (decode + seconds(fit)) / decode <= 1 + PROMPT_STEP + 1e-9
+    # a pass whose fixed cost alone exceeds the target still reads a few tokens (progress)
+    assert p.budget(0.001, 2) == MIN_CHUNK
+    assert p.cost(1) is None  # costs are per thread count
     capped = Prefill(512, most=48)  # an operator's prefill_chunk caps it
-    capped.record(0.02, 64, 0.01)
-    assert capped.budget(10.0) == 48
+    assert capped.budget(10.0, 2) == min(48, FIRST_CHUNK)
 
 
 def test_gaps_percentiles() -> None:
@@ -165,6 +183,6 @@ def test_the_engine_reports_threads_and_inter_token_latency(tmp_path: Path, smol
         stats = rt.stats()
         assert 1 <= stats["threads"] <= available_cores()
         assert 0 < stats["itl_p50_seconds"] <= stats["itl_p99_seconds"]
-        assert rt.engine.prefill.per_token is not None  # the long prompt's chunks were measured
+        assert rt.engine.prefill.cost(rt.engine.threads.current) is not None  # passes were measured
     finally:
         asyncio.run(rt.close())
