@@ -6,9 +6,12 @@ What verify measures is what is served only if both load with the same settings;
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+
+from ffruntime import cgroup
 
 DEFAULT_NUM_CTX = 2048  # tokens per sequence when neither the user nor the model says
 AUTO_PARALLEL = 8  # sequence slots of the automatic choice (num_parallel 0) where memory allows
@@ -37,15 +40,22 @@ def context_length(given: int | None, params: Mapping[str, object]) -> int:
 
 
 def available_memory() -> int:
-    """Bytes the machine can give without swapping (``MemAvailable``; 0 when unknown)."""
+    """Bytes this process can take without swapping or being OOM-killed: ``MemAvailable``, or less where
+    its cgroup's memory limit leaves less (a container's; :func:`ffruntime.cgroup.memory_room`); 0 when
+    unknown."""
+    machine = 0
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    machine = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    room = cgroup.memory_room()
+    if room is None:
+        return machine
+    return min(machine, room) if machine > 0 else room
 
 
 def parallel_slots(weights: int, kv_per_slot: int, budget: int) -> int:
@@ -61,7 +71,12 @@ def parallel_slots(weights: int, kv_per_slot: int, budget: int) -> int:
 
 
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Cores this process may use: those it may run on (``sched_getaffinity``), at most its cgroup's CPU
+    quota rounded down (a container's limit, :func:`ffruntime.cgroup.cpu_limit`; at least 1): threads
+    beyond the quota wait for the next period at every barrier of a llama.cpp step."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup.cpu_limit()
+    return cores if quota is None else max(1, min(cores, math.floor(quota)))
 
 
 def default_threads() -> int:
