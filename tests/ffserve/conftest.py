@@ -7,10 +7,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,23 +16,17 @@ import openai
 import pytest
 
 from registry.store import Store
-from tests.ffserve.serve_testkit import Server, start_server
+from tests.ffserve.serve_testkit import Server, ff_build, start_server
 from tests.models import add_model
 
 
 def build_smollm2(home: Path, smollm2_hf: Path) -> None:
     """``ff build`` SmolLM2 from its Hugging Face folder into ``home``: q8_0 and q4_k_m variants, greedy."""
-    modelfile = home / "smollm2.Modelfile"
-    modelfile.write_text(
+    modelfile = (
         f"FROM {smollm2_hf}\nQUANTIZE q8_0 q4_k_m\nTASK chat\n"
-        "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n",
-        encoding="utf-8",
+        "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n"
     )
-    env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
-    cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile)]
-    cmd += ["-t", "smollm2:latest"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
+    ff_build(home, modelfile, "smollm2:latest")
 
 
 @pytest.fixture(scope="session")

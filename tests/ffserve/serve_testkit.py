@@ -22,6 +22,17 @@ CACHE = Path.home() / ".cache" / "ferrousforge-tests" / "ffserve"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def ff_build(home: Path, modelfile: str, tag: str, *flags: str) -> None:
+    """``ff build`` the Modelfile text into ``FF_HOME`` ``home`` as ``tag`` (a subprocess, as users run)."""
+    path = home / f"{tag.replace(':', '_')}.Modelfile"
+    path.write_text(modelfile, encoding="utf-8")
+    env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
+    cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(path), "-t", tag]
+    cmd += flags
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"ff build failed:\n{proc.stdout}\n{proc.stderr}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

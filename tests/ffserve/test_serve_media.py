@@ -7,10 +7,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
-import os
 import struct
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ import openai
 import pytest
 
 from registry.store import Store
-from tests.ffserve.serve_testkit import Server, start_server
+from tests.ffserve.serve_testkit import Server, ff_build, start_server
 from tests.models import add_model
 
 pytestmark = pytest.mark.slow
@@ -47,13 +44,8 @@ def server(qwen2vl_ggufs: tuple[Path, Path], smollm2_gguf: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("media-home")
     model, projector = qwen2vl_ggufs
-    modelfile = home / "Modelfile"
     params = "PARAMETER temperature 0\nPARAMETER num_predict 8\n"
-    modelfile.write_text(f"FROM {model}\nFROM {projector}\n{params}")
-    env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
-    cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile), "-t", MODEL]
-    proc = subprocess.run([*cmd, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    ff_build(home, f"FROM {model}\nFROM {projector}\n{params}", MODEL, "--no-verify")
     add_model(Store(home / "store"), "text:latest", {"q4_1": smollm2_gguf}, params={"num_predict": 4})
     with start_server(home, tmp_path_factory.mktemp("logs"), FF_NUM_PARALLEL="4", FF_NUM_CTX="512",
                       FF_MAX_IMAGE_PIXELS=str(128 * 128)) as s:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import openai
 import pytest
 
 from tests.ffruntime.llamacpp.test_media_audio import wav_16k, wav_tone
-from tests.ffserve.serve_testkit import Server, start_server
+from tests.ffserve.serve_testkit import Server, ff_build, start_server
 from tests.ffserve.test_serve_audio import _silence_mp3, _transcode
 
 pytestmark = pytest.mark.slow
@@ -27,13 +24,8 @@ MODEL = "alm:latest"
 @pytest.fixture(scope="module")
 def server(qwen2audio_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("audio-media-home")
-    modelfile = home / "Modelfile"
     params = "PARAMETER temperature 0\nPARAMETER num_predict 6\n"
-    modelfile.write_text(f"FROM {qwen2audio_hf}\nQUANTIZE f16\n{params}")
-    env = {**os.environ, "FF_HOME": str(home), "FF_HOST": "127.0.0.1:9"}
-    cmd = [sys.executable, "-c", "from ffcli import main; main()", "build", "-f", str(modelfile), "-t", MODEL]
-    proc = subprocess.run([*cmd, "--no-verify"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    ff_build(home, f"FROM {qwen2audio_hf}\nQUANTIZE f16\n{params}", MODEL, "--no-verify")
     with start_server(home, tmp_path_factory.mktemp("logs"), FF_NUM_PARALLEL="4", FF_NUM_CTX="1024",
                       FF_MAX_AUDIO_SECONDS="40", FF_MAX_AUDIO_BYTES=str(2 << 20)) as s:
         yield s
