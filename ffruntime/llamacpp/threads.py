@@ -18,7 +18,8 @@ how many cores are free, and the step runs on that many threads (at least 1, at 
 - more once the last sample says they use less than :data:`UP_SLACK` (hysteresis against flapping).
 
 So an idle machine decodes on every core from its first step and a crowded one starts on fewer. A safety
-net for what the measurement cannot see (cores shared with other containers, a cgroup quota): two steps
+net for what the measurement cannot see (cores shared with other containers, the time left in a
+cgroup's CPU quota, where the reading is not used at all): two steps
 in a row :data:`COLLAPSE` times slower than the average of their batch size class on that thread count
 cap the count one lower for :data:`HOLD_FIRST` seconds, doubling up to :data:`HOLD_MOST` while it keeps
 happening. Where CPU use cannot be measured (no ``/proc/stat``) every core is used, under the same net.
@@ -83,9 +84,15 @@ class Threads:
         self.most = max(1, most)
         self.cores = cores if cores is not None else available_cores()
         if others is None and self.most > 1:
+            from ffruntime.cpuload import cores as runnable
             from ffruntime.cpuload import shared
 
-            others = shared().readings
+            # The readings count the busy time of every core the process may run on. Under a CPU quota
+            # (a container's limit: fewer cores than that) neighbours busy on the node's other cores
+            # do not compete for the quota, so the reading would wrongly leave one thread: the collapse
+            # net alone decides there.
+            if len(runnable()) <= self.cores:
+                others = shared().readings
         self._others = others
         self.clock = clock
         self.current = self._free(self.most)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ffruntime.cpuload import CpuLoad, busy_seconds
 from ffruntime.llamacpp.pacing import FIRST_CHUNK, MIN_CHUNK, PROMPT_STEP, Gaps, Prefill
 from ffruntime.llamacpp.threads import COLLAPSE, HOLD_MOST, Threads, free_cores, most_threads
@@ -186,3 +188,13 @@ def test_the_engine_reports_threads_and_inter_token_latency(tmp_path: Path, smol
         assert rt.engine.prefill.cost(rt.engine.threads.current) is not None  # passes were measured
     finally:
         asyncio.run(rt.close())
+
+
+def test_under_a_cpu_quota_the_node_wide_reading_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod limited to 2 CPUs may run on 8 cores: neighbours busy on the other 6 are not contention for
+    its quota, so the reading is left out (the collapse net alone decides) instead of leaving 1 thread."""
+    from ffruntime import cpuload
+
+    monkeypatch.setattr(cpuload, "cores", lambda: set(range(8)))
+    assert Threads(2, cores=2)._others is None
+    assert Threads(2, cores=2).choose() == 2
