@@ -171,9 +171,13 @@ def _check_policy(ctx: BuildContext) -> None:
 
 
 def verify_workers(ctx: BuildContext, variants: int) -> int:
-    """How many GGUF variants are verified side by side: one per core (each evaluator starts on one
-    thread, :mod:`ffruntime.llamacpp.threads`, so one at a time left the other cores idle; measured on
-    2 cores, SmolLM2 f16 + q8_0 + q4_k_m: docs/benchmarks.md), fewer when ``--threads`` gives each more."""
+    """How many GGUF variants are verified side by side: one per core, fewer when ``--threads`` gives each
+    more. Chosen when each evaluator began on one thread (one at a time left the other cores idle;
+    2 cores, SmolLM2 f16 + q8_0 + q4_k_m: docs/benchmarks.md). Under the current rule of
+    :mod:`ffruntime.llamacpp.threads` an evaluator may take every free core, and evaluators of one
+    process do not see each other in its CPU reading (it subtracts the process's own time), so two may
+    oversubscribe the cores; its collapse net bounds that, and the verified build measured the same
+    after that rule landed (1.58× llama.cpp against 1.64×)."""
     return max(1, min(variants, available_cores() // max(1, ctx.options.threads or 1)))
 
 
