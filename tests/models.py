@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -233,11 +233,11 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
     "phi4": ("phi3", {}),  # Phi-4's layout: Phi3ForCausalLM with a GPT-2 BPE tokenizer
 }
 """Tiny random decoders by family, made by transformers from a config (numeric agreement checks only).
-The Phi-3 architecture is checked as Phi-4 ships it (``Phi3ForCausalLM`` with a GPT-2 BPE tokenizer, the
-one these models borrow from SmolLM2), in a folder named ``phi4``: for a model whose name says Phi-3,
-llama.cpp's vocabulary loader looks up Phi-3-mini's SentencePiece tokens (``<unk>``, ``<s>``, ``</s>``),
-which a BPE vocabulary lacks ("unordered_map::at"); a Phi-3-mini with its own SentencePiece
-``tokenizer.model`` is not among these checks."""
+The Phi-3 architecture is checked here as Phi-4 ships it (``Phi3ForCausalLM`` with a GPT-2 BPE tokenizer,
+the one these models borrow from SmolLM2), in a folder named ``phi4``: for a model whose name says Phi-3,
+llama.cpp's vocabulary loader looks up Phi-3-mini's SentencePiece tokens (``<unk>``, ``<s>``, ``</s>``,
+``<|endoftext|>``), which a BPE vocabulary lacks ("unordered_map::at"). Phi-3-mini as it ships (a
+SentencePiece ``tokenizer.model`` plus added chat tokens) is :func:`random_phi3_sentencepiece`."""
 
 
 DECISIVE = 30.0
@@ -259,22 +259,12 @@ def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int
     about 1.5-4 standard deviations above the next at the median, while the layers still move every
     logit and pick the winner at 0-15 % of positions (measured on tests/ffbuild/test_families.py's
     text)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_type, extra = FAMILIES[family]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **_TINY, **special, **extra)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    emb = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    with torch.no_grad():
-        if head.data_ptr() != emb.data_ptr():  # untied: a shuffled copy of the embeddings
-            head.copy_(emb[torch.randperm(emb.shape[0])])
-        emb.mul_(DECISIVE)
-    model.save_pretrained(dest, safe_serialization=True)
+    _save_decisive(model_type, {"vocab_size": len(tokenizer), **special, **extra}, dest, seed)
     tokenizer.save_pretrained(dest)
     # as the Hub's SmolLM2 names it (transformers 5 writes TokenizersBackend; Phi-3's converter reads
     # GPT2Tokenizer as "BPE, like Phi-4", anything else as SentencePiece)
@@ -282,6 +272,85 @@ def random_decoder(family: str, tokenizer_folder: Path, dest: Path, *, seed: int
     data = json.loads(config_path.read_text())
     data["tokenizer_class"] = "GPT2Tokenizer"
     config_path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _save_decisive(model_type: str, config: Mapping[str, object], dest: Path, seed: int) -> None:
+    """A random ``model_type`` decoder of :data:`_TINY`'s size with decisive logits (see
+    :func:`random_decoder`), saved to ``dest`` (safetensors, f32)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(model_type, **_TINY, **config), dtype=torch.float32
+    )
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        if head.data_ptr() != emb.data_ptr():  # untied: a shuffled copy of the embeddings
+            head.copy_(emb[torch.randperm(emb.shape[0])])
+        emb.mul_(DECISIVE)
+    model.save_pretrained(dest, safe_serialization=True)
+
+
+PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+              "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>")
+"""Phi-3-mini's added tokens, in id order right after its SentencePiece pieces (its added_tokens.json)."""
+
+
+def train_sentencepiece(corpus: Path, model_file: Path, *, vocab_size: int = 1000) -> None:
+    """A Llama-style SentencePiece model (BPE, byte fallback, ``<unk>``/``<s>``/``</s>`` at 0/1/2, a dummy
+    space prefix, digits split, no normalization: the trainer options of Llama's and Phi-3-mini's
+    ``tokenizer.model``) trained on ``corpus`` with the installed ``sentencepiece``, one thread."""
+    import io
+
+    import sentencepiece as spm
+
+    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=out, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        split_digits=True, allow_whitespace_only_pieces=True, num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    model_file.write_bytes(out.getvalue())
+
+
+def random_phi3_sentencepiece(corpus: Path, dest: Path, *, seed: int = 0) -> None:
+    """A randomly initialised ``Phi3ForCausalLM`` laid out as Phi-3-mini ships: a SentencePiece
+    ``tokenizer.model`` (:func:`train_sentencepiece` on ``corpus``; 1,000 pieces where Phi-3-mini has
+    32,000), :data:`PHI3_ADDED` after them (``added_tokens.json`` and ``tokenizer_config.json``'s
+    ``added_tokens_decoder``), ``tokenizer_class`` LlamaTokenizer, ``<|endoftext|>`` as EOS and padding,
+    the vocabulary padded to a multiple of 64 (1,024; Phi-3-mini's 32,064) and a 2,047-token sliding
+    window. No ``tokenizer.json``: transformers 5 cannot convert a SentencePiece model here (the
+    installed protobuf is older than sentencepiece's generated code), and llama.cpp's Phi-3 converter
+    reads ``tokenizer.model``."""
+    import sentencepiece as spm
+
+    dest.mkdir(parents=True, exist_ok=True)
+    train_sentencepiece(corpus, dest / "tokenizer.model")
+    n_pieces = spm.SentencePieceProcessor(model_file=str(dest / "tokenizer.model")).vocab_size()
+    added = {token: n_pieces + i for i, token in enumerate(PHI3_ADDED)}
+    eos = added["<|endoftext|>"]
+    config = {"vocab_size": -(-(n_pieces + len(added)) // 64) * 64, "bos_token_id": 1, "eos_token_id": eos,
+              "pad_token_id": eos, "sliding_window": 2047}
+    _save_decisive("phi3", config, dest, seed)
+    (dest / "added_tokens.json").write_text(json.dumps(added, indent=2) + "\n")
+    ids = {"<unk>": 0, "<s>": 1, "</s>": 2, **added}
+    decoder = {
+        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": t in PHI3_ADDED[1:],
+                 "single_word": False, "special": True}
+        for t, i in ids.items()
+    }  # fmt: skip
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>",
+        "model_max_length": 4096, "added_tokens_decoder": decoder,
+    }  # fmt: skip
+    (dest / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    special = {k: tokenizer_config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    (dest / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
 def random_bert(tokenizer_folder: Path, dest: Path, *, seed: int = 0) -> None:

@@ -14,6 +14,7 @@ tests/ffbuild/test_build_smollm2.py and test_convert.py)."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,17 @@ from ffruntime.llamacpp.eval import LlamaEval
 from registry.artifact import open_variant, variants_of
 from registry.reference import parse_reference
 from registry.store import Store
-from tests.models import DECODER_RECIPE, FAMILIES, RECIPE, cached_dir, random_bert, random_decoder
+from tests.models import (
+    DECODER_RECIPE,
+    FAMILIES,
+    PHI3_ADDED,
+    RECIPE,
+    cached_dir,
+    random_bert,
+    random_decoder,
+    random_phi3_sentencepiece,
+    sha256_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,13 +76,11 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_decoder_family_matches_transformers(family: str, smollm2_hf: Path, tmp_path: Path) -> None:
+def _check_decoder(family: str, folder: Path, ids: list[int], tmp_path: Path) -> dict[str, Path]:
+    """Builds ``folder`` and checks its GGUFs' logits on ``ids`` against transformers'; the GGUFs."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    folder = cached_dir(_key(family), family, lambda d: random_decoder(family, smollm2_hf, d))
-    ids = AutoTokenizer.from_pretrained(folder)(TEXT)["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
@@ -88,6 +97,39 @@ def test_decoder_family_matches_transformers(family: str, smollm2_hf: Path, tmp_
             assert cos.min() >= 0.999, (family, quant, cos.min())
         else:
             assert cos.mean() >= 0.99, (family, quant, cos.mean())
+    return ggufs
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_decoder_family_matches_transformers(family: str, smollm2_hf: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = cached_dir(_key(family), family, lambda d: random_decoder(family, smollm2_hf, d))
+    _check_decoder(family, folder, AutoTokenizer.from_pretrained(folder)(TEXT)["input_ids"], tmp_path)
+
+
+def test_phi3_mini_sentencepiece_matches_transformers(tmp_path: Path) -> None:
+    """Phi-3-mini's layout: ``Phi3ForCausalLM`` with a Llama-style SentencePiece ``tokenizer.model`` and
+    added chat tokens (:func:`tests.models.random_phi3_sentencepiece`, trained on Python's LICENSE text),
+    in a folder whose name says Phi-3 (llama.cpp then sets Phi-3's token attributes by name). Besides
+    the logits, llama.cpp's tokenizer splits the text and the chat tokens as SentencePiece does."""
+    import sentencepiece as spm
+
+    corpus = Path(os.__file__).parent / "LICENSE.txt"
+    key = f"{_key('phi3-spm')}-{sha256_of(corpus)[:16]}"
+    folder = cached_dir(key, "Phi-3-mini-4k-instruct", lambda d: random_phi3_sentencepiece(corpus, d))
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    ids = [sp.bos_id(), *sp.encode(TEXT)]
+    ggufs = _check_decoder("phi3-spm", folder, ids, tmp_path)
+    with LlamaEval(ggufs["f16"], threads=1) as m:
+        assert m.meta("tokenizer.ggml.model") == "llama"
+        assert m.tokenize(TEXT) == ids
+        chat = "<|user|>\nHow do I reset it?<|end|>\n<|assistant|>\n"
+        tokens = m.tokenize(chat, parse_special=True)
+        added = {t: sp.vocab_size() + i for i, t in enumerate(PHI3_ADDED)}
+        chat_tokens = [added[t] for t in ("<|user|>", "<|end|>", "<|assistant|>")]
+        assert [t for t in tokens if t >= sp.vocab_size()] == chat_tokens
+        assert m.eos == added["<|endoftext|>"] and m.is_eog(added["<|end|>"])
 
 
 def test_bert_encoder_matches_transformers(minilm_folder: Path, tmp_path: Path) -> None:

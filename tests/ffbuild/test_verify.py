@@ -135,6 +135,43 @@ def test_a_verified_file_is_not_evaluated_again_as_the_reference(
     q8 = verify_gguf(smollm2_q8_0, reference=smollm2_f16, text=text)
     assert opened == [smollm2_f16, smollm2_q8_0]  # the f16's own pass served as the reference
     assert q8.reference_perplexity == f16.perplexity and q8.agreement is not None
+    assert not verify._LOCKS  # the per-file locks were freed with their last user
+
+
+def test_per_file_locks_exclude_and_are_freed() -> None:
+    """``_once`` serialises the threads of one key, not of different keys, and its table does not grow
+    with every file a long-lived process (``ff serve``'s /api/create) verifies."""
+    import threading
+
+    import ffbuild.stages.verify.gguf as verify
+
+    for i in range(1000):
+        with verify._once(("text", Path(f"/m/{i}.gguf"))):
+            pass
+    assert not verify._LOCKS
+    holding, b_in, c_in = threading.Event(), threading.Event(), threading.Event()
+    release = threading.Event()
+
+    def hold(key: str, inside: threading.Event, wait: bool) -> None:
+        with verify._once(key):
+            inside.set()
+            if wait:
+                release.wait(10)
+
+    a = threading.Thread(target=hold, args=("k", holding, True))
+    a.start()
+    assert holding.wait(10)
+    b = threading.Thread(target=hold, args=("k", b_in, False))
+    c = threading.Thread(target=hold, args=("other", c_in, False))
+    b.start()
+    c.start()
+    assert c_in.wait(10) and not b_in.wait(0.2)  # another key goes on; the same key waits
+    assert set(verify._LOCKS) == {"k"}  # held and waited on: kept; "other": freed on release
+    release.set()
+    a.join(10)
+    b.join(10)
+    c.join(10)
+    assert b_in.is_set() and not verify._LOCKS
 
 
 def test_verify_reads_text_on_every_core_and_decodes_as_the_server(monkeypatch: pytest.MonkeyPatch) -> None:

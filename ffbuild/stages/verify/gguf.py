@@ -22,11 +22,12 @@ pass if another thread is still making it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,15 +142,26 @@ def _sample(m: LlamaEval, modelfile: ModelfilePrompt, prompt: str, report: Verif
 
 _TextKey = tuple[Path, int, int, str, int | None]  # file (path, size, mtime), text, threads
 _TEXT_EVALS: collections.OrderedDict[_TextKey, _TextEval] = collections.OrderedDict()
-_LOCKS: dict[object, threading.Lock] = {}
+_LOCKS: dict[object, tuple[threading.Lock, list[int]]] = {}  # key: (lock, [threads holding or waiting])
 _LOCKS_GUARD = threading.Lock()
 
 
-def _once(key: object) -> threading.Lock:
-    """The lock under which the result for ``key`` is made (so threads verifying side by side wait for
-    one pass over a file instead of each making its own)."""
+@contextlib.contextmanager
+def _once(key: object) -> Iterator[None]:
+    """Holds the lock under which the result for ``key`` is made (so threads verifying side by side wait
+    for one pass over a file instead of each making its own). The entry is freed when its last holder or
+    waiter leaves: a long-lived process (``ff serve`` answering /api/create) verifies files without end."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
+        lock, users = _LOCKS.setdefault(key, (threading.Lock(), [0]))
+        users[0] += 1
+    try:
+        with lock:
+            yield
+    finally:
+        with _LOCKS_GUARD:
+            users[0] -= 1
+            if not users[0]:
+                del _LOCKS[key]
 
 
 def _remember_text(key: _TextKey, result: _TextEval) -> None:
