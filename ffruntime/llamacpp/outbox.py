@@ -26,6 +26,7 @@ through its thread-safe ``emit``, as before.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import queue
 import threading
@@ -89,3 +90,27 @@ class Outbox:
             for loop, pairs in items.items():  # one call per loop
                 with contextlib.suppress(RuntimeError):  # that loop is closed: its requests are gone
                     loop.call_soon_threadsafe(_deliver, pairs)
+
+
+class Inbox:
+    """One request's events on its event loop: :class:`Outbox` posts ``put`` there, the request awaits
+    :meth:`get`. A deque and at most one waiter: ``asyncio.Queue`` does bookkeeping a stream never uses
+    (unfinished-task counts, an ``Event``, the putters' list), a dozen Python calls per token on the
+    event loop, which runs beside the decode."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: object) -> None:
+        """Add an event (on the loop's thread) and wake the waiting :meth:`get`."""
+        self._items.append(item)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._items.popleft()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ffruntime.llamacpp.outbox import Outbox, posts_without_gil_release
+from ffruntime.llamacpp.outbox import Inbox, Outbox, posts_without_gil_release
 
 
 def _run(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> tuple[list[object], Outbox]:
@@ -62,3 +62,25 @@ def test_a_closed_loop_drops_its_events() -> None:
     box.add(loop, lambda item: None, "token")
     box.flush()  # no error: the requests of a closed loop are gone
     assert not box
+
+
+def test_an_inbox_hands_over_events_in_order_and_survives_a_cancelled_wait() -> None:
+    async def main() -> None:
+        box = Inbox()
+        box.put("a")
+        assert await box.get() == "a"
+        waiting = asyncio.ensure_future(box.get())
+        await asyncio.sleep(0)
+        box.put("b")
+        box.put("c")
+        assert await waiting == "b"
+        assert await box.get() == "c"
+        cancelled = asyncio.ensure_future(box.get())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        box.put("d")  # the cancelled waiter is skipped
+        assert await asyncio.wait_for(box.get(), 1) == "d"
+
+    asyncio.run(main())
