@@ -5,6 +5,13 @@ lines, less this process's own CPU time (every thread of it, ``time.process_time
 :data:`WINDOW` seconds: how many cores the rest of the machine keeps busy. One daemon thread per process
 samples every :data:`PERIOD` seconds (about 30 µs a sample), so a reading is fresh even after the process
 was idle. Where ``/proc/stat`` cannot be read the reading is ``None`` (unknown).
+
+While a reader asks often (the engine thread before every decode step), :meth:`CpuLoad.readings` takes
+the sample itself when one is due and the thread only checks every :data:`WINDOW` seconds: woken 40
+times a second on a machine whose two cores run the decode, the thread cost ~230 µs of CPU a wake-up
+(cold caches after each step streamed the weights), ~0.1 ms per token of a single stream, taken from
+the decode's own threads (schedstat, docs/benchmarks.md, issue 22); a sample in the warm engine thread
+costs ~20 µs every ``PERIOD``.
 """
 
 from __future__ import annotations
@@ -50,9 +57,12 @@ class CpuLoad:
         self._lock = threading.Lock()
         self._read_at: float | None = None
         self._reading: tuple[float, float] | None = None
+        self._asked = 0.0  # when :meth:`readings` was last called
         self.ok = self._sample()
+        self.thread: threading.Thread | None = None  # the sampler (none where /proc/stat is unreadable)
         if self.ok:
-            threading.Thread(target=self._run, name="ff-cpuload", daemon=True).start()
+            self.thread = threading.Thread(target=self._run, name="ff-cpuload", daemon=True)
+            self.thread.start()
 
     def _sample(self) -> bool:
         try:
@@ -64,9 +74,18 @@ class CpuLoad:
             self._samples.append((time.monotonic(), busy, time.process_time()))
         return True
 
+    def _last(self) -> float:
+        with self._lock:
+            return self._samples[-1][0] if self._samples else 0.0
+
     def _run(self) -> None:
-        while self._sample():
-            time.sleep(self.period)
+        while True:
+            if time.monotonic() - self._asked < 2 * self.period:  # a reader asks often: it samples
+                time.sleep(WINDOW)
+            elif self._sample():
+                time.sleep(self.period)
+            else:
+                return
 
     def others(self, span: float = WINDOW) -> float | None:
         """Cores busy with other processes over the last ``span`` seconds (at least one sample period;
@@ -82,7 +101,11 @@ class CpuLoad:
         return max(0.0, ((b1 - b0) - (own1 - own0)) / (t1 - t0))
 
     def readings(self) -> tuple[float, float] | None:
-        """(the last sample period, the whole window): :meth:`others` over both (computed once a sample)."""
+        """(the last sample period, the whole window): :meth:`others` over both (computed once a sample;
+        the sample is taken here when one is due)."""
+        self._asked = now = time.monotonic()
+        if self.ok and now - self._last() >= self.period:
+            self._sample()
         last = self._samples[-1][0] if self._samples else None
         if last != self._read_at:
             recent, window = self.others(self.period), self.others()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from prometheus_client import Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -70,6 +71,7 @@ class Generation:
         self._events: AsyncIterator[Event] | None = None
         self._first: Event | None = None
         self._last_token = 0.0
+        self._itl: Histogram | None = None  # the inter-token latency histogram of this model
         self._n_tokens = 0
         self._closed = False
         self._span: tracing.Span = tracing.NO_SPAN  # prefill until the first token, then decode
@@ -107,10 +109,11 @@ class Generation:
         now = time.perf_counter()
         if isinstance(ev, Token):
             self._n_tokens += 1
-            if self._last_token:
-                self.metrics.itl.labels(self.label).observe(now - self._last_token)
+            if self._itl is not None:
+                self._itl.observe(now - self._last_token)
             else:
                 self.metrics.ttft.labels(self.label).observe(now - self.t_arrival)
+                self._itl = self.metrics.itl.labels(self.label)  # looked up once, observed per token
                 self._span.end()
                 self._span = tracing.start("decode")
             self._last_token = now

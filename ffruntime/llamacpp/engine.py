@@ -333,9 +333,10 @@ class Engine:
             if n > 1 or not seq.generated:
                 prompt += n
         batch.n_tokens = i
-        self._outbox.flush()  # the event loops stream the last step's tokens while this one computes
         t0 = time.perf_counter()
-        rc = self.threads.decode(self.lc, self.ctx, batch, i)  # no captured_log here: 0.2 ms a step
+        # The event loops stream the last step's tokens while this one computes (posted last: see
+        # Threads.decode). No captured_log here: 0.2 ms a step.
+        rc = self.threads.decode(self.lc, self.ctx, batch, i, ready=self._outbox.flush)
         if rc == 0 and (self._kind != "full" or len(entries) == 1):  # one forward pass: a measure
             self.prefill.record(time.perf_counter() - t0, i, self._kind != "decode", self.threads.current)
         st = self.stats

@@ -37,6 +37,7 @@ from ffruntime.llamacpp.library import (
     model_params,
 )
 from ffruntime.llamacpp.media import MARKER, MediaPrompt, Projector
+from ffruntime.llamacpp.outbox import Inbox
 from ffruntime.llamacpp.sampling import Sampler, sampling
 from ffruntime.llamacpp.threads import Threads, most_threads
 from ffruntime.llamacpp.vocab import Vocab, gguf_prompting
@@ -211,13 +212,13 @@ class LlamaCppRuntime:
         if Capability.GENERATE not in self._capabilities:
             raise RequestRejected(f"{self.variant.name} does not generate text")
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
+        events = Inbox()
 
         def emit(item: object) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+            loop.call_soon_threadsafe(events.put, item)
 
         job = await asyncio.to_thread(self.prepare, request, emit)
-        job.loop, job.put = loop, events.put_nowait  # the engine posts a step's events together
+        job.loop, job.put = loop, events.put  # the engine posts a step's events together
         try:
             self.engine.submit(job)
         except BaseException:

@@ -107,13 +107,19 @@ class Threads:
         """The average decode time of a ``kind`` batch of ``n_tokens`` on ``threads`` (default: current)."""
         return self._mean.get((self.current if threads is None else threads, kind, size_class(n_tokens)))
 
-    def decode(self, lc: Any, ctx: Any, batch: Any, n_tokens: int, kind: str = "text") -> int:
-        """``llama_decode(ctx, batch)`` on the thread count this step gets; its time is measured."""
+    def decode(self, lc: Any, ctx: Any, batch: Any, n_tokens: int, kind: str = "text",
+               ready: Callable[[], None] | None = None) -> int:
+        """``llama_decode(ctx, batch)`` on the thread count this step gets; its time is measured.
+        ``ready`` runs last before the decode, once the choice (which may read ``/proc/stat`` and call
+        llama.cpp, both releasing the GIL) is made: the engine posts the last step's tokens there, so
+        the event loop it wakes cannot take the GIL before the decode releases it."""
         threads = self.choose()
         key = int(ctx) if isinstance(ctx, int) else id(ctx)
         if self._set.get(key) != threads:
             lc.llama_set_n_threads(ctx, threads, threads)
             self._set[key] = threads
+        if ready is not None:
+            ready()
         t0 = time.perf_counter()
         rc = int(lc.llama_decode(ctx, batch))
         if rc == 0:

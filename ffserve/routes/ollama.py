@@ -24,7 +24,7 @@ from ffruntime.runtime import (
     ToolCall,
 )
 from ffserve import logprobs, toolcalls
-from ffserve.encoding import JSONResponse
+from ffserve.encoding import JSONResponse, dumps
 from ffserve.errors import BadRequest, NotSupported
 from ffserve.generation import GONE, ClientGone, Generation, run_to_end, until_disconnected
 from ffserve.state import AppState, app_state
@@ -124,8 +124,11 @@ async def _answer(
         return GONE
     parser = toolcalls.StreamParser(names) if names else None
 
+    head = b'{"model":' + dumps(model) + b',"created_at":"'
+
     def chunk(body: dict[str, object]) -> bytes:
-        return ndjson({"model": model, "created_at": now(), **body, "done": False})
+        # {"model", "created_at", **body, "done": false}: the fixed parts rendered once a request
+        return head + now().encode() + b'",' + dumps(body)[1:-1] + b',"done":false}\n'
 
     async def chunks() -> AsyncIterator[bytes]:
         try:

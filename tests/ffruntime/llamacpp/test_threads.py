@@ -107,6 +107,24 @@ def test_cpu_load_sees_a_busy_process() -> None:
     assert busy_seconds({0}, stat) == 200 / os.sysconf("SC_CLK_TCK")  # user + system of cpu0 only
 
 
+def test_a_reader_that_asks_often_samples_itself_and_the_thread_stands_back() -> None:
+    load = CpuLoad()
+    assert load.thread is not None
+    stat = f"/proc/self/task/{load.thread.native_id}/schedstat"
+
+    def wakeups() -> int:  # the sampler thread's times on a core
+        with open(stat) as f:
+            return int(f.read().split()[2])
+
+    time.sleep(2 * load.period)  # a reading needs two samples
+    t0, before = time.monotonic(), wakeups()
+    while time.monotonic() - t0 < 1.0:  # an engine stepping every 5 ms
+        assert load.readings() is not None
+        assert time.monotonic() - load._samples[-1][0] < load.period + 0.02  # always fresh
+        time.sleep(0.005)
+    assert wakeups() - before <= 15  # every WINDOW (5 a second), not every PERIOD (40)
+
+
 def test_a_prompt_only_step_is_sized_from_a_fixed_pass_cost_and_a_per_token_cost() -> None:
     # A fake machine: a pass of n tokens costs 10 ms + 0.05 ms per token, on 2 threads.
     def seconds(n: int) -> float:
