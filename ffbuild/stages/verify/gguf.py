@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,11 @@ def verify_threads() -> int:
     return default_threads()
 
 
+_CAP = threading.local()
+"""``threads``: the thread count evaluations of this thread run on when the caller gave none (work started
+ahead of the verify stage, beside a stage that keeps the cores busy: :func:`verify_gguf_ahead`)."""
+
+
 def eval_settings(threads: int | None) -> LoadSettings:
     """How verify loads a model: ``threads`` for everything when given; else the server's thread count
     for single tokens and every core for the text pass and prompts (nothing else runs beside a build);
@@ -77,6 +82,7 @@ def eval_settings(threads: int | None) -> LoadSettings:
     every core, as in the server. Measured before that policy, with sleeping threads: three SmolLM2 variants,
     2 cores: 4.47 s on 1 thread, 3.68 s so, and the same 4.6 s either way beside a busy process
     (docs/benchmarks.md). The figures do not depend on the thread count."""
+    threads = threads if threads is not None else getattr(_CAP, "threads", None)
     if threads is not None:
         return LoadSettings(threads=threads, threads_batch=threads)
     return LoadSettings(threads=verify_threads(), threads_batch=available_cores())
@@ -202,7 +208,23 @@ def verify_gguf(
     template: str | None = None,
 ) -> VerifyReport:
     """Load ``path`` in llama.cpp and measure it (see the module doc); never raises for a bad model:
-    a model that does not load gives ``loads=False`` and the reason in ``error``."""
+    a model that does not load gives ``loads=False`` and the reason in ``error``. A measurement of the
+    same file with the same arguments started ahead (:func:`verify_gguf_ahead`) is waited for, not
+    repeated."""
+    if not lora and (made := _claim(_job_key(path, reference, text, prompt, threads, template))) is not None:
+        return made
+    return _measure(path, reference, text, prompt, lora, threads, template)
+
+
+def _measure(
+    path: Path,
+    reference: Path | None,
+    text: str,
+    prompt: str | None,
+    lora: Path | Sequence[Path] | None,
+    threads: int | None,
+    template: str | None,
+) -> VerifyReport:
     start = time.perf_counter()
     try:
         info = read_gguf_info(path)
@@ -283,6 +305,89 @@ def _verify_embedding(
         report.agreement_kind = "embedding-cosine"
 
 
+@dataclass
+class _Job:
+    """A measurement started ahead: ``queued`` (its thread waits for its turn), ``running``, ``done``;
+    ``claimed`` once the verify stage took it over before it began."""
+
+    state: str = "queued"
+    done: threading.Event = field(default_factory=threading.Event)
+    report: VerifyReport | None = None
+
+
+_JobKey = tuple[object, ...]
+_JOBS: dict[_JobKey, _Job] = {}
+
+
+def _job_key(
+    path: Path,
+    reference: Path | None,
+    text: str,
+    prompt: str | None,
+    threads: int | None,
+    template: str | None,
+) -> _JobKey | None:
+    try:
+        ref = _file_key(reference) if reference is not None else None
+        return (_file_key(path), ref, text, prompt, threads, template)
+    except OSError:
+        return None
+
+
+def _claim(key: _JobKey | None) -> VerifyReport | None:
+    """The report of the measurement started ahead under ``key``: waited for when it runs, None when there
+    is none or it had not begun (the caller measures, and the queued one is dropped)."""
+    if key is None:
+        return None
+    with _LOCKS_GUARD:
+        job = _JOBS.pop(key, None)
+        if job is None:
+            return None
+        if job.state == "queued":
+            job.state = "claimed"
+            return None
+    job.done.wait()
+    return job.report
+
+
+def verify_gguf_ahead(
+    path: Path,
+    *,
+    reference: Path | None = None,
+    text: str = DEFAULT_TEXT,
+    prompt: str | None = None,
+    threads: int | None = None,
+    template: str | None = None,
+    turn: threading.Lock,
+) -> threading.Thread:
+    """Start :func:`verify_gguf` of ``path`` (no LoRA) in a thread that waits for ``turn`` (one measurement
+    ahead at a time) and runs on one thread unless ``threads`` says otherwise: it works beside the stage
+    that keeps the cores busy meanwhile (the quantizer). :func:`verify_gguf` with the same arguments later
+    returns its report. The figures do not depend on the thread count (:func:`eval_settings`)."""
+    key = _job_key(path, reference, text, prompt, threads, template)
+    job = _Job()
+
+    def work() -> None:
+        with turn:
+            with _LOCKS_GUARD:
+                if job.state != "queued":
+                    return
+                job.state = "running"
+            _CAP.threads = 1
+            try:
+                job.report = _measure(path, reference, text, prompt, None, threads, template)
+            finally:
+                job.state = "done"
+                job.done.set()
+
+    if key is not None:
+        with _LOCKS_GUARD:
+            _JOBS[key] = job
+    thread = threading.Thread(target=work, name="ff-verify-ahead")
+    thread.start()
+    return thread
+
+
 TextEval = _TextEval
 """What one text pass measured: the tokens, the greedy next token at each position, the perplexity."""
 
@@ -294,10 +399,14 @@ def reference_text(path: Path, text: str, threads: int | None) -> TextEval:
 
 def text_eval(tokens: list[int], logits: FloatArray) -> TextEval:
     """Greedy next tokens and perplexity from per-position logits (any backend's)."""
+    best = np.asarray(logits).argmax(axis=1)
     head = np.asarray(logits[:-1], dtype=np.float32)
-    top = head.max(axis=1)
-    # log-sum-exp per position: exp in float32 (5× faster than float64 over 120 × 49k), sums in float64
-    lse = np.log(np.exp(head - top[:, None]).sum(axis=1, dtype=np.float64)) + top
-    nll = lse - head[np.arange(len(tokens) - 1), tokens[1:]]
-    argmax = tuple(int(i) for i in logits.argmax(axis=1))
-    return _TextEval(tuple(tokens), argmax, float(math.exp(nll.mean())))
+    rows = np.arange(len(tokens) - 1)
+    top = head[rows, best[:-1]]  # each row's maximum, where its argmax is
+    # log-sum-exp per position: exp in float32, in place (5× faster than float64 over 120 × 49k), sums in
+    # float64
+    shifted = np.subtract(head, top[:, None])
+    np.exp(shifted, out=shifted)
+    lse = np.log(shifted.sum(axis=1, dtype=np.float64)) + top
+    nll = lse - head[rows, tokens[1:]]
+    return _TextEval(tuple(tokens), tuple(best.tolist()), float(math.exp(nll.mean())))
