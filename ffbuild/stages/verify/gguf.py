@@ -22,11 +22,13 @@ pass if another thread is still making it.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import math
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from ffbuild.stages.errors import StageError, VerifyError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.eval import FloatArray, LlamaEval
+from ffruntime.llamacpp.threads import Threads
 from ffruntime.llamacpp.vocab import gguf_prompting
 from ffruntime.prompting import ChatTemplateError, ModelfilePrompt, question_prompt
 from ffruntime.settings import LoadSettings, available_cores, default_threads
@@ -252,6 +255,43 @@ def _measure(
     return report
 
 
+def _side_by_side(threads: int | None, lora: Path | Sequence[Path] | None) -> bool:
+    """Whether a file's text pass and its sample run at once, one thread each, in two contexts of the
+    loaded model (a 120-token pass and a one-token-at-a-time answer each gain less from a second thread
+    than from running beside the other): when neither ``--threads`` nor work ahead imposes a count."""
+    return not lora and threads is None and getattr(_CAP, "threads", None) is None and available_cores() > 1
+
+
+def _own_text(m: LlamaEval, key: _TextKey, text: str) -> _TextEval:
+    """The file's pass over ``text``: made once (it is also its pass as another variant's reference)."""
+    with _once(key):
+        own = _TEXT_EVALS.get(key) or _eval_text(m, text)
+        _remember_text(key, own)
+    return own
+
+
+def _text_beside_sample(
+    m: LlamaEval, key: _TextKey, text: str, modelfile: ModelfilePrompt, prompt: str, report: VerifyReport
+) -> _TextEval:
+    def text_pass() -> _TextEval:
+        try:
+            return _own_text(twin, key, text)
+        finally:  # the rest of the answer may use the core the text pass leaves (the server's rule)
+            m.threads = Threads(available_cores())
+
+    with m.twin() as twin, ThreadPoolExecutor(1, thread_name_prefix="ff-verify-text") as pool:
+        pending = pool.submit(text_pass)
+        try:
+            _sample(m, modelfile, prompt, report)
+        finally:
+            concurrent.futures.wait([pending])
+        try:
+            return pending.result()
+        except BaseException:  # as when the text pass comes first and fails: no sample reported
+            report.prompt, report.sample, report.used_chat_template, report.error = None, None, False, None
+            raise
+
+
 def _verify_text(
     path: Path,
     reference: Path | None,
@@ -262,17 +302,18 @@ def _verify_text(
     threads: int | None,
     report: VerifyReport,
 ) -> None:
-    with LlamaEval(path, lora=lora, settings=eval_settings(threads)) as m:
+    key: _TextKey = (*_file_key(path), text, threads)
+    split = _side_by_side(threads, lora) and key not in _TEXT_EVALS
+    settings = LoadSettings(threads=1, threads_batch=1) if split else eval_settings(threads)
+    with LlamaEval(path, lora=lora, settings=settings) as m:
         report.loads = True
-        if lora:
-            own = _eval_text(m, text)
-        else:  # the same pass this file gives as another variant's reference: made once
-            key = (*_file_key(path), text, threads)
-            with _once(key):
-                own = _TEXT_EVALS.get(key) or _eval_text(m, text)
-                _remember_text(key, own)
-        report.prompt = prompt
-        _sample(m, modelfile, prompt, report)
+        if split:
+            report.prompt = prompt
+            own = _text_beside_sample(m, key, text, modelfile, prompt, report)
+        else:
+            own = _eval_text(m, text) if lora else _own_text(m, key, text)
+            report.prompt = prompt
+            _sample(m, modelfile, prompt, report)
     ref = _reference_text(*_file_key(reference), text, threads) if reference is not None else None
     report.perplexity = round(own.perplexity, 4)
     report.tokens_evaluated = len(own.tokens)
