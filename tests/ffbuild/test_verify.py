@@ -148,7 +148,9 @@ def test_verify_reads_text_on_every_core_and_decodes_as_the_server(monkeypatch: 
 
 
 @pytest.mark.slow
-def test_ahead_and_side_by_side_measure_what_one_thread_measures(smollm2_f16: Path, smollm2_q8_0: Path) -> None:
+def test_ahead_and_side_by_side_measure_what_one_thread_measures(
+    smollm2_f16: Path, smollm2_q8_0: Path
+) -> None:
     """A report made ahead (one thread, beside the quantizer) is the one verify_gguf returns after, and a
     text pass beside the sample (two contexts of one model) gives the report of one thread doing both."""
     import threading
