@@ -11,8 +11,10 @@ ff does not compute one. An already quantized source is refused with :class:`Req
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import threading
 from pathlib import Path
 
 from ffbuild.cache import DigestMeanwhile
@@ -29,6 +31,7 @@ from ffbuild.stages.context import (
 from ffbuild.stages.errors import QuantizeError, RequantizeError
 from ffbuild.stages.fetch import stored_built
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
+from ffruntime.errors import BackendUnavailable
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.settings import available_cores
 from registry.atomic import atomic_output
@@ -147,6 +150,24 @@ def _stored_outputs(ctx: BuildContext, v: Variant) -> None:
             family=v.family,
         )
         ctx.outputs.append(VariantOutput(variant, built))
+
+
+def ahead(ctx: BuildContext) -> None:
+    """While the convert stage runs llama.cpp's converter (a Hugging Face source), load llama-cpp-python
+    in the background (``import llama_cpp``: ~0.2 s of the quantizer's first call otherwise); once."""
+    f = ctx.fetched
+    if f is None or f.kind != FetchedKind.HF_FOLDER or ctx.base is not None:
+        return
+    if any(t.name == "ff-load-llama" for t in ctx.ahead):
+        return
+
+    def work() -> None:
+        with contextlib.suppress(BackendUnavailable):  # the stage meets it and reports it
+            binding()
+
+    thread = threading.Thread(target=work, name="ff-load-llama")
+    ctx.ahead.append(thread)
+    thread.start()
 
 
 def run(ctx: BuildContext) -> str:
