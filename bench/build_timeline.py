@@ -20,8 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build as bench  # bench/build.py: the same baseline and ff build commands
 
@@ -36,14 +34,28 @@ def _core_times() -> list[tuple[int, int]]:
     return rows
 
 
-def _tree_cpu(me: psutil.Process) -> float:
-    total = 0.0
-    for p in [me, *me.children(recursive=True)]:
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of process ``root`` and its descendants (their reaped children's included)."""
+    stats: dict[int, tuple[int, float]] = {}  # pid → (parent, seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+    tree, total, grew = {root}, 0.0, True
+    while grew:
+        grew = False
+        for pid, (parent, _) in stats.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    for pid in tree:
+        total += stats.get(pid, (0, 0.0))[1]
     return total
 
 
@@ -56,7 +68,7 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
+        me = os.getpid()
         prev, pt, pc = _core_times(), time.perf_counter(), _tree_cpu(me)
         while not self._stop.wait(self.period):
             cur, now, c = _core_times(), time.perf_counter(), _tree_cpu(me)
