@@ -228,6 +228,28 @@ def _measure(
     threads: int | None,
     template: str | None,
 ) -> VerifyReport:
+    with _LOCKS_GUARD:
+        _RUNNING[0] += 1
+    try:
+        return _measure_one(path, reference, text, prompt, lora, threads, template)
+    finally:
+        with _LOCKS_GUARD:
+            _RUNNING[0] -= 1
+
+
+_RUNNING = [0]
+"""Measurements under way in this process (:func:`_measure`): one alone may take every core."""
+
+
+def _measure_one(
+    path: Path,
+    reference: Path | None,
+    text: str,
+    prompt: str | None,
+    lora: Path | Sequence[Path] | None,
+    threads: int | None,
+    template: str | None,
+) -> VerifyReport:
     start = time.perf_counter()
     try:
         info = read_gguf_info(path)
@@ -276,8 +298,9 @@ def _text_beside_sample(
     def text_pass() -> _TextEval:
         try:
             return _own_text(twin, key, text)
-        finally:  # the rest of the answer may use the core the text pass leaves (the server's rule)
-            m.threads = Threads(available_cores())
+        finally:  # alone, the rest of the answer may use the core the text pass leaves (the server's rule)
+            if _RUNNING[0] == 1:
+                m.threads = Threads(available_cores())
 
     with m.twin() as twin, ThreadPoolExecutor(1, thread_name_prefix="ff-verify-text") as pool:
         pending = pool.submit(text_pass)
