@@ -9,11 +9,13 @@ Leftover temp folders of dead builds are removed when the cache is opened.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,30 @@ def file_digest(path: Path) -> str:
     if memo_key not in _digest_memo:
         _digest_memo[memo_key] = sha256_file(path)[0]
     return _digest_memo[memo_key]
+
+
+class DigestMeanwhile:
+    """Hash a file (:func:`file_digest`, remembered) in a background thread from :meth:`start` until the
+    ``with`` block ends: a producer starts it on its finished output before the fsync that makes it
+    durable, so the disk's time and the hash's CPU time overlap instead of adding up."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def start(self, path: Path) -> None:
+        def work() -> None:
+            with contextlib.suppress(OSError):  # the block failed and removed it: nothing to remember
+                file_digest(path)
+
+        self._thread = threading.Thread(target=work, name="ff-digest")
+        self._thread.start()
+
+    def __enter__(self) -> DigestMeanwhile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 def hashed_stat(path: Path, digest: str) -> tuple[int, int, int] | None:
@@ -119,6 +145,16 @@ class BuildCache:
         if not stage.isidentifier() or len(key) != 64:
             raise CacheError(f"bad cache key {stage}/{key}")
         return self.root / stage / key
+
+    def scratch(self, stage: str) -> Path:
+        """A new empty folder beside ``stage``'s entries (so its files can be renamed into one), for
+        work started before its key is known; the caller removes it, or the next cache opened after
+        this process died does (:meth:`_clean_stale`)."""
+        if not stage.isidentifier():
+            raise CacheError(f"bad cache stage {stage!r}")
+        parent = self.root / stage
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent, prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
 
     def get(self, stage: str, key: str) -> Entry | None:
         """The complete entry for ``key``, or None."""

@@ -7,6 +7,7 @@ never reaches up into the pipeline (:mod:`ffbuild.build`) that runs it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -209,11 +210,34 @@ class BuildContext:
     tags: list[str] = field(default_factory=list)
     timings: list[StageTiming] = field(default_factory=list)
     ahead: list[threading.Thread] = field(default_factory=list)  # work started ahead of its stage
+    _warmed: set[str] = field(default_factory=set)
+    listeners: list[Callable[[Built], None]] = field(default_factory=list)  # told of each weight made
+
+    def made(self, built: Built) -> None:
+        """A stage made ``built`` (not from the cache): later stages listening may start on it."""
+        for listener in self.listeners:
+            listener(built)
 
     def cache_key(self, stage: str, **inputs: CacheValue) -> str:
         """The cache key of a stage run: its inputs plus the versions of the tools it runs."""
         tool_versions: dict[str, CacheValue] = dict(tools.stage_tools(stage))
         return stage_key(stage, tools=tool_versions, **inputs)
+
+    def warm_keys(self, stages: tuple[str, ...]) -> None:
+        """Work out what the cache keys of ``stages`` hold besides their inputs (tool versions, the
+        digest of their code: reading and parsing ff's sources) in a background thread, while this one
+        waits on something else (the converter); :meth:`cache_key` then finds them made."""
+        todo = tuple(s for s in stages if s not in self._warmed)
+        if not todo:
+            return
+        self._warmed.update(todo)
+
+        def work() -> None:
+            for stage in todo:
+                with contextlib.suppress(Exception):  # cache_key meets the error itself and reports it
+                    tools.stage_tools(stage)
+
+        threading.Thread(target=work, name="ff-keys", daemon=True).start()
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("fetch", fetch.run),
     Stage("convert", convert.run, ("gguf", "genai")),  # genai: the GGUF conversion is verify's reference
-    Stage("quantize", quantize.run, ("gguf",)),
+    Stage("quantize", quantize.run, ("gguf",), ahead=quantize.ahead),
     Stage("genai", genai.run, ("genai",)),
     Stage("adapters", lora.run, ("gguf",)),
     Stage("export", onnx_export.run, ("tensor",)),

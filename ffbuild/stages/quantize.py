@@ -11,10 +11,13 @@ ff does not compute one. An already quantized source is refused with :class:`Req
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import threading
 from pathlib import Path
 
+from ffbuild.cache import DigestMeanwhile
 from ffbuild.plan import Variant
 from ffbuild.stages.context import (
     FLOAT_TYPES,
@@ -28,6 +31,7 @@ from ffbuild.stages.context import (
 from ffbuild.stages.errors import QuantizeError, RequantizeError
 from ffbuild.stages.fetch import stored_built
 from ffbuild.stages.gguf_info import GGUFInfo, is_quantized, read_gguf_info
+from ffruntime.errors import BackendUnavailable
 from ffruntime.llamacpp.library import binding, captured_log, log_tail
 from ffruntime.settings import available_cores
 from registry.atomic import atomic_output
@@ -87,13 +91,14 @@ def quantize_gguf(
     params.nthread = threads if threads is not None else available_cores()
     params.ftype = ftype
     params.allow_requantize = allow_requantize
-    with atomic_output(dst) as tmp, captured_log() as log:
+    with DigestMeanwhile() as hashing, atomic_output(dst) as tmp, captured_log() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0 or not tmp.is_file():
             raise QuantizeError(
                 f"llama.cpp could not quantize {src} (architecture {info.architecture}) to {key}: "
                 f"{log_tail(log)}; f16, bf16 and q8_0 take every architecture llama.cpp converts"
             )
+        hashing.start(tmp)  # the cache hashes its output: while it is made durable
     return read_gguf_info(dst)
 
 
@@ -147,19 +152,49 @@ def _stored_outputs(ctx: BuildContext, v: Variant) -> None:
         ctx.outputs.append(VariantOutput(variant, built))
 
 
+def ahead(ctx: BuildContext) -> None:
+    """While the convert stage runs llama.cpp's converter (a Hugging Face source), load llama-cpp-python
+    in the background (``import llama_cpp``: ~0.2 s of the quantizer's first call otherwise); once."""
+    f = ctx.fetched
+    if f is None or f.kind != FetchedKind.HF_FOLDER or ctx.base is not None:
+        return
+    if any(t.name == "ff-load-llama" for t in ctx.ahead):
+        return
+
+    def work() -> None:
+        with contextlib.suppress(BackendUnavailable):  # the stage meets it and reports it
+            binding()
+
+    thread = threading.Thread(target=work, name="ff-load-llama")
+    ctx.ahead.append(thread)
+    thread.start()
+
+
 def run(ctx: BuildContext) -> str:
-    """The quantize stage: one output per GGUF variant of the plan, its weight made from ``ctx.base``."""
+    """The quantize stage: one output per GGUF variant of the plan, its weight made from ``ctx.base``.
+    Each fresh quantization but the last is announced (:meth:`BuildContext.made`) so that the verify
+    stage can measure it beside the quantizer; the last is left to the verify stage, which then has
+    every core."""
     f = ctx.fetched
     assert f is not None and ctx.base is not None
+    base = ctx.base
+    wanted = [
+        base.quantization if v.quantization == "source" else v.quantization.lower()
+        for v in ctx.plan.variants
+        if not (v.quantization == "source" and f.kind == FetchedKind.STORE)
+    ]
+    to_make = [q for q in dict.fromkeys(wanted) if q != base.quantization and q not in ctx.floats]
     done: dict[str, Built] = {}
     for v in ctx.plan.variants:
         if v.quantization == "source" and f.kind == FetchedKind.STORE:
             _stored_outputs(ctx, v)
             continue
-        quant = ctx.base.quantization if v.quantization == "source" else v.quantization.lower()
+        quant = base.quantization if v.quantization == "source" else v.quantization.lower()
         if quant not in done:
             done[quant] = _quantize(ctx, quant)
+            if not done[quant].cached and quant in to_make[:-1]:
+                ctx.made(done[quant])  # the verify stage may start measuring it (verify.ahead)
         ctx.outputs.append(VariantOutput(v.model_copy(update={"quantization": quant}), done[quant]))
-    quantized = [b for q, b in done.items() if q not in FLOAT_TYPES and b is not ctx.base]
+    quantized = [b for q, b in done.items() if q not in FLOAT_TYPES and b is not base]
     made = sum(not b.cached for b in quantized)
     return f"{len(ctx.outputs)} variant(s); {made} quantized, {len(quantized) - made} from the cache"

@@ -14,6 +14,7 @@ difference it makes is enough to flip a q8_0 greedy answer, so verify measures w
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -64,6 +65,7 @@ class LlamaEval:
         self._model: Any = None
         self._ctx: Any = None
         self._loras: tuple[Any, ...] = ()
+        self._owner = True  # frees the model and adapters (a twin frees only its context)
         self.model_params = model_params(self.settings)  # what was loaded with, for comparison
         self.context_params: Any = None
         self._model = load_model(path, self.model_params)
@@ -108,8 +110,21 @@ class LlamaEval:
     ) -> None:
         self.close()
 
+    def twin(self) -> LlamaEval:
+        """Another evaluator of this loaded model (and adapters), with its own context and thread policy,
+        so that a second thread can evaluate the model at the same time (llama.cpp's contexts of one
+        model are independent). It owns nothing else: close it before this one."""
+        twin = copy.copy(self)
+        twin._ctx, twin.n_ctx, twin.context_params = None, 0, None
+        twin.threads = Threads(most_threads(self.settings))
+        twin._owner = False
+        return twin
+
     def close(self) -> None:
-        free_handles(self._ctx, self._loras, self._model)
+        if self._owner:
+            free_handles(self._ctx, self._loras, self._model)
+        else:
+            free_handles(self._ctx, (), None)
         self._ctx = self._model = None
         self._loras = ()
 

@@ -130,6 +130,8 @@ def test_rebuild_does_no_work_and_same_digests(
     )
     assert again["cache"] == {"hits": again["cache"]["hits"], "misses": 0}  # type: ignore[index]
     assert again["index"] == first_build["index"]
+    # the converter started before the key was known was stopped, its scratch folder removed
+    assert not list((home / "cache" / "convert").glob(".tmp-*"))
     assert {n: v["manifest"] for n, v in variants(again).items()} == {
         n: v["manifest"] for n, v in variants(first_build).items()
     }

@@ -182,3 +182,44 @@ def test_verify_reads_text_on_every_core_and_decodes_as_the_server(monkeypatch: 
     s = eval_settings(None)
     assert (s.n_threads, s.n_threads_batch) == (3, 4)
     assert (eval_settings(2).n_threads, eval_settings(2).n_threads_batch) == (2, 2)  # ff build --threads 2
+
+
+@pytest.mark.slow
+def test_ahead_and_side_by_side_measure_what_one_thread_measures(
+    smollm2_f16: Path, smollm2_q8_0: Path
+) -> None:
+    """A report made ahead (one thread, beside the quantizer) is the one verify_gguf returns after, and a
+    text pass beside the sample (two contexts of one model) gives the report of one thread doing both."""
+    import threading
+
+    from ffbuild.stages.verify import gguf as verify
+
+    text = "Another short text of its own, so that no pass over it is remembered from other tests."
+    one = verify.verify_gguf(smollm2_q8_0, reference=smollm2_f16, text=text, threads=1)
+    turn = threading.Lock()
+    with turn:  # held: the measurement waits for its turn, so the caller claims it and measures itself
+        verify.verify_gguf_ahead(smollm2_f16, text=text + " Claimed.", turn=turn)
+        assert verify._claim(verify._job_key(smollm2_f16, None, text + " Claimed.", None, None, None)) is None
+    ahead = verify.verify_gguf_ahead(smollm2_q8_0, reference=smollm2_f16, text=text, turn=turn)
+    made = verify.verify_gguf(smollm2_q8_0, reference=smollm2_f16, text=text)
+    ahead.join()
+    assert verify._side_by_side(None, None)
+    side = verify._measure(smollm2_q8_0, smollm2_f16, text + " Side.", None, None, None, None)
+    alone = verify.verify_gguf(smollm2_q8_0, reference=smollm2_f16, text=text + " Side.", threads=1)
+
+    def figures(r: VerifyReport) -> dict[str, object]:
+        return r.model_dump(exclude={"seconds"})
+
+    assert figures(made) == figures(one) and made.sample
+    assert figures(side) == figures(alone) and side.sample
+
+
+@pytest.mark.slow
+def test_a_twin_evaluates_the_same_model_in_its_own_context(smollm2_q8_0: Path) -> None:
+    import numpy as np
+
+    with LlamaEval(smollm2_q8_0, threads=1) as m:
+        tokens = m.tokenize("The river rises in the hills.", add_special=True)
+        with m.twin() as twin:
+            assert np.array_equal(twin.logits(tokens), m.logits(tokens))
+        assert m.generate(tokens, 4)  # the model outlives its twin

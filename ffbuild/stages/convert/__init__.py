@@ -11,22 +11,26 @@ The stage that runs them through the build cache is :mod:`ffbuild.stages.convert
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Final
 
-from ffbuild.stages.convert.runner import Report, run_script, supported_architectures
+from ffbuild.cache import DigestMeanwhile
+from ffbuild.stages.convert.runner import Report, Running, supported_architectures
 from ffbuild.stages.convert.source import CONVERT_SCRIPT, LlamaCppSource, llama_cpp_source
 from ffbuild.stages.errors import ConvertError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
-from registry.atomic import atomic_output
+from registry.atomic import replace_durably
 
 __all__ = [
     "OUTTYPES",
+    "Conversion",
     "convert_hf_to_gguf",
     "convert_projector",
     "default_model_name",
     "is_multimodal",
+    "start_conversion",
     "supported_architectures",
 ]
 
@@ -85,6 +89,80 @@ def _check_folder(folder: Path) -> dict[str, object]:
     return config
 
 
+class Conversion:
+    """A conversion started in the background (:func:`start_conversion`): the converter writes into a
+    scratch folder of this one's own until :meth:`finish` moves its GGUF to where it belongs, or
+    :meth:`cancel` stops it (the caller found the result elsewhere, e.g. in the build cache)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        outtype: str,
+        name: str | None,
+        report: Report | None,
+        *,
+        mmproj: bool,
+        source: LlamaCppSource | None,
+        scratch: Path,
+    ) -> None:
+        if outtype not in OUTTYPES:
+            raise ConvertError(f"cannot convert to {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+        config = _check_folder(folder)
+        src = source or llama_cpp_source()
+        self.what = f"{folder.name} ({architecture(config)}{', projector' if mmproj else ''})"
+        name = name if name is not None else default_model_name(folder)
+        # The converter guesses metadata (general.finetune, basename) from the folder's own name: it sees
+        # the folder through a link called after the model, so a hub snapshot converts like the same folder.
+        self._tmpdir = scratch
+        seen = self._tmpdir / "in" / (name.replace("/", "_").strip(".") or "model")
+        seen.parent.mkdir()
+        seen.symlink_to(folder.resolve(), target_is_directory=True)
+        self._written = self._tmpdir / "model.gguf"
+        args = [str(seen), "--outfile", str(self._written), "--outtype", outtype, "--model-name", name]
+        args += ["--mmproj"] if mmproj else []
+        self._running = Running(src, CONVERT_SCRIPT, args, what=self.what, report=report)
+
+    def finish(self, out: Path) -> GGUFInfo:
+        """Wait for the converter and move its GGUF to ``out`` durably; describe it."""
+        try:
+            self._running.finish()
+            if not self._written.is_file():
+                raise ConvertError(f"llama.cpp's converter wrote no GGUF for {self.what}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with DigestMeanwhile() as hashing:
+                hashing.start(self._written)
+                replace_durably(self._written, out)
+        finally:
+            self.cancel()
+        return read_gguf_info(out)
+
+    def cancel(self) -> None:
+        """Stop the converter if it still runs and remove its scratch folder."""
+        self._running.cancel()
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+def start_conversion(
+    folder: Path,
+    outtype: str = "f16",
+    *,
+    name: str | None = None,
+    report: Report | None = None,
+    mmproj: bool = False,
+    source: LlamaCppSource | None = None,
+    scratch: Path,
+) -> Conversion:
+    """Start converting ``folder`` (as :func:`convert_hf_to_gguf`, or :func:`convert_projector` with
+    ``mmproj``) in the background. ``scratch``: a new empty folder for its output, removed when the
+    conversion ends, on the file system of the final destination (:meth:`Conversion.finish` renames the
+    GGUF there). The folder's checks run first and raise :class:`ConvertError` at once."""
+    try:
+        return Conversion(folder, outtype, name, report, mmproj=mmproj, source=source, scratch=scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 def _convert(
     folder: Path,
     out: Path,
@@ -95,23 +173,12 @@ def _convert(
     mmproj: bool,
     source: LlamaCppSource | None,
 ) -> GGUFInfo:
-    if outtype not in OUTTYPES:
-        raise ConvertError(f"cannot convert to {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    config = _check_folder(folder)
-    src = source or llama_cpp_source()
-    what = f"{folder.name} ({architecture(config)}{', projector' if mmproj else ''})"
-    name = name if name is not None else default_model_name(folder)
-    # The converter guesses metadata (general.finetune, basename) from the folder's own name: it sees the
-    # folder through a link called after the model, so a hub snapshot converts like the same folder.
-    with tempfile.TemporaryDirectory(prefix="ff-convert-") as tmpdir, atomic_output(out) as tmp:
-        seen = Path(tmpdir) / (name.replace("/", "_").strip(".") or "model")
-        seen.symlink_to(folder.resolve(), target_is_directory=True)
-        args = [str(seen), "--outfile", str(tmp), "--outtype", outtype, "--model-name", name]
-        args += ["--mmproj"] if mmproj else []
-        run_script(src, CONVERT_SCRIPT, args, what=what, report=report)
-        if not tmp.is_file():
-            raise ConvertError(f"llama.cpp's converter wrote no GGUF for {what}")
-    return read_gguf_info(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".ff-convert-", dir=out.parent))
+    conversion = start_conversion(
+        folder, outtype, name=name, report=report, mmproj=mmproj, source=source, scratch=scratch
+    )
+    return conversion.finish(out)
 
 
 def convert_hf_to_gguf(

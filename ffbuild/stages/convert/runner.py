@@ -65,33 +65,70 @@ class _Progress:
             self.report(msg)
 
 
+class Running:
+    """A converter script started in a subprocess; :meth:`finish` follows it to the end (progress, errors),
+    :meth:`cancel` stops it. Started early, it runs while the caller does other work (the convert stage
+    computes its cache key meanwhile): its output waits in the pipe until :meth:`finish` reads it."""
+
+    def __init__(
+        self, source: LlamaCppSource, script: str, args: list[str], *, what: str, report: Report | None = None
+    ) -> None:
+        self.source, self.script, self.args, self.what = source, script, args, what
+        self._progress = _Progress(report, what)
+        self._proc = subprocess.Popen(
+            [sys.executable, str(source.script(script)), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+            cwd=source.llama_cpp,
+        )
+
+    def finish(self) -> None:
+        """Wait for the script; raise :class:`ConvertError` quoting its failure."""
+        proc = self._proc
+        tail: deque[str] = deque(maxlen=60)
+        with proc:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                text = raw.rstrip("\n")
+                tail.append(text)
+                self._progress.line(text)
+            code = proc.wait()
+        if code == 0:
+            return
+        lines = list(tail)
+        for ln in lines:
+            if m := _UNSUPPORTED.search(ln):
+                arch = m.group(1) or m.group(2)
+                mmproj = "--mmproj" in self.args
+                raise UnsupportedArchitectureError(
+                    arch, supported_architectures(self.source, mmproj=mmproj), mmproj
+                )
+        raise ConvertError(
+            f"llama.cpp's {self.script} (llama-cpp-python {self.source.version}) failed on {self.what}:\n  "
+            f"{_failure(lines)}"
+        )
+
+    def cancel(self) -> None:
+        """Stop the script if it still runs (its output is not wanted); nothing once it finished."""
+        proc = self._proc
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def run_script(
     source: LlamaCppSource, script: str, args: list[str], *, what: str, report: Report | None = None
 ) -> None:
     """Run ``script`` of ``source`` with ``args``; raise :class:`ConvertError` quoting its failure."""
-    cmd = [sys.executable, str(source.script(script)), *args]
-    progress = _Progress(report, what)
-    tail: deque[str] = deque(maxlen=60)
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=source.llama_cpp
-    ) as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            text = raw.rstrip("\n")
-            tail.append(text)
-            progress.line(text)
-        code = proc.wait()
-    if code == 0:
-        return
-    lines = list(tail)
-    for ln in lines:
-        if m := _UNSUPPORTED.search(ln):
-            arch = m.group(1) or m.group(2)
-            mmproj = "--mmproj" in args
-            raise UnsupportedArchitectureError(arch, supported_architectures(source, mmproj=mmproj), mmproj)
-    raise ConvertError(
-        f"llama.cpp's {script} (llama-cpp-python {source.version}) failed on {what}:\n  {_failure(lines)}"
-    )
+    running = Running(source, script, args, what=what, report=report)
+    try:
+        running.finish()
+    finally:
+        running.cancel()
 
 
 def supported_architectures(source: LlamaCppSource, *, mmproj: bool = False) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """The convert stage (:func:`run`): the GGUF the build starts from, and a multimodal model's projector.
 
 A Hugging Face folder is converted by llama.cpp's converter
-(:func:`ffbuild.stages.convert.convert_hf_to_gguf`, cached) to each float type the variants ask for,
+(:func:`ffbuild.stages.convert.start_conversion`, cached) to each float type the variants ask for,
 f16 when they ask for none; a folder with a vision or audio tower also gives its projector
 (``--mmproj``, f16, ``ctx.projector``); a GGUF source is used as it is (with the projector GGUF of a
 second FROM line); a model from the store gives its highest-precision GGUF variant (and its projector).
@@ -11,8 +11,6 @@ second FROM line); a model from the store gives its highest-precision GGUF varia
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 
 from ffbuild.cache import CacheValue, folder_digest
@@ -25,7 +23,7 @@ from ffbuild.stages.context import (
     cached_gguf,
     weight_file,
 )
-from ffbuild.stages.convert import convert_hf_to_gguf, convert_projector, default_model_name, is_multimodal
+from ffbuild.stages.convert import default_model_name, is_multimodal, start_conversion
 from ffbuild.stages.convert.source import llama_cpp_source
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.fetch import stored_built
@@ -39,34 +37,51 @@ def _requested_floats(ctx: BuildContext) -> list[str]:
     return [q for q in FLOAT_TYPES if any(v.quantization == q for v in ctx.plan.variants)]
 
 
-def _make(
-    fn: Callable[..., object], folder: Path, outtype: str, name: str, ctx: BuildContext, out: Path
-) -> object:
-    return fn(folder, out, outtype, name=name, report=lambda msg: ctx.progress.step("convert", msg))
-
-
-def _convert_folder(ctx: BuildContext, folder: Path, description: str) -> str:
+def _convert_cached(
+    ctx: BuildContext, folder: Path, outtype: str, name: str, *, mmproj: bool, digests: dict[str, str]
+) -> Built:
+    """One conversion through the cache. The converter starts before the key is known: the key needs
+    the source folder's digest (every weight read once), made meanwhile while the converter imports its
+    libraries; a cache hit stops it (a rebuild then pays a started and stopped process, not a conversion)."""
     try:
         src = llama_cpp_source()
     except StageError as exc:
         raise BuildError(str(exc)) from None
-    inputs: dict[str, CacheValue] = {"source": folder_digest(folder), "converter": src.digest}
+    conversion = start_conversion(
+        folder,
+        outtype,
+        name=name,
+        report=lambda msg: ctx.progress.step("convert", msg),
+        mmproj=mmproj,
+        source=src,
+        scratch=ctx.cache.scratch("convert"),
+    )
+    try:
+        if "source" not in digests:
+            digests["source"] = folder_digest(folder)
+            ctx.warm_keys(("quantize", "verify"))  # the stages after this one, while the converter runs
+        inputs: dict[str, CacheValue] = {"source": digests["source"], "converter": src.digest}
+        if mmproj:
+            inputs["projector"] = True
+        key = ctx.cache_key("convert", outtype=outtype, name=name, **inputs)
+        w, secs, hit = cached_gguf(ctx, "convert", key, conversion.finish)
+    finally:
+        conversion.cancel()
+    return Built(outtype, w, read_gguf_info(w.path), secs, hit)
+
+
+def _convert_folder(ctx: BuildContext, folder: Path, description: str) -> str:
     wanted = _requested_floats(ctx) or ["f16"]
     name = default_model_name(folder)  # general.name: part of the output, so part of the key
+    digests: dict[str, str] = {}
     for outtype in wanted:
-        key = ctx.cache_key("convert", outtype=outtype, name=name, **inputs)
         ctx.progress.step("convert", f"{description} → {outtype}")
-        make = functools.partial(_make, convert_hf_to_gguf, folder, outtype, name, ctx)
-        w, secs, hit = cached_gguf(ctx, "convert", key, make)
-        ctx.floats[outtype] = Built(outtype, w, read_gguf_info(w.path), secs, hit)
+        ctx.floats[outtype] = _convert_cached(ctx, folder, outtype, name, mmproj=False, digests=digests)
     ctx.base = ctx.floats[wanted[0]]
     summary = ", ".join(wanted)
     if is_multimodal(folder):
-        key = ctx.cache_key("convert", outtype=PROJECTOR_TYPE, name=name, projector=True, **inputs)
         ctx.progress.step("convert", f"{description} → projector ({PROJECTOR_TYPE})")
-        make = functools.partial(_make, convert_projector, folder, PROJECTOR_TYPE, name, ctx)
-        w, secs, hit = cached_gguf(ctx, "convert", key, make)
-        ctx.projector = Built(PROJECTOR_TYPE, w, read_gguf_info(w.path), secs, hit)
+        ctx.projector = _convert_cached(ctx, folder, PROJECTOR_TYPE, name, mmproj=True, digests=digests)
         summary += " + projector"
     hits = sum(b.cached for b in ctx.floats.values())
     return summary + (" (cached)" if hits == len(wanted) else "")

@@ -27,7 +27,13 @@ from ffbuild.stages.context import (
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.tools import package_version
 from ffbuild.stages.verify.genai import verify_genai
-from ffbuild.stages.verify.gguf import DEFAULT_TEXT, VerifyReport, reference_text, verify_gguf
+from ffbuild.stages.verify.gguf import (
+    DEFAULT_TEXT,
+    VerifyReport,
+    reference_text,
+    verify_gguf,
+    verify_gguf_ahead,
+)
 from ffbuild.stages.verify.projector import MIN_COSINE
 from ffruntime.errors import RuntimeFailure
 from ffruntime.settings import available_cores
@@ -114,10 +120,12 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
 
 def ahead(ctx: BuildContext) -> None:
     """Once a fresh float GGUF exists (the convert stage made it; it is the reference of every variant
-    quantized from it), make its pass over the verification text in the background, while the quantize
-    stage runs: the verify stage then finds it made (:func:`~ffbuild.stages.verify.gguf.reference_text`
-    is made once per file, whoever asks first). Not on a rebuild whose conversion came from the cache
-    (its verify results are likely cached too), nor twice."""
+    quantized from it), measure it in the background while the quantize stage runs, then each variant as
+    the quantizer makes it (:meth:`BuildContext.made`), one at a time on one thread
+    (:func:`~ffbuild.stages.verify.gguf.verify_gguf_ahead`): the verify stage then finds each report made,
+    or waits for the one under way, with the same arguments it would measure with. With ADAPTERs only
+    the reference's pass over the verification text is made ahead (the adapters come later). Not on a
+    rebuild whose conversion came from the cache (its verify results are likely cached too), nor twice."""
     base = ctx.base
     if not ctx.options.verify or base is None or base.cached or base.weight.path.suffix != ".gguf":
         return
@@ -126,14 +134,40 @@ def ahead(ctx: BuildContext) -> None:
     ):
         return
     path, threads = base.weight.path, ctx.options.threads
+    if ctx.plan.adapters:
 
-    def work() -> None:
-        with contextlib.suppress(StageError, RuntimeFailure):  # the verify stage meets it and reports it
-            reference_text(path, DEFAULT_TEXT, threads)
+        def work() -> None:
+            with contextlib.suppress(StageError, RuntimeFailure):  # the verify stage meets it and reports it
+                reference_text(path, DEFAULT_TEXT, threads)
 
-    thread = threading.Thread(target=work, name="ff-verify-ahead")
-    ctx.ahead.append(thread)
-    thread.start()
+        thread = threading.Thread(target=work, name="ff-verify-ahead")
+        ctx.ahead.append(thread)
+        thread.start()
+        return
+    turn = threading.Lock()
+    prompt, template = ctx.plan.verify.prompt, verify_template(ctx)
+    started: set[str] = set()
+
+    def start(built: Built) -> None:
+        if built.format != "gguf" or built.weight.path.suffix != ".gguf" or built.bits > base.bits:
+            return
+        if built.weight.digest in started:
+            return
+        started.add(built.weight.digest)
+        reference = None if built.weight.digest == base.weight.digest else path
+        ctx.ahead.append(
+            verify_gguf_ahead(
+                built.weight.path,
+                reference=reference,
+                prompt=prompt,
+                threads=threads,
+                template=template,
+                turn=turn,
+            )
+        )
+
+    start(base)
+    ctx.listeners.append(start)
 
 
 def _check_policy(ctx: BuildContext) -> None:

@@ -22,13 +22,15 @@ pass if another thread is still making it.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from ffbuild.stages.errors import StageError, VerifyError
 from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from ffruntime.errors import RuntimeFailure
 from ffruntime.llamacpp.eval import FloatArray, LlamaEval
+from ffruntime.llamacpp.threads import Threads
 from ffruntime.llamacpp.vocab import gguf_prompting
 from ffruntime.prompting import ChatTemplateError, ModelfilePrompt, question_prompt
 from ffruntime.settings import LoadSettings, available_cores, default_threads
@@ -71,6 +74,11 @@ def verify_threads() -> int:
     return default_threads()
 
 
+_CAP = threading.local()
+"""``threads``: the thread count evaluations of this thread run on when the caller gave none (work started
+ahead of the verify stage, beside a stage that keeps the cores busy: :func:`verify_gguf_ahead`)."""
+
+
 def eval_settings(threads: int | None) -> LoadSettings:
     """How verify loads a model: ``threads`` for everything when given; else the server's thread count
     for single tokens and every core for the text pass and prompts (nothing else runs beside a build);
@@ -78,6 +86,7 @@ def eval_settings(threads: int | None) -> LoadSettings:
     every core, as in the server. Measured before that policy, with sleeping threads: three SmolLM2 variants,
     2 cores: 4.47 s on 1 thread, 3.68 s so, and the same 4.6 s either way beside a busy process
     (docs/benchmarks.md). The figures do not depend on the thread count."""
+    threads = threads if threads is not None else getattr(_CAP, "threads", None)
     if threads is not None:
         return LoadSettings(threads=threads, threads_batch=threads)
     return LoadSettings(threads=verify_threads(), threads_batch=available_cores())
@@ -214,7 +223,45 @@ def verify_gguf(
     template: str | None = None,
 ) -> VerifyReport:
     """Load ``path`` in llama.cpp and measure it (see the module doc); never raises for a bad model:
-    a model that does not load gives ``loads=False`` and the reason in ``error``."""
+    a model that does not load gives ``loads=False`` and the reason in ``error``. A measurement of the
+    same file with the same arguments started ahead (:func:`verify_gguf_ahead`) is waited for, not
+    repeated."""
+    if not lora and (made := _claim(_job_key(path, reference, text, prompt, threads, template))) is not None:
+        return made
+    return _measure(path, reference, text, prompt, lora, threads, template)
+
+
+def _measure(
+    path: Path,
+    reference: Path | None,
+    text: str,
+    prompt: str | None,
+    lora: Path | Sequence[Path] | None,
+    threads: int | None,
+    template: str | None,
+) -> VerifyReport:
+    with _LOCKS_GUARD:
+        _RUNNING[0] += 1
+    try:
+        return _measure_one(path, reference, text, prompt, lora, threads, template)
+    finally:
+        with _LOCKS_GUARD:
+            _RUNNING[0] -= 1
+
+
+_RUNNING = [0]
+"""Measurements under way in this process (:func:`_measure`): one alone may take every core."""
+
+
+def _measure_one(
+    path: Path,
+    reference: Path | None,
+    text: str,
+    prompt: str | None,
+    lora: Path | Sequence[Path] | None,
+    threads: int | None,
+    template: str | None,
+) -> VerifyReport:
     start = time.perf_counter()
     try:
         info = read_gguf_info(path)
@@ -242,6 +289,44 @@ def verify_gguf(
     return report
 
 
+def _side_by_side(threads: int | None, lora: Path | Sequence[Path] | None) -> bool:
+    """Whether a file's text pass and its sample run at once, one thread each, in two contexts of the
+    loaded model (a 120-token pass and a one-token-at-a-time answer each gain less from a second thread
+    than from running beside the other): when neither ``--threads`` nor work ahead imposes a count."""
+    return not lora and threads is None and getattr(_CAP, "threads", None) is None and available_cores() > 1
+
+
+def _own_text(m: LlamaEval, key: _TextKey, text: str) -> _TextEval:
+    """The file's pass over ``text``: made once (it is also its pass as another variant's reference)."""
+    with _once(key):
+        own = _TEXT_EVALS.get(key) or _eval_text(m, text)
+        _remember_text(key, own)
+    return own
+
+
+def _text_beside_sample(
+    m: LlamaEval, key: _TextKey, text: str, modelfile: ModelfilePrompt, prompt: str, report: VerifyReport
+) -> _TextEval:
+    def text_pass() -> _TextEval:
+        try:
+            return _own_text(twin, key, text)
+        finally:  # alone, the rest of the answer may use the core the text pass leaves (the server's rule)
+            if _RUNNING[0] == 1:
+                m.threads = Threads(available_cores())
+
+    with m.twin() as twin, ThreadPoolExecutor(1, thread_name_prefix="ff-verify-text") as pool:
+        pending = pool.submit(text_pass)
+        try:
+            _sample(m, modelfile, prompt, report)
+        finally:
+            concurrent.futures.wait([pending])
+        try:
+            return pending.result()
+        except BaseException:  # as when the text pass comes first and fails: no sample reported
+            report.prompt, report.sample, report.used_chat_template, report.error = None, None, False, None
+            raise
+
+
 def _verify_text(
     path: Path,
     reference: Path | None,
@@ -252,17 +337,18 @@ def _verify_text(
     threads: int | None,
     report: VerifyReport,
 ) -> None:
-    with LlamaEval(path, lora=lora, settings=eval_settings(threads)) as m:
+    key: _TextKey = (*_file_key(path), text, threads)
+    split = _side_by_side(threads, lora) and key not in _TEXT_EVALS
+    settings = LoadSettings(threads=1, threads_batch=1) if split else eval_settings(threads)
+    with LlamaEval(path, lora=lora, settings=settings) as m:
         report.loads = True
-        if lora:
-            own = _eval_text(m, text)
-        else:  # the same pass this file gives as another variant's reference: made once
-            key = (*_file_key(path), text, threads)
-            with _once(key):
-                own = _TEXT_EVALS.get(key) or _eval_text(m, text)
-                _remember_text(key, own)
-        report.prompt = prompt
-        _sample(m, modelfile, prompt, report)
+        if split:
+            report.prompt = prompt
+            own = _text_beside_sample(m, key, text, modelfile, prompt, report)
+        else:
+            own = _eval_text(m, text) if lora else _own_text(m, key, text)
+            report.prompt = prompt
+            _sample(m, modelfile, prompt, report)
     ref = _reference_text(*_file_key(reference), text, threads) if reference is not None else None
     report.perplexity = round(own.perplexity, 4)
     report.tokens_evaluated = len(own.tokens)
@@ -295,6 +381,89 @@ def _verify_embedding(
         report.agreement_kind = "embedding-cosine"
 
 
+@dataclass
+class _Job:
+    """A measurement started ahead: ``queued`` (its thread waits for its turn), ``running``, ``done``;
+    ``claimed`` once the verify stage took it over before it began."""
+
+    state: str = "queued"
+    done: threading.Event = field(default_factory=threading.Event)
+    report: VerifyReport | None = None
+
+
+_JobKey = tuple[object, ...]
+_JOBS: dict[_JobKey, _Job] = {}
+
+
+def _job_key(
+    path: Path,
+    reference: Path | None,
+    text: str,
+    prompt: str | None,
+    threads: int | None,
+    template: str | None,
+) -> _JobKey | None:
+    try:
+        ref = _file_key(reference) if reference is not None else None
+        return (_file_key(path), ref, text, prompt, threads, template)
+    except OSError:
+        return None
+
+
+def _claim(key: _JobKey | None) -> VerifyReport | None:
+    """The report of the measurement started ahead under ``key``: waited for when it runs, None when there
+    is none or it had not begun (the caller measures, and the queued one is dropped)."""
+    if key is None:
+        return None
+    with _LOCKS_GUARD:
+        job = _JOBS.pop(key, None)
+        if job is None:
+            return None
+        if job.state == "queued":
+            job.state = "claimed"
+            return None
+    job.done.wait()
+    return job.report
+
+
+def verify_gguf_ahead(
+    path: Path,
+    *,
+    reference: Path | None = None,
+    text: str = DEFAULT_TEXT,
+    prompt: str | None = None,
+    threads: int | None = None,
+    template: str | None = None,
+    turn: threading.Lock,
+) -> threading.Thread:
+    """Start :func:`verify_gguf` of ``path`` (no LoRA) in a thread that waits for ``turn`` (one measurement
+    ahead at a time) and runs on one thread unless ``threads`` says otherwise: it works beside the stage
+    that keeps the cores busy meanwhile (the quantizer). :func:`verify_gguf` with the same arguments later
+    returns its report. The figures do not depend on the thread count (:func:`eval_settings`)."""
+    key = _job_key(path, reference, text, prompt, threads, template)
+    job = _Job()
+
+    def work() -> None:
+        with turn:
+            with _LOCKS_GUARD:
+                if job.state != "queued":
+                    return
+                job.state = "running"
+            _CAP.threads = 1
+            try:
+                job.report = _measure(path, reference, text, prompt, None, threads, template)
+            finally:
+                job.state = "done"
+                job.done.set()
+
+    if key is not None:
+        with _LOCKS_GUARD:
+            _JOBS[key] = job
+    thread = threading.Thread(target=work, name="ff-verify-ahead")
+    thread.start()
+    return thread
+
+
 TextEval = _TextEval
 """What one text pass measured: the tokens, the greedy next token at each position, the perplexity."""
 
@@ -306,10 +475,14 @@ def reference_text(path: Path, text: str, threads: int | None) -> TextEval:
 
 def text_eval(tokens: list[int], logits: FloatArray) -> TextEval:
     """Greedy next tokens and perplexity from per-position logits (any backend's)."""
+    best = np.asarray(logits).argmax(axis=1)
     head = np.asarray(logits[:-1], dtype=np.float32)
-    top = head.max(axis=1)
-    # log-sum-exp per position: exp in float32 (5× faster than float64 over 120 × 49k), sums in float64
-    lse = np.log(np.exp(head - top[:, None]).sum(axis=1, dtype=np.float64)) + top
-    nll = lse - head[np.arange(len(tokens) - 1), tokens[1:]]
-    argmax = tuple(int(i) for i in logits.argmax(axis=1))
-    return _TextEval(tuple(tokens), argmax, float(math.exp(nll.mean())))
+    rows = np.arange(len(tokens) - 1)
+    top = head[rows, best[:-1]]  # each row's maximum, where its argmax is
+    # log-sum-exp per position: exp in float32, in place (5× faster than float64 over 120 × 49k), sums in
+    # float64
+    shifted = np.subtract(head, top[:, None])
+    np.exp(shifted, out=shifted)
+    lse = np.log(shifted.sum(axis=1, dtype=np.float64)) + top
+    nll = lse - head[rows, tokens[1:]]
+    return _TextEval(tuple(tokens), tuple(best.tolist()), float(math.exp(nll.mean())))
