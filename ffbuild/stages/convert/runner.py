@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -68,7 +70,9 @@ class _Progress:
 class Running:
     """A converter script started in a subprocess; :meth:`finish` follows it to the end (progress, errors),
     :meth:`cancel` stops it. Started early, it runs while the caller does other work (the convert stage
-    computes its cache key meanwhile): its output waits in the pipe until :meth:`finish` reads it."""
+    computes its cache key meanwhile): a reader thread drains its output from the start, so a script
+    that logs more than a pipe holds (one line per tensor) never waits for the caller, and
+    :meth:`finish` reports the lines on the caller's thread."""
 
     def __init__(
         self, source: LlamaCppSource, script: str, args: list[str], *, what: str, report: Report | None = None
@@ -83,17 +87,30 @@ class Running:
             env=_env(),
             cwd=source.llama_cpp,
         )
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None: the output ended
+        self._reader = threading.Thread(target=self._read, name=f"ff-{script}-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        try:
+            for raw in stdout:
+                self._lines.put(raw.rstrip("\n"))
+        except (OSError, ValueError):  # the pipe closed by cancel()
+            pass
+        finally:
+            self._lines.put(None)
 
     def finish(self) -> None:
         """Wait for the script; raise :class:`ConvertError` quoting its failure."""
         proc = self._proc
         tail: deque[str] = deque(maxlen=60)
         with proc:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                text = raw.rstrip("\n")
+            while (text := self._lines.get()) is not None:
                 tail.append(text)
                 self._progress.line(text)
+            self._reader.join()
             code = proc.wait()
         if code == 0:
             return
@@ -116,6 +133,7 @@ class Running:
         if proc.returncode is None:
             proc.kill()
             proc.wait()
+        self._reader.join()  # the killed script's pipe ends, so the reader does too
         if proc.stdout is not None:
             proc.stdout.close()
 
