@@ -228,32 +228,27 @@ def verify_gguf(
     repeated."""
     if not lora and (made := _claim(_job_key(path, reference, text, prompt, threads, template))) is not None:
         return made
-    return _measure(path, reference, text, prompt, lora, threads, template)
+    with _under_way():
+        return _measure(path, reference, text, prompt, lora, threads, template)
 
 
-def _measure(
-    path: Path,
-    reference: Path | None,
-    text: str,
-    prompt: str | None,
-    lora: Path | Sequence[Path] | None,
-    threads: int | None,
-    template: str | None,
-) -> VerifyReport:
+_RUNNING = [0]
+"""Measurements under way in this process (:func:`_measure` calls, each inside :func:`_under_way`): one
+alone may take every core."""
+
+
+@contextlib.contextmanager
+def _under_way() -> Iterator[None]:
     with _LOCKS_GUARD:
         _RUNNING[0] += 1
     try:
-        return _measure_one(path, reference, text, prompt, lora, threads, template)
+        yield
     finally:
         with _LOCKS_GUARD:
             _RUNNING[0] -= 1
 
 
-_RUNNING = [0]
-"""Measurements under way in this process (:func:`_measure`): one alone may take every core."""
-
-
-def _measure_one(
+def _measure(
     path: Path,
     reference: Path | None,
     text: str,
@@ -451,7 +446,8 @@ def verify_gguf_ahead(
                 job.state = "running"
             _CAP.threads = 1
             try:
-                job.report = _measure(path, reference, text, prompt, None, threads, template)
+                with _under_way():
+                    job.report = _measure(path, reference, text, prompt, None, threads, template)
             finally:
                 job.state = "done"
                 job.done.set()
