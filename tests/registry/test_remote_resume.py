@@ -41,6 +41,15 @@ def _weight(store: Store, ref: str) -> tuple[str, int]:
     return str(w["digest"]), int(w["size"])
 
 
+def _size(path: Path) -> int:
+    """The size of a ``.partial`` seen by a glob a moment ago; 0 once it finished (renamed into the
+    store, as the small blobs are while the test polls for the big one)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_killed_pull_resumes(
     registry_server: RegistryServer, pushed: str, tmp_path: Path, smollm2_gguf: Path
 ) -> None:
@@ -59,7 +68,7 @@ def test_killed_pull_resumes(
         partial: Path | None = None
         while time.monotonic() < deadline and proc.poll() is None:
             parts = list(ingest.glob("*.partial")) if ingest.exists() else []
-            big = [p for p in parts if p.stat().st_size > 20 * 1024 * 1024]
+            big = [p for p in parts if _size(p) > 20 * 1024 * 1024]
             if big:
                 partial = big[0]
                 break
