@@ -170,6 +170,16 @@ def ahead(ctx: BuildContext) -> None:
     thread.start()
 
 
+def _stored(v: Variant, kind: FetchedKind) -> bool:
+    """A ``source`` variant of a model from the store: its stored GGUFs are taken as they are."""
+    return v.quantization == "source" and kind == FetchedKind.STORE
+
+
+def _quant(v: Variant, base: Built) -> str:
+    """The quantization ``v``'s weight has: ``source`` is the base's own."""
+    return base.quantization if v.quantization == "source" else v.quantization.lower()
+
+
 def run(ctx: BuildContext) -> str:
     """The quantize stage: one output per GGUF variant of the plan, its weight made from ``ctx.base``.
     Each fresh quantization but the last is announced (:meth:`BuildContext.made`) so that the verify
@@ -178,18 +188,14 @@ def run(ctx: BuildContext) -> str:
     f = ctx.fetched
     assert f is not None and ctx.base is not None
     base = ctx.base
-    wanted = [
-        base.quantization if v.quantization == "source" else v.quantization.lower()
-        for v in ctx.plan.variants
-        if not (v.quantization == "source" and f.kind == FetchedKind.STORE)
-    ]
+    wanted = [_quant(v, base) for v in ctx.plan.variants if not _stored(v, f.kind)]
     to_make = [q for q in dict.fromkeys(wanted) if q != base.quantization and q not in ctx.floats]
     done: dict[str, Built] = {}
     for v in ctx.plan.variants:
-        if v.quantization == "source" and f.kind == FetchedKind.STORE:
+        if _stored(v, f.kind):
             _stored_outputs(ctx, v)
             continue
-        quant = base.quantization if v.quantization == "source" else v.quantization.lower()
+        quant = _quant(v, base)
         if quant not in done:
             done[quant] = _quantize(ctx, quant)
             if not done[quant].cached and quant in to_make[:-1]:
