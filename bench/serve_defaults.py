@@ -17,7 +17,8 @@ so the drifting load of a shared machine hits both; medians of paired rounds and
   ``FF_NUM_THREADS=1``, and of ``llama-server`` at its defaults;
 - ``long prompt`` (``--long-prompt``): 3 streams generating; their inter-token gaps alone (p50), then
   while a request with a ~1,500-token prompt is admitted (p99 of the gaps from its arrival to its first
-  token, and over the whole run).
+  token, and over the whole run), and the long prompt's time to its first token (what bounding the
+  others' gaps costs it).
 
 ``llama-server`` and ``llama-quantize`` are built once from the llama-cpp-python source distribution with
 the flags of our own build (:mod:`bench.build`).
@@ -244,7 +245,8 @@ def contention(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> No
 
 
 async def _long(s: Server, tokens: int, round_no: int, with_long: bool) -> tuple[list[float], list[float]]:
-    """Gaps of 3 streams (all, and those inside the long prompt's admission window)."""
+    """Gaps of 3 streams (all, and those inside the long prompt's admission window, whose length is the
+    long prompt's time to its first token: the window's two ends are its first two values)."""
     async with httpx.AsyncClient(timeout=600) as client:
         runs = [asyncio.create_task(stream(client, s, STORY[i], tokens)) for i in range(3)]
         window = (0.0, 0.0)
@@ -257,7 +259,7 @@ async def _long(s: Server, tokens: int, round_no: int, with_long: bool) -> tuple
         results = await asyncio.gather(*runs)
     every = [g for _, st in results for g in gaps(st)]
     inside = [g for _, st in results for g in gaps(st, *window)] if with_long else []
-    return every, inside
+    return every, [window[1] - window[0], *inside] if with_long else []
 
 
 def long_prompt(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> None:
@@ -274,10 +276,11 @@ def long_prompt(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> N
             for r in range(rounds):
                 for s in servers:
                     alone, _ = asyncio.run(_long(s, tokens, r, False))
-                    every, inside = asyncio.run(_long(s, tokens, r, True))
+                    every, (first, *inside) = asyncio.run(_long(s, tokens, r, True))
                     out.setdefault((s.name, "alone"), []).extend(alone)
                     out.setdefault((s.name, "every"), []).extend(every)
                     out.setdefault((s.name, "inside"), []).extend(inside)
+                    out.setdefault((s.name, "first"), []).append(first)
     for name, label in (("ff", "ff serve"), ("ls", "llama-server"))[: 2 if with_ls else 1]:
         p50 = pct(out[(name, "alone")], 50)
         p99_in, p99_all = pct(out[(name, "inside")], 99), pct(out[(name, "every")], 99)
@@ -286,4 +289,5 @@ def long_prompt(gguf: Path, tokens: int, rounds: int, with_ls: bool = True) -> N
               f"with the long prompt p99 {p99_in * 1e3:.1f} ms "
               f"while it is admitted ({p99_in / p50:.1f}× p50 alone, target <= 3), {p99_all * 1e3:.1f} ms "
               "over the run "
-              f"({len(out[(name, 'inside')])} gaps inside the window)")
+              f"({len(out[(name, 'inside')])} gaps inside the window); the long prompt's first token after "
+              f"{statistics.median(out[(name, 'first')]):.1f} s (median)")

@@ -279,7 +279,7 @@ class Engine:
         picked: list[tuple[_Seq, int]] = []
         self._kind = "decode"
         if generating and self._prompt_turn:
-            budget = self.prefill.budget(self.threads.mean("text", len(generating)), self.threads.current)
+            budget = self.prefill.budget(len(generating), self.threads.current)
             picked = self._chunks(reading, budget, one=True)
             self._kind = "prompt"
         if not picked:

@@ -3,19 +3,25 @@ and the inter-token latency those sequences see.
 
 With a KV stream per sequence llama.cpp splits a batch into ubatches of equal tokens per sequence, so a
 prompt chunk decoded beside the generating sequences' tokens is a second forward pass over all the
-weights, and for a small model a pass costs about the same for 1 or 30 tokens: such a mixed step takes
-2-3x a decode-only step whatever the chunk (docs/benchmarks.md, issue 22). So while sequences are
-generating the engine never mixes: it alternates a decode-only step (one token of each generating
-sequence, one pass) with a prompt-only step (one chunk of one sequence's prompt, one pass), and each
-generating sequence waits for at most one of each between two tokens.
+weights: a mixed step costs a decode-only step plus a prompt-only one (docs/benchmarks.md, issue 22).
+So while sequences are generating the engine never mixes: it alternates a decode-only step (one token
+of each generating sequence, one pass) with a prompt-only step (one chunk of one sequence's prompt, one
+pass), and each generating sequence waits for at most one of each between two tokens.
 
 :class:`Prefill` sizes the prompt-only step so that it takes at most :data:`PROMPT_STEP` times the
-decode-only step of the generating sequences. It models one pass of ``n`` tokens as
-``fixed + per_token * n``, both learned from measured single-pass steps on the same thread count: the
-moving average of the decode-only steps (a few tokens: mostly the fixed cost) and that of the
-prompt-only steps (the slope between the two). A chunk may at most double from the last one, so an
-estimate from far-away chunk sizes (the whole-batch chunks read while nothing generates) is approached,
-not trusted at once.
+decode-only step of the generating sequences, from what each chunk size measured, not from a model of
+a pass: on a small model the cost of a pass is far from linear in its tokens (SmolLM2 Q4_1, 2 threads:
+one token takes about half of three, 4 tokens as long as the 3-sequence decode step, 8 tokens twice
+that), and the straight line an earlier version fitted through the averages of the decode-only and
+prompt-only steps had a slope near zero whenever the two steps were of the same size, so its chunk
+doubled until a step took 2-3 decode steps (docs/benchmarks.md). Chunks come in the sizes of
+:data:`SIZES`; each (thread count, size) keeps the moving average of its prompt-only steps. Before each
+prompt-only step the size moves down while the current one measures over the budget, and up one size
+when the next one measured within it, or, unmeasured, when the current size's cost scaled in
+proportion to the bigger size fits (per token a pass only gets cheaper as it grows, so this never
+expects too little). A step :data:`OUTLIER` times its size's average (another process took a core) is
+not folded in, and a size's average is dropped after :data:`STALE` prompt-only steps at other sizes
+(positions grow; a bad moment is not kept forever).
 
 While no sequence is generating a prompt is read in chunks of the whole batch (fastest first token).
 :class:`Gaps` keeps the last inter-token gaps of all sequences for the p50/p99 the server exports.
@@ -28,57 +34,72 @@ import collections
 import numpy as np
 
 PROMPT_STEP = 1.0  # a prompt-only step beside generating sequences may take this many decode-only steps
-FIRST_CHUNK = 16  # prompt tokens of a prompt-only step before the cost model has both measurements
-MIN_CHUNK = 4
-GROWTH = 2  # a chunk is at most this many times the last one read beside generating sequences
+SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # prompt-only chunk sizes
+FIRST_CHUNK = 4  # the size of the first prompt-only step on a thread count (nothing measured there yet)
 ALPHA = 0.2
+OUTLIER = 3.0  # a step this many times its size's average is not folded in
+STALE = 64  # prompt-only steps at other sizes after which a size's average is forgotten
 WINDOW = 4096  # inter-token gaps kept for the percentiles
-
-Mean = tuple[float, float]  # moving averages of (tokens, seconds) of single-pass steps
 
 
 class Prefill:
     def __init__(self, n_batch: int, most: int | None = None) -> None:
         self.n_batch = n_batch
         self.most = min(most or n_batch, n_batch)  # an operator's fixed chunk (prefill_chunk option)
-        self._decode: dict[int, Mean] = {}  # thread count → decode-only steps
-        self._prompt: dict[int, Mean] = {}  # thread count → prompt-only steps
-        self.last_chunk = 0  # the last chunk read beside generating sequences
+        self.sizes = (*(s for s in SIZES if s < self.most), self.most)
+        self._decode: dict[tuple[int, int], float] = {}  # (threads, tokens) → decode-only step, seconds
+        self._prompt: dict[tuple[int, int], tuple[float, int]] = {}  # (threads, size) → (seconds, when)
+        self._at: dict[int, int] = {}  # threads → index in sizes of the last prompt-only chunk
+        self._steps = 0  # prompt-only steps recorded
+        self.last_chunk = 0
 
-    def cost(self, threads: int) -> tuple[float, float] | None:
-        """(fixed, per_token) seconds of one pass on ``threads`` threads; ``None`` before both kinds of
-        step were measured there."""
-        d, p = self._decode.get(threads), self._prompt.get(threads)
-        if d is None or p is None or p[0] <= d[0]:
+    def decode_step(self, tokens: int, threads: int) -> float | None:
+        """The average decode-only step of ``tokens`` generating sequences on ``threads`` threads."""
+        return self._decode.get((threads, tokens))
+
+    def measured(self, size: int, threads: int) -> float | None:
+        """The average prompt-only step of ``size`` tokens on ``threads`` threads, while not stale."""
+        got = self._prompt.get((threads, size))
+        if got is None or self._steps - got[1] > STALE:
             return None
-        per_token = max(0.0, (p[1] - d[1]) / (p[0] - d[0]))
-        return max(0.0, d[1] - per_token * d[0]), per_token
+        return got[0]
 
-    def budget(self, decode: float | None, threads: int) -> int:
-        """Prompt tokens of a prompt-only step beside generating sequences whose decode-only step takes
-        ``decode`` seconds (``None``: not measured yet) on ``threads`` threads."""
-        cost = self.cost(threads)
-        if decode is None or cost is None:
-            n = FIRST_CHUNK
-        else:
-            fixed, per_token = cost
-            room = PROMPT_STEP * decode - fixed
-            n = self.most if per_token <= 0 else int(room / per_token)
-        if self.last_chunk:
-            n = min(n, GROWTH * self.last_chunk)
-        n = max(MIN_CHUNK, min(self.most, n))
-        self.last_chunk = n
-        return n
+    def budget(self, generating: int, threads: int) -> int:
+        """Prompt tokens of the prompt-only step beside ``generating`` sequences on ``threads`` threads."""
+        sizes = self.sizes
+        default = max(i for i, s in enumerate(sizes) if s <= FIRST_CHUNK or i == 0)
+        i = self._at.get(threads, default)
+        decode = self.decode_step(generating, threads)
+        if decode is not None:
+            room = PROMPT_STEP * decode
+            while i > 0 and (self.measured(sizes[i], threads) or 0.0) > room:
+                i -= 1
+            now = self.measured(sizes[i], threads)
+            if now is not None and now <= room and i + 1 < len(sizes):
+                bigger = self.measured(sizes[i + 1], threads)
+                if (bigger if bigger is not None else now * sizes[i + 1] / sizes[i]) <= room:
+                    i += 1
+        self._at[threads] = i
+        self.last_chunk = sizes[i]
+        return sizes[i]
 
     def record(self, seconds: float, tokens: int, prompt: bool, threads: int) -> None:
         """A single-pass step of ``tokens`` (a prompt chunk of one sequence, or one token of each
         generating sequence) took ``seconds`` on ``threads`` threads."""
-        means = self._prompt if prompt else self._decode
-        old = means.get(threads)
-        if old is None:
-            means[threads] = (float(tokens), seconds)
-        else:
-            means[threads] = (old[0] + ALPHA * (tokens - old[0]), old[1] + ALPHA * (seconds - old[1]))
+        if not prompt:
+            old = self._decode.get((threads, tokens))
+            if old is not None and seconds > OUTLIER * old:
+                return
+            self._decode[(threads, tokens)] = seconds if old is None else old + ALPHA * (seconds - old)
+            return
+        if tokens not in self.sizes:  # a prompt's last piece, shorter than the chunk
+            return
+        self._steps += 1
+        now = self.measured(tokens, threads)
+        if now is not None and seconds > OUTLIER * now:
+            return
+        mean = seconds if now is None else now + ALPHA * (seconds - now)
+        self._prompt[(threads, tokens)] = (mean, self._steps)
 
 
 class Gaps:

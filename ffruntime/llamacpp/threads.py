@@ -15,7 +15,10 @@ how many cores are free, and the step runs on that many threads (at least 1, at 
 - fewer as soon as both readings say the others use more than :data:`DOWN_SLACK` of a core beyond the
   free ones (a busy process sharing a core with a spinning thread still gets a third to a half of it,
   so it shows);
-- more once the last sample says they use less than :data:`UP_SLACK` (hysteresis against flapping).
+- more once both readings say they use less than :data:`UP_SLACK` (hysteresis against flapping: a
+  neighbour working in bursts shows idle in one 0.025 s sample between two bursts, and taking the
+  thread back then collapsed the next step, 250-400 ms instead of 20 ms, docs/benchmarks.md; so a
+  neighbour that stopped gives its core back within the 0.2 s window).
 
 So an idle machine decodes on every core from its first step and a crowded one starts on fewer. A safety
 net for what the measurement cannot see (cores shared with other containers, the time left in a
@@ -61,13 +64,12 @@ def most_threads(settings: LoadSettings) -> int:
 def free_cores(cores: int, others: tuple[float, float], current: int) -> int:
     """Threads for the next step on ``cores`` cores of which other processes keep ``others`` busy (over
     the last sample period and over the window), from ``current`` threads: fewer when both readings are
-    beyond :data:`DOWN_SLACK`, more when the last period is below :data:`UP_SLACK` (a neighbour that
-    stopped gives its core back within a period, not a window)."""
+    beyond :data:`DOWN_SLACK`, more when both are below :data:`UP_SLACK`."""
     recent, window = others
     down = cores - max(0, math.ceil(min(recent, window) - DOWN_SLACK))
     if down < current:
         return down
-    return max(current, cores - max(0, math.ceil(recent - UP_SLACK)))
+    return max(current, cores - max(0, math.ceil(max(recent, window) - UP_SLACK)))
 
 
 class Threads:
