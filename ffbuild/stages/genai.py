@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Final
 
 from ffbuild.cache import CacheValue, file_digest, folder_digest
 from ffbuild.plan import Variant
+from ffbuild.stages import tether
 from ffbuild.stages.context import (
     BuildContext,
     BuildError,
@@ -49,6 +48,7 @@ EXECUTION_PROVIDERS: Final[dict[str, str]] = {"cpu": "cpu", "cuda": "cuda"}
 BUILDER_PACKAGES: Final = ("onnxruntime-genai", "onnxruntime", "onnx-ir", "onnx", "torch", "transformers")
 """The distributions whose versions shape the builder's output (part of the build-cache key)."""
 CUDA_PACKAGE: Final = "onnxruntime-genai-cuda"
+BUILDER: Final = "onnxruntime_genai.models.builder"
 _WEIGHT_SUFFIXES: Final = (".onnx", ".onnx.data", ".data")
 
 
@@ -109,9 +109,9 @@ def export(folder: Path, out: Path, *, precision: str, device: str, threads: int
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="ff-genai-") as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(out)]
-        cmd += ["-p", PRECISIONS[precision], "-e", ep, "-c", cache]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cache, check=False)
+        args = ["-i", str(folder), "-o", str(out), "-p", PRECISIONS[precision], "-e", ep, "-c", cache]
+        # tethered: if ff dies (even by SIGKILL) the builder ends and its partial output goes
+        proc = tether.run(BUILDER, args, kind="module", remove=[out, Path(cache)], env=env, cwd=cache)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         raise GenAIError(

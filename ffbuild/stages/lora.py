@@ -57,7 +57,8 @@ def convert_peft_lora(
         src = source or llama_cpp_source()
         with atomic_output(out) as tmp:
             args = [str(folder), "--base", str(base), "--outfile", str(tmp), "--outtype", "f32"]
-            run_script(src, LORA_SCRIPT, args, what=f"the adapter {folder.name}", report=report)
+            what = f"the adapter {folder.name}"
+            run_script(src, LORA_SCRIPT, args, what=what, report=report, remove=[tmp])
     except ConvertError as e:
         raise LoraError(str(e)) from None
     return check_gguf_lora(out)

@@ -120,7 +120,7 @@ class Conversion:
         self._written = self._tmpdir / "model.gguf"
         args = [str(seen), "--outfile", str(self._written), "--outtype", outtype, "--model-name", name]
         args += ["--mmproj"] if mmproj else []
-        self._running = Running(src, CONVERT_SCRIPT, args, what=self.what, report=report)
+        self._running = Running(src, CONVERT_SCRIPT, args, what=self.what, report=report, remove=[scratch])
 
     def finish(self, out: Path) -> GGUFInfo:
         """Wait for the converter and move its GGUF to ``out`` durably; describe it."""

@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 from ffbuild.stages.convert.source import CONVERT_SCRIPT, LlamaCppSource
 from ffbuild.stages.errors import ConvertError, UnsupportedArchitectureError
+from ffbuild.stages.tether import Tethered
 
 Report = Callable[[str], None]
 
@@ -75,15 +76,24 @@ class Running:
     :meth:`finish` reports the lines on the caller's thread."""
 
     def __init__(
-        self, source: LlamaCppSource, script: str, args: list[str], *, what: str, report: Report | None = None
+        self,
+        source: LlamaCppSource,
+        script: str,
+        args: list[str],
+        *,
+        what: str,
+        report: Report | None = None,
+        remove: Sequence[Path] = (),
     ) -> None:
         self.source, self.script, self.args, self.what = source, script, args, what
         self._progress = _Progress(report, what)
-        self._proc = subprocess.Popen(
-            [sys.executable, str(source.script(script)), *args],
+        # tethered: it ends, and ``remove`` (its partial output) goes, when ff dies, even by SIGKILL
+        self._proc = Tethered(
+            source.script(script),
+            args,
+            remove=remove,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
             env=_env(),
             cwd=source.llama_cpp,
         )
@@ -139,10 +149,17 @@ class Running:
 
 
 def run_script(
-    source: LlamaCppSource, script: str, args: list[str], *, what: str, report: Report | None = None
+    source: LlamaCppSource,
+    script: str,
+    args: list[str],
+    *,
+    what: str,
+    report: Report | None = None,
+    remove: Sequence[Path] = (),
 ) -> None:
-    """Run ``script`` of ``source`` with ``args``; raise :class:`ConvertError` quoting its failure."""
-    running = Running(source, script, args, what=what, report=report)
+    """Run ``script`` of ``source`` with ``args``; raise :class:`ConvertError` quoting its failure.
+    ``remove``: its partial output, deleted by the script's launcher should ff die while it runs."""
+    running = Running(source, script, args, what=what, report=report, remove=remove)
     try:
         running.finish()
     finally:
