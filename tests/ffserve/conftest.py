@@ -49,6 +49,17 @@ def ff_home(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, smollm
 
 
 @pytest.fixture(scope="session")
+def smollm2_lora_gguf(smollm2_lora: Path, smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PEFT LoRA as a GGUF adapter (llama.cpp's convert_lora_to_gguf.py against the HF folder): a GGUF
+    base takes GGUF adapters; a PEFT folder needs the base's Hugging Face folder to convert against."""
+    from ffbuild.stages.lora import convert_peft_lora
+
+    out = tmp_path_factory.mktemp("lora") / "adapter.gguf"
+    convert_peft_lora(smollm2_lora, out, base=smollm2_hf)
+    return out
+
+
+@pytest.fixture(scope="session")
 def server(ff_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with start_server(ff_home, tmp_path_factory.mktemp("logs"), FF_MAX_QUEUE="4") as s:
         yield s

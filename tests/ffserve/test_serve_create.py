@@ -100,17 +100,6 @@ def test_create_from_a_stored_model_with_system(client: ollama.Client, srv: Serv
     assert mine.prompt_eval_count == theirs.prompt_eval_count != _chat(client, "smollm2").prompt_eval_count
 
 
-@pytest.fixture(scope="module")
-def smollm2_lora_gguf(smollm2_lora: Path, smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The PEFT LoRA as a GGUF adapter (llama.cpp's convert_lora_to_gguf.py against the HF folder): a GGUF
-    base takes GGUF adapters; a PEFT folder needs the base's Hugging Face folder to convert against."""
-    from ffbuild.stages.lora import convert_peft_lora
-
-    out = tmp_path_factory.mktemp("lora") / "adapter.gguf"
-    convert_peft_lora(smollm2_lora, out, base=smollm2_hf)
-    return out
-
-
 def test_create_from_an_uploaded_gguf_with_quantize(
     client: ollama.Client, srv: Server, smollm2_f16: Path, smollm2_lora_gguf: Path
 ) -> None:

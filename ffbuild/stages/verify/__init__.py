@@ -2,7 +2,8 @@
 thresholds.
 
 GGUF variants are measured by :mod:`ffbuild.stages.verify.gguf` (llama.cpp), ONNX Runtime GenAI exports
-by :mod:`ffbuild.stages.verify.genai`, each report through the build cache.
+by :mod:`ffbuild.stages.verify.genai`, each report through the build cache; a stored variant reused as
+it is (``FROM name:tag``) keeps its stored report (:mod:`ffbuild.stages.verify.stored`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ffbuild.stages.verify.gguf import (
     verify_gguf_ahead,
 )
 from ffbuild.stages.verify.projector import MIN_COSINE
+from ffbuild.stages.verify.stored import stored_report
 from ffruntime.errors import RuntimeFailure
 from ffruntime.settings import available_cores
 
@@ -64,6 +66,10 @@ def _verify_one(ctx: BuildContext, out: VariantOutput, ref: Built) -> None:
     policy = ctx.plan.verify
     stage = "genai_verify" if genai else "verify"
     template = verify_template(ctx)
+    if not genai and (carried := stored_report(ctx, out, adapters, template)) is not None:
+        ctx.progress.step("verify", f"{out.variant.name}: weights unchanged, the stored variant's report")
+        out.report, out.runtime = carried.report, carried.runtime
+        return
     key = ctx.cache_key(
         stage,
         weight=[out.built.weight.digest, *(x.file.digest for x in out.built.extra)]
