@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from ffbuild.stages import tether
 from ffbuild.stages.convert.source import CONVERT_SCRIPT, LlamaCppSource
 from ffbuild.stages.errors import ConvertError, UnsupportedArchitectureError
 from ffbuild.stages.tether import Tethered
@@ -173,14 +173,7 @@ def supported_architectures(source: LlamaCppSource, *, mmproj: bool = False) -> 
 
 @functools.cache
 def _registered(llama_cpp: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    proc = subprocess.run(
-        [sys.executable, str(llama_cpp / CONVERT_SCRIPT), "--print-supported-models"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=llama_cpp,
-        check=False,
-    )
+    proc = tether.run(llama_cpp / CONVERT_SCRIPT, ["--print-supported-models"], env=_env(), cwd=llama_cpp)
     text: list[str] = []
     mmproj: list[str] = []
     into = text
