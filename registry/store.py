@@ -187,6 +187,20 @@ class Store:
         body = {"host": host, "repo": repo, "digest": digest, "location": location}
         atomic_write_bytes(path, json.dumps(body, sort_keys=True).encode())
 
+    def _measured_path(self, digest: str) -> Path:
+        return self.root / "measured" / self.blob_path(digest).name
+
+    def mark_measured(self, digest: str) -> None:
+        """Record that this ff's own verify stage wrote the report blob ``digest`` (``verify.json``): a
+        report that came with a pull is a claim of whoever pushed it, and is never marked."""
+        path = self._measured_path(digest)
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(path, b"", mode=0o644)
+
+    def measured_here(self, digest: str) -> bool:
+        """Whether :meth:`mark_measured` recorded ``digest``."""
+        return self._measured_path(digest).is_file()
+
     def _sources_path(self, digest: str) -> Path:
         return self.root / "sources" / self.blob_path(digest).name
 

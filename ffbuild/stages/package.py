@@ -179,7 +179,9 @@ def variant_layers(store: Store, meta: ModelMeta, p: VariantPayload) -> list[Des
     if meta.modelfile:
         layers.append(layer(store, FF_MODELFILE, "Modelfile", data=meta.modelfile.encode()))
     if p.verify is not None:
-        layers.append(layer(store, FF_VERIFY, "verify.json", data=canonical_json(dict(p.verify))))
+        report = layer(store, FF_VERIFY, "verify.json", data=canonical_json(dict(p.verify)))
+        store.mark_measured(report.digest)  # ours (a pulled report never passes here): may be carried over
+        layers.append(report)
     return layers
 
 

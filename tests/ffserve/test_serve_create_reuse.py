@@ -1,6 +1,7 @@
 """``/api/create`` FROM a stored model, by the unmodified ``ollama`` client, on a store that has no build
-cache (as after ``ff pull``, or after ff's code changed): unchanged weights keep their stored verify
-reports (nothing is measured), changed weights (a new adapter) are verified as before."""
+cache (as after ff's code changed): unchanged weights keep the verify reports ff stored with them
+(nothing is measured), changed weights (a new adapter) are verified as before, and reports that came
+with a pull (not marked as measured here) are measured again."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from registry.artifact import open_variant, variants_of
 from registry.store import Store
-from tests.ffserve.serve_testkit import Server, start_server
+from tests.ffserve.serve_testkit import Server, ff_build, start_server
 
 SYSTEM = "You are a helpful assistant. You always answer in one short sentence."
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -89,3 +90,17 @@ def test_a_new_adapter_is_verified(client: ollama.Client, home: Path, smollm2_lo
     reports = _reports(home, "tuned")
     assert all(r.get("adapters") for _, r in reports.values()), reports
     assert {w for w, _ in reports.values()} == {w for w, _ in _reports(home, "smollm2").values()}
+
+
+def test_a_report_that_came_with_a_pull_is_measured_again(ff_home: Path, tmp_path: Path) -> None:
+    """The same store without the marks ff's own verify leaves (as after ``ff pull``, whose verify.json is
+    the pusher's claim): a build FROM it measures the variants itself."""
+    home = tmp_path / "pulled"
+    shutil.copytree(ff_home / "store", home / "store", copy_function=os.link,
+                    ignore=lambda d, n: [*_locks(d, n), *(x for x in n if x == "measured")])
+    ff_build(home, f"FROM smollm2\nSYSTEM {SYSTEM}\n", "brief-pulled:latest")
+    assert len(_measured(home)) == 2  # q8_0 and q4_k_m, measured here
+    store = Store(home / "store")
+    for v in variants_of(store, "brief-pulled"):  # now marked: a further build FROM it may carry them
+        report = open_variant(store, v.descriptor.digest).files["verify.json"]
+        assert store.measured_here("sha256:" + report.name)

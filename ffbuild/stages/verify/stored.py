@@ -8,8 +8,11 @@ A stored variant's report is carried over when everything verify reads is the sa
 the weight blob, the adapters (the stored variant's own, no new ADAPTER), the template the prompt is laid
 out with (what the new model will carry: the stored one unless the Modelfile gives a TEMPLATE) and the
 VERIFY prompt. Anything else — a new quantization, a new adapter, a new TEMPLATE — is measured as usual.
-The carried report keeps its reference (which may be a variant the new model does not hold, e.g. the f16
-the stored model was converted to) and the runtime annotation it was measured with.
+Only a report this ff's own verify stage wrote is carried (the store marks each ``verify.json`` the package
+stage writes, :meth:`registry.store.Store.mark_measured`): one that came with ``ff pull`` is the claim of
+whoever pushed it, and is measured again. The carried report keeps its reference (which may be a variant the
+new model does not hold, e.g. the f16 the stored model was converted to) and the runtime annotation it was
+measured with.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ def stored_report(
             continue
         if [_blob_digest(a.name) for a in files.adapters] != wanted_adapters or files.template != template:
             continue
+        written = files.files.get("verify.json")
+        if written is None or not ctx.store.measured_here(_blob_digest(written.name)):
+            continue  # a report that came with a pull is its pusher's claim: measure it here
         report = cast(dict[str, JSONValue], dict(files.verify))  # verify.json, as package wrote it
         if report.get("task") == "generate" and report.get("prompt") != prompt:
             continue
