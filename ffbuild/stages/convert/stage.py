@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ffbuild.cache import CacheValue, folder_digest
 from ffbuild.stages.context import (
-    FLOAT_TYPES,
     BuildContext,
     BuildError,
     Built,
@@ -24,6 +23,7 @@ from ffbuild.stages.context import (
     weight_file,
 )
 from ffbuild.stages.convert import default_model_name, is_multimodal, start_conversion
+from ffbuild.stages.convert.early import requested_floats
 from ffbuild.stages.convert.source import llama_cpp_source
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.fetch import stored_built
@@ -33,29 +33,35 @@ PROJECTOR_TYPE = "f16"
 """Projectors stay f16: only the text model is quantized (as Ollama and llama.cpp ship them)."""
 
 
-def _requested_floats(ctx: BuildContext) -> list[str]:
-    return [q for q in FLOAT_TYPES if any(v.quantization == q for v in ctx.plan.variants)]
-
-
 def _convert_cached(
     ctx: BuildContext, folder: Path, outtype: str, name: str, *, mmproj: bool, digests: dict[str, str]
 ) -> Built:
     """One conversion through the cache. The converter starts before the key is known: the key needs
     the source folder's digest (every weight read once), made meanwhile while the converter imports its
-    libraries; a cache hit stops it (a rebuild then pays a started and stopped process, not a conversion)."""
+    libraries; a cache hit stops it (a rebuild then pays a started and stopped process, not a conversion).
+    A conversion ``ff build`` started before the stages ran (:mod:`ffbuild.stages.convert.early`) is
+    taken over rather than started again."""
     try:
         src = llama_cpp_source()
     except StageError as exc:
         raise BuildError(str(exc)) from None
-    conversion = start_conversion(
-        folder,
-        outtype,
-        name=name,
-        report=lambda msg: ctx.progress.step("convert", msg),
-        mmproj=mmproj,
-        source=src,
-        scratch=ctx.cache.scratch("convert"),
-    )
+
+    def report(msg: str) -> None:
+        ctx.progress.step("convert", msg)
+
+    conversion = ctx.started.take(folder, outtype, name, mmproj=mmproj)
+    if conversion is not None:
+        conversion.report_to(report)
+    else:
+        conversion = start_conversion(
+            folder,
+            outtype,
+            name=name,
+            report=report,
+            mmproj=mmproj,
+            source=src,
+            scratch=ctx.cache.scratch("convert"),
+        )
     try:
         if "source" not in digests:
             digests["source"] = folder_digest(folder)
@@ -71,7 +77,7 @@ def _convert_cached(
 
 
 def _convert_folder(ctx: BuildContext, folder: Path, description: str) -> str:
-    wanted = _requested_floats(ctx) or ["f16"]
+    wanted = requested_floats(ctx.plan.variants)
     name = default_model_name(folder)  # general.name: part of the output, so part of the key
     digests: dict[str, str] = {}
     for outtype in wanted:
