@@ -50,13 +50,16 @@ class Started:
 
 def start_early(plan: BuildPlan, cache: BuildCache, source: LlamaCppSource | None = None) -> Started:
     """Start the first conversion the convert stage will ask for, when the plan's source is a local
-    Hugging Face folder; nothing otherwise, or when the folder or the converter is not usable (the
-    stage then meets the same error, in its turn)."""
+    Hugging Face folder this cache has not seen as it is (:meth:`BuildCache.knows_folder`); nothing
+    otherwise, or when the folder or the converter is not usable (the stage then meets the same error,
+    in its turn)."""
     started = Started()
     variants = tuple(v for v in plan.variants if v.family in CONVERTED_FAMILIES)
     folder = plan.source.path
     if plan.source.kind != SourceKind.HF_FOLDER or folder is None or not variants:
         return started
+    if cache.knows_folder(folder):
+        return started  # built before: the convert stage knows its key at once, and converts only on a miss
     outtype, name = requested_floats(variants)[0], default_model_name(folder)
     scratch = cache.scratch("convert")
     try:

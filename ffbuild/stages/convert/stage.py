@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffbuild.cache import CacheValue, folder_digest
+from ffbuild.cache import CacheValue
 from ffbuild.stages.context import (
     BuildContext,
     BuildError,
@@ -22,7 +22,7 @@ from ffbuild.stages.context import (
     cached_gguf,
     weight_file,
 )
-from ffbuild.stages.convert import default_model_name, is_multimodal, start_conversion
+from ffbuild.stages.convert import Conversion, default_model_name, is_multimodal, start_conversion
 from ffbuild.stages.convert.early import requested_floats
 from ffbuild.stages.convert.source import llama_cpp_source
 from ffbuild.stages.errors import StageError
@@ -36,11 +36,11 @@ PROJECTOR_TYPE = "f16"
 def _convert_cached(
     ctx: BuildContext, folder: Path, outtype: str, name: str, *, mmproj: bool, digests: dict[str, str]
 ) -> Built:
-    """One conversion through the cache. The converter starts before the key is known: the key needs
-    the source folder's digest (every weight read once), made meanwhile while the converter imports its
-    libraries; a cache hit stops it (a rebuild then pays a started and stopped process, not a conversion).
-    A conversion ``ff build`` started before the stages ran (:mod:`ffbuild.stages.convert.early`) is
-    taken over rather than started again."""
+    """One conversion through the cache. The key needs the source folder's digest: for a folder this
+    cache has not hashed as it is (:meth:`~ffbuild.cache.BuildCache.knows_folder`) every weight is read
+    once, so the converter starts first and runs meanwhile (a hit then stops it); a folder hashed before
+    gives its key at once, and the converter starts only on a miss. A conversion ``ff build`` started
+    before the stages ran (:mod:`ffbuild.stages.convert.early`) is taken over, not started again."""
     try:
         src = llama_cpp_source()
     except StageError as exc:
@@ -49,11 +49,8 @@ def _convert_cached(
     def report(msg: str) -> None:
         ctx.progress.step("convert", msg)
 
-    conversion = ctx.started.take(folder, outtype, name, mmproj=mmproj)
-    if conversion is not None:
-        conversion.report_to(report)
-    else:
-        conversion = start_conversion(
+    def start() -> Conversion:
+        return start_conversion(
             folder,
             outtype,
             name=name,
@@ -62,17 +59,30 @@ def _convert_cached(
             source=src,
             scratch=ctx.cache.scratch("convert"),
         )
+
+    conversion = ctx.started.take(folder, outtype, name, mmproj=mmproj)
+    if conversion is not None:
+        conversion.report_to(report)
+    elif "source" not in digests and not ctx.cache.knows_folder(folder):
+        conversion = start()  # the folder's digest takes a while: convert meanwhile
+
+    def make(out: Path) -> object:
+        nonlocal conversion
+        conversion = conversion or start()
+        return conversion.finish(out)
+
     try:
         if "source" not in digests:
-            digests["source"] = folder_digest(folder)
+            digests["source"] = ctx.cache.folder_digest(folder)
             ctx.warm_keys(("quantize", "verify"))  # the stages after this one, while the converter runs
         inputs: dict[str, CacheValue] = {"source": digests["source"], "converter": src.digest}
         if mmproj:
             inputs["projector"] = True
         key = ctx.cache_key("convert", outtype=outtype, name=name, **inputs)
-        w, secs, hit = cached_gguf(ctx, "convert", key, conversion.finish)
+        w, secs, hit = cached_gguf(ctx, "convert", key, make)
     finally:
-        conversion.cancel()
+        if conversion is not None:
+            conversion.cancel()
     return Built(outtype, w, read_gguf_info(w.path), secs, hit)
 
 
