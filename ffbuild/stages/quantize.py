@@ -136,21 +136,21 @@ def _quantize(ctx: BuildContext, quant: str, key: str, threads: int | None) -> B
 
 
 def quantize_side_by_side(ctx: BuildContext, quants: list[str]) -> dict[str, Built]:
-    """Each of ``quants`` (distinct, none the base's own type) quantized from ``ctx.base``, side by side:
-    llama.cpp's quantizer keeps about one core busy whatever its thread count (measured on SmolLM2:
-    q8_0 and q4_k_m each took as long with 2 threads as with 1), so on 2 cores two quantizations at once,
-    one thread each, take about as long as the longer one alone; the outputs are byte for byte those of
-    one at a time. ``--threads N`` gives each quantization N threads and runs cores // N at once. Each
-    one made but the last to finish is announced (:meth:`BuildContext.made`) so that the verify stage can
-    measure it beside the quantizer still running; the last is left to the verify stage, which then has
-    every core."""
+    """Each of ``quants`` (distinct, none the base's own type) quantized from ``ctx.base``, side by side,
+    one per core, each with every core's thread: llama.cpp's quantizer keeps only ~1.5 of 2 cores busy
+    (one thread reads and converts each tensor, the others wait for it) and its threads sleep when idle,
+    so two at once fill both cores, and the one left when the other ends still has every thread. The
+    outputs are byte for byte those of one at a time (the thread count changes none). ``--threads N``
+    gives each N threads and runs cores // N at once. Each one made but the last to finish is
+    announced (:meth:`BuildContext.made`) so that the verify stage can measure it beside the quantizer
+    still running; the last is left to the verify stage, which then has every core."""
     assert ctx.base is not None
     keys = {q: _quantize_key(ctx, q) for q in quants}  # every refusal before any work
     for q in quants:
         ctx.progress.step("quantize", f"{ctx.base.quantization} → {q}")
     threads = ctx.options.threads
     workers = max(1, min(len(quants), available_cores() // (threads or 1)))
-    each = threads if threads is not None else max(1, available_cores() // workers)
+    each = threads if threads is not None else available_cores()
     done: dict[str, Built] = {}
     with ThreadPoolExecutor(workers, thread_name_prefix="ff-quantize") as pool:
         futures = {pool.submit(_quantize, ctx, q, keys[q], each): q for q in quants}

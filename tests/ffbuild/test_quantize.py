@@ -101,7 +101,7 @@ def test_same_source_and_destination(minilm_f16: Path) -> None:
 
 
 def test_side_by_side_quantizations_are_those_made_one_at_a_time(minilm_f16: Path, tmp_path: Path) -> None:
-    """The quantize stage runs a build's quantizations at once (one thread each on 2 cores): the outputs
+    """The quantize stage runs a build's quantizations at once (one per core): the outputs
     are byte for byte what the quantizer makes of each alone, on every core."""
     from ffbuild.build import BuildOptions, build
     from ffbuild.cache import BuildCache, file_digest
