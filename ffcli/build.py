@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +89,9 @@ def build_command(
         _build(plan, ref, cache, started, BuildOptions(allow_requantize, not no_verify, threads), as_json)
     finally:
         started.cancel()
+    # The build is over and stored: the interpreter's exit need not search what it made for reference
+    # cycles (measured: 0.13-0.15 s of exit after a SmolLM2 build, 0.04 s with the objects frozen).
+    gc.freeze()
 
 
 def _build(
