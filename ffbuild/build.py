@@ -26,6 +26,7 @@ from ffbuild.stages.context import (
     VariantOutput,
     VerifyPolicyError,
 )
+from ffbuild.stages.convert.early import Started
 from ffbuild.stages.order import STAGES, Stage
 from ffruntime import tracing
 from registry.choices import Family
@@ -76,8 +77,11 @@ def build(
     cache: BuildCache | None = None,
     options: BuildOptions | None = None,
     progress: Progress | None = None,
+    started: Started | None = None,
 ) -> BuildResult:
-    """Run every stage of :data:`STAGES` on ``plan`` and tag the result as ``ref``."""
+    """Run every stage of :data:`STAGES` on ``plan`` and tag the result as ``ref``. ``started``: the
+    conversions :func:`~ffbuild.stages.convert.early.start_early` began for this plan (with ``cache``);
+    the build takes them over and stops those it does not need."""
     ctx = BuildContext(
         plan=plan,
         ref=ref,
@@ -85,6 +89,7 @@ def build(
         cache=cache or BuildCache(),
         options=options or BuildOptions(),
         progress=progress or SilentProgress(),
+        started=started or Started(),
     )
     hits0, misses0 = len(ctx.cache.hits), len(ctx.cache.misses)
     tracing.configure("ff-build")  # OTEL_* set: a span for the build, a child per stage
@@ -104,6 +109,7 @@ def build(
                 ctx.timings.append(StageTiming(stage.name, secs, summary))
                 ctx.progress.done(stage.name, secs, summary)
         finally:
+            ctx.started.cancel()
             for thread in ctx.ahead:
                 thread.join()
     return BuildResult(

@@ -13,9 +13,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ CacheValue = str | int | float | bool | None | list["CacheValue"] | dict[str, "C
 
 _TMP_PREFIX = ".tmp-"
 _ENTRY_FILE = "entry.json"
+_DIGESTS = "digests"  # source files' sha256 by (device, inode, size, mtime, ctime): BuildCache.source_digest
+_DIGEST_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
+_SETTLED_NS = 2_000_000_000
 
 
 class CacheError(Exception):
@@ -83,14 +88,22 @@ def hashed_stat(path: Path, digest: str) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def folder_digest(folder: Path) -> str:
-    """A digest of a folder's regular files: relative names and content digests, in sorted order."""
-    h = hashlib.sha256()
+def _folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """The files :func:`folder_digest` covers: (relative name, path), in sorted order."""
+    files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel.startswith(".cache/") or "/." in "/" + rel:
             continue  # huggingface_hub's download metadata, editor files
-        h.update(rel.encode() + b"\0" + file_digest(path).encode() + b"\n")
+        files.append((rel, path))
+    return files
+
+
+def folder_digest(folder: Path, digest: Callable[[Path], str] = file_digest) -> str:
+    """A digest of a folder's regular files: relative names and content digests, in sorted order."""
+    h = hashlib.sha256()
+    for rel, path in _folder_files(folder):
+        h.update(rel.encode() + b"\0" + digest(path).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 
@@ -112,6 +125,18 @@ class Entry:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def _settled(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether a file read between two ``stat`` s is safe to remember by its times: unchanged meanwhile,
+    and last changed long enough ago (git's "racy" case: a write later within the same timestamp tick
+    would leave every time as it was)."""
+    same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+    return same and time.time_ns() - max(after.st_mtime_ns, after.st_ctime_ns) > _SETTLED_NS
 
 
 class BuildCache:
@@ -136,7 +161,10 @@ class BuildCache:
                 except (IndexError, ValueError):
                     pid = -1
                 if pid <= 0 or not pid_alive(pid):
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    if tmp.is_dir():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    else:
+                        tmp.unlink(missing_ok=True)
 
     def _lock(self, stage: str, key: str) -> FileLock:
         return FileLock(str(self.locks / f"{stage}-{key}.lock"))
@@ -145,6 +173,50 @@ class BuildCache:
         if not stage.isidentifier() or len(key) != 64:
             raise CacheError(f"bad cache key {stage}/{key}")
         return self.root / stage / key
+
+    def _known_digest_file(self, st: os.stat_result) -> Path:
+        return (
+            self.root / _DIGESTS / f"{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}"
+        )
+
+    def known_digest(self, path: Path) -> str | None:
+        """The sha256 a build of this cache found for ``path`` as it is now (the same device, inode, size,
+        modification and change times, as git's index trusts them), or None."""
+        try:
+            text = self._known_digest_file(path.stat()).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if _DIGEST_TEXT.fullmatch(text) else None
+
+    def source_digest(self, path: Path) -> str:
+        """:func:`file_digest` of a build's source file, remembered across builds: a rebuild of an
+        unchanged source knows its cache keys without reading it again (and so starts no converter
+        before them)."""
+        known = self.known_digest(path)
+        if known is not None:
+            return known
+        before = path.stat()
+        digest = file_digest(path)
+        after = path.stat()
+        if _settled(before, after):
+            record = self._known_digest_file(before)
+            tmp = record.with_name(f"{_TMP_PREFIX}{os.getpid()}-{record.name}")
+            with contextlib.suppress(OSError):  # unremembered: the next build reads it again
+                record.parent.mkdir(exist_ok=True)
+                tmp.write_text(digest, encoding="ascii")
+                tmp.replace(record)
+        return digest
+
+    def folder_digest(self, folder: Path) -> str:
+        """:func:`folder_digest`, each file's digest remembered (:meth:`source_digest`)."""
+        return folder_digest(folder, self.source_digest)
+
+    def knows_folder(self, folder: Path) -> bool:
+        """Whether :meth:`folder_digest` of ``folder`` would read no file (every one is remembered)."""
+        try:
+            return all(self.known_digest(path) is not None for _, path in _folder_files(folder))
+        except OSError:
+            return False
 
     def scratch(self, stage: str) -> Path:
         """A new empty folder beside ``stage``'s entries (so its files can be renamed into one), for
@@ -210,8 +282,10 @@ class BuildCache:
         return entry, False
 
     def clear(self) -> tuple[int, int]:
-        """Delete every entry (each under its lock) and stale temp folders; return (entries, bytes)."""
+        """Delete every entry (each under its lock), stale temp folders and the remembered source digests;
+        return (entries, bytes)."""
         count = size = 0
+        shutil.rmtree(self.root / _DIGESTS, ignore_errors=True)
         for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.locks):
             for entry in sorted(stage_dir.iterdir()):
                 if entry.name.startswith(_TMP_PREFIX):
@@ -221,4 +295,3 @@ class BuildCache:
                     shutil.rmtree(entry, ignore_errors=True)
                     count += 1
         return count, size
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,10 +11,15 @@ from typing import TYPE_CHECKING
 import click
 
 from ffcli.check import parse_build_args, plan_options
+from ffcli.exitcodes import VERIFY_FAILED, Failure
 from ffcli.render import RichProgress, figure, human_size, make_progress, print_table
 
 if TYPE_CHECKING:
-    from ffbuild.stages.context import BuildResult
+    from ffbuild.cache import BuildCache
+    from ffbuild.plan import BuildPlan
+    from ffbuild.stages.context import BuildOptions, BuildResult
+    from ffbuild.stages.convert.early import Started
+    from registry.reference import Reference
 
 
 @click.command("build")
@@ -40,15 +47,11 @@ def build_command(
       ff build -f Modelfile -t smollm2:latest
       ff build -f modelfiles/smollm2 -t smollm2 --build-arg SOURCE=./SmolLM2 --quantize q8_0
     """
-    from ffbuild.build import BuildOptions, build
-    from ffbuild.cache import CacheError
+    from ffbuild.cache import BuildCache, CacheError
     from ffbuild.errors import ModelfileError
     from ffbuild.modelfile import parse_file
     from ffbuild.planner import make_plan
-    from ffbuild.stages.errors import StageError
-    from ffruntime.errors import BackendUnavailable, RuntimeFailure
     from registry.reference import ReferenceError, parse_reference
-    from registry.store import StoreError
 
     path = modelfile / "Modelfile" if modelfile.is_dir() else modelfile
     if not path.is_file():
@@ -73,16 +76,42 @@ def build_command(
         raise SystemExit(1) from None
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
+    try:
+        cache = BuildCache()
+    except CacheError as exc:
+        raise Failure(str(exc), 1) from None
+    # llama.cpp's converter starts now, while the stage modules below load (it needs none of them)
+    from ffbuild.stages.convert.early import start_early
+
+    started = start_early(plan, cache)
+    try:
+        from ffbuild.stages.context import BuildOptions
+
+        _build(plan, ref, cache, started, BuildOptions(allow_requantize, not no_verify, threads), as_json)
+    finally:
+        started.cancel()
+    # The build is over and stored: the interpreter's exit need not search what it made for reference
+    # cycles (measured: 0.13-0.15 s of exit after a SmolLM2 build, 0.04-0.07 s with the objects frozen).
+    # At exit, not now: a process that goes on (a test calling the command) keeps collecting them.
+    atexit.register(gc.freeze)
+
+
+def _build(
+    plan: BuildPlan, ref: Reference, cache: BuildCache, started: Started, options: BuildOptions, as_json: bool
+) -> None:
+    from ffbuild.build import build
+    from ffbuild.cache import CacheError
+    from ffbuild.stages.errors import StageError
+    from ffruntime.errors import BackendUnavailable, RuntimeFailure
+    from registry.store import StoreError
+
     progress = make_progress()
     try:
-        result = build(
-            plan, ref, options=BuildOptions(allow_requantize, not no_verify, threads), progress=progress
-        )
+        result = build(plan, ref, cache=cache, options=options, progress=progress, started=started)
     except (StageError, StoreError, CacheError, BackendUnavailable, RuntimeFailure) as exc:
         if isinstance(progress, RichProgress):
             progress.close()
         from ffbuild.build import VerifyPolicyError
-        from ffcli.exitcodes import VERIFY_FAILED, Failure
 
         raise Failure(str(exc), VERIFY_FAILED if isinstance(exc, VerifyPolicyError) else 1) from None
     if as_json:

@@ -19,6 +19,7 @@ from typing import Protocol
 from ffbuild.cache import BuildCache, CacheValue, file_digest, stage_key
 from ffbuild.plan import BuildPlan, Variant
 from ffbuild.stages import tools
+from ffbuild.stages.convert.early import Started
 from ffbuild.stages.errors import StageError
 from registry.artifact import ModelFiles, VariantRef
 from registry.choices import QUANTIZATIONS
@@ -212,6 +213,7 @@ class BuildContext:
     ahead: list[threading.Thread] = field(default_factory=list)  # work started ahead of its stage
     _warmed: set[str] = field(default_factory=set)
     listeners: list[Callable[[Built], None]] = field(default_factory=list)  # told of each weight made
+    started: Started = field(default_factory=Started)  # conversions begun before the stages ran
 
     def made(self, built: Built) -> None:
         """A stage made ``built`` (not from the cache): later stages listening may start on it."""

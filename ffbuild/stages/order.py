@@ -24,6 +24,7 @@ from ffbuild.stages import (
 )
 from ffbuild.stages.context import BuildContext
 from ffbuild.stages.convert import stage as convert
+from ffbuild.stages.convert.early import CONVERTED_FAMILIES
 from registry.choices import Family
 
 
@@ -42,7 +43,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("fetch", fetch.run),
-    Stage("convert", convert.run, ("gguf", "genai")),  # genai: the GGUF conversion is verify's reference
+    Stage("convert", convert.run, CONVERTED_FAMILIES),
     Stage("quantize", quantize.run, ("gguf",), ahead=quantize.ahead),
     Stage("genai", genai.run, ("genai",)),
     Stage("adapters", lora.run, ("gguf",)),

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ffbuild.cache import DigestMeanwhile
@@ -102,36 +103,65 @@ def quantize_gguf(
     return read_gguf_info(dst)
 
 
-def _quantize(ctx: BuildContext, quant: str) -> Built:
+def _quantize_key(ctx: BuildContext, quant: str) -> str:
+    """The cache key of quantizing ``ctx.base`` to ``quant`` (refused when the base is quantized already
+    and the plan does not allow it)."""
     base = ctx.base
     assert base is not None
-    if quant == base.quantization:
-        return base
-    if quant in ctx.floats:
-        return ctx.floats[quant]
     if base.quantization not in FLOAT_TYPES and not (ctx.plan.requantize or ctx.options.allow_requantize):
         raise BuildError(
             f"the source is already quantized ({base.quantization}); quantizing it to {quant} loses "
             "quality twice. Build from an f16/f32 source, or allow it with `QUANTIZE … requantize=true` "
             "or `ff build --allow-requantize`"
         )
-    key = ctx.cache_key(
+    return ctx.cache_key(
         "quantize",
         source=base.weight.digest,
         quantization=quant,
         requantize=base.quantization not in FLOAT_TYPES,
     )
-    ctx.progress.step("quantize", f"{base.quantization} → {quant}")
+
+
+def _quantize(ctx: BuildContext, quant: str, key: str, threads: int | None) -> Built:
+    base = ctx.base
+    assert base is not None
     allow = base.quantization not in FLOAT_TYPES
     w, secs, hit = cached_gguf(
         ctx,
         "quantize",
         key,
-        lambda out: quantize_gguf(
-            base.weight.path, out, quant, allow_requantize=allow, threads=ctx.options.threads
-        ),
+        lambda out: quantize_gguf(base.weight.path, out, quant, allow_requantize=allow, threads=threads),
     )
     return Built(quant, w, read_gguf_info(w.path), secs, hit)
+
+
+def quantize_side_by_side(ctx: BuildContext, quants: list[str]) -> dict[str, Built]:
+    """Each of ``quants`` (distinct, none the base's own type) quantized from ``ctx.base``, side by side,
+    one per core, each with every core's thread: llama.cpp's quantizer keeps only ~1.5 of 2 cores busy
+    (one thread reads and converts each tensor, the others wait for it) and its threads sleep when idle,
+    so two at once fill both cores, and the one left when the other ends still has every thread. The
+    outputs are byte for byte those of one at a time (the thread count changes none). ``--threads N``
+    gives each N threads and runs cores // N at once. Each one made but the last to finish is
+    announced (:meth:`BuildContext.made`) so that the verify stage can measure it beside the quantizer
+    still running; the last is left to the verify stage, which then has every core."""
+    assert ctx.base is not None
+    keys = {q: _quantize_key(ctx, q) for q in quants}  # every refusal before any work
+    for q in quants:
+        ctx.progress.step("quantize", f"{ctx.base.quantization} → {q}")
+    threads = ctx.options.threads
+    workers = max(1, min(len(quants), available_cores() // (threads or 1)))
+    each = threads if threads is not None else available_cores()
+    done: dict[str, Built] = {}
+    with ThreadPoolExecutor(workers, thread_name_prefix="ff-quantize") as pool:
+        futures = {pool.submit(_quantize, ctx, q, keys[q], each): q for q in quants}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                built = done[futures[future]] = future.result()
+                if pending and not built.cached:
+                    ctx.made(built)  # the verify stage may start measuring it (verify.ahead)
+    return {q: done[q] for q in quants}
 
 
 def _stored_outputs(ctx: BuildContext, v: Variant) -> None:
@@ -181,26 +211,21 @@ def _quant(v: Variant, base: Built) -> str:
 
 
 def run(ctx: BuildContext) -> str:
-    """The quantize stage: one output per GGUF variant of the plan, its weight made from ``ctx.base``.
-    Each fresh quantization but the last is announced (:meth:`BuildContext.made`) so that the verify
-    stage can measure it beside the quantizer; the last is left to the verify stage, which then has
-    every core."""
+    """The quantize stage: one output per GGUF variant of the plan, its weight made from ``ctx.base``
+    (the fresh ones side by side, :func:`quantize_side_by_side`)."""
     f = ctx.fetched
     assert f is not None and ctx.base is not None
     base = ctx.base
     wanted = [_quant(v, base) for v in ctx.plan.variants if not _stored(v, f.kind)]
     to_make = [q for q in dict.fromkeys(wanted) if q != base.quantization and q not in ctx.floats]
-    done: dict[str, Built] = {}
+    made = quantize_side_by_side(ctx, to_make) if to_make else {}
     for v in ctx.plan.variants:
         if _stored(v, f.kind):
             _stored_outputs(ctx, v)
             continue
         quant = _quant(v, base)
-        if quant not in done:
-            done[quant] = _quantize(ctx, quant)
-            if not done[quant].cached and quant in to_make[:-1]:
-                ctx.made(done[quant])  # the verify stage may start measuring it (verify.ahead)
-        ctx.outputs.append(VariantOutput(v.model_copy(update={"quantization": quant}), done[quant]))
-    quantized = [b for q, b in done.items() if q not in FLOAT_TYPES and b is not base]
-    made = sum(not b.cached for b in quantized)
-    return f"{len(ctx.outputs)} variant(s); {made} quantized, {len(quantized) - made} from the cache"
+        built = base if quant == base.quantization else ctx.floats.get(quant) or made[quant]
+        ctx.outputs.append(VariantOutput(v.model_copy(update={"quantization": quant}), built))
+    quantized = [b for q, b in made.items() if q not in FLOAT_TYPES]
+    fresh = sum(not b.cached for b in quantized)
+    return f"{len(ctx.outputs)} variant(s); {fresh} quantized, {len(quantized) - fresh} from the cache"

@@ -98,3 +98,32 @@ def test_not_a_gguf(tmp_path: Path) -> None:
 def test_same_source_and_destination(minilm_f16: Path) -> None:
     with pytest.raises(QuantizeError, match="same file"):
         quantize_gguf(minilm_f16, minilm_f16, "q8_0")
+
+
+def test_side_by_side_quantizations_are_those_made_one_at_a_time(minilm_f16: Path, tmp_path: Path) -> None:
+    """The quantize stage runs a build's quantizations at once (one per core): the outputs
+    are byte for byte what the quantizer makes of each alone, on every core."""
+    from ffbuild.build import BuildOptions, build
+    from ffbuild.cache import BuildCache, file_digest
+    from ffbuild.plan import BuildPlan, Source, SourceKind, Variant
+    from registry.reference import parse_reference
+    from registry.store import Store
+
+    quants = ("q8_0", "q4_k_m", "q4_0")
+    variants = tuple(Variant(quantization=q, device="cpu", backend="llamacpp", family="gguf") for q in quants)
+    source = Source(kind=SourceKind.GGUF_FILE, raw=str(minilm_f16), path=minilm_f16)
+    plan = BuildPlan.model_validate(
+        {"modelfile": None, "context": Path("/"), "source": source, "variants": variants, "task": "embed"}
+    )
+    result = build(
+        plan,
+        parse_reference("side:latest"),
+        store=Store(tmp_path / "store"),
+        cache=BuildCache(tmp_path / "cache"),
+        options=BuildOptions(verify=False),
+    )
+    digests = {v.variant.quantization: v.built.weight.digest for v in result.variants}
+    for q in quants:
+        alone = tmp_path / f"alone-{q}.gguf"
+        quantize_gguf(minilm_f16, alone, q)
+        assert digests[q] == file_digest(alone), q

@@ -14,14 +14,16 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ffbuild.cache import DigestMeanwhile
 from ffbuild.stages.convert.runner import Report, Running, supported_architectures
 from ffbuild.stages.convert.source import CONVERT_SCRIPT, LlamaCppSource, llama_cpp_source
 from ffbuild.stages.errors import ConvertError
-from ffbuild.stages.gguf_info import GGUFInfo, read_gguf_info
 from registry.atomic import replace_durably
+
+if TYPE_CHECKING:
+    from ffbuild.stages.gguf_info import GGUFInfo
 
 __all__ = [
     "OUTTYPES",
@@ -122,6 +124,10 @@ class Conversion:
         args += ["--mmproj"] if mmproj else []
         self._running = Running(src, CONVERT_SCRIPT, args, what=self.what, report=report, remove=[scratch])
 
+    def report_to(self, report: Report | None) -> None:
+        """Where the converter's progress goes from now on (:meth:`Running.report_to`)."""
+        self._running.report_to(report)
+
     def finish(self, out: Path) -> GGUFInfo:
         """Wait for the converter and move its GGUF to ``out`` durably; describe it."""
         try:
@@ -134,6 +140,8 @@ class Conversion:
                 replace_durably(self._written, out)
         finally:
             self.cancel()
+        from ffbuild.stages.gguf_info import read_gguf_info  # numpy and gguf: not needed to start
+
         return read_gguf_info(out)
 
     def cancel(self) -> None:

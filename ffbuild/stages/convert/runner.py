@@ -112,6 +112,11 @@ class Running:
         finally:
             self._lines.put(None)
 
+    def report_to(self, report: Report | None) -> None:
+        """Send the progress :meth:`finish` reads to ``report`` (for a script started before its caller
+        had somewhere to report to)."""
+        self._progress.report = report
+
     def finish(self) -> None:
         """Wait for the script; raise :class:`ConvertError` quoting its failure."""
         proc = self._proc

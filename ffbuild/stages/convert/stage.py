@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffbuild.cache import CacheValue, folder_digest
+from ffbuild.cache import CacheValue
 from ffbuild.stages.context import (
-    FLOAT_TYPES,
     BuildContext,
     BuildError,
     Built,
@@ -23,7 +22,8 @@ from ffbuild.stages.context import (
     cached_gguf,
     weight_file,
 )
-from ffbuild.stages.convert import default_model_name, is_multimodal, start_conversion
+from ffbuild.stages.convert import Conversion, default_model_name, is_multimodal, start_conversion
+from ffbuild.stages.convert.early import requested_floats
 from ffbuild.stages.convert.source import llama_cpp_source
 from ffbuild.stages.errors import StageError
 from ffbuild.stages.fetch import stored_built
@@ -33,45 +33,61 @@ PROJECTOR_TYPE = "f16"
 """Projectors stay f16: only the text model is quantized (as Ollama and llama.cpp ship them)."""
 
 
-def _requested_floats(ctx: BuildContext) -> list[str]:
-    return [q for q in FLOAT_TYPES if any(v.quantization == q for v in ctx.plan.variants)]
-
-
 def _convert_cached(
     ctx: BuildContext, folder: Path, outtype: str, name: str, *, mmproj: bool, digests: dict[str, str]
 ) -> Built:
-    """One conversion through the cache. The converter starts before the key is known: the key needs
-    the source folder's digest (every weight read once), made meanwhile while the converter imports its
-    libraries; a cache hit stops it (a rebuild then pays a started and stopped process, not a conversion)."""
+    """One conversion through the cache. The key needs the source folder's digest: for a folder this
+    cache has not hashed as it is (:meth:`~ffbuild.cache.BuildCache.knows_folder`) every weight is read
+    once, so the converter starts first and runs meanwhile (a hit then stops it); a folder hashed before
+    gives its key at once, and the converter starts only on a miss. A conversion ``ff build`` started
+    before the stages ran (:mod:`ffbuild.stages.convert.early`) is taken over, not started again."""
     try:
         src = llama_cpp_source()
     except StageError as exc:
         raise BuildError(str(exc)) from None
-    conversion = start_conversion(
-        folder,
-        outtype,
-        name=name,
-        report=lambda msg: ctx.progress.step("convert", msg),
-        mmproj=mmproj,
-        source=src,
-        scratch=ctx.cache.scratch("convert"),
-    )
+
+    def report(msg: str) -> None:
+        ctx.progress.step("convert", msg)
+
+    def start() -> Conversion:
+        return start_conversion(
+            folder,
+            outtype,
+            name=name,
+            report=report,
+            mmproj=mmproj,
+            source=src,
+            scratch=ctx.cache.scratch("convert"),
+        )
+
+    conversion = ctx.started.take(folder, outtype, name, mmproj=mmproj)
+    if conversion is not None:
+        conversion.report_to(report)
+    elif "source" not in digests and not ctx.cache.knows_folder(folder):
+        conversion = start()  # the folder's digest takes a while: convert meanwhile
+
+    def make(out: Path) -> object:
+        nonlocal conversion
+        conversion = conversion or start()
+        return conversion.finish(out)
+
     try:
         if "source" not in digests:
-            digests["source"] = folder_digest(folder)
+            digests["source"] = ctx.cache.folder_digest(folder)
             ctx.warm_keys(("quantize", "verify"))  # the stages after this one, while the converter runs
         inputs: dict[str, CacheValue] = {"source": digests["source"], "converter": src.digest}
         if mmproj:
             inputs["projector"] = True
         key = ctx.cache_key("convert", outtype=outtype, name=name, **inputs)
-        w, secs, hit = cached_gguf(ctx, "convert", key, conversion.finish)
+        w, secs, hit = cached_gguf(ctx, "convert", key, make)
     finally:
-        conversion.cancel()
+        if conversion is not None:
+            conversion.cancel()
     return Built(outtype, w, read_gguf_info(w.path), secs, hit)
 
 
 def _convert_folder(ctx: BuildContext, folder: Path, description: str) -> str:
-    wanted = _requested_floats(ctx) or ["f16"]
+    wanted = requested_floats(ctx.plan.variants)
     name = default_model_name(folder)  # general.name: part of the output, so part of the key
     digests: dict[str, str] = {}
     for outtype in wanted:
