@@ -8,6 +8,7 @@ step in id order, 104 ms in the order [3, 4, 0, 1, 2, 5, 7, 6] (docs/benchmarks.
 from __future__ import annotations
 
 from ffruntime.llamacpp.engine import Engine, Job, _Seq
+from ffruntime.llamacpp.pacing import FIRST_CHUNK
 from ffruntime.llamacpp.slots import MIN_SHARED, Slot, id_runs, pick_slot
 from ffruntime.llamacpp.text import TextStream
 from ffruntime.llamacpp.threads import Threads
@@ -50,8 +51,9 @@ def test_the_batch_is_in_sequence_id_order() -> None:
         assert [(e[0].slot.seq_id, e[1]) for e in entries if e[0].slot] == [(2, 1), (3, 1)]
         # logits only where a sequence's last token is decoded, at its index in the batch
         assert [e[2] for e in entries] == [0, 1]
-        # … then a prompt-only step: one chunk of one prompt, at most prefill_chunk tokens
-        assert [(e[0].slot.seq_id, e[1], e[2]) for e in engine._plan() if e[0].slot] == [(0, 8, -1)]
+        # … then a prompt-only step: one chunk of one prompt, nothing measured yet: the first size
+        first = min(FIRST_CHUNK, 8)
+        assert [(e[0].slot.seq_id, e[1], e[2]) for e in engine._plan() if e[0].slot] == [(0, first, -1)]
         assert [e[0].slot.seq_id for e in engine._plan() if e[0].slot] == [2, 3]  # and so on
         for seq in [s for s in engine._active if len(s.tokens) - s.n_past == 1]:
             engine._active.remove(seq)
