@@ -7,7 +7,7 @@ samples every :data:`PERIOD` seconds (about 30 µs a sample), so a reading is fr
 was idle. Where ``/proc/stat`` cannot be read the reading is ``None`` (unknown).
 
 While a reader asks often (the engine thread before every decode step), :meth:`CpuLoad.readings` takes
-the sample itself when one is due and the thread only checks every :data:`WINDOW` seconds: woken 40
+the sample itself when one is due and the thread only checks every :data:`CHECK` seconds: woken 40
 times a second on a machine whose two cores run the decode, the thread cost ~230 µs of CPU a wake-up
 (cold caches after each step streamed the weights), ~0.1 ms per token of a single stream, taken from
 the decode's own threads (schedstat, docs/benchmarks.md, issue 22); a sample in the warm engine thread
@@ -22,7 +22,12 @@ import threading
 import time
 
 PERIOD = 0.025  # seconds between samples
-WINDOW = 0.2  # seconds the reading spans (the kernel counts busy time in ticks of 10 ms: 20 per core)
+WINDOW = 0.1  # seconds the reading spans (the kernel counts busy time in ticks of 10 ms: 10 per core)
+# 0.2 s before: the window still held a client's start-up burst (~0.4 core for a few tens of ms, when it
+# opened a connection per request) 0.2 s after it ended, so each request of a single-stream benchmark
+# decoded its first ~0.1-0.2 s on one thread: 8.8 % of its gaps over 18 ms against 4.1 % now and 2.8 %
+# for llama-server (docs/benchmarks.md, issue 22).
+CHECK = 0.2  # seconds between the sampler thread's looks while a reader takes the samples
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest time is inside user)
 
 
@@ -81,7 +86,7 @@ class CpuLoad:
     def _run(self) -> None:
         while True:
             if time.monotonic() - self._asked < 2 * self.period:  # a reader asks often: it samples
-                time.sleep(WINDOW)
+                time.sleep(CHECK)
             elif self._sample():
                 time.sleep(self.period)
             else:

@@ -8,7 +8,7 @@ thread (no barrier at all: ggml runs a one-thread graph on the calling thread) n
 change while the process runs is the thread count of the next decode (``llama_set_n_threads``).
 
 The rule: before each step, the cores other processes kept busy (:mod:`ffruntime.cpuload`:
-``/proc/stat`` less this process's own CPU time, over the last 0.025 s sample and the last 0.2 s) decide
+``/proc/stat`` less this process's own CPU time, over the last 0.025 s sample and the last 0.1 s) decide
 how many cores are free, and the step runs on that many threads (at least 1, at most the settings'
 :func:`most_threads`):
 
@@ -18,7 +18,7 @@ how many cores are free, and the step runs on that many threads (at least 1, at 
 - more once both readings say they use less than :data:`UP_SLACK` (hysteresis against flapping: a
   neighbour working in bursts shows idle in one 0.025 s sample between two bursts, and taking the
   thread back then collapsed the next step, 250-400 ms instead of 20 ms, docs/benchmarks.md; so a
-  neighbour that stopped gives its core back within the 0.2 s window).
+  neighbour that stopped gives its core back within the 0.1 s window).
 
 So an idle machine decodes on every core from its first step and a crowded one starts on fewer. A safety
 net for what the measurement cannot see (cores shared with other containers, the time left in a

@@ -123,7 +123,7 @@ def test_a_reader_that_asks_often_samples_itself_and_the_thread_stands_back() ->
         assert load.readings() is not None
         assert time.monotonic() - load._samples[-1][0] < load.period + 0.02  # always fresh
         time.sleep(0.005)
-    assert wakeups() - before <= 15  # every WINDOW (5 a second), not every PERIOD (40)
+    assert wakeups() - before <= 15  # every CHECK (5 a second), not every PERIOD (40)
 
 
 def test_a_prompt_only_step_takes_the_biggest_chunk_measured_within_one_decode_step() -> None:
