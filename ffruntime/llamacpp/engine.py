@@ -94,6 +94,7 @@ class _Seq:
     pending: list[TokenLogprob] = field(default_factory=list)
     t_start: int = 0
     t_first: int = 0
+    arrived: int = 0  # when it was submitted (perf_counter_ns)
     t_last: int = 0  # when its last token was sampled
 
 
@@ -124,7 +125,7 @@ class Engine:
         self._side_work = side_work  # embedding batches, run between decoding steps
         self._outbox = Outbox()  # this step's events, posted just before the next decode
         self._cond = threading.Condition()
-        self._incoming: list[Job] = []
+        self._incoming: list[tuple[Job, int]] = []  # (job, when submitted)
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._active: list[_Seq] = []
         self._order = 0
@@ -140,7 +141,7 @@ class Engine:
         with self._cond:
             if self._stop:
                 raise RuntimeFailure("the model is unloading")
-            self._incoming.append(job)
+            self._incoming.append((job, time.perf_counter_ns()))
             self._cond.notify()
 
     def wake(self) -> None:
@@ -170,10 +171,10 @@ class Engine:
                     if self._stop:
                         break
                     new, self._incoming = self._incoming, []
-                for job in new:
+                for job, arrived in new:
                     self._order += 1
                     self._waiting.append(_Seq(job, list(job.prompt), TextStream(job.stops), self._order,
-                                              t_start=time.perf_counter_ns()))
+                                              t_start=time.perf_counter_ns(), arrived=arrived))
                 if self._side_work is not None and self._side_work.pending():
                     self._outbox.flush()
                     self._side_work.run()
@@ -188,7 +189,7 @@ class Engine:
             gone = RuntimeFailure("the model was unloaded")
             for seq in [*self._active, *self._waiting]:
                 self._fail(seq, gone)
-            for job in self._incoming:
+            for job, _ in self._incoming:
                 job.close()
                 self._emit(job, gone)
                 self._emit(job, END)
@@ -273,15 +274,25 @@ class Engine:
         While some sequences generate, steps alternate: a decode-only step (their tokens, one pass), then
         a prompt-only step (one chunk of one prompt, one pass, sized by :class:`Prefill`); a prompt chunk
         beside decode tokens would be a second pass (:mod:`ffruntime.llamacpp.pacing`). While none
-        generates, prompts are read a whole batch at a time."""
+        generates, prompts are read a whole batch at a time, and so are, in the prompt-only step, the
+        prompts of requests that arrived before the generating sequences' first tokens and are no longer
+        than the longest of theirs (one burst of requests, the rest of which came while the first were
+        read: paced, the last of the burst were read in many small chunks, each beside a decode step,
+        and finished later)."""
         generating = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         reading = [s for s in self._active if len(s.tokens) - s.n_past > 1]
         picked: list[tuple[_Seq, int]] = []
         self._kind = "decode"
         if generating and self._prompt_turn:
-            budget = self.prefill.budget(len(generating), self.threads.current)
-            picked = self._chunks(reading, budget, one=True)
-            self._kind = "prompt"
+            first = min(s.t_first or time.perf_counter_ns() for s in generating)
+            longest = max(len(s.job.prompt) for s in generating)
+            if burst := [s for s in reading if s.arrived <= first and len(s.tokens) - s.n_past <= longest]:
+                picked = self._chunks(burst, self.n_batch, one=False)
+                self._kind = "full" if len(picked) > 1 else "prompt"
+            else:
+                budget = self.prefill.budget(len(generating), self.threads.current)
+                picked = self._chunks(reading, budget, one=True)
+                self._kind = "prompt"
         if not picked:
             self._kind = "decode" if generating else "full"
             picked = [(s, 1) for s in generating[: self.n_batch]]

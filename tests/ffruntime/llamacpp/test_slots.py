@@ -62,3 +62,39 @@ def test_the_batch_is_in_sequence_id_order() -> None:
     finally:
         engine._active.clear()
         engine.close()
+
+
+def test_the_rest_of_a_burst_is_read_whole_and_a_later_prompt_is_paced() -> None:
+    engine = Engine(None, None, n_slots=4, n_batch=64, prefill_chunk=64, threads=Threads(1),  # type: ignore[arg-type]
+                    name="plan")
+    try:
+        def seq(sid: int, prompt_len: int, n_past: int, arrived: int, t_first: int = 0) -> _Seq:
+            job = Job(list(range(prompt_len)), None, [], 10, 100, lambda _: None, CancelFlag())  # type: ignore[arg-type]
+            s = _Seq(job, list(job.prompt), TextStream([]), sid, n_past=n_past, arrived=arrived,
+                     t_first=t_first)
+            s.slot = engine.slots[sid]
+            engine.slots[sid].seq = s
+            engine._active.append(s)
+            return s
+
+        seq(0, 20, 19, arrived=100, t_first=500)  # read in the first step: generating since 500
+        seq(1, 20, 0, arrived=200)  # came while it was read
+        seq(2, 16, 0, arrived=300)  # so did this one
+        seq(3, 16, 0, arrived=600)  # came after its first token
+        assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(0, 1)]  # decode
+        # the prompt-only step: the burst's two prompts whole (up to their last token), the later one waits
+        assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(1, 19), (2, 15)]
+        engine._active[1].n_past, engine._active[2].n_past = 19, 15
+        engine._plan()  # decode
+        first = min(FIRST_CHUNK, 15)  # the later prompt is paced: nothing measured yet, the first size
+        assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(3, first)]
+        engine._active.clear()
+        for s in engine.slots:
+            s.seq = None
+        seq(0, 20, 19, arrived=100, t_first=500)
+        seq(1, 300, 0, arrived=200)  # of the burst, but longer than the prompts read with it: paced
+        engine._plan()
+        assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(1, FIRST_CHUNK)]
+    finally:
+        engine._active.clear()
+        engine.close()
