@@ -92,9 +92,8 @@ class _Seq:
     slot: Slot | None = None
     generated: list[int] = field(default_factory=list)
     pending: list[TokenLogprob] = field(default_factory=list)
-    t_start: int = 0
+    t_start: int = 0  # when it was submitted (perf_counter_ns)
     t_first: int = 0
-    arrived: int = 0  # when it was submitted (perf_counter_ns)
     t_last: int = 0  # when its last token was sampled
 
 
@@ -171,10 +170,10 @@ class Engine:
                     if self._stop:
                         break
                     new, self._incoming = self._incoming, []
-                for job, arrived in new:
+                for job, submitted in new:
                     self._order += 1
                     self._waiting.append(_Seq(job, list(job.prompt), TextStream(job.stops), self._order,
-                                              t_start=time.perf_counter_ns(), arrived=arrived))
+                                              t_start=submitted))
                 if self._side_work is not None and self._side_work.pending():
                     self._outbox.flush()
                     self._side_work.run()
@@ -274,11 +273,9 @@ class Engine:
         While some sequences generate, steps alternate: a decode-only step (their tokens, one pass), then
         a prompt-only step (one chunk of one prompt, one pass, sized by :class:`Prefill`); a prompt chunk
         beside decode tokens would be a second pass (:mod:`ffruntime.llamacpp.pacing`). While none
-        generates, prompts are read a whole batch at a time, and so are, in the prompt-only step, the
-        prompts of requests that arrived before the generating sequences' first tokens and are no longer
-        than the longest of theirs (one burst of requests, the rest of which came while the first were
-        read: paced, the last of the burst were read in many small chunks, each beside a decode step,
-        and finished later)."""
+        generates, prompts are read a whole batch at a time; so is the rest of a burst in the prompt-only
+        step: prompts that arrived before the generating sequences' first tokens, no longer than theirs
+        (paced, the last requests of a burst finished late: docs/serving.md)."""
         generating = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         reading = [s for s in self._active if len(s.tokens) - s.n_past > 1]
         picked: list[tuple[_Seq, int]] = []
@@ -286,7 +283,7 @@ class Engine:
         if generating and self._prompt_turn:
             first = min(s.t_first or time.perf_counter_ns() for s in generating)
             longest = max(len(s.job.prompt) for s in generating)
-            if burst := [s for s in reading if s.arrived <= first and len(s.tokens) - s.n_past <= longest]:
+            if burst := [s for s in reading if s.t_start <= first and len(s.tokens) - s.n_past <= longest]:
                 picked = self._chunks(burst, self.n_batch, one=False)
                 self._kind = "full" if len(picked) > 1 else "prompt"
             else:

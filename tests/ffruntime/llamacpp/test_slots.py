@@ -70,7 +70,7 @@ def test_the_rest_of_a_burst_is_read_whole_and_a_later_prompt_is_paced() -> None
     try:
         def seq(sid: int, prompt_len: int, n_past: int, arrived: int, t_first: int = 0) -> _Seq:
             job = Job(list(range(prompt_len)), None, [], 10, 100, lambda _: None, CancelFlag())  # type: ignore[arg-type]
-            s = _Seq(job, list(job.prompt), TextStream([]), sid, n_past=n_past, arrived=arrived,
+            s = _Seq(job, list(job.prompt), TextStream([]), sid, n_past=n_past, t_start=arrived,
                      t_first=t_first)
             s.slot = engine.slots[sid]
             engine.slots[sid].seq = s
