@@ -283,13 +283,12 @@ class Engine:
         if generating and self._prompt_turn:
             first = min(s.t_first or time.perf_counter_ns() for s in generating)
             longest = max(len(s.job.prompt) for s in generating)
-            if burst := [s for s in reading if s.t_start <= first and len(s.tokens) - s.n_past <= longest]:
-                picked = self._chunks(burst, self.n_batch, one=False)
-                self._kind = "full" if len(picked) > 1 else "prompt"
-            else:
+            burst = [s for s in reading if s.t_start <= first and len(s.tokens) - s.n_past <= longest]
+            picked = self._chunks(burst, self.n_batch, one=False)  # none readable (media): paced
+            self._kind = "full" if len(picked) > 1 else "prompt"
+            if not picked:
                 budget = self.prefill.budget(len(generating), self.threads.current)
                 picked = self._chunks(reading, budget, one=True)
-                self._kind = "prompt"
         if not picked:
             self._kind = "decode" if generating else "full"
             picked = [(s, 1) for s in generating[: self.n_batch]]
