@@ -273,9 +273,8 @@ class Engine:
         While some sequences generate, steps alternate: a decode-only step (their tokens, one pass), then
         a prompt-only step (one chunk of one prompt, one pass, sized by :class:`Prefill`); a prompt chunk
         beside decode tokens would be a second pass (:mod:`ffruntime.llamacpp.pacing`). While none
-        generates, prompts are read a whole batch at a time; so is the rest of a burst in the prompt-only
-        step: prompts that arrived before the generating sequences' first tokens, no longer than theirs
-        (paced, the last requests of a burst finished late: docs/serving.md)."""
+        generates, prompts are read a whole batch at a time; so, in the prompt-only step, is the rest of
+        a burst: prompts that came before the generating ones' first tokens, no longer (docs/serving.md)."""
         generating = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         reading = [s for s in self._active if len(s.tokens) - s.n_past > 1]
         picked: list[tuple[_Seq, int]] = []
