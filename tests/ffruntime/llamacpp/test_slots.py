@@ -37,16 +37,24 @@ def test_contiguity_beats_a_cached_prefix_which_decides_between_equals() -> None
     assert pick_slot([Slot(0, last_used=1.0), short], {1}, prompt).seq_id == 2
 
 
+def _active(
+    engine: Engine, sid: int, prompt_len: int, n_past: int, arrived: int = 0, t_first: int = 0
+) -> _Seq:
+    """A sequence of ``engine`` in slot ``sid``, ``n_past`` of its ``prompt_len`` tokens read."""
+    job = Job(list(range(prompt_len)), None, [], 10, 100, lambda _: None, CancelFlag())  # type: ignore[arg-type]
+    seq = _Seq(job, list(job.prompt), TextStream([]), sid, n_past=n_past, t_start=arrived, t_first=t_first)
+    seq.slot = engine.slots[sid]
+    engine.slots[sid].seq = seq
+    engine._active.append(seq)
+    return seq
+
+
 def test_the_batch_is_in_sequence_id_order() -> None:
     engine = Engine(None, None, n_slots=4, n_batch=64, prefill_chunk=8, threads=Threads(1),  # type: ignore[arg-type]
                     name="plan")
     try:
         for sid, (prompt_len, n_past) in zip((2, 0, 3, 1), ((5, 4), (30, 0), (6, 5), (12, 3)), strict=True):
-            job = Job(list(range(prompt_len)), None, [], 10, 100, lambda _: None, CancelFlag())  # type: ignore[arg-type]
-            seq = _Seq(job, list(job.prompt), TextStream([]), sid, n_past=n_past)
-            seq.slot = engine.slots[sid]
-            engine.slots[sid].seq = seq
-            engine._active.append(seq)
+            _active(engine, sid, prompt_len, n_past)
         entries = engine._plan()  # while some generate: a decode-only step first …
         assert [(e[0].slot.seq_id, e[1]) for e in entries if e[0].slot] == [(2, 1), (3, 1)]
         # logits only where a sequence's last token is decoded, at its index in the batch
@@ -68,19 +76,10 @@ def test_the_rest_of_a_burst_is_read_whole_and_a_later_prompt_is_paced() -> None
     engine = Engine(None, None, n_slots=4, n_batch=64, prefill_chunk=64, threads=Threads(1),  # type: ignore[arg-type]
                     name="plan")
     try:
-        def seq(sid: int, prompt_len: int, n_past: int, arrived: int, t_first: int = 0) -> _Seq:
-            job = Job(list(range(prompt_len)), None, [], 10, 100, lambda _: None, CancelFlag())  # type: ignore[arg-type]
-            s = _Seq(job, list(job.prompt), TextStream([]), sid, n_past=n_past, t_start=arrived,
-                     t_first=t_first)
-            s.slot = engine.slots[sid]
-            engine.slots[sid].seq = s
-            engine._active.append(s)
-            return s
-
-        seq(0, 20, 19, arrived=100, t_first=500)  # read in the first step: generating since 500
-        seq(1, 20, 0, arrived=200)  # came while it was read
-        seq(2, 16, 0, arrived=300)  # so did this one
-        seq(3, 16, 0, arrived=600)  # came after its first token
+        _active(engine, 0, 20, 19, arrived=100, t_first=500)  # read in the first step: generating since 500
+        _active(engine, 1, 20, 0, arrived=200)  # came while it was read
+        _active(engine, 2, 16, 0, arrived=300)  # so did this one
+        _active(engine, 3, 16, 0, arrived=600)  # came after its first token
         assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(0, 1)]  # decode
         # the prompt-only step: the burst's two prompts whole (up to their last token), the later one waits
         assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(1, 19), (2, 15)]
@@ -91,8 +90,8 @@ def test_the_rest_of_a_burst_is_read_whole_and_a_later_prompt_is_paced() -> None
         engine._active.clear()
         for s in engine.slots:
             s.seq = None
-        seq(0, 20, 19, arrived=100, t_first=500)
-        seq(1, 300, 0, arrived=200)  # of the burst, but longer than the prompts read with it: paced
+        _active(engine, 0, 20, 19, arrived=100, t_first=500)
+        _active(engine, 1, 300, 0, arrived=200)  # of the burst, longer than the prompts read with it: paced
         engine._plan()
         assert [(e[0].slot.seq_id, e[1]) for e in engine._plan() if e[0].slot] == [(1, FIRST_CHUNK)]
     finally:
